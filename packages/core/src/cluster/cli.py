@@ -1,0 +1,272 @@
+"""The ``cluster`` command line. Subcommands come from plugins (``cluster_add_commands``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from cluster import session
+from cluster.errors import ClusterError, ConfigError
+
+DEFAULT_HEAD_PORT = 6380
+
+
+def resources_arg(
+    num_cpus: float | None, num_gpus: float | None, resources: Mapping[str, float] | str | None
+) -> str:
+    """The node's resources as the daemon's ``--resources`` JSON; validates every amount."""
+    if isinstance(resources, str):
+        try:
+            resources = json.loads(resources)
+        except ValueError as exc:
+            raise ConfigError(f"--resources must be a JSON object like '{{\"accel\": 2}}': {exc}") from None
+    resources = dict(resources or {})
+    if not all(isinstance(k, str) for k in resources):
+        raise ConfigError("resource names must be strings")
+    for name, amount in resources.items():
+        if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+            raise ConfigError(f"resource {name!r} must be a non-negative number, got {amount!r}")
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
+    resources["CPU"] = float(num_cpus if num_cpus is not None else os.cpu_count() or 1)
+    resources["GPU"] = float(num_gpus or 0)
+    return json.dumps(resources)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cluster-core", prog_name="cluster")
+def cli() -> None:
+    """Run Python functions as tasks on a cluster of machines."""
+
+
+@click.command()
+@click.option("--head", is_flag=True, help="Start the head of a new cluster on this machine.")
+@click.option("--address", help="Join the cluster whose head is at HOST:PORT.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=int, default=None, help=f"Port to listen on [head: {DEFAULT_HEAD_PORT}, node: any free port; 0 = any].")
+@click.option("--node-ip", help="Address other machines reach this node at (default: --host).")
+@click.option("--num-cpus", type=float, help="CPUs this node offers [default: all].")
+@click.option("--num-gpus", type=float, help="GPUs this node offers [default: 0].")
+@click.option("--resources", default="{}", help='Custom resources as JSON, e.g. \'{"accel": 2}\'.')
+@click.option("--token", envvar="CLUSTER_TOKEN", help="Cluster token (to join; default: the local head's).")
+@click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True, help="Seconds before a silent node is declared dead.")
+@click.option("--block", is_flag=True, help="Stay in the foreground until interrupted.")
+def start(
+    head: bool, address: str | None, host: str, port: int | None, node_ip: str | None,
+    num_cpus: float | None, num_gpus: float | None, resources: str, token: str | None,
+    heartbeat_timeout: float, block: bool,
+) -> None:
+    """Start a head (--head) or a node that joins one (--address HOST:PORT)."""
+    from cluster.launch import spawn_daemon
+
+    if head == bool(address):
+        raise click.UsageError("give exactly one of --head (new cluster) or --address HOST:PORT (join one)")
+    resources_json = resources_arg(num_cpus, num_gpus, resources)
+    if address:
+        from cluster.protocol import parse_address
+
+        parse_address(address)
+        token = token or _local_token_for(address)
+        if not token:
+            raise ConfigError(
+                f"no token to join {address}: pass --token (the head's `cluster start --head` printed "
+                "the join command with it) or set CLUSTER_TOKEN"
+            )
+    session_dir = session.new_session_dir("session" if head else "node")
+    token_file = None
+    if head:
+        token = token or session.new_token()
+        token_file = str(session.write_token(session_dir, token))
+    args = ["--session-dir", str(session_dir), "--host", host, "--resources", resources_json,
+            "--port", str(port if port is not None else (DEFAULT_HEAD_PORT if head else 0)),
+            "--heartbeat-timeout", str(heartbeat_timeout)]
+    args += ["--head"] if head else ["--address", address]
+    if node_ip:
+        args += ["--node-ip", node_ip]
+    role = "head" if head else "node"
+    click.echo(f"Starting a {role} daemon...", err=True)
+    proc, info = spawn_daemon(args, token, session_dir, keep_stdin=block)
+    info.update(role=role, token_file=token_file, start_time=session.process_start_time(proc.pid))
+    session.record_daemon(info)
+    if head:
+        session.write_current({"address": info["address"], "pid": info["pid"],
+                               "session_dir": str(session_dir), "token_file": token_file})
+    cpus = json.loads(resources_json)["CPU"]
+    if head:
+        click.echo(f"Started the head of a new cluster at {info['address']} ({cpus:g} CPUs), pid {info['pid']}.")
+        click.echo(f"  session dir: {session_dir}")
+        click.echo(f"  token file:  {token_file} (mode 0600)")
+        click.echo("To join another machine to this cluster, run there:")
+        click.echo(f"  cluster start --address {info['address']} --token {token}")
+        click.echo("To use it from Python on this machine:  cluster.init()")
+        click.echo("To stop what `cluster start` started here:  cluster stop")
+    else:
+        click.echo(f"Started node {info['node_id']} at {info['address']} ({cpus:g} CPUs), pid {info['pid']}, "
+                   f"joined to the cluster at {address}.")
+    if block:
+        _wait_in_foreground(proc)
+
+
+def _wait_in_foreground(proc: Any) -> None:
+    click.echo("Running in the foreground; press Ctrl-C to stop.", err=True)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    finally:
+        session.remove_daemon_record(proc.pid)
+
+
+def _local_token_for(address: str) -> str | None:
+    current = session.read_current()
+    if current is not None and current.get("address") == address and current.get("token_file"):
+        return session.read_token(current["token_file"])
+    for record in session.list_daemons():
+        if record.get("address") == address and record.get("token_file"):
+            return session.read_token(record["token_file"])
+    return None
+
+
+@click.command()
+@click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds to wait before killing.")
+def stop(grace: float) -> None:
+    """Stop every daemon `cluster start` started on this machine (and their workers)."""
+    records = session.list_daemons()
+    ours = []
+    for record in records:
+        pid = record["pid"]
+        if session.pid_alive(pid) and session.process_start_time(pid) == record.get("start_time"):
+            ours.append(record)
+        else:
+            session.remove_daemon_record(pid)
+    if not ours:
+        click.echo("No cluster daemons are running on this machine.")
+        return
+    # Nodes first, so they don't log the head's disappearance as a failure.
+    ours.sort(key=lambda r: r.get("role") == "head")
+    for record in ours:
+        click.echo(f"Stopping {record.get('role', 'daemon')} pid {record['pid']} ({record.get('address')})...", err=True)
+        _signal_group(record["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(session.pid_alive(r["pid"]) for r in ours):
+        time.sleep(0.05)
+    for record in ours:
+        # The daemon is its process group's leader; its workers share the group.
+        _signal_group(record["pid"], signal.SIGKILL)
+        session.remove_daemon_record(record["pid"])
+        session.clear_current(record["pid"])
+    click.echo(f"Stopped {len(ours)} daemon(s): pids {', '.join(str(r['pid']) for r in ours)}.")
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@click.command()
+@click.option("--address", help="Head address HOST:PORT [default: the cluster started on this machine].")
+@click.option("--token", envvar="CLUSTER_TOKEN", help="Cluster token [default: the local head's].")
+@click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
+def status(address: str | None, token: str | None, as_json: bool) -> None:
+    """List the cluster's nodes with their used and total resources."""
+    import trio
+
+    from cluster import messages as m
+    from cluster.protocol import dial
+
+    if address is None:
+        current = session.read_current()
+        if current is None:
+            raise ConfigError("no cluster is running on this machine; pass --address HOST:PORT, or start one with `cluster start --head`")
+        address = current["address"]
+    token = token or _local_token_for(address)
+    if not token:
+        raise ConfigError(f"no token for {address}: pass --token or set CLUSTER_TOKEN")
+
+    async def fetch() -> list:
+        async with trio.open_nursery() as nursery:
+            conn = await dial(nursery, address, token, "cli", lambda *a: None, what="the cluster")
+            nodes = await conn.request(m.ListNodes())
+            nursery.cancel_scope.cancel()
+        return nodes
+
+    try:
+        nodes = trio.run(fetch)
+    except BaseExceptionGroup as group:
+        raise _unwrap(group) from None
+    if as_json:
+        click.echo(json.dumps(nodes, indent=2))
+        return
+    alive = [n for n in nodes if n["state"] == "alive"]
+    click.echo(f"Cluster at {address}: {len(alive)} node(s) alive, {len(nodes) - len(alive)} dead")
+    names = sorted({k for n in nodes for k in n["resources"]} - {"CPU", "GPU"})
+    header = ["NODE", "ADDRESS", "STATE", "CPU used/total", "GPU used/total", *names]
+    rows = [header]
+    for n in nodes:
+        total, avail = n["resources"], n["available"]
+
+        def used(name: str, total: dict = total, avail: dict = avail) -> str:
+            t = total.get(name, 0.0)
+            return f"{t - avail.get(name, t) if avail else 0:g}/{t:g}"
+
+        rows.append([n["node_id"] + (" (head)" if n["is_head"] else ""), n["address"], n["state"],
+                     used("CPU"), used("GPU"), *(used(k) for k in names)])
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    for row in rows:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def microbenchmark(args: tuple[str, ...]) -> None:
+    """Run cluster's microbenchmarks on a fresh local cluster (--json, --quick, --only NAMES)."""
+    from cluster.microbenchmark import main as bench_main
+
+    sys.exit(bench_main(list(args)))
+
+
+def builtin_commands() -> list[click.Command]:
+    return [start, stop, status, microbenchmark]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from cluster.plugins import get_plugin_manager
+
+    try:
+        get_plugin_manager().hook.cluster_add_commands(cli=cli)
+        cli.main(args=argv, prog_name="cluster", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ClusterError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except BaseExceptionGroup as group:
+        inner = _unwrap(group)
+        if isinstance(inner, ClusterError):
+            click.echo(f"Error: {inner}", err=True)
+            sys.exit(1)
+        raise

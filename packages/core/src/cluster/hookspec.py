@@ -1,0 +1,82 @@
+"""The hooks through which plugins extend cluster (pluggy project name ``cluster``).
+
+Plugins are modules or objects with functions marked ``@cluster.hookimpl`` and are found
+through the entry-point group ``cluster.plugins``. Everything built in is a plugin too
+(``cluster.plugin``), registered the same way, and any plugin can be switched off by name
+with ``CLUSTER_DISABLE_PLUGINS=name1,name2``.
+
+Hooks are synchronous. Where a hook contributes something long-running, it returns an async
+callable that the daemon starts in its nursery with ``await nursery.start(fn)``; the callable
+must take ``task_status`` and call ``task_status.started()`` once it is ready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+    from cluster_store import ObjectStore
+
+    from cluster.head import HeadService
+    from cluster.node import NodeService
+    from cluster.scheduling import SchedulingPolicy
+
+hookspec = pluggy.HookspecMarker("cluster")
+hookimpl = pluggy.HookimplMarker("cluster")
+
+Service = Callable[..., Awaitable[Any]]
+
+# --- command line ------------------------------------------------------------------------
+
+
+@hookspec
+def cluster_add_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``cluster`` command line.
+
+    ``cli`` is the top-level click group; call ``cli.add_command(...)``. Implemented by any
+    distribution with commands of its own (``cluster job``, ``cluster up``). Return nothing.
+    """
+
+
+# --- daemons -----------------------------------------------------------------------------
+
+
+@hookspec
+def cluster_head_services(head: HeadService) -> list[Service] | None:
+    """Return services to run in the head daemon (e.g. an HTTP API, the autoscaler).
+
+    Each is ``async def service(*, task_status)``, started with ``nursery.start`` after the
+    head accepts connections, and cancelled when the head shuts down.
+    """
+
+
+@hookspec
+def cluster_node_services(node: NodeService) -> list[Service] | None:
+    """Return services to run in every node daemon (same contract as head services)."""
+
+
+# --- building blocks (the first plugin to answer wins) -------------------------------------
+
+
+@hookspec(firstresult=True)
+def cluster_make_object_store(path: str, node: dict[str, Any]) -> ObjectStore | None:
+    """Build the object store for a node whose store directory is ``path``.
+
+    Called in every process that reads or writes a node's objects (node daemon, workers,
+    drivers). Return an object with cluster_store.ObjectStore's methods, or None to let the
+    next plugin answer. The built-in plugin returns ``cluster_store.ObjectStore(path)``.
+    """
+
+
+@hookspec(firstresult=True)
+def cluster_make_scheduler(node: NodeService) -> SchedulingPolicy | None:
+    """Build the policy a node daemon uses to place lease requests it cannot grant itself.
+
+    Return a :class:`cluster.scheduling.SchedulingPolicy`, or None to let the next plugin
+    answer. The built-in plugin returns the default (pack locally, spill to the node with
+    the most room).
+    """

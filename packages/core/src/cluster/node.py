@@ -1,0 +1,396 @@
+"""The node service: owns a node's resources, its worker pool, its store; grants worker leases.
+
+An owner asks for a lease for a resource shape. The node grants one when the shape fits its
+available resources and a worker is idle; when it does not fit now but fits elsewhere in the
+head's resource view, the answer is "spill back to node X"; otherwise the request waits here.
+Workers are pre-started (one per CPU), replaced when they die, and added on demand.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from cluster import messages as m
+from cluster.plugins import get_plugin_manager
+from cluster.protocol import Connection, dial
+from cluster.scheduling import fits
+
+log = structlog.get_logger("cluster.node")
+
+HEARTBEAT_S = 0.25
+MAX_SPILLS = 2
+
+
+@attrs.define(eq=False)
+class WorkerProc:
+    worker_id: str
+    process: trio.Process
+    address: str | None = None
+    conn: Connection | None = None
+    state: str = "starting"  # starting | idle | leased | dead
+    lease_id: int | None = None
+
+
+@attrs.define(eq=False)
+class Lease:
+    lease_id: int
+    worker: WorkerProc
+    shape: dict
+    owner_conn: Connection
+    released_cpu: float = 0.0  # CPU handed back while the worker waits in get
+
+
+@attrs.define(eq=False)
+class LeaseRequest:
+    conn: Connection
+    request_id: int
+    shape: dict
+    spill_count: int
+
+
+@attrs.define(eq=False)
+class NodeService:
+    """One node's resources, workers and store."""
+
+    node_id: str
+    address: str
+    head_address: str
+    token: str
+    resources: dict
+    session_dir: str
+    is_head: bool = False
+    labels: dict = attrs.Factory(dict)
+    store_root: str | None = None
+    available: dict = attrs.field(init=False)
+    store: Any = attrs.field(init=False)
+    store_path: str = attrs.field(init=False)
+    policy: Any = attrs.field(init=False)
+    pool_size: int = attrs.field(init=False)
+    max_workers: int = attrs.field(init=False)
+    view: list = attrs.Factory(list)
+    view_version: int = 0
+    head_conn: Connection | None = None
+    workers: dict[str, WorkerProc] = attrs.Factory(dict)
+    leases: dict[int, Lease] = attrs.Factory(dict)
+    _queue: collections.deque = attrs.Factory(collections.deque)
+    _lease_ids: Any = attrs.Factory(lambda: itertools.count(1))
+    _nursery: trio.Nursery | None = None
+    _shutting_down: bool = False
+    _raw_views: dict = attrs.Factory(dict)
+    _spawning: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        from cluster_store import default_store_root
+
+        self.available = dict(self.resources)
+        root = self.store_root or str(default_store_root())
+        self.store_path = os.path.join(root, f"cluster-{self.node_id}")
+        self.store = get_plugin_manager().hook.cluster_make_object_store(path=self.store_path, node=self.info())
+        self.policy = get_plugin_manager().hook.cluster_make_scheduler(node=self)
+        self.pool_size = max(1, int(self.resources.get("CPU", 1)))
+        self.max_workers = self.pool_size * 4 + 8
+
+    def info(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "address": self.address, "store_path": self.store_path}
+
+    def handlers(self) -> dict[type, Any]:
+        return {
+            m.RequestLease: self._request_lease,
+            m.ReturnLease: self._return_lease,
+            m.RegisterWorker: self._register_worker,
+            m.PullObject: self._pull_object,
+            m.PullChunk: self._pull_chunk,
+            m.DeleteObjects: self._delete_objects,
+            m.WorkerBlocked: self._worker_blocked,
+        }
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.head_conn = await dial(
+                    nursery, self.head_address, self.token, "node", self._on_head_message, what="the head"
+                )
+                reply = await self.head_conn.request(
+                    m.RegisterNode(
+                        self.node_id, self.address, self.resources, self.labels,
+                        socket.gethostname(), os.getpid(), self.store_path, self.is_head,
+                    )
+                )
+                self.view, self.view_version = reply["view"], reply["version"]
+                self.head_conn.on_close.append(self._head_lost)
+                for _ in range(self.pool_size):
+                    self._spawn_worker()
+                nursery.start_soon(self._heartbeat_loop)
+                log.info("node_started", node_id=self.node_id, address=self.address, resources=self.resources)
+                task_status.started()
+        finally:
+            self._shutting_down = True
+            with trio.CancelScope(shield=True):
+                await self._stop_workers()
+                self.store.destroy()
+
+    def _head_lost(self, _conn: Connection) -> None:
+        if not self._shutting_down:
+            log.error("head_lost", head=self.head_address)
+            self._shutting_down = True
+            self._nursery.cancel_scope.cancel()
+
+    def _on_head_message(self, conn: Connection, msg: Any, request_id: int) -> None:
+        conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await trio.sleep(HEARTBEAT_S)
+            version, view = await self.head_conn.request(
+                m.Heartbeat(self.node_id, self.available, self.view_version)
+            )
+            if view is not None:
+                self.view, self.view_version = view, version
+                self._pump()
+
+    # -------------------------------------------------------------------------- workers
+
+    def _spawn_worker(self) -> None:
+        worker_id = secrets.token_hex(8)
+        self._spawning += 1
+        self._nursery.start_soon(self._run_worker, worker_id)
+
+    async def _run_worker(self, worker_id: str) -> None:
+        config = {
+            "token": self.token,
+            "head_address": self.head_address,
+            "node": self.info(),
+            "worker_id": worker_id,
+            "log_dir": os.path.join(self.session_dir, "logs"),
+        }
+        out_path = os.path.join(self.session_dir, "logs", f"worker-{worker_id}.out")
+        try:
+            with open(out_path, "ab") as out:
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "cluster.worker"],
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=out,
+                    env={**os.environ, "CLUSTER_NODE_ID": self.node_id, "PYTHONUNBUFFERED": "1"},
+                )
+        finally:
+            self._spawning -= 1
+        worker = WorkerProc(worker_id, process)
+        self.workers[worker_id] = worker
+        try:
+            await process.stdin.send_all((json.dumps(config) + "\n").encode())
+            await process.stdin.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        code = await process.wait()
+        self._worker_exited(worker, code)
+
+    def _worker_exited(self, worker: WorkerProc, code: int) -> None:
+        self.workers.pop(worker.worker_id, None)
+        previous = worker.state
+        worker.state = "dead"
+        if self._shutting_down:
+            return
+        log.warning("worker_exited", worker_id=worker.worker_id, pid=worker.process.pid, code=code, state=previous)
+        if worker.lease_id is not None:
+            lease = self.leases.pop(worker.lease_id, None)
+            if lease is not None:
+                self._release(lease)
+        if len(self.workers) + self._spawning < self.pool_size:
+            self._spawn_worker()
+        self._pump()
+
+    def _register_worker(self, conn: Connection, msg: m.RegisterWorker, request_id: int) -> None:
+        worker = self.workers.get(msg.worker_id)
+        if worker is None:
+            conn.reply_error(request_id, "unknown", "this node did not start that worker")
+            return
+        worker.address = msg.address
+        worker.conn = conn
+        worker.state = "idle"
+        conn.context = worker
+        conn.reply(request_id, None)
+        log.info("worker_ready", worker_id=msg.worker_id, pid=msg.pid, address=msg.address)
+        self._pump()
+
+    async def _stop_workers(self) -> None:
+        workers = list(self.workers.values())
+        for worker in workers:
+            if worker.process.returncode is None:
+                worker.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(2):
+            for worker in workers:
+                await worker.process.wait()
+        for worker in workers:
+            if worker.process.returncode is None:
+                worker.process.kill()
+                await worker.process.wait()
+
+    def _worker_blocked(self, conn: Connection, msg: m.WorkerBlocked, request_id: int) -> None:
+        worker = self.workers.get(msg.worker_id)
+        if worker is None or worker.lease_id is None:
+            return
+        lease = self.leases.get(worker.lease_id)
+        if lease is None:
+            return
+        cpu = lease.shape.get("CPU", 0.0)
+        if msg.blocked and not lease.released_cpu and cpu:
+            lease.released_cpu = cpu
+            self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
+            self._pump()
+        elif not msg.blocked and lease.released_cpu:
+            self.available["CPU"] -= lease.released_cpu
+            lease.released_cpu = 0.0
+
+    # --------------------------------------------------------------------------- leases
+
+    def _request_lease(self, conn: Connection, msg: m.RequestLease, request_id: int) -> None:
+        request = LeaseRequest(conn, request_id, {k: float(v) for k, v in msg.shape.items()}, msg.spill_count)
+        if self._try_grant(request):
+            return
+        if not fits(request.shape, self.available) and request.spill_count < MAX_SPILLS:
+            target = self.policy.spill_target(request.shape, self.view, self.node_id)
+            if target is not None:
+                conn.reply(request_id, ["spill", target])
+                return
+            if not fits(request.shape, self.resources):
+                target = self._feasible_node(request.shape)
+                if target is not None:
+                    conn.reply(request_id, ["spill", target])
+                    return
+                log.warning("lease_infeasible", shape=request.shape)
+        if conn not in self._watched_owners():
+            conn.on_close.append(self._owner_lost)
+        self._queue.append(request)
+        self._maybe_spawn()
+
+    def _feasible_node(self, shape: dict) -> str | None:
+        for node in self.view:
+            if node["node_id"] != self.node_id and node["state"] == "alive" and fits(shape, node["resources"]):
+                return node["address"]
+        return None
+
+    def _watched_owners(self) -> set[Connection]:
+        return {lease.owner_conn for lease in self.leases.values()} | {r.conn for r in self._queue}
+
+    def _try_grant(self, request: LeaseRequest) -> bool:
+        if request.conn.closed:
+            return True  # nobody to grant to; drop it
+        if not fits(request.shape, self.available):
+            return False
+        worker = next((w for w in self.workers.values() if w.state == "idle"), None)
+        if worker is None:
+            return False
+        lease_id = next(self._lease_ids)
+        for name, amount in request.shape.items():
+            self.available[name] = self.available.get(name, 0.0) - amount
+        lease = Lease(lease_id, worker, request.shape, request.conn)
+        self.leases[lease_id] = lease
+        worker.state = "leased"
+        worker.lease_id = lease_id
+        if self._owner_lost not in request.conn.on_close:
+            request.conn.on_close.append(self._owner_lost)
+        request.conn.reply(request.request_id, ["granted", lease_id, worker.address, worker.worker_id, self.node_id])
+        return True
+
+    def _return_lease(self, conn: Connection, msg: m.ReturnLease, request_id: int) -> None:
+        lease = self.leases.pop(msg.lease_id, None)
+        if lease is None:
+            return
+        self._release(lease)
+        worker = lease.worker
+        worker.lease_id = None
+        if worker.state == "leased":
+            if msg.worker_ok:
+                worker.state = "idle"
+            else:
+                worker.state = "dead"
+                worker.process.kill()
+        self._pump()
+
+    def _release(self, lease: Lease) -> None:
+        for name, amount in lease.shape.items():
+            if name == "CPU":
+                amount -= lease.released_cpu
+            self.available[name] = self.available.get(name, 0.0) + amount
+
+    def _owner_lost(self, conn: Connection) -> None:
+        """An owner went away: take back its leases (killing workers that may still run its tasks)."""
+        if self._shutting_down:
+            return
+        for lease in [lease for lease in self.leases.values() if lease.owner_conn is conn]:
+            del self.leases[lease.lease_id]
+            self._release(lease)
+            lease.worker.lease_id = None
+            lease.worker.state = "dead"
+            lease.worker.process.kill()
+        self._queue = collections.deque(r for r in self._queue if r.conn is not conn)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Grant queued requests that fit now; spill those another node can take."""
+        if not self._queue:
+            return
+        still = collections.deque()
+        for request in self._queue:
+            if self._try_grant(request):
+                continue
+            if not fits(request.shape, self.available) and request.spill_count < MAX_SPILLS:
+                target = self.policy.spill_target(request.shape, self.view, self.node_id)
+                if target is not None:
+                    request.conn.reply(request.request_id, ["spill", target])
+                    continue
+            still.append(request)
+        self._queue = still
+        self._maybe_spawn()
+
+    def _maybe_spawn(self) -> None:
+        starting = self._spawning + sum(1 for w in self.workers.values() if w.state == "starting")
+        idle = sum(1 for w in self.workers.values() if w.state == "idle")
+        waiting = sum(1 for r in self._queue if fits(r.shape, self.available))
+        need = waiting - idle - starting
+        while need > 0 and len(self.workers) + self._spawning < self.max_workers:
+            self._spawn_worker()
+            need -= 1
+            starting += 1
+
+    # -------------------------------------------------------------------------- objects
+
+    def _pull_object(self, conn: Connection, msg: m.PullObject, request_id: int) -> None:
+        conn.reply(request_id, self.store.size_of(msg.object_id))
+
+    def _pull_chunk(self, conn: Connection, msg: m.PullChunk, request_id: int) -> None:
+        view = self._raw_views.get(msg.object_id)
+        if view is None:
+            view = self.store.open_raw(msg.object_id)
+            if view is None:
+                conn.reply_error(request_id, "lost", f"object {msg.object_id.hex()} is not in this node's store")
+                return
+            if len(self._raw_views) > 8:
+                self._raw_views.clear()
+            self._raw_views[msg.object_id] = view
+        end = msg.offset + msg.length
+        conn.reply(request_id, view[msg.offset : end])
+        if end >= len(view):
+            self._raw_views.pop(msg.object_id, None)
+
+    def _delete_objects(self, conn: Connection, msg: m.DeleteObjects, request_id: int) -> None:
+        for object_id in msg.object_ids:
+            self._raw_views.pop(object_id, None)
+            self.store.delete(object_id)

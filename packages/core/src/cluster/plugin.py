@@ -1,0 +1,29 @@
+"""cluster-core's own hook implementations: registered like any third-party plugin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.hookspec import hookimpl
+
+
+@hookimpl
+def cluster_make_object_store(path: str, node: dict[str, Any]) -> Any:
+    from cluster_store import ObjectStore
+
+    return ObjectStore(path, create=True)
+
+
+@hookimpl
+def cluster_make_scheduler(node: Any) -> Any:
+    from cluster.scheduling import SchedulingPolicy
+
+    return SchedulingPolicy()
+
+
+@hookimpl
+def cluster_add_commands(cli: Any) -> None:
+    from cluster.cli import builtin_commands
+
+    for command in builtin_commands():
+        cli.add_command(command)

@@ -1,0 +1,48 @@
+"""The plugin manager: built-in plugins first, then the ``cluster.plugins`` entry points."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from importlib.metadata import entry_points
+
+import pluggy
+import structlog
+
+from cluster import hookspec
+from cluster.errors import ConfigError
+
+ENTRY_POINT_GROUP = "cluster.plugins"
+# name -> module; registered exactly like a third party's plugin, and can be disabled the same way.
+BUILTIN_PLUGINS = {"core": "cluster.plugin"}
+
+log = structlog.get_logger("cluster.plugins")
+
+
+def disabled_plugins() -> set[str]:
+    return {name.strip() for name in os.environ.get("CLUSTER_DISABLE_PLUGINS", "").split(",") if name.strip()}
+
+
+@functools.cache
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, built on first use."""
+    pm = pluggy.PluginManager("cluster")
+    pm.add_hookspecs(hookspec)
+    disabled = disabled_plugins()
+    for name, module in BUILTIN_PLUGINS.items():
+        if name not in disabled:
+            pm.register(importlib.import_module(module), name=name)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in disabled or pm.has_plugin(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise ConfigError(
+                f"the cluster plugin {ep.name!r} ({ep.value}) failed to load: {exc}. Fix or "
+                f"uninstall it, or disable it with CLUSTER_DISABLE_PLUGINS={ep.name}"
+            ) from exc
+        pm.register(plugin, name=ep.name)
+    pm.check_pending()
+    return pm

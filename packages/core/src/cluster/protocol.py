@@ -1,0 +1,446 @@
+"""The wire protocol: length-prefixed msgpack frames over trio streams, and the handshake.
+
+A frame is a 4-byte little-endian length and a msgpack array ``[tag, request_id, *fields]``.
+``request_id`` is 0 for one-way messages; a reply carries the id of its request.
+
+Every connection opens with a handshake before anything else is read:
+
+1. the server sends ``Hello(version, role, server_nonce)``;
+2. the client checks the version and answers ``Auth(version, role, client_nonce, mac)`` with
+   ``mac = HMAC-SHA256(token, "client" | server_nonce | client_nonce)``;
+3. the server checks version and mac and answers ``Welcome(HMAC(token, "server" | client_nonce |
+   server_nonce))``, so the client knows the server holds the token too; or ``Refuse`` naming
+   the problem.
+
+The token itself never crosses the wire, and no pickle is ever loaded from a peer before it
+has authenticated: until then only small msgpack frames of the handshake types are decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import math
+import os
+from collections.abc import Callable
+from operator import attrgetter
+from typing import Any
+
+import attrs
+import msgpack
+import trio
+
+from cluster import messages as m
+from cluster.errors import (
+    AuthenticationError,
+    ClusterConnectionError,
+    ProtocolError,
+    ProtocolVersionError,
+    RemoteCallError,
+)
+
+PROTOCOL_VERSION = 1
+MAX_HANDSHAKE_FRAME = 4096
+MAX_FRAME = 1 << 30
+HANDSHAKE_TIMEOUT = 10.0
+
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+_unpackb = msgpack.unpackb
+
+
+# --- codec ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Codec:
+    cls: type
+    get_fields: Callable[[Any], tuple]
+    nested: dict[int, Callable[[Any], Any]]  # field index -> decoder
+
+
+def _make_codec(cls: type) -> _Codec:
+    names = [f.name for f in attrs.fields(cls)]
+    if not names:
+        getter: Callable[[Any], tuple] = lambda msg: ()  # noqa: E731
+    elif len(names) == 1:
+        one = attrgetter(names[0])
+        getter = lambda msg: (one(msg),)  # noqa: E731
+    else:
+        getter = attrgetter(*names)
+    nested: dict[int, Callable[[Any], Any]] = {}
+    for field_name, elem_cls in cls.NESTED.items():
+        index = names.index(field_name)
+        nested[index] = _list_decoder(elem_cls)
+    return _Codec(cls, getter, nested)
+
+
+def _list_decoder(elem_cls: type) -> Callable[[list], list]:
+    def decode(items: list) -> list:
+        return [elem_cls(*item[2:]) for item in items]
+
+    return decode
+
+
+_CODECS: dict[type, _Codec] = {}
+_BY_TAG: dict[int, _Codec] = {}
+
+
+def _codec_for(cls: type) -> _Codec:
+    codec = _CODECS.get(cls)
+    if codec is None:
+        codec = _CODECS[cls] = _BY_TAG[cls.TAG] = _make_codec(cls)
+    return codec
+
+
+for _cls in m.MESSAGE_TYPES.values():
+    _codec_for(_cls)
+
+
+def _to_wire(msg: Any, request_id: int) -> list:
+    codec = _CODECS[type(msg)]
+    fields = list(codec.get_fields(msg))
+    for index in codec.nested:
+        fields[index] = [_to_wire(item, 0) for item in fields[index]]
+    return [msg.TAG, request_id, *fields]
+
+
+def encode(msg: Any, request_id: int = 0) -> bytes:
+    """One frame: length prefix and the msgpack body."""
+    body = _packb(_to_wire(msg, request_id))
+    return len(body).to_bytes(4, "little") + body
+
+
+def decode(body: bytes | bytearray | memoryview, *, allowed: frozenset[int] | None = None) -> tuple[Any, int]:
+    """Decode a frame body into (message, request_id)."""
+    try:
+        raw = _unpackb(body, use_list=True, raw=False, strict_map_key=False)
+        tag, request_id, *fields = raw
+        codec = _BY_TAG[tag]
+    except Exception as exc:
+        raise ProtocolError(f"received a malformed frame ({exc.__class__.__name__}: {exc})") from None
+    if allowed is not None and tag not in allowed:
+        raise ProtocolError(f"received message {codec.cls.__name__} where it is not allowed")
+    for index, dec in codec.nested.items():
+        fields[index] = dec(fields[index])
+    try:
+        return codec.cls(*fields), request_id
+    except TypeError as exc:
+        raise ProtocolError(f"received a malformed {codec.cls.__name__}: {exc}") from None
+
+
+# --- raw frame I/O (handshake only) -----------------------------------------------------------
+
+
+async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < n:
+        data = await stream.receive_some(n - len(chunks))
+        if not data:
+            raise ClusterConnectionError("the peer closed the connection during the handshake")
+        chunks += data
+    return bytes(chunks)
+
+
+async def _receive_handshake_frame(stream: trio.abc.ReceiveStream, allowed: frozenset[int]) -> Any:
+    header = await _receive_exactly(stream, 4)
+    size = int.from_bytes(header, "little")
+    if size > MAX_HANDSHAKE_FRAME:
+        if header in (b"GET ", b"POST", b"HEAD", b"PUT "):
+            raise ProtocolError("the peer spoke HTTP; this port speaks the cluster protocol")
+        raise ProtocolError("the peer does not speak the cluster protocol (oversized first frame)")
+    msg, _ = decode(await _receive_exactly(stream, size), allowed=allowed)
+    return msg
+
+
+def _mac(token: str, label: bytes, first: bytes, second: bytes) -> bytes:
+    return hmac.new(token.encode(), label + first + second, hashlib.sha256).digest()
+
+
+_HS_CLIENT = frozenset({m.Hello.TAG, m.Welcome.TAG, m.Refuse.TAG})
+_HS_SERVER = frozenset({m.Auth.TAG, m.Refuse.TAG})
+
+
+async def client_handshake(stream: trio.abc.Stream, token: str, role: str, where: str) -> str:
+    """Authenticate to a server; return the server's role. Raises a clear error on refusal."""
+    with trio.fail_after(HANDSHAKE_TIMEOUT):
+        hello = await _receive_handshake_frame(stream, _HS_CLIENT)
+        if isinstance(hello, m.Refuse):
+            raise _refusal(hello, where)
+        if not isinstance(hello, m.Hello):
+            raise ProtocolError(f"{where} did not greet with a Hello")
+        nonce = os.urandom(16)
+        if hello.version != PROTOCOL_VERSION:
+            await stream.send_all(
+                encode(m.Refuse("version", f"client speaks protocol {PROTOCOL_VERSION}"))
+            )
+            raise ProtocolVersionError(_version_message(where, hello.version))
+        mac = _mac(token, b"client", hello.nonce, nonce)
+        await stream.send_all(encode(m.Auth(PROTOCOL_VERSION, role, nonce, mac)))
+        reply = await _receive_handshake_frame(stream, _HS_CLIENT)
+        if isinstance(reply, m.Refuse):
+            raise _refusal(reply, where)
+        if not isinstance(reply, m.Welcome) or not hmac.compare_digest(
+            reply.mac, _mac(token, b"server", nonce, hello.nonce)
+        ):
+            raise AuthenticationError(
+                f"{where} could not prove it holds the cluster token; it may not be the cluster "
+                "you meant to join. Check the address."
+            )
+        return hello.role
+
+
+async def server_handshake(stream: trio.abc.Stream, token: str, role: str) -> str:
+    """Authenticate a client; return its role. Refuses (and raises) on a bad token or version."""
+    with trio.fail_after(HANDSHAKE_TIMEOUT):
+        nonce = os.urandom(16)
+        await stream.send_all(encode(m.Hello(PROTOCOL_VERSION, role, nonce)))
+        auth = await _receive_handshake_frame(stream, _HS_SERVER)
+        if isinstance(auth, m.Refuse):
+            raise ProtocolVersionError(f"client refused the connection: {auth.reason}")
+        if auth.version != PROTOCOL_VERSION:
+            reason = (
+                f"protocol version mismatch: this {role} speaks version {PROTOCOL_VERSION}, "
+                f"the client speaks version {auth.version}. Install the same cluster-core version "
+                "on every machine of the cluster."
+            )
+            await stream.send_all(encode(m.Refuse("version", reason)))
+            raise ProtocolVersionError(reason)
+        if not hmac.compare_digest(auth.mac, _mac(token, b"client", nonce, auth.nonce)):
+            reason = (
+                "authentication failed: the cluster token you gave does not match this "
+                "cluster's token. Use the token printed by `cluster start --head` (it is in the "
+                "head's session directory, file `token`)."
+            )
+            await stream.send_all(encode(m.Refuse("token", reason)))
+            raise AuthenticationError(f"refused a {auth.role}: wrong cluster token")
+        await stream.send_all(encode(m.Welcome(_mac(token, b"server", auth.nonce, nonce))))
+        return auth.role
+
+
+def _version_message(where: str, theirs: int) -> str:
+    return (
+        f"protocol version mismatch: {where} speaks version {theirs}, this cluster-core speaks "
+        f"version {PROTOCOL_VERSION}. Install the same cluster-core version on every machine."
+    )
+
+
+def _refusal(refuse: Any, where: str) -> Exception:
+    if refuse.code == "token":
+        return AuthenticationError(f"{where} refused the connection: {refuse.reason}")
+    if refuse.code == "version":
+        return ProtocolVersionError(f"{where} refused the connection: {refuse.reason}")
+    return ClusterConnectionError(f"{where} refused the connection: {refuse.reason}")
+
+
+# --- connections ------------------------------------------------------------------------------
+
+Handler = Callable[["Connection", Any, int], None]
+
+
+class Connection:
+    """An authenticated connection: batched sends, request/reply, and a message handler.
+
+    Created and run by :func:`run_connection`, which owns its tasks. ``send`` is synchronous
+    (it queues), so it may be called from callbacks; frames queued together go out together.
+    """
+
+    def __init__(self, stream: trio.SocketStream, peer: str, peer_role: str, handler: Handler) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.peer_role = peer_role
+        self.handler = handler
+        self.closed = False
+        self.nursery: trio.Nursery | None = None
+        self.sent_functions: set[bytes] = set()
+        self.on_close: list[Callable[[Connection], None]] = []
+        self.context: Any = None  # whatever the owner of the connection wants to hang on it
+        self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](math.inf)
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, list] = {}
+
+    def __repr__(self) -> str:
+        return f"<Connection to {self.peer_role} {self.peer}{' closed' if self.closed else ''}>"
+
+    def send(self, msg: Any, request_id: int = 0) -> None:
+        if self.closed:
+            raise ClusterConnectionError(f"the connection to {self.peer} is closed")
+        self._send_channel.send_nowait(encode(msg, request_id))
+
+    def reply(self, request_id: int, value: Any = None) -> None:
+        if not self.closed:
+            self.send(m.Ok(value), request_id)
+
+    def reply_error(self, request_id: int, kind: str, message: str) -> None:
+        if not self.closed:
+            self.send(m.Fail(kind, message), request_id)
+
+    async def request(self, msg: Any) -> Any:
+        """Send ``msg`` and wait for its reply; return ``Ok.value`` or raise."""
+        request_id = next(self._ids)
+        slot: list = [trio.Event(), None]
+        self._waiting[request_id] = slot
+        try:
+            self.send(msg, request_id)
+            await slot[0].wait()
+        finally:
+            self._waiting.pop(request_id, None)
+        reply = slot[1]
+        if isinstance(reply, m.Ok):
+            return reply.value
+        if isinstance(reply, m.Fail):
+            raise RemoteCallError(reply.message)
+        if reply is None:
+            raise ClusterConnectionError(f"the connection to {self.peer} closed before it replied")
+        return reply
+
+    async def send_raw(self, data: memoryview | bytes) -> None:
+        """Send bytes outside the framing (object transfer); only on a dedicated connection."""
+        await self.stream.send_all(data)
+
+    async def aclose(self) -> None:
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    # -- internals --
+
+    async def _write_loop(self) -> None:
+        receive = self._receive_channel
+        send_all = self.stream.send_all
+        while True:
+            frame = await receive.receive()
+            batch = [frame]
+            size = len(frame)
+            while size < 1 << 20:
+                try:
+                    frame = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(frame)
+                size += len(frame)
+            await send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+
+    async def _read_loop(self) -> None:
+        buf = bytearray()
+        receive_some = self.stream.receive_some
+        waiting = self._waiting
+        handler = self.handler
+        while True:
+            try:
+                data = await receive_some(1 << 18)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            if not data:
+                return
+            buf += data
+            pos = 0
+            end = len(buf)
+            while end - pos >= 4:
+                size = int.from_bytes(buf[pos : pos + 4], "little")
+                if size > MAX_FRAME:
+                    raise ProtocolError(f"{self.peer} sent a frame of {size} bytes")
+                if end - pos - 4 < size:
+                    break
+                msg, request_id = decode(buf[pos + 4 : pos + 4 + size])
+                pos += 4 + size
+                if request_id and isinstance(msg, m.Ok | m.Fail):
+                    slot = waiting.get(request_id)
+                    if slot is not None:
+                        slot[1] = msg
+                        slot[0].set()
+                    continue
+                handler(self, msg, request_id)
+            if pos:
+                del buf[:pos]
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for slot in self._waiting.values():
+            slot[0].set()
+        for callback in self.on_close:
+            callback(self)
+
+
+async def run_connection(
+    stream: trio.SocketStream,
+    peer: str,
+    peer_role: str,
+    handler: Handler,
+    *,
+    task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a connection until either side closes it; reports the Connection once running."""
+    conn = Connection(stream, peer, peer_role, handler)
+    try:
+        async with trio.open_nursery() as nursery:
+            conn.nursery = nursery
+            nursery.start_soon(conn._write_loop)
+            task_status.started(conn)
+            await conn._read_loop()
+            nursery.cancel_scope.cancel()
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError, OSError):
+        pass
+    finally:
+        conn._close()
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``HOST:PORT``; raise ConfigError naming the problem."""
+    from cluster.errors import ConfigError
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"{address!r} is not a cluster address; expected HOST:PORT, e.g. 127.0.0.1:6380"
+        )
+    return host.strip("[]"), int(port)
+
+
+async def dial(
+    nursery: trio.Nursery,
+    address: str,
+    token: str,
+    role: str,
+    handler: Handler,
+    *,
+    timeout: float = 10.0,
+    what: str = "the cluster",
+) -> Connection:
+    """Connect to ``address``, authenticate, and run the connection in ``nursery``."""
+    stream = await open_stream(address, timeout=timeout, what=what)
+    try:
+        peer_role = await client_handshake(stream, token, role, f"{what} at {address}")
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(stream)
+        raise ClusterConnectionError(
+            f"{what} at {address} accepted the connection but did not complete the handshake "
+            f"within {HANDSHAKE_TIMEOUT:.0f}s; is that port really a cluster daemon?"
+        ) from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return await nursery.start(run_connection, stream, address, peer_role, handler)
+
+
+async def open_stream(address: str, *, timeout: float = 10.0, what: str = "the cluster") -> trio.SocketStream:
+    host, port = parse_address(address)
+    try:
+        with trio.fail_after(timeout):
+            return await trio.open_tcp_stream(host, port)
+    except trio.TooSlowError:
+        raise ClusterConnectionError(
+            f"could not reach {what} at {address}: no answer within {timeout:.0f}s. "
+            "Check the address and that the machine is reachable."
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, ConnectionRefusedError) or "refused" in str(exc).lower():
+            reason = "connection refused (nothing is listening there)"
+        raise ClusterConnectionError(
+            f"could not reach {what} at {address}: {reason}. Is the cluster running? Start one "
+            "with `cluster start --head`, or check the address."
+        ) from None

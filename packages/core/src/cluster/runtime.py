@@ -1,0 +1,778 @@
+"""The owner runtime of a driver or worker process: submits tasks, owns their results, fetches.
+
+Each driver and each worker runs one :class:`Runtime`. Its network side is a trio event loop
+in a background thread; the user's thread calls in through a few thread-safe entry points
+(``submit``, ``get``, ``wait``, ``put``, ``cancel``). The hot path (DESIGN.md §4):
+
+1. ``submit`` records the task, queues it and wakes the trio thread (one wake-up per batch);
+2. the trio thread resolves ObjectRef arguments, then leases a worker for the task's resource
+   shape from the local node daemon (which may answer "spill back to node X");
+3. tasks are pushed straight to leased workers, a few in flight per worker, batched per frame;
+4. workers answer on the same connection; small values arrive inline, large ones stay in the
+   executing node's shared-memory store and only their location comes back;
+5. a lease with no more work of its shape is returned to its node after a short linger.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from cluster import messages as m
+from cluster import object_ref as object_ref_module
+from cluster import values as v
+from cluster.errors import (
+    ClusterConnectionError,
+    GetTimeoutError,
+    ObjectLostError,
+    ObjectStoreFullError,
+    RemoteCallError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
+from cluster.object_ref import ObjectRef
+from cluster.protocol import Connection, dial, run_connection, server_handshake
+
+log = structlog.get_logger("cluster.runtime")
+
+LEASE_LINGER_S = 0.05  # keep an idle lease this long in case more work of its shape comes
+PIPELINE_DEPTH = int(os.environ.get("CLUSTER_TASKS_IN_FLIGHT_PER_WORKER", "4"))
+MAX_LEASE_REQUESTS = 8  # concurrent lease requests per resource shape
+PULL_CHUNK = 8 << 20
+
+
+@attrs.define(slots=True, eq=False)
+class PendingTask:
+    task_id: bytes
+    name: str
+    function_id: bytes
+    function: bytes
+    args: bytes
+    dep_refs: list
+    num_returns: int
+    return_ids: list
+    shape: tuple
+    retries_left: int
+    retry_exceptions: bool
+    deps: list = attrs.Factory(list)
+    lease: Lease | None = None
+    cancelled: bool = False
+
+
+@attrs.define(slots=True, eq=False)
+class Lease:
+    lease_id: int
+    node_conn: Connection
+    conn: Connection
+    shape: tuple
+    in_flight: dict = attrs.Factory(dict)
+    idle_since: float | None = None
+    returned: bool = False
+
+
+@attrs.define(slots=True, eq=False)
+class ShapeQueue:
+    shape: tuple
+    pending: collections.deque = attrs.Factory(collections.deque)
+    leases: list = attrs.Factory(list)
+    requesting: int = 0
+
+
+class Runtime:
+    """Owner runtime: one per driver or worker process."""
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        head_address: str,
+        node: dict | None,
+        role: str,
+        listen_host: str = "127.0.0.1",
+    ) -> None:
+        self.token = token
+        self.head_address = head_address
+        self.role = role
+        self.listen_host = listen_host
+        self.address = ""
+        self.executor: Any = None  # set by cluster.worker in worker processes
+        self.log_sink: Any = None  # where LogLines from workers go (driver: the terminal)
+        self.nodes: list[dict] = []
+        self.session_dir: str | None = None
+        if node is not None:
+            self._set_node(node)
+        self._cv = threading.Condition(threading.Lock())
+        self._values: dict[bytes, list] = {}
+        self._tasks: dict[bytes, PendingTask] = {}
+        self._queues: dict[tuple, ShapeQueue] = {}
+        self._submitted: collections.deque[PendingTask] = collections.deque()
+        self._wake_scheduled = False
+        self._trio_waiters: dict[bytes, list[trio.Event]] = {}
+        self._fetching: set[bytes] = set()
+        self._refcounts: collections.Counter[bytes] = collections.Counter()
+        self._ref_lock = threading.Lock()
+        self._escaped: set[bytes] = set()
+        self._owned: set[bytes] = set()
+        self._conns: dict[str, Connection] = {}
+        self._dial_locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
+        self._ids = itertools.count()
+        self._pid_prefix = os.getpid().to_bytes(4, "little")
+        self._thread: threading.Thread | None = None
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stopped = False
+        self.node_conn: Connection | None = None
+        self.head_conn: Connection | None = None
+
+    def _set_node(self, node: dict) -> None:
+        from cluster.plugins import get_plugin_manager
+
+        self.node = node
+        self.node_id: str = node["node_id"]
+        self.node_address: str = node["address"]
+        self.store = get_plugin_manager().hook.cluster_make_object_store(path=node["store_path"], node=node)
+
+    # ----------------------------------------------------------------- lifecycle (user thread)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread = threading.Thread(target=self._thread_main, name="cluster-runtime", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ClusterConnectionError(f"the cluster runtime did not start within {timeout:.0f}s")
+        if self._start_error is not None:
+            raise self._start_error
+        object_ref_module._runtime = self
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if object_ref_module._runtime is self:
+            object_ref_module._runtime = None
+        if self._trio_token is not None and self._nursery is not None:
+            try:
+                trio.from_thread.run_sync(self._nursery.cancel_scope.cancel, trio_token=self._trio_token)
+            except trio.RunFinishedError:
+                pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:
+            if not self._ready.is_set():
+                self._start_error = _first_error(exc)
+                self._ready.set()
+            else:
+                log.error("runtime_crashed", error=repr(exc))
+
+    async def _main(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._trio_token = trio.lowlevel.current_trio_token()
+            listeners = await trio.open_tcp_listeners(0, host=self.listen_host)
+            port = listeners[0].socket.getsockname()[1]
+            self.address = f"{self.listen_host}:{port}"
+            nursery.start_soon(trio.serve_listeners, self._serve_incoming, listeners)
+            if self.role == "driver":
+                self.head_conn = await self._connect(self.head_address, "the cluster")
+                reply = await self.head_conn.request(m.RegisterDriver(os.getpid(), socket.gethostname()))
+                self.nodes = reply["nodes"]
+                self.session_dir = reply["session_dir"]
+                self._set_node(choose_local_node(self.nodes, self.head_address))
+            self.node_conn = await self._connect(self.node_address, "the node daemon")
+            nursery.start_soon(self._linger_loop)
+            self._ready.set()
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run a sync function on the trio thread and return its result."""
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._trio_token)
+
+    def call_async(self, fn: Any, *args: Any) -> Any:
+        """Run an async function on the trio thread and return its result."""
+        return trio.from_thread.run(fn, *args, trio_token=self._trio_token)
+
+    def soon(self, fn: Any, *args: Any) -> None:
+        """Schedule a sync function on the trio thread without waiting."""
+        self._trio_token.run_sync_soon(fn, *args)
+
+    # ------------------------------------------------------------------ connections (trio)
+
+    async def _connect(self, address: str, what: str) -> Connection:
+        conn = self._conns.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._dial_locks[address]:
+            conn = self._conns.get(address)
+            if conn is None or conn.closed:
+                conn = await dial(self._nursery, address, self.token, self.role, self._on_message, what=what)
+                self._conns[address] = conn
+                conn.on_close.append(self._forget_conn)
+        return conn
+
+    def _forget_conn(self, conn: Connection) -> None:
+        if self._conns.get(conn.peer) is conn:
+            del self._conns[conn.peer]
+
+    async def _serve_incoming(self, stream: trio.SocketStream) -> None:
+        try:
+            peer_role = await server_handshake(stream, self.token, self.role)
+        except Exception as exc:
+            log.warning("refused_connection", error=str(exc))
+            await trio.aclose_forcefully(stream)
+            return
+        await run_connection(stream, "incoming", peer_role, self._on_message)
+
+    def _on_message(self, conn: Connection, msg: Any, request_id: int) -> None:
+        kind = type(msg)
+        if kind is m.TaskResults:
+            self._on_results(conn, msg.results)
+        elif kind is m.PushTasks:
+            self.executor.push(conn, msg.tasks)
+        elif kind is m.LogLines:
+            if self.log_sink is not None:
+                self.log_sink(msg)
+        elif kind is m.GetObject:
+            self._nursery.start_soon(self._serve_get_object, conn, request_id, msg.object_id)
+        elif kind is m.CancelTask:
+            if self.executor is not None:
+                self.executor.cancel(conn, msg.task_id, msg.force)
+        else:
+            conn.reply_error(request_id, "unexpected", f"{self.role} does not handle {kind.__name__}")
+
+    # ---------------------------------------------------------------- ids and references
+
+    def new_task_id(self) -> bytes:
+        return self._pid_prefix + os.urandom(8) + next(self._ids).to_bytes(4, "little")
+
+    def add_local_ref(self, object_id: bytes) -> None:
+        with self._ref_lock:
+            self._refcounts[object_id] += 1
+
+    def remove_local_ref(self, object_id: bytes) -> None:
+        with self._ref_lock:
+            count = self._refcounts[object_id] - 1
+            if count > 0:
+                self._refcounts[object_id] = count
+                return
+            del self._refcounts[object_id]
+            if object_id in self._escaped or object_id not in self._owned:
+                return
+        self._free(object_id)
+
+    def mark_escaped(self, object_id: bytes, owner: str) -> None:
+        if owner == self.address:
+            self._escaped.add(object_id)
+
+    def _free(self, object_id: bytes) -> None:
+        with self._cv:
+            entry = self._values.get(object_id)
+            if entry is None:
+                return  # not finished yet; _store_result frees it on arrival
+            del self._values[object_id]
+            self._owned.discard(object_id)
+        if entry[0] == v.STORED:
+            self._delete_stored(object_id, entry)
+
+    def _delete_stored(self, object_id: bytes, entry: list) -> None:
+        if entry[2] == self.node_id:
+            self.store.delete(object_id)
+        elif self._trio_token is not None and not self._stopped:
+            try:
+                self.soon(self._send_delete, entry[3], object_id)
+            except trio.RunFinishedError:
+                pass
+
+    def _send_delete(self, address: str, object_id: bytes) -> None:
+        conn = self._conns.get(address)
+        if conn is not None and not conn.closed:
+            conn.send(m.DeleteObjects([object_id]))
+
+    # ------------------------------------------------------------------- submit (user thread)
+
+    def submit(self, task: PendingTask) -> list[ObjectRef]:
+        refs = [ObjectRef(oid, self.address) for oid in task.return_ids]
+        with self._cv:
+            self._tasks[task.task_id] = task
+            self._owned.update(task.return_ids)
+        self._submitted.append(task)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self.soon(self._drain_submitted)
+        return refs
+
+    def put(self, value: Any) -> ObjectRef:
+        object_id = self.new_task_id() + b"\xff\xff\xff\xff"
+        entry = self.entry_for(object_id, v.serialize(value))
+        ref = ObjectRef(object_id, self.address)
+        with self._cv:
+            self._values[object_id] = entry
+            self._owned.add(object_id)
+        return ref
+
+    def entry_for(self, object_id: bytes, ser: v.Serialized) -> list:
+        """A value entry: inline when small, else written to this node's store."""
+        if ser.size <= v.INLINE_LIMIT:
+            return ser.inline_entry()
+        from cluster_store.errors import ObjectStoreFullError as StoreFull
+
+        try:
+            size = self.store.put(object_id, ser.metadata, ser.inband, ser.buffers)
+        except StoreFull as exc:
+            raise ObjectStoreFullError(str(exc)) from None
+        return [v.STORED, object_id, self.node_id, self.node_address, size]
+
+    # ------------------------------------------------------------------ scheduling (trio)
+
+    def _drain_submitted(self) -> None:
+        self._wake_scheduled = False
+        touched = set()
+        submitted = self._submitted
+        while submitted:
+            task = submitted.popleft()
+            if task.dep_refs and not self._deps_ready(task):
+                self._nursery.start_soon(self._resolve_then_queue, task)
+                continue
+            self._enqueue(task)
+            touched.add(task.shape)
+        for shape in touched:
+            self._dispatch(self._queues[shape])
+
+    def _deps_ready(self, task: PendingTask) -> bool:
+        values = self._values
+        deps = []
+        for ref in task.dep_refs:
+            entry = values.get(ref.id)
+            if entry is None:
+                return False
+            deps.append(entry)
+        task.deps = deps
+        return True
+
+    async def _resolve_then_queue(self, task: PendingTask) -> None:
+        for ref in task.dep_refs:
+            await self._wait_entry(ref)
+        if task.cancelled:
+            return
+        self._deps_ready(task)
+        for entry in task.deps:
+            if entry[0] == v.INLINE and entry[1] == v.ERROR:
+                # A failed dependency fails this task with the same error, without running it.
+                self._finish(task, [entry] * task.num_returns)
+                return
+        self._enqueue(task)
+        self._dispatch(self._queues[task.shape])
+
+    def _enqueue(self, task: PendingTask, front: bool = False) -> None:
+        queue = self._queues.get(task.shape)
+        if queue is None:
+            queue = self._queues[task.shape] = ShapeQueue(task.shape)
+        if front:
+            queue.pending.appendleft(task)
+        else:
+            queue.pending.append(task)
+
+    def _dispatch(self, queue: ShapeQueue) -> None:
+        pending = queue.pending
+        if pending and queue.leases:
+            batches: dict[int, list] = {}
+            leases = [lease for lease in queue.leases if len(lease.in_flight) < PIPELINE_DEPTH]
+            while pending and leases:
+                still_room = []
+                for lease in leases:
+                    if not pending:
+                        break
+                    task = pending.popleft()
+                    task.lease = lease
+                    lease.in_flight[task.task_id] = task
+                    lease.idle_since = None
+                    batches.setdefault(id(lease), [lease]).append(task)
+                    if len(lease.in_flight) < PIPELINE_DEPTH:
+                        still_room.append(lease)
+                leases = still_room
+            for lease, *tasks in batches.values():
+                sent = lease.conn.sent_functions
+                specs = []
+                for task in tasks:
+                    fn = None
+                    if task.function_id not in sent:
+                        sent.add(task.function_id)
+                        fn = task.function
+                    specs.append(
+                        m.TaskSpec(
+                            task.task_id, task.name, task.function_id, fn, task.args,
+                            task.deps, task.num_returns, self.address,
+                        )
+                    )
+                try:
+                    lease.conn.send(m.PushTasks(specs))
+                except ClusterConnectionError:
+                    pass  # the close callback requeues them
+        wanted = min(len(pending), MAX_LEASE_REQUESTS) - queue.requesting
+        for _ in range(max(0, wanted)):
+            queue.requesting += 1
+            self._nursery.start_soon(self._request_lease, queue)
+
+    async def _request_lease(self, queue: ShapeQueue) -> None:
+        address = self.node_address
+        spill_count = 0
+        try:
+            while True:
+                try:
+                    node_conn = await self._connect(address, "a node daemon")
+                    answer = await node_conn.request(m.RequestLease(dict(queue.shape), self.address, spill_count))
+                except (ClusterConnectionError, RemoteCallError) as exc:
+                    log.warning("lease_request_failed", node=address, error=str(exc))
+                    if address == self.node_address:
+                        await trio.sleep(0.5)
+                    address, spill_count = self.node_address, 0
+                    if not queue.pending:
+                        return
+                    continue
+                if answer[0] == "spill":
+                    address = answer[1]
+                    spill_count += 1
+                    continue
+                _, lease_id, worker_address = answer[:3]
+                break
+        finally:
+            queue.requesting -= 1
+        try:
+            worker_conn = await self._connect(worker_address, "a worker")
+        except ClusterConnectionError:
+            node_conn.send(m.ReturnLease(lease_id, False))
+            self._dispatch(queue)
+            return
+        lease = Lease(lease_id, node_conn, worker_conn, queue.shape, idle_since=time.monotonic())
+        worker_conn.context = lease
+        if self._on_worker_lost not in worker_conn.on_close:
+            worker_conn.on_close.append(self._on_worker_lost)
+        queue.leases.append(lease)
+        self._dispatch(queue)
+
+    async def _linger_loop(self) -> None:
+        while True:
+            await trio.sleep(LEASE_LINGER_S)
+            now = time.monotonic()
+            for queue in self._queues.values():
+                if queue.pending:
+                    continue
+                for lease in list(queue.leases):
+                    if lease.in_flight or lease.idle_since is None:
+                        continue
+                    if now - lease.idle_since >= LEASE_LINGER_S:
+                        self._return_lease(queue, lease, worker_ok=True)
+
+    def _return_lease(self, queue: ShapeQueue, lease: Lease, worker_ok: bool) -> None:
+        if lease.returned:
+            return
+        lease.returned = True
+        if lease in queue.leases:
+            queue.leases.remove(lease)
+        lease.conn.context = None
+        if not lease.node_conn.closed:
+            lease.node_conn.send(m.ReturnLease(lease.lease_id, worker_ok))
+
+    def _on_worker_lost(self, conn: Connection) -> None:
+        lease = conn.context
+        if not isinstance(lease, Lease) or lease.returned:
+            return
+        queue = self._queues[lease.shape]
+        lost = list(lease.in_flight.values())
+        lease.in_flight.clear()
+        self._return_lease(queue, lease, worker_ok=False)
+        for task in lost:
+            if task.cancelled:
+                self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
+            elif task.retries_left > 0:
+                task.retries_left -= 1
+                task.lease = None
+                log.info("task_retry", task=task.name, reason="worker died", retries_left=task.retries_left)
+                self._enqueue(task, front=True)
+            else:
+                err = WorkerCrashedError(
+                    f"the worker running {task.name} died (process exited or the connection "
+                    f"to it was lost) and the task has no retries left; raise max_retries to retry it"
+                )
+                self._finish(task, [v.serialize_error(err)] * task.num_returns)
+        self._dispatch(queue)
+
+    # ---------------------------------------------------------------------- results (trio)
+
+    def _on_results(self, conn: Connection, results: list) -> None:
+        lease = conn.context
+        in_flight = lease.in_flight if isinstance(lease, Lease) else {}
+        retry = []
+        done = []
+        for result in results:
+            task = in_flight.pop(result.task_id, None)
+            if task is None:
+                continue
+            entries = result.entries
+            first = entries[0]
+            if first[0] == v.INLINE and first[1] == v.ERROR and task.retry_exceptions and task.retries_left > 0 and not task.cancelled:
+                task.retries_left -= 1
+                retry.append(task)
+                continue
+            if len(entries) != task.num_returns:
+                entries = [first] * task.num_returns
+            done.append((task, entries))
+        if done:
+            self._finish_many(done)
+        if isinstance(lease, Lease):
+            for task in retry:
+                self._enqueue(task, front=True)
+            queue = self._queues[lease.shape]
+            if not lease.in_flight:
+                lease.idle_since = time.monotonic()
+            self._dispatch(queue)
+
+    def _finish(self, task: PendingTask, entries: list) -> None:
+        self._finish_many([(task, entries)])
+
+    def _finish_many(self, done: list) -> None:
+        to_free = []
+        with self._cv:
+            values = self._values
+            tasks = self._tasks
+            refcounts = self._refcounts
+            for task, entries in done:
+                tasks.pop(task.task_id, None)
+                for oid, entry in zip(task.return_ids, entries, strict=False):
+                    if oid in refcounts or oid in self._escaped:
+                        values[oid] = entry
+                    else:
+                        self._owned.discard(oid)
+                        to_free.append((oid, entry))
+                task.dep_refs = []  # release the arguments
+            self._cv.notify_all()
+        waiters = self._trio_waiters
+        if waiters:
+            for task, _ in done:
+                for oid in task.return_ids:
+                    for event in waiters.pop(oid, ()):
+                        event.set()
+        for oid, entry in to_free:
+            if entry[0] == v.STORED:
+                self._delete_stored(oid, entry)
+
+    async def _wait_entry(self, ref: ObjectRef) -> list:
+        """Wait (in trio) until ``ref``'s value entry is known; fetch it from its owner if borrowed."""
+        object_id = ref.id
+        while True:
+            entry = self._values.get(object_id)
+            if entry is not None:
+                return entry
+            if ref.owner != self.address:
+                self._start_fetch(ref)
+            event = trio.Event()
+            self._trio_waiters.setdefault(object_id, []).append(event)
+            await event.wait()
+
+    def _start_fetch(self, ref: ObjectRef) -> None:
+        if ref.id in self._fetching or ref.id in self._values:
+            return
+        self._fetching.add(ref.id)
+        self._nursery.start_soon(self._fetch_borrowed, ref)
+
+    async def _fetch_borrowed(self, ref: ObjectRef) -> None:
+        try:
+            try:
+                owner = await self._connect(ref.owner, "the object's owner")
+                entry = await owner.request(m.GetObject(ref.id))
+            except (ClusterConnectionError, RemoteCallError) as exc:
+                entry = v.serialize_error(
+                    ObjectLostError(
+                        f"object {ref.hex()} is lost: its owner at {ref.owner} is unreachable ({exc})"
+                    )
+                )
+            with self._cv:
+                self._values[ref.id] = entry
+                self._cv.notify_all()
+            for event in self._trio_waiters.pop(ref.id, ()):
+                event.set()
+        finally:
+            self._fetching.discard(ref.id)
+
+    async def _serve_get_object(self, conn: Connection, request_id: int, object_id: bytes) -> None:
+        if object_id not in self._values and object_id not in self._owned:
+            conn.reply(request_id, v.serialize_error(ObjectLostError(
+                f"object {object_id.hex()} is not known to its owner (it was freed or never existed)"
+            )))
+            return
+        entry = await self._wait_entry(ObjectRef(object_id, self.address))
+        conn.reply(request_id, entry)
+
+    # --------------------------------------------------------------- get / wait (user thread)
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
+        entries = self._wait_entries(refs, timeout)
+        return [self.load_entry(entry) for entry in entries]
+
+    def _wait_entries(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
+        values = self._values
+        with self._cv:
+            missing = [ref for ref in refs if ref.id not in values]
+        if missing:
+            borrowed = [ref for ref in missing if ref.owner != self.address]
+            if borrowed:
+                self.soon(self._fetch_all, borrowed)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            blocked = self.executor is not None and self.executor.notify_blocked(True)
+            try:
+                with self._cv:
+                    for ref in missing:
+                        while ref.id not in values:
+                            remaining = None if deadline is None else deadline - time.monotonic()
+                            if remaining is not None and remaining <= 0:
+                                raise GetTimeoutError(
+                                    f"get timed out after {timeout}s: {ref} (and maybe others) "
+                                    "is not ready yet"
+                                )
+                            self._cv.wait(remaining)
+            finally:
+                if blocked:
+                    self.executor.notify_blocked(False)
+        return [values[ref.id] for ref in refs]
+
+    def _fetch_all(self, refs: list[ObjectRef]) -> None:
+        for ref in refs:
+            self._start_fetch(ref)
+
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
+        values = self._values
+        borrowed = [ref for ref in refs if ref.owner != self.address and ref.id not in values]
+        if borrowed:
+            self.soon(self._fetch_all, borrowed)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while True:
+                ready = [ref for ref in refs if ref.id in values]
+                if len(ready) >= num_returns:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cv.wait(remaining)
+        ready = ready[:num_returns]
+        chosen = {ref.id for ref in ready}
+        return ready, [ref for ref in refs if ref.id not in chosen]
+
+    def load_entry(self, entry: list) -> Any:
+        if entry[0] == v.INLINE:
+            return v.loads(entry[1], entry[2], entry[3])
+        _, object_id, node_id, node_address, _size = entry
+        stored = self.store.get(object_id)
+        if stored is None:
+            if node_id == self.node_id:
+                raise ObjectLostError(
+                    f"object {object_id.hex()} is gone from its node's store (was it freed, or "
+                    "the node restarted?)"
+                )
+            self.call_async(self._pull, object_id, node_address)
+            stored = self.store.get(object_id)
+            if stored is None:
+                raise ObjectLostError(f"object {object_id.hex()} could not be copied to this node")
+        return v.loads(stored.metadata, stored.inband, stored.buffers)
+
+    async def _pull(self, object_id: bytes, node_address: str) -> None:
+        """Copy an object from another node's store into ours, in chunks."""
+        try:
+            conn = await self._connect(node_address, "the node holding the object")
+            size = await conn.request(m.PullObject(object_id))
+        except (ClusterConnectionError, RemoteCallError) as exc:
+            raise ObjectLostError(f"object {object_id.hex()} could not be fetched from {node_address}: {exc}") from None
+        if size is None:
+            raise ObjectLostError(f"object {object_id.hex()} is no longer in the store of node {node_address}")
+        with self.store.create_raw(object_id, size) as writer:
+            view = writer.view
+            limiter = trio.Semaphore(4)
+
+            async def fetch(offset: int) -> None:
+                async with limiter:
+                    data = await conn.request(m.PullChunk(object_id, offset, min(PULL_CHUNK, size - offset)))
+                view[offset : offset + len(data)] = data
+
+            async with trio.open_nursery() as nursery:
+                for offset in range(0, size, PULL_CHUNK):
+                    nursery.start_soon(fetch, offset)
+            writer.seal()
+
+    # -------------------------------------------------------------------------- cancel
+
+    def cancel(self, ref: ObjectRef, force: bool) -> None:
+        self.call(self._cancel, ref.id[:16], force)
+
+    def _cancel(self, task_id: bytes, force: bool) -> None:
+        task = self._tasks.get(task_id)
+        if task is None or task.cancelled:
+            return
+        task.cancelled = True
+        if task.lease is None:
+            queue = self._queues.get(task.shape)
+            if queue is not None and task in queue.pending:
+                queue.pending.remove(task)
+            self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
+        elif not task.lease.conn.closed:
+            task.lease.conn.send(m.CancelTask(task_id, force))
+
+
+def choose_local_node(nodes: list[dict], head_address: str) -> dict:
+    """The node a driver on this machine attaches to: ``CLUSTER_NODE_ID``, else the head's."""
+    alive = [node for node in nodes if node["state"] == "alive"]
+    wanted = os.environ.get("CLUSTER_NODE_ID")
+    if wanted:
+        for node in alive:
+            if node["node_id"] == wanted:
+                return node
+        raise ClusterConnectionError(f"CLUSTER_NODE_ID={wanted} names no live node of this cluster")
+    here = socket.gethostname()
+    local = [node for node in alive if node["hostname"] == here and os.path.isdir(node["store_path"])]
+    for node in local:
+        if node["is_head"]:
+            return node
+    if local:
+        return local[0]
+    raise ClusterConnectionError(
+        f"no node of the cluster at {head_address} runs on this machine, and a driver needs one "
+        "for its objects. Start one here with `cluster start --address "
+        f"{head_address}`, or run the script on a machine of the cluster."
+    )
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def print_worker_output(msg: Any) -> None:
+    """Driver-side sink for what workers print: prefixed with task name and pid."""
+    stream = sys.stderr if msg.stream == "stderr" else sys.stdout
+    prefix = f"({msg.task_name} pid={msg.pid}) "
+    text = "".join(prefix + line + "\n" for line in msg.text.splitlines())
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def as_ref_list(refs: ObjectRef | Iterable[ObjectRef]) -> tuple[list[ObjectRef], bool]:
+    if isinstance(refs, ObjectRef):
+        return [refs], True
+    return list(refs), False

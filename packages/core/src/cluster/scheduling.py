@@ -1,0 +1,32 @@
+"""Where a lease request goes when its node cannot grant it: the default policy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+def fits(shape: Mapping[str, float], available: Mapping[str, float]) -> bool:
+    return all(available.get(name, 0.0) >= amount - 1e-9 for name, amount in shape.items())
+
+
+@attrs.frozen
+class SchedulingPolicy:
+    """Pack on the local node while it has room; otherwise spill to the node with most room."""
+
+    def spill_target(self, shape: Mapping[str, float], nodes: list[dict[str, Any]], self_id: str) -> str | None:
+        """Address of a live node (not ``self_id``) whose *available* resources fit ``shape``."""
+        best, best_room = None, -1.0
+        for node in nodes:
+            if node["node_id"] == self_id or node["state"] != "alive":
+                continue
+            if fits(shape, node["available"]):
+                room = node["available"].get("CPU", 0.0)
+                if room > best_room:
+                    best, best_room = node["address"], room
+        return best
+
+    def feasible_somewhere(self, shape: Mapping[str, float], nodes: list[dict[str, Any]]) -> bool:
+        return any(node["state"] == "alive" and fits(shape, node["resources"]) for node in nodes)

@@ -1,0 +1,254 @@
+"""A worker process: executes the tasks its lease holders push to it, one at a time.
+
+Started by a node daemon as ``python -m cluster.worker``, with its configuration (including the
+cluster token) as one JSON line on stdin. Tasks arrive on the trio thread of the process's
+:class:`~cluster.runtime.Runtime` and run on the main thread (user code holds the GIL anyway);
+results go back to each task's owner, batched while more tasks are queued.
+"""
+
+from __future__ import annotations
+
+import _thread
+import io
+import json
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+import cloudpickle
+
+from cluster import messages as m
+from cluster import values as v
+from cluster.errors import TaskCancelledError, TaskError
+
+FLUSH_AFTER_S = 0.002  # send results at least this often while more tasks are queued
+
+
+class Executor:
+    """Runs pushed tasks on the main thread and sends their results back."""
+
+    def __init__(self, runtime: Any, worker_id: str) -> None:
+        self.runtime = runtime
+        self.worker_id = worker_id
+        self.pid = os.getpid()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._functions: dict[bytes, Any] = {}
+        self._lock = threading.Lock()
+        self._current: tuple[Any, Any] | None = None
+        self._cancelled: set[bytes] = set()
+        self._blocked_depth = 0
+
+    # -- called on the trio thread --
+
+    def push(self, conn: Any, tasks: list) -> None:
+        put = self._queue.put
+        for spec in tasks:
+            put((conn, spec))
+
+    def cancel(self, conn: Any, task_id: bytes, force: bool) -> None:
+        with self._lock:
+            current = self._current
+            if current is not None and current[1].task_id == task_id:
+                if force:
+                    os._exit(1)
+                self._cancelled.add(task_id)
+                _thread.interrupt_main()
+            else:
+                self._cancelled.add(task_id)
+
+    def stop(self, *_: Any) -> None:
+        self._queue.put(None)
+
+    # -- main thread --
+
+    @property
+    def current(self) -> tuple[Any, Any] | None:
+        return self._current
+
+    def notify_blocked(self, blocked: bool) -> bool:
+        """Tell the node this worker waits in ``get`` (its CPU can run other tasks meanwhile)."""
+        if threading.current_thread() is not threading.main_thread() or self._current is None:
+            return False
+        self._blocked_depth += 1 if blocked else -1
+        if (blocked and self._blocked_depth == 1) or (not blocked and self._blocked_depth == 0):
+            node_conn = self.runtime.node_conn
+            self.runtime.soon(node_conn.send, m.WorkerBlocked(self.worker_id, blocked))
+        return True
+
+    def run(self) -> None:
+        results: dict[Any, list] = {}
+        last_flush = time.monotonic()
+        get = self._queue.get
+        while True:
+            result = None
+            try:
+                item = get()
+                if item is None:
+                    break
+                conn, spec = item
+                result = self.execute(conn, spec)
+            except KeyboardInterrupt:
+                pass  # a cancel that arrived just after its task ended
+            if result is not None:
+                results.setdefault(conn, []).append(result)
+            now = time.monotonic()
+            if results and (self._queue.empty() or now - last_flush > FLUSH_AFTER_S):
+                batch, results = results, {}
+                last_flush = now
+                self.runtime.soon(_send_results, batch)
+
+    def execute(self, conn: Any, spec: Any) -> m.TaskResult:
+        task_id = spec.task_id
+        if task_id in self._cancelled:
+            self._cancelled.discard(task_id)
+            return m.TaskResult(task_id, [v.serialize_error(TaskCancelledError(spec.name))], self.pid)
+        try:
+            fn = self._functions.get(spec.function_id)
+            if fn is None:
+                if spec.function is None:
+                    raise RuntimeError(f"the code of {spec.name} never reached this worker")
+                fn = self._functions[spec.function_id] = cloudpickle.loads(spec.function)
+            args, kwargs = pickle.loads(spec.args)
+            if spec.deps:
+                load = self.runtime.load_entry
+                args, kwargs = v.fill_deps(args, kwargs, [load(entry) for entry in spec.deps])
+            with self._lock:
+                self._current = (conn, spec)
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                for stream in _streams:
+                    stream.flush_partial((conn, spec))
+                with self._lock:
+                    self._current = None
+            if spec.num_returns == 1:
+                outs = [out]
+            else:
+                outs = list(out) if isinstance(out, tuple | list) else None
+                if outs is None or len(outs) != spec.num_returns:
+                    raise ValueError(
+                        f"{spec.name} declares num_returns={spec.num_returns} but returned "
+                        f"{type(out).__name__} {'of length ' + str(len(outs)) if outs else ''}".rstrip()
+                    )
+            entry_for = self.runtime.entry_for
+            entries = [
+                entry_for(task_id + i.to_bytes(4, "little"), v.serialize(o)) for i, o in enumerate(outs)
+            ]
+        except KeyboardInterrupt:
+            if task_id in self._cancelled:
+                self._cancelled.discard(task_id)
+                entries = [v.serialize_error(TaskCancelledError(spec.name))]
+            else:
+                entries = [v.serialize_error(TaskError(spec.name, _remote_traceback(), None))]
+        except BaseException as exc:
+            entries = [v.serialize_error(TaskError(spec.name, _remote_traceback(), exc))]
+        return m.TaskResult(task_id, entries, self.pid)
+
+
+def _send_results(batch: dict) -> None:
+    for conn, results in batch.items():
+        if not conn.closed:
+            conn.send(m.TaskResults(results))
+
+
+def _remote_traceback() -> str:
+    import traceback
+
+    exc_type, exc, tb = sys.exc_info()
+    # Drop the frames of this module so the traceback starts in the user's code.
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(exc_type, exc, tb)) + f"(on worker pid={os.getpid()})"
+
+
+# --- output forwarding --------------------------------------------------------------------
+
+_executor: Executor | None = None
+_streams: list[_TaskOutput] = []
+
+
+class _TaskOutput(io.TextIOBase):
+    """Tees what a task prints: to the worker's log file and, by line, to the task's owner."""
+
+    def __init__(self, name: str, original: Any) -> None:
+        self._name = name
+        self._original = original
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._original.write(text)
+        current = _executor.current if _executor is not None else None
+        if current is None:
+            return len(text)
+        self._partial += text
+        if "\n" in self._partial:
+            complete, self._partial = self._partial.rsplit("\n", 1)
+            self._forward(current, complete)
+        return len(text)
+
+    def flush(self) -> None:
+        self._original.flush()
+
+    def flush_partial(self, current: Any) -> None:
+        if self._partial and current is not None:
+            self._forward(current, self._partial)
+        self._partial = ""
+
+    def _forward(self, current: tuple, text: str) -> None:
+        conn, spec = current
+        msg = m.LogLines(spec.name, os.getpid(), self._name, text)
+        _executor.runtime.soon(_send_log, conn, msg)
+
+
+def _send_log(conn: Any, msg: Any) -> None:
+    if not conn.closed:
+        conn.send(msg)
+
+
+def main() -> None:
+    global _executor
+    config = json.loads(sys.stdin.readline())
+    sys.stdin.close()
+    from cluster import log as cluster_log
+    from cluster.session import die_with_parent
+
+    die_with_parent()
+    cluster_log.configure(config["log_dir"], f"worker-{os.getpid()}")
+    from cluster.runtime import Runtime
+
+    node = config["node"]
+    runtime = Runtime(
+        token=config["token"],
+        head_address=config["head_address"],
+        node=node,
+        role="worker",
+        listen_host=node["address"].rpartition(":")[0],
+    )
+    executor = _executor = Executor(runtime, config["worker_id"])
+    runtime.executor = executor
+    runtime.start()
+    from cluster import api
+
+    api._set_worker_runtime(runtime)
+    runtime.node_conn.on_close.append(executor.stop)
+    for name in ("stdout", "stderr"):
+        stream = _TaskOutput(name, getattr(sys, name))
+        _streams.append(stream)
+        setattr(sys, name, stream)
+    runtime.call_async(
+        runtime.node_conn.request, m.RegisterWorker(config["worker_id"], runtime.address, os.getpid())
+    )
+    executor.run()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
