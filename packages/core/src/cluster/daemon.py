@@ -165,6 +165,12 @@ async def _watch_stdin(scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def parse_args(argv: list[str]) -> DaemonConfig:
     parser = argparse.ArgumentParser(prog="python -m cluster.daemon")
     parser.add_argument("--head", action="store_true")
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         trio.run(_main, config, token)
     except* ClusterError as group:
-        for exc in group.exceptions:
+        for exc in _leaves(group):
             print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     finally:

@@ -160,7 +160,7 @@ def _remote_traceback() -> str:
 
     exc_type, exc, tb = sys.exc_info()
     # Drop the frames of this module so the traceback starts in the user's code.
-    while tb is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
     return "".join(traceback.format_exception(exc_type, exc, tb)) + f"(on worker pid={os.getpid()})"
 

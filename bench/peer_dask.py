@@ -1,0 +1,127 @@
+"""Dask's half of the benchmark: the same metrics as ``cluster microbenchmark``.
+
+    python bench/peer_dask.py [--json] [--quick] [--only NAME,...]
+
+Equivalents of the Ray-style calls: ``f.remote()`` -> ``client.submit(f, pure=False)``,
+``put`` -> ``client.scatter(x, hash=False)``, ``get`` -> ``client.gather``, ``wait`` ->
+``distributed.wait``. ``pure=False`` / ``hash=False`` everywhere, so Dask never dedupes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+HOST = "127.0.0.1"
+CLUSTER_KWARGS: dict[str, Any] = {
+    "n_workers": 2,
+    "threads_per_worker": 1,
+    "processes": True,
+    "host": HOST,
+    "dashboard_address": None,
+}
+
+_COLD_START = f"""
+from dask.distributed import Client, LocalCluster
+lc = LocalCluster(**{CLUSTER_KWARGS!r})
+client = Client(lc)
+try:
+    def f():
+        return 1 + 1
+    print("RESULT " + str(client.submit(f, pure=False).result()), flush=True)
+finally:
+    client.close()
+    lc.close()
+"""
+
+
+def _noop() -> None:
+    return None
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _sum(array: Any) -> float:
+    return float(array.sum())
+
+
+class DaskBackend:
+    framework = "dask"
+    # client.gather copies the array over TCP from a worker process: never shared memory.
+    zero_copy_possible = False
+
+    def __init__(self) -> None:
+        self._cluster: Any = None
+        self._client: Any = None
+
+    def version(self) -> str:
+        import dask
+        import distributed
+
+        return f"dask {dask.__version__}, distributed {distributed.__version__}"
+
+    def describe(self) -> str:
+        if self._client is None:
+            return f"LocalCluster({CLUSTER_KWARGS})"
+        return f"LocalCluster({CLUSTER_KWARGS}); scheduler {self._address}"
+
+    _address: str | None = None
+
+    def cold_start_argv(self) -> list[str]:
+        return [sys.executable, "-c", _COLD_START]
+
+    def start(self) -> None:
+        from dask.distributed import Client, LocalCluster, wait
+
+        self._wait = wait
+        self._cluster = LocalCluster(**CLUSTER_KWARGS)
+        self._client = Client(self._cluster)
+        self._address = self._client.scheduler.address
+        workers = self._client.scheduler_info()["workers"]
+        off_loopback = [a for a in [self._address, *workers] if f"//{HOST}:" not in a]
+        if off_loopback:
+            raise RuntimeError(f"dask left loopback: {off_loopback}")
+
+    def stop(self) -> None:
+        try:
+            if self._client is not None:
+                self._client.close()
+        finally:
+            if self._cluster is not None:
+                self._cluster.close()
+            self._client = self._cluster = None
+
+    def noop(self) -> Any:
+        return self._client.submit(_noop, pure=False)
+
+    def sleep_task(self, seconds: float) -> Any:
+        return self._client.submit(_sleep, seconds, pure=False)
+
+    def sum_task(self, ref: Any) -> Any:
+        return self._client.submit(_sum, ref, pure=False)
+
+    def put(self, value: Any) -> Any:
+        return self._client.scatter(value, hash=False)
+
+    def get(self, ref: Any) -> Any:
+        return self._client.gather(ref)
+
+    def get_many(self, refs: list[Any]) -> list[Any]:
+        return self._client.gather(refs)
+
+    def wait_all(self, refs: list[Any]) -> int:
+        done, _ = self._wait(refs)
+        return len(done)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _engine import load_engine
+
+    return load_engine().main_for(DaskBackend(), argv, prog="peer_dask.py")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Development sessions. Packages are found on disk: packages/**/pyproject.toml.
+
+    nox -s demo     run a demo workload on a local cluster with two node daemons
+    nox -s tests    the whole test suite (what CI runs)
+    nox -s lint     ruff
+    nox -s bench    microbenchmarks of cluster, Ray and Dask side by side
+"""
+
+from __future__ import annotations
+
+import pathlib
+import tomllib
+
+import nox
+
+ROOT = pathlib.Path(__file__).parent
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "uv|venv"
+
+
+def packages() -> list[pathlib.Path]:
+    """Every distribution in the repo, dependencies before dependents."""
+    found = {}
+    for pyproject in sorted(ROOT.glob("packages/**/pyproject.toml")):
+        if ".nox" in pyproject.parts:
+            continue
+        meta = tomllib.loads(pyproject.read_text())["project"]
+        found[meta["name"]] = (pyproject.parent, [d.split("=")[0].split(">")[0].split("<")[0].strip() for d in meta.get("dependencies", [])])
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered or name not in found:
+            return
+        for dep in found[name][1]:
+            visit(dep)
+        ordered.append(name)
+
+    for name in found:
+        visit(name)
+    return [found[name][0] for name in ordered]
+
+
+def install_packages(session: nox.Session, *extra: str) -> None:
+    editable = []
+    for path in packages():
+        editable += ["-e", f"{path}[test]" if "test" in _extras(path) else str(path)]
+    session.install(*editable, *extra)
+
+
+def _extras(path: pathlib.Path) -> set[str]:
+    meta = tomllib.loads((path / "pyproject.toml").read_text())["project"]
+    return set(meta.get("optional-dependencies", {}))
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run every package's tests and the cross-package end-to-end tests."""
+    install_packages(session, "pytest>=8", "pytest-timeout", "numpy", "psutil", "hatchling")
+    test_dirs = [str(p / "tests") for p in packages() if (p / "tests").is_dir()] + ["tests"]
+    session.run("pytest", *(session.posargs or test_dirs))
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Start a head and a second node daemon, run a workload across them, stop them."""
+    install_packages(session, "numpy")
+    session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
