@@ -76,8 +76,8 @@ def init(
             _local_session = session.new_session_dir()
             token = session.new_token()
             session.write_token(_local_session, token)
-            from cluster.cli import resources_arg
-            from cluster.launch import spawn_daemon
+            from cluster.launch import start_daemon
+            from cluster.scheduling import resources_arg
 
             args = [
                 "--head",
@@ -85,7 +85,16 @@ def init(
                 "--resources", resources_arg(num_cpus, num_gpus, resources),
                 "--exit-with-stdin",
             ]
-            _local_cluster, info = spawn_daemon(args, token, _local_session, keep_stdin=True)
+            starting = start_daemon(args, token, _local_session, keep_stdin=True)
+            _local_cluster = starting.proc
+            # Import the runtime while the daemon boots: the two overlap on a multi-core machine.
+            from cluster.runtime import Runtime, print_worker_output
+
+            try:
+                _, info = starting.wait_ready()
+            except BaseException:
+                _stop_local_cluster()
+                raise
             resolved = info["address"]
         from cluster import log as cluster_log
         from cluster.runtime import Runtime, print_worker_output

@@ -29,6 +29,7 @@ from cluster.head import HeadService
 from cluster.node import NodeService
 from cluster.plugins import get_plugin_manager
 from cluster.protocol import Connection, run_connection, server_handshake
+from cluster.zygote import Zygote, start_zygote
 
 log = structlog.get_logger("cluster.daemon")
 SHUTDOWN_GRACE_S = 5.0
@@ -74,18 +75,29 @@ class Router:
         handler(conn, msg, request_id)
 
 
-async def run_daemon(
-    config: DaemonConfig, token: str, *, task_status: trio.TaskStatus[dict] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Serve the head and/or node role until cancelled."""
+def bind(config: DaemonConfig) -> socket.socket:
+    """The daemon's listening socket, bound before anything else starts."""
     try:
-        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+        sock = socket.create_server((config.host, config.port), backlog=1024)
     except OSError as exc:
         raise ConfigError(
             f"could not listen on {config.host}:{config.port}: {exc.strerror}. Choose another "
             "port with --port (0 picks a free one)."
         ) from None
-    port = listeners[0].socket.getsockname()[1]
+    return sock
+
+
+async def run_daemon(
+    config: DaemonConfig,
+    token: str,
+    sock: socket.socket,
+    zygote: Zygote,
+    *,
+    task_status: trio.TaskStatus[dict] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the head and/or node role on ``sock`` until cancelled."""
+    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+    port = sock.getsockname()[1]
     advertised = config.node_ip or (config.host if config.host not in ("0.0.0.0", "::", "") else _own_ip())
     address = f"{advertised}:{port}"
     router = Router()
@@ -120,6 +132,7 @@ async def run_daemon(
             session_dir=config.session_dir,
             is_head=config.head,
             store_root=config.store_root,
+            zygote=zygote,
         )
         router.add(node.handlers())
         await nursery.start(node.run)
@@ -137,9 +150,9 @@ def _own_ip() -> str:
         return "127.0.0.1"
 
 
-async def _main(config: DaemonConfig, token: str) -> None:
+async def _main(config: DaemonConfig, token: str, sock: socket.socket, zygote: Zygote) -> None:
     async with trio.open_nursery() as nursery:
-        info = await nursery.start(run_daemon, config, token)
+        info = await nursery.start(run_daemon, config, token, sock, zygote)
         os.write(1, (json.dumps(info) + "\n").encode())
         log_path = os.path.join(config.session_dir, "logs", f"{'head' if config.head else 'node'}-{os.getpid()}.out")
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -202,11 +215,19 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(sys.argv[1:] if argv is None else argv)
     token = sys.stdin.readline().strip()
     role = "head" if config.head else "node"
-    cluster_log.configure(os.path.join(config.session_dir, "logs"), f"{role}-{os.getpid()}")
     try:
-        trio.run(_main, config, token)
-    except* ClusterError as group:
-        for exc in _leaves(group):
+        sock = bind(config)
+        # Workers are forked from here, so everything they import is imported once, now.
+        import cluster.worker  # noqa: F401
+
+        zygote = start_zygote(close_in_workers=[sock.fileno()])
+        cluster_log.configure(os.path.join(config.session_dir, "logs"), f"{role}-{os.getpid()}")
+        trio.run(_main, config, token, sock, zygote)
+    except BaseException as exc:
+        errors = [e for e in _leaves(exc) if isinstance(e, ClusterError)]
+        if not errors:
+            raise
+        for exc in errors:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     finally:

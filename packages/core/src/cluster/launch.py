@@ -23,6 +23,22 @@ def spawn_daemon(
 
     With ``keep_stdin`` the caller holds the daemon's stdin; the daemon stops when it closes.
     """
+    return start_daemon(args, token, session_dir, keep_stdin=keep_stdin).wait_ready(timeout)
+
+
+class StartingDaemon:
+    """A daemon process that was started and may not accept connections yet."""
+
+    def __init__(self, proc: subprocess.Popen, err_path: Path) -> None:
+        self.proc = proc
+        self.err_path = err_path
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> tuple[subprocess.Popen, dict[str, Any]]:
+        return _wait_ready(self.proc, self.err_path, timeout)
+
+
+def start_daemon(args: list[str], token: str, session_dir: Path, *, keep_stdin: bool) -> StartingDaemon:
+    """Start ``python -m cluster.daemon ARGS`` without waiting for it."""
     err_path = session_dir / "logs" / f"daemon-start-{os.getpid()}-{time.monotonic_ns()}.err"
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(
@@ -38,6 +54,11 @@ def spawn_daemon(
     proc.stdin.flush()
     if not keep_stdin:
         proc.stdin.close()
+    return StartingDaemon(proc, err_path)
+
+
+def _wait_ready(proc: subprocess.Popen, err_path: Path, timeout: float) -> tuple[subprocess.Popen, dict[str, Any]]:
+    assert proc.stdout is not None
     line = b""
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:

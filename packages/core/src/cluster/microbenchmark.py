@@ -72,7 +72,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("get_small_per_s", "ops/s", True, "get of a small int (distinct refs, one at a time)"),
     Metric("put_100mb_gbps", "GB/s", True, "put of a 100 MiB numpy array"),
     Metric("get_100mb_gbps", "GB/s", True, "get of a 100 MiB numpy array, same node"),
-    Metric("task_100mb_arg_gbps", "GB/s", True, "task taking a 100 MiB array ref, returning its sum"),
+    Metric(
+        "task_100mb_arg_gbps", "GB/s", True, "task taking a 100 MiB array ref, returning its sum"
+    ),
     Metric("wait_1000_ready_ms", "ms", False, "wait(num_returns=1000) on 1,000 finished refs"),
     Metric("sleep_1ms_10k_per_s", "tasks/s", True, "10,000 tasks sleeping 1 ms (ideal: 2,000/s)"),
 )

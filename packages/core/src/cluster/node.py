@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import os
 import secrets
 import signal
 import socket
-import subprocess
-import sys
 from typing import Any
 
 import attrs
@@ -37,7 +34,7 @@ MAX_SPILLS = 2
 @attrs.define(eq=False)
 class WorkerProc:
     worker_id: str
-    process: trio.Process
+    pid: int | None = None
     address: str | None = None
     conn: Connection | None = None
     state: str = "starting"  # starting | idle | leased | dead
@@ -90,7 +87,9 @@ class NodeService:
     _nursery: trio.Nursery | None = None
     _shutting_down: bool = False
     _raw_views: dict = attrs.Factory(dict)
-    _spawning: int = 0
+    zygote: Any = None
+    _by_pid: dict = attrs.Factory(dict)
+    _all_exited: trio.Event = attrs.Factory(trio.Event)
 
     def __attrs_post_init__(self) -> None:
         from cluster_store import default_store_root
@@ -134,6 +133,7 @@ class NodeService:
                 )
                 self.view, self.view_version = reply["view"], reply["version"]
                 self.head_conn.on_close.append(self._head_lost)
+                nursery.start_soon(self._zygote_events)
                 for _ in range(self.pool_size):
                     self._spawn_worker()
                 nursery.start_soon(self._heartbeat_loop)
@@ -168,10 +168,6 @@ class NodeService:
 
     def _spawn_worker(self) -> None:
         worker_id = secrets.token_hex(8)
-        self._spawning += 1
-        self._nursery.start_soon(self._run_worker, worker_id)
-
-    async def _run_worker(self, worker_id: str) -> None:
         config = {
             "token": self.token,
             "head_address": self.head_address,
@@ -179,40 +175,47 @@ class NodeService:
             "worker_id": worker_id,
             "log_dir": os.path.join(self.session_dir, "logs"),
         }
-        out_path = os.path.join(self.session_dir, "logs", f"worker-{worker_id}.out")
-        try:
-            with open(out_path, "ab") as out:
-                process = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "cluster.worker"],
-                    stdin=subprocess.PIPE,
-                    stdout=out,
-                    stderr=out,
-                    env={**os.environ, "CLUSTER_NODE_ID": self.node_id, "PYTHONUNBUFFERED": "1"},
-                )
-        finally:
-            self._spawning -= 1
-        worker = WorkerProc(worker_id, process)
-        self.workers[worker_id] = worker
-        try:
-            await process.stdin.send_all((json.dumps(config) + "\n").encode())
-            await process.stdin.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        code = await process.wait()
-        self._worker_exited(worker, code)
+        self.workers[worker_id] = WorkerProc(worker_id)
+        log_path = os.path.join(self.session_dir, "logs", f"worker-{worker_id}.out")
+        self.zygote.spawn(worker_id, config, log_path)
+
+    async def _zygote_events(self) -> None:
+        async for event in self.zygote.events():
+            if event[0] == "spawned":
+                worker = self.workers.get(event[1])
+                if worker is not None:
+                    worker.pid = event[2]
+                    self._by_pid[event[2]] = worker
+            elif event[0] == "exited":
+                worker = self._by_pid.pop(event[1], None)
+                if worker is not None:
+                    self._worker_exited(worker, event[2])
+        if not self._shutting_down:
+            log.error("zygote_exited")
+            self._nursery.cancel_scope.cancel()
+
+    def _kill(self, worker: WorkerProc) -> None:
+        worker.state = "dead"
+        if worker.pid is not None:
+            try:
+                os.kill(worker.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _worker_exited(self, worker: WorkerProc, code: int) -> None:
         self.workers.pop(worker.worker_id, None)
+        if not self.workers:
+            self._all_exited.set()
         previous = worker.state
         worker.state = "dead"
         if self._shutting_down:
             return
-        log.warning("worker_exited", worker_id=worker.worker_id, pid=worker.process.pid, code=code, state=previous)
+        log.warning("worker_exited", worker_id=worker.worker_id, pid=worker.pid, code=code, state=previous)
         if worker.lease_id is not None:
             lease = self.leases.pop(worker.lease_id, None)
             if lease is not None:
                 self._release(lease)
-        if len(self.workers) + self._spawning < self.pool_size:
+        if len(self.workers) < self.pool_size:
             self._spawn_worker()
         self._pump()
 
@@ -230,17 +233,18 @@ class NodeService:
         self._pump()
 
     async def _stop_workers(self) -> None:
-        workers = list(self.workers.values())
-        for worker in workers:
-            if worker.process.returncode is None:
-                worker.process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(2):
-            for worker in workers:
-                await worker.process.wait()
-        for worker in workers:
-            if worker.process.returncode is None:
-                worker.process.kill()
-                await worker.process.wait()
+        pids = [w.pid for w in self.workers.values() if w.pid is not None]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if self.workers:
+            with trio.move_on_after(2):
+                await self._all_exited.wait()
+        for worker in list(self.workers.values()):
+            self._kill(worker)
+        self.zygote.close()
 
     def _worker_blocked(self, conn: Connection, msg: m.WorkerBlocked, request_id: int) -> None:
         worker = self.workers.get(msg.worker_id)
@@ -320,8 +324,7 @@ class NodeService:
             if msg.worker_ok:
                 worker.state = "idle"
             else:
-                worker.state = "dead"
-                worker.process.kill()
+                self._kill(worker)
         self._pump()
 
     def _release(self, lease: Lease) -> None:
@@ -338,8 +341,7 @@ class NodeService:
             del self.leases[lease.lease_id]
             self._release(lease)
             lease.worker.lease_id = None
-            lease.worker.state = "dead"
-            lease.worker.process.kill()
+            self._kill(lease.worker)
         self._queue = collections.deque(r for r in self._queue if r.conn is not conn)
         self._pump()
 
@@ -361,11 +363,11 @@ class NodeService:
         self._maybe_spawn()
 
     def _maybe_spawn(self) -> None:
-        starting = self._spawning + sum(1 for w in self.workers.values() if w.state == "starting")
+        starting = sum(1 for w in self.workers.values() if w.state == "starting")
         idle = sum(1 for w in self.workers.values() if w.state == "idle")
         waiting = sum(1 for r in self._queue if fits(r.shape, self.available))
         need = waiting - idle - starting
-        while need > 0 and len(self.workers) + self._spawning < self.max_workers:
+        while need > 0 and len(self.workers) < self.max_workers:
             self._spawn_worker()
             need -= 1
             starting += 1

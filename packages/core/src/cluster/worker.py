@@ -213,9 +213,15 @@ def _send_log(conn: Any, msg: Any) -> None:
 
 
 def main() -> None:
-    global _executor
+    """Entry point of ``python -m cluster.worker``: the configuration comes on stdin."""
     config = json.loads(sys.stdin.readline())
     sys.stdin.close()
+    run(config)
+
+
+def run(config: dict[str, Any]) -> None:
+    """Run a worker until its node daemon goes away."""
+    global _executor
     from cluster import log as cluster_log
     from cluster.session import die_with_parent
 
