@@ -61,10 +61,10 @@ class DaskBackend:
         import dask
         import distributed
 
-        return f"dask {dask.__version__}, distributed {distributed.__version__}"
+        return f"{dask.__version__} (distributed {distributed.__version__})"
 
     def describe(self) -> str:
-        if self._client is None:
+        if self._address is None:
             return f"LocalCluster({CLUSTER_KWARGS})"
         return f"LocalCluster({CLUSTER_KWARGS}); scheduler {self._address}"
 

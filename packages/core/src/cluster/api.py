@@ -370,7 +370,12 @@ def get(refs: ObjectRef | Iterable[ObjectRef], *, timeout: float | None = None) 
     ref_list = [refs] if single else _ref_list(refs, "get")
     if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
         raise ConfigError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
-    values = _rt().get(ref_list, timeout)
+    runtime = _rt()
+    try:
+        values = runtime.get(ref_list, timeout)
+    except ClusterError as exc:
+        # The remote traceback is in the message; our own frames would only be noise.
+        raise exc.with_traceback(None) from None
     return values[0] if single else values
 
 
@@ -386,7 +391,7 @@ def wait(
 ) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """Wait until ``num_returns`` of ``refs`` are ready or ``timeout`` passes: (ready, not_ready)."""
     ref_list = _ref_list(refs, "wait")
-    if len({ref.id for ref in ref_list}) != len(ref_list):
+    if len({ref._id for ref in ref_list}) != len(ref_list):
         raise ValueError("wait() got the same ObjectRef more than once")
     if not isinstance(num_returns, int) or not 0 <= num_returns <= len(ref_list):
         raise ValueError(f"num_returns must be between 0 and len(refs)={len(ref_list)}, got {num_returns!r}")
@@ -418,7 +423,8 @@ def _ref_list(refs: Any, what: str) -> list[ObjectRef]:
     if isinstance(refs, str | bytes) or not isinstance(refs, Iterable):
         raise TypeError(f"{what}() takes an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
     out = list(refs)
-    for ref in out:
-        if not isinstance(ref, ObjectRef):
-            raise TypeError(f"{what}() takes ObjectRefs, got an item of type {type(ref).__name__}")
+    if not all(type(ref) is ObjectRef for ref in out):
+        for ref in out:
+            if not isinstance(ref, ObjectRef):
+                raise TypeError(f"{what}() takes ObjectRefs, got an item of type {type(ref).__name__}")
     return out

@@ -655,22 +655,26 @@ class Runtime:
 
     def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
         values = self._values
-        borrowed = [ref for ref in refs if ref.owner != self.address and ref.id not in values]
-        if borrowed:
-            self.soon(self._fetch_all, borrowed)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cv:
-            while True:
-                ready = [ref for ref in refs if ref.id in values]
-                if len(ready) >= num_returns:
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self._cv.wait(remaining)
+        ready = [ref for ref in refs if ref._id in values]
+        if len(ready) < num_returns:
+            borrowed = [r for r in refs if r._owner != self.address and r._id not in values]
+            if borrowed:
+                self.soon(self._fetch_all, borrowed)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with self._cv:
+                while True:
+                    ready = [ref for ref in refs if ref._id in values]
+                    if len(ready) >= num_returns:
+                        break
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    self._cv.wait(remaining)
+        if len(ready) == len(refs):
+            return list(refs[:num_returns]), list(refs[num_returns:])
         ready = ready[:num_returns]
-        chosen = {ref.id for ref in ready}
-        return ready, [ref for ref in refs if ref.id not in chosen]
+        chosen = {ref._id for ref in ready}
+        return ready, [ref for ref in refs if ref._id not in chosen]
 
     def load_entry(self, entry: list) -> Any:
         if entry[0] == v.INLINE:

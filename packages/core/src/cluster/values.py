@@ -40,13 +40,23 @@ class Serialized:
 def serialize(value: Any, metadata: bytes = b"") -> Serialized:
     buffers: list[pickle.PickleBuffer] = []
     try:
-        inband = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    except Exception as exc:
-        raise TypeError(
-            f"could not serialize a value of type {type(value).__name__} to send it to the "
-            f"cluster: {exc}. Values that hold locks, open files or sockets cannot travel."
-        ) from exc
+        # Plain pickle is several times faster and refuses (rather than mis-pickles) anything
+        # it could not rebuild by reference, e.g. classes defined in a driver's __main__.
+        inband = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception:
+        buffers.clear()
+        try:
+            inband = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        except Exception as exc:
+            raise _unserializable(value, exc) from exc
     return Serialized(metadata, inband, buffers)
+
+
+def _unserializable(value: Any, exc: Exception) -> TypeError:
+    return TypeError(
+        f"could not serialize a value of type {type(value).__name__} to send it to the "
+        f"cluster: {exc}. Values that hold locks, open files or sockets cannot travel."
+    )
 
 
 def serialize_error(exc: BaseException) -> list:

@@ -230,6 +230,7 @@ def run(config: dict[str, Any]) -> None:
     from cluster.runtime import Runtime
 
     node = config["node"]
+    os.environ["CLUSTER_NODE_ID"] = node["node_id"]
     runtime = Runtime(
         token=config["token"],
         head_address=config["head_address"],
