@@ -19,9 +19,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 import cluster
+import numpy as np
 
 
 def cli(*args: str) -> str:

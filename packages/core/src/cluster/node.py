@@ -31,6 +31,10 @@ HEARTBEAT_S = 0.25
 MAX_SPILLS = 2
 
 
+def _fmt(resources: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items()) if v) + "}"
+
+
 @attrs.define(eq=False)
 class WorkerProc:
     worker_id: str
@@ -279,6 +283,11 @@ class NodeService:
                     conn.reply(request_id, ["spill", target])
                     return
                 log.warning("lease_infeasible", shape=request.shape)
+                largest = max((n["resources"] for n in self.view if n["state"] == "alive"),
+                              key=lambda r: r.get("CPU", 0.0), default=self.resources)
+                conn.reply(request_id, ["infeasible", f"no node of the cluster can ever fit "
+                                        f"{_fmt(request.shape)} (largest node: {_fmt(largest)})"])
+                return
         if conn not in self._watched_owners():
             conn.on_close.append(self._owner_lost)
         self._queue.append(request)

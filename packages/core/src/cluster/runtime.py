@@ -50,6 +50,7 @@ LEASE_LINGER_S = 0.05  # keep an idle lease this long in case more work of its s
 PIPELINE_DEPTH = int(os.environ.get("CLUSTER_TASKS_IN_FLIGHT_PER_WORKER", "4"))
 MAX_LEASE_REQUESTS = 8  # concurrent lease requests per resource shape
 PULL_CHUNK = 8 << 20
+INFEASIBLE_RETRY_S = 1.0
 
 
 @attrs.define(slots=True, eq=False)
@@ -123,6 +124,7 @@ class Runtime:
         self._refcounts: collections.Counter[bytes] = collections.Counter()
         self._ref_lock = threading.Lock()
         self._escaped: set[bytes] = set()
+        self._warned_infeasible: set[tuple] = set()
         self._owned: set[bytes] = set()
         self._conns: dict[str, Connection] = {}
         self._dial_locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
@@ -447,6 +449,13 @@ class Runtime:
                     address = answer[1]
                     spill_count += 1
                     continue
+                if answer[0] == "infeasible":
+                    self._warn_infeasible(queue, answer[1])
+                    await trio.sleep(INFEASIBLE_RETRY_S)
+                    address, spill_count = self.node_address, 0
+                    if not queue.pending:
+                        return
+                    continue
                 _, lease_id, worker_address = answer[:3]
                 break
         finally:
@@ -463,6 +472,18 @@ class Runtime:
             worker_conn.on_close.append(self._on_worker_lost)
         queue.leases.append(lease)
         self._dispatch(queue)
+
+    def _warn_infeasible(self, queue: ShapeQueue, reason: str) -> None:
+        if queue.shape in self._warned_infeasible:
+            return
+        self._warned_infeasible.add(queue.shape)
+        names = sorted({task.name for task in queue.pending})
+        print(
+            f"cluster: warning: {', '.join(names) or 'a task'} cannot be scheduled: {reason}. "
+            "It stays pending until a node that fits joins the cluster.",
+            file=sys.stderr,
+            flush=True,
+        )
 
     async def _linger_loop(self) -> None:
         while True:
