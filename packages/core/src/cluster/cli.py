@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -137,8 +138,11 @@ def stop(grace: float) -> None:
     while time.monotonic() < deadline and any(session.pid_alive(r["pid"]) for r in ours):
         time.sleep(0.05)
     for record in ours:
-        # The daemon is its process group's leader; its workers share the group.
+        # The daemon is its process group's leader; its zygote and workers share the group.
+        killed = session.pid_alive(record["pid"])
         _signal_group(record["pid"], signal.SIGKILL)
+        if killed and record.get("store_path"):
+            shutil.rmtree(record["store_path"], ignore_errors=True)  # it had no chance to clean up
         session.remove_daemon_record(record["pid"])
         session.clear_current(record["pid"])
     click.echo(f"Stopped {len(ours)} daemon(s): pids {', '.join(str(r['pid']) for r in ours)}.")

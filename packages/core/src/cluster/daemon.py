@@ -178,6 +178,17 @@ async def _watch_stdin(scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
+def _raise_open_file_limit() -> None:
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
@@ -215,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(sys.argv[1:] if argv is None else argv)
     token = sys.stdin.readline().strip()
     role = "head" if config.head else "node"
+    _raise_open_file_limit()  # every zero-copy object a worker holds keeps a mapping (and fd) open
     try:
         sock = bind(config)
         # Workers are forked from here, so everything they import is imported once, now.
