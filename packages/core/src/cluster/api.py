@@ -57,6 +57,22 @@ def init(
     ``token`` is the cluster token; by default it is found in ``$CLUSTER_TOKEN`` or in the
     session directory of a cluster started on this machine.
     """
+    try:
+        return _init(address, num_cpus, num_gpus, resources, token, ignore_reinit_error, log_to_driver)
+    except ClusterError as exc:
+        # The message says what went wrong and what to do; our frames would only be noise.
+        raise exc.with_traceback(None) from None
+
+
+def _init(
+    address: str | None,
+    num_cpus: float | None,
+    num_gpus: float | None,
+    resources: Mapping[str, float] | None,
+    token: str | None,
+    ignore_reinit_error: bool,
+    log_to_driver: bool,
+) -> dict[str, Any]:
     global _runtime, _local_cluster, _local_session
     with _lock:
         if _runtime is not None:

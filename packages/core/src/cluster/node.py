@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from cluster import messages as m
-from cluster.plugins import get_plugin_manager
+from cluster.plugins import make_object_store, make_scheduler
 from cluster.protocol import Connection, dial
 from cluster.scheduling import fits
 
@@ -101,8 +101,8 @@ class NodeService:
         self.available = dict(self.resources)
         root = self.store_root or str(default_store_root())
         self.store_path = os.path.join(root, f"cluster-{self.node_id}")
-        self.store = get_plugin_manager().hook.cluster_make_object_store(path=self.store_path, node=self.info())
-        self.policy = get_plugin_manager().hook.cluster_make_scheduler(node=self)
+        self.store = make_object_store(self.store_path, self.info())
+        self.policy = make_scheduler(self)
         self.pool_size = max(1, int(self.resources.get("CPU", 1)))
         self.max_workers = self.pool_size * 4 + 8
 

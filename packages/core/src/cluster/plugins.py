@@ -46,3 +46,27 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm.register(plugin, name=ep.name)
     pm.check_pending()
     return pm
+
+
+def make_object_store(path: str, node: dict) -> object:
+    """The object store for a node, from the first plugin that provides one."""
+    store = get_plugin_manager().hook.cluster_make_object_store(path=path, node=node)
+    if store is None:
+        raise ConfigError(_nobody_answered("cluster_make_object_store", "an object store"))
+    return store
+
+
+def make_scheduler(node: object) -> object:
+    """The scheduling policy for a node, from the first plugin that provides one."""
+    policy = get_plugin_manager().hook.cluster_make_scheduler(node=node)
+    if policy is None:
+        raise ConfigError(_nobody_answered("cluster_make_scheduler", "a scheduling policy"))
+    return policy
+
+
+def _nobody_answered(hook: str, what: str) -> str:
+    off = ", ".join(sorted(disabled_plugins())) or "none"
+    return (
+        f"no plugin provides {what} (hook {hook}); disabled plugins: {off}. Re-enable the "
+        "built-in 'core' plugin or install a plugin that implements the hook."
+    )

@@ -140,12 +140,12 @@ class Runtime:
         self.head_conn: Connection | None = None
 
     def _set_node(self, node: dict) -> None:
-        from cluster.plugins import get_plugin_manager
+        from cluster.plugins import make_object_store
 
         self.node = node
         self.node_id: str = node["node_id"]
         self.node_address: str = node["address"]
-        self.store = get_plugin_manager().hook.cluster_make_object_store(path=node["store_path"], node=node)
+        self.store = make_object_store(node["store_path"], node)
 
     # ----------------------------------------------------------------- lifecycle (user thread)
 
