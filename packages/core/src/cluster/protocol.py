@@ -437,10 +437,19 @@ async def open_stream(address: str, *, timeout: float = 10.0, what: str = "the c
             "Check the address and that the machine is reachable."
         ) from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if isinstance(exc, ConnectionRefusedError) or "refused" in str(exc).lower():
+        causes = [exc, *_leaf_errors(exc.__cause__)]
+        reason = next((c.strerror for c in reversed(causes) if getattr(c, "strerror", None)), str(exc))
+        if any(isinstance(c, ConnectionRefusedError) for c in causes):
             reason = "connection refused (nothing is listening there)"
         raise ClusterConnectionError(
             f"could not reach {what} at {address}: {reason}. Is the cluster running? Start one "
             "with `cluster start --head`, or check the address."
         ) from None
+
+
+def _leaf_errors(exc: BaseException | None) -> list[BaseException]:
+    if exc is None:
+        return []
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaf_errors(inner)]
+    return [exc]

@@ -39,17 +39,17 @@ class Serialized:
 
 def serialize(value: Any, metadata: bytes = b"") -> Serialized:
     buffers: list[pickle.PickleBuffer] = []
+    if type(value) in _PLAIN_TYPES:
+        # Several times faster than cloudpickle, and these types pickle the same everywhere.
+        return Serialized(metadata, pickle.dumps(value, protocol=5), buffers)
     try:
-        # Plain pickle is several times faster and refuses (rather than mis-pickles) anything
-        # it could not rebuild by reference, e.g. classes defined in a driver's __main__.
-        inband = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    except Exception:
-        buffers.clear()
-        try:
-            inband = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-        except Exception as exc:
-            raise _unserializable(value, exc) from exc
+        inband = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise _unserializable(value, exc) from exc
     return Serialized(metadata, inband, buffers)
+
+
+_PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
 def _unserializable(value: Any, exc: Exception) -> TypeError:
