@@ -18,11 +18,12 @@ def message(tag: int, **nested: type) -> Any:
     """Declare a message type with a unique wire ``tag``; ``nested`` maps field -> element type."""
 
     def wrap(cls: type) -> type:
-        cls = attrs.frozen(cls, slots=True)
+        if not attrs.has(cls):
+            raise TypeError(f"{cls.__name__}: put @message above @attrs.frozen")
         if tag in MESSAGE_TYPES:
             raise RuntimeError(f"message tag {tag} used twice")
-        cls.TAG = tag
-        cls.NESTED = nested
+        cls.TAG = tag  # type: ignore[attr-defined]
+        cls.NESTED = nested  # type: ignore[attr-defined]
         MESSAGE_TYPES[tag] = cls
         return cls
 
@@ -33,6 +34,7 @@ def message(tag: int, **nested: type) -> Any:
 
 
 @message(1)
+@attrs.frozen
 class Hello:
     version: int
     role: str
@@ -40,6 +42,7 @@ class Hello:
 
 
 @message(2)
+@attrs.frozen
 class Auth:
     version: int
     role: str
@@ -48,11 +51,13 @@ class Auth:
 
 
 @message(3)
+@attrs.frozen
 class Welcome:
     mac: bytes
 
 
 @message(4)
+@attrs.frozen
 class Refuse:
     code: str
     reason: str
@@ -62,11 +67,13 @@ class Refuse:
 
 
 @message(10)
+@attrs.frozen
 class Ok:
     value: Any = None
 
 
 @message(11)
+@attrs.frozen
 class Fail:
     kind: str
     message: str
@@ -76,6 +83,7 @@ class Fail:
 
 
 @message(20)
+@attrs.frozen
 class RegisterNode:
     node_id: str
     address: str
@@ -88,6 +96,7 @@ class RegisterNode:
 
 
 @message(21)
+@attrs.frozen
 class Heartbeat:
     node_id: str
     available: dict
@@ -95,17 +104,20 @@ class Heartbeat:
 
 
 @message(22)
+@attrs.frozen
 class RegisterDriver:
     pid: int
     hostname: str
 
 
 @message(23)
+@attrs.frozen
 class ListNodes:
     pass
 
 
 @message(24)
+@attrs.frozen
 class KvPut:
     key: str
     value: bytes
@@ -113,11 +125,13 @@ class KvPut:
 
 
 @message(25)
+@attrs.frozen
 class KvGet:
     key: str
 
 
 @message(26)
+@attrs.frozen
 class KvDelete:
     key: str
 
@@ -126,6 +140,7 @@ class KvDelete:
 
 
 @message(40)
+@attrs.frozen
 class RequestLease:
     shape: dict
     owner: str
@@ -133,12 +148,14 @@ class RequestLease:
 
 
 @message(41)
+@attrs.frozen
 class ReturnLease:
     lease_id: int
     worker_ok: bool
 
 
 @message(42)
+@attrs.frozen
 class RegisterWorker:
     worker_id: str
     address: str
@@ -146,11 +163,13 @@ class RegisterWorker:
 
 
 @message(43)
+@attrs.frozen
 class PullObject:
     object_id: bytes
 
 
 @message(46)
+@attrs.frozen
 class PullChunk:
     object_id: bytes
     offset: int
@@ -158,11 +177,13 @@ class PullChunk:
 
 
 @message(44)
+@attrs.frozen
 class DeleteObjects:
     object_ids: list
 
 
 @message(45)
+@attrs.frozen
 class WorkerBlocked:
     worker_id: str
     blocked: bool
@@ -172,6 +193,7 @@ class WorkerBlocked:
 
 
 @message(60)
+@attrs.frozen
 class TaskSpec:
     task_id: bytes
     name: str
@@ -184,11 +206,13 @@ class TaskSpec:
 
 
 @message(61, tasks=TaskSpec)
+@attrs.frozen
 class PushTasks:
     tasks: list
 
 
 @message(62)
+@attrs.frozen
 class TaskResult:
     task_id: bytes
     entries: list  # one value entry per return value, or one error entry
@@ -196,17 +220,20 @@ class TaskResult:
 
 
 @message(63, results=TaskResult)
+@attrs.frozen
 class TaskResults:
     results: list
 
 
 @message(64)
+@attrs.frozen
 class CancelTask:
     task_id: bytes
     force: bool
 
 
 @message(65)
+@attrs.frozen
 class LogLines:
     task_name: str
     pid: int
@@ -215,6 +242,7 @@ class LogLines:
 
 
 @message(66)
+@attrs.frozen
 class GetObject:
     object_id: bytes
 
