@@ -89,6 +89,9 @@ def _init(
                 f"when connecting to an existing one ({resolved})"
             )
         if resolved is None:
+            from cluster.scheduling import resources_arg
+
+            resources_json = resources_arg(num_cpus, num_gpus, resources)  # validate first
             _local_session = session.new_session_dir()
             token = session.new_token()
             session.write_token(_local_session, token)
@@ -98,7 +101,7 @@ def _init(
             args = [
                 "--head",
                 "--session-dir", str(_local_session),
-                "--resources", resources_arg(num_cpus, num_gpus, resources),
+                "--resources", resources_json,
                 "--exit-with-stdin",
             ]
             starting = start_daemon(args, token, _local_session, keep_stdin=True)
@@ -292,8 +295,10 @@ class RemoteFunction:
     def _pickled(self) -> tuple[bytes, bytes]:
         shared = self._shared
         if "fid" not in shared:
+            from cluster.code_shipping import pack_function
+
             try:
-                data = cloudpickle.dumps(self._function, protocol=5)
+                data = pack_function(self._function)
             except Exception as exc:
                 raise TypeError(f"could not serialize remote function {self._name}: {exc}") from exc
             shared["data"] = data

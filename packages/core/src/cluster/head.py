@@ -91,9 +91,17 @@ class HeadService:
         node.state = "dead"
         node.available = {}
         self.view_version += 1
+        self._broadcast_view()
         log.warning("node_dead", node_id=node.node_id, address=node.address, reason=reason)
         if node.conn is not None and node.conn.nursery is not None:
             node.conn.nursery.cancel_scope.cancel()
+
+    def _broadcast_view(self) -> None:
+        """Membership changed: tell every node now rather than at its next heartbeat."""
+        update = m.ViewUpdate(self.view_version, self.view())
+        for node in self.nodes.values():
+            if node.state == "alive" and node.conn is not None and not node.conn.closed:
+                node.conn.send(update)
 
     # -- handlers --
 
@@ -112,6 +120,7 @@ class HeadService:
         )
         self.nodes[msg.node_id] = record
         self.view_version += 1
+        self._broadcast_view()
         conn.on_close.append(lambda _c: self._mark_dead(record, "connection to the node closed"))
         log.info("node_joined", node_id=msg.node_id, address=msg.address, resources=msg.resources)
         conn.reply(request_id, {"session_dir": self.session_dir, "view": self.view(), "version": self.view_version})

@@ -79,6 +79,14 @@ class Fail:
     message: str
 
 
+@message(12)
+@attrs.frozen
+class Pending:
+    """Sent with a request's id: the answer will take a while (and why)."""
+
+    reason: str
+
+
 # --- head ---------------------------------------------------------------------------------
 
 
@@ -101,6 +109,13 @@ class Heartbeat:
     node_id: str
     available: dict
     view_version: int
+
+
+@message(27)
+@attrs.frozen
+class ViewUpdate:
+    version: int
+    view: list
 
 
 @message(22)

@@ -328,19 +328,55 @@ MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
 # --------------------------------------------------------------------------------------------
 
 
-def _stop_process_group(proc: subprocess.Popen) -> None:
-    """Stop a child started with start_new_session=True, and whatever it started in its group."""
-    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process_group(
+    proc: subprocess.Popen,
+    *,
+    first_signal: int = signal.SIGTERM,
+    grace_s: float = 15.0,
+    drain_s: float = 10.0,
+) -> bool:
+    """Stop a child started with ``start_new_session=True`` and what it left in its group.
+
+    The group id is the child's own pid, so only processes it started are reached. Returns
+    True if processes outlived the child and had to be signalled.
+    """
+    for sig, grace in ((first_signal, grace_s), (signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
         if proc.poll() is not None:
-            return
+            break
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             continue
+    # What outlived the child (e.g. a helper still finishing its own shutdown): give it
+    # drain_s to go by itself, then stop it.
+    deadline = time.monotonic() + drain_s
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leftovers = False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _group_alive(proc.pid):
+            break
+        leftovers = True
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        time.sleep(3.0)
+    return leftovers
 
 
 def spawn_until_result(
@@ -401,7 +437,8 @@ def spawn_until_result(
             reader.join(timeout=5)
             return elapsed
         finally:
-            _stop_process_group(proc)
+            if stop_process_group(proc):
+                _log(f"stopped processes that outlived cold-start child {proc.pid}")
             if proc.stdout is not None:
                 proc.stdout.close()
 
@@ -469,24 +506,10 @@ def _warm_up(backend: Backend) -> None:
         backend.get(backend.noop())
 
 
-def run_backend(
-    backend: Backend, *, quick: bool = False, only: Sequence[str] | None = None
-) -> list[dict]:
-    """Measure the selected metrics (all by default) and return one dict per metric.
-
-    A metric that raises becomes an entry with ``value: None`` and an ``error`` string.
-    Cold start runs first, before the driver's own cluster exists, so nothing competes with
-    it for the CPUs.
-    """
-    names = set(METRIC_BY_NAME if only is None else only)
-    selected = [m for m in METRICS if m.name in names]
-    counts = counts_for(quick)
-    results: dict[str, dict] = {}
-    for metric in selected:
-        if not metric.in_cluster:
-            results[metric.name] = _measure(backend, metric, counts)
-    in_cluster = [m for m in selected if m.in_cluster]
-    if in_cluster:
+def _run_in_cluster(
+    backend: Backend, metrics: list[Metric], counts: Counts, results: dict[str, dict]
+) -> None:
+    try:
         try:
             _log(f"{backend.framework}: starting a local cluster")
             t0 = time.perf_counter()
@@ -496,20 +519,47 @@ def run_backend(
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             traceback.print_exc(file=sys.stderr)
-            for metric in in_cluster:
+            for metric in metrics:
                 results[metric.name] = _entry(
                     metric, None, "", error=f"cluster failed to start: {detail}"
                 )
-            in_cluster = []
+            return
+        for metric in metrics:
+            results[metric.name] = _measure(backend, metric, counts)
+    finally:  # also after a failed start: init may have half-started
         try:
-            for metric in in_cluster:
+            backend.stop()
+        except Exception:
+            _log(f"{backend.framework}: shutdown raised")
+            traceback.print_exc(file=sys.stderr)
+
+
+def run_backend(
+    backend: Backend, *, quick: bool = False, only: Sequence[str] | None = None
+) -> list[dict]:
+    """Measure the selected metrics (all by default) and return one dict per metric.
+
+    A metric that raises becomes an entry with ``value: None`` and an ``error`` string.
+    Cold start runs first, before the driver's own cluster exists, so nothing competes with
+    it for the CPUs. On SIGINT (Ctrl-C, or bench/run.py's time limit) the cluster is shut
+    down and the metrics measured so far are still returned.
+    """
+    names = set(METRIC_BY_NAME if only is None else only)
+    selected = [m for m in METRICS if m.name in names]
+    counts = counts_for(quick)
+    results: dict[str, dict] = {}
+    try:
+        for metric in selected:
+            if not metric.in_cluster:
                 results[metric.name] = _measure(backend, metric, counts)
-        finally:  # also after a failed start: init may have half-started
-            try:
-                backend.stop()
-            except Exception:
-                _log(f"{backend.framework}: shutdown raised")
-                traceback.print_exc(file=sys.stderr)
+        in_cluster = [m for m in selected if m.in_cluster]
+        if in_cluster:
+            _run_in_cluster(backend, in_cluster, counts, results)
+    except KeyboardInterrupt:
+        _log(f"{backend.framework}: interrupted; reporting what was measured so far")
+    for metric in selected:
+        if metric.name not in results:
+            results[metric.name] = _entry(metric, None, "", error="interrupted")
     return [results[m.name] for m in selected]
 
 

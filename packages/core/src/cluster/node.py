@@ -31,6 +31,13 @@ HEARTBEAT_S = 0.25
 MAX_SPILLS = 2
 
 
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def _fmt(resources: dict) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items()) if v) + "}"
 
@@ -93,7 +100,6 @@ class NodeService:
     _raw_views: dict = attrs.Factory(dict)
     zygote: Any = None
     _by_pid: dict = attrs.Factory(dict)
-    _all_exited: trio.Event = attrs.Factory(trio.Event)
 
     def __attrs_post_init__(self) -> None:
         from cluster_store import default_store_root
@@ -156,6 +162,11 @@ class NodeService:
             self._nursery.cancel_scope.cancel()
 
     def _on_head_message(self, conn: Connection, msg: Any, request_id: int) -> None:
+        if isinstance(msg, m.ViewUpdate):
+            if msg.version > self.view_version:
+                self.view, self.view_version = msg.view, msg.version
+                self._pump()
+            return
         conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
 
     async def _heartbeat_loop(self) -> None:
@@ -164,7 +175,7 @@ class NodeService:
             version, view = await self.head_conn.request(
                 m.Heartbeat(self.node_id, self.available, self.view_version)
             )
-            if view is not None:
+            if view is not None and version > self.view_version:
                 self.view, self.view_version = view, version
                 self._pump()
 
@@ -208,8 +219,6 @@ class NodeService:
 
     def _worker_exited(self, worker: WorkerProc, code: int) -> None:
         self.workers.pop(worker.worker_id, None)
-        if not self.workers:
-            self._all_exited.set()
         previous = worker.state
         worker.state = "dead"
         if self._shutting_down:
@@ -237,18 +246,16 @@ class NodeService:
         self._pump()
 
     async def _stop_workers(self) -> None:
-        pids = [w.pid for w in self.workers.values() if w.pid is not None]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        if self.workers:
-            with trio.move_on_after(2):
-                await self._all_exited.wait()
-        for worker in list(self.workers.values()):
-            self._kill(worker)
+        """SIGTERM the workers; the zygote, seeing its pipe close, kills any that linger."""
+        for worker in self.workers.values():
+            if worker.pid is not None:
+                try:
+                    os.kill(worker.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         self.zygote.close()
+        with trio.move_on_after(5):
+            await trio.to_thread.run_sync(_reap, self.zygote.pid, abandon_on_cancel=True)
 
     def _worker_blocked(self, conn: Connection, msg: m.WorkerBlocked, request_id: int) -> None:
         worker = self.workers.get(msg.worker_id)
@@ -290,6 +297,8 @@ class NodeService:
                 return
         if conn not in self._watched_owners():
             conn.on_close.append(self._owner_lost)
+        if not fits(request.shape, self.available):
+            conn.send(m.Pending("busy"), request_id)  # the owner may pipeline meanwhile
         self._queue.append(request)
         self._maybe_spawn()
 

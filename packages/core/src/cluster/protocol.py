@@ -23,6 +23,7 @@ import hmac
 import itertools
 import math
 import os
+import socket
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
@@ -256,6 +257,16 @@ class Connection:
         self.on_close: list[Callable[[Connection], None]] = []
         self.context: Any = None  # whatever the owner of the connection wants to hang on it
         self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](math.inf)
+        # A second handle on the same socket, for sending straight from send() when nothing is
+        # queued: saves a trip through the writer task per message on the hot path.
+        self._direct: socket.socket | None = None
+        try:
+            self._direct = socket.socket(fileno=os.dup(stream.socket.fileno()))
+            self._direct.setblocking(False)
+        except (AttributeError, OSError):
+            self._direct = None
+        self._queued = 0
+        self._writing = False
         self._ids = itertools.count(1)
         self._waiting: dict[int, list] = {}
 
@@ -265,7 +276,17 @@ class Connection:
     def send(self, msg: Any, request_id: int = 0) -> None:
         if self.closed:
             raise ClusterConnectionError(f"the connection to {self.peer} is closed")
-        self._send_channel.send_nowait(encode(msg, request_id))
+        frame = encode(msg, request_id)
+        if not self._queued and not self._writing and self._direct is not None:
+            try:
+                sent = self._direct.send(frame)
+            except OSError:  # would block, or broken: the writer task sorts it out
+                sent = 0
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        self._queued += 1
+        self._send_channel.send_nowait(frame)
 
     def reply(self, request_id: int, value: Any = None) -> None:
         if not self.closed:
@@ -275,10 +296,13 @@ class Connection:
         if not self.closed:
             self.send(m.Fail(kind, message), request_id)
 
-    async def request(self, msg: Any) -> Any:
-        """Send ``msg`` and wait for its reply; return ``Ok.value`` or raise."""
+    async def request(self, msg: Any, on_pending: Callable[[str], None] | None = None) -> Any:
+        """Send ``msg`` and wait for its reply; return ``Ok.value`` or raise.
+
+        ``on_pending(reason)`` is called if the peer says the answer will take a while.
+        """
         request_id = next(self._ids)
-        slot: list = [trio.Event(), None]
+        slot: list = [trio.Event(), None, on_pending]
         self._waiting[request_id] = slot
         try:
             self.send(msg, request_id)
@@ -318,7 +342,10 @@ class Connection:
                     break
                 batch.append(frame)
                 size += len(frame)
+            self._queued -= len(batch)
+            self._writing = True
             await send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+            self._writing = False
 
     async def _read_loop(self) -> None:
         buf = bytearray()
@@ -343,9 +370,14 @@ class Connection:
                     break
                 msg, request_id = decode(buf[pos + 4 : pos + 4 + size])
                 pos += 4 + size
-                if request_id and isinstance(msg, m.Ok | m.Fail):
+                if request_id and isinstance(msg, m.Ok | m.Fail | m.Pending):
                     slot = waiting.get(request_id)
-                    if slot is not None:
+                    if slot is None:
+                        continue
+                    if type(msg) is m.Pending:
+                        if slot[2] is not None:
+                            slot[2](msg.reason)
+                    else:
                         slot[1] = msg
                         slot[0].set()
                     continue
@@ -357,6 +389,8 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        if self._direct is not None:
+            self._direct.close()
         for slot in self._waiting.values():
             slot[0].set()
         for callback in self.on_close:

@@ -88,6 +88,7 @@ class ShapeQueue:
     pending: collections.deque = attrs.Factory(collections.deque)
     leases: list = attrs.Factory(list)
     requesting: int = 0
+    fresh_requests: int = 0
 
 
 class Runtime:
@@ -166,6 +167,7 @@ class Runtime:
             object_ref_module._runtime = None
         if self._trio_token is not None and self._nursery is not None:
             try:
+                trio.from_thread.run_sync(self._return_all_leases, trio_token=self._trio_token)
                 trio.from_thread.run_sync(self._nursery.cancel_scope.cancel, trio_token=self._trio_token)
             except trio.RunFinishedError:
                 pass
@@ -392,7 +394,11 @@ class Runtime:
         pending = queue.pending
         if pending and queue.leases:
             batches: dict[int, list] = {}
-            leases = [lease for lease in queue.leases if len(lease.in_flight) < PIPELINE_DEPTH]
+            # While lease requests are fresh, more workers may be on their way: give each lease
+            # one task, so a burst spreads out. Once nodes say the rest must wait, pipeline.
+            depth = 1 if queue.fresh_requests else PIPELINE_DEPTH
+            leases = [lease for lease in queue.leases if len(lease.in_flight) < depth]
+            leases.sort(key=lambda lease: len(lease.in_flight))  # the least loaded first
             while pending and leases:
                 still_room = []
                 for lease in leases:
@@ -403,7 +409,7 @@ class Runtime:
                     lease.in_flight[task.task_id] = task
                     lease.idle_since = None
                     batches.setdefault(id(lease), [lease]).append(task)
-                    if len(lease.in_flight) < PIPELINE_DEPTH:
+                    if len(lease.in_flight) < depth:
                         still_room.append(lease)
                 leases = still_room
             for lease, *tasks in batches.values():
@@ -432,11 +438,22 @@ class Runtime:
     async def _request_lease(self, queue: ShapeQueue) -> None:
         address = self.node_address
         spill_count = 0
+        queue.fresh_requests += 1
+        fresh = [True]
+
+        def busy(_reason: str) -> None:
+            if fresh[0]:
+                fresh[0] = False
+                queue.fresh_requests -= 1
+                self._dispatch(queue)
+
         try:
             while True:
                 try:
                     node_conn = await self._connect(address, "a node daemon")
-                    answer = await node_conn.request(m.RequestLease(dict(queue.shape), self.address, spill_count))
+                    answer = await node_conn.request(
+                        m.RequestLease(dict(queue.shape), self.address, spill_count), on_pending=busy
+                    )
                 except (ClusterConnectionError, RemoteCallError) as exc:
                     log.warning("lease_request_failed", node=address, error=str(exc))
                     if address == self.node_address:
@@ -460,6 +477,9 @@ class Runtime:
                 break
         finally:
             queue.requesting -= 1
+            if fresh[0]:
+                fresh[0] = False
+                queue.fresh_requests -= 1
         try:
             worker_conn = await self._connect(worker_address, "a worker")
         except ClusterConnectionError:
@@ -497,6 +517,12 @@ class Runtime:
                         continue
                     if now - lease.idle_since >= LEASE_LINGER_S:
                         self._return_lease(queue, lease, worker_ok=True)
+
+    def _return_all_leases(self) -> None:
+        """Give idle workers back before going away, so nodes need not kill them."""
+        for queue in self._queues.values():
+            for lease in list(queue.leases):
+                self._return_lease(queue, lease, worker_ok=not lease.in_flight)
 
     def _return_lease(self, queue: ShapeQueue, lease: Lease, worker_ok: bool) -> None:
         if lease.returned:
@@ -744,7 +770,7 @@ class Runtime:
 
     def _cancel(self, task_id: bytes, force: bool) -> None:
         task = self._tasks.get(task_id)
-        if task is None or task.cancelled:
+        if task is None or (task.cancelled and not force):
             return
         task.cancelled = True
         if task.lease is None:

@@ -8,21 +8,20 @@ results go back to each task's owner, batched while more tasks are queued.
 
 from __future__ import annotations
 
-import _thread
 import io
 import json
 import os
 import pickle
 import queue
+import signal
 import sys
 import threading
 import time
 from typing import Any
 
-import cloudpickle
-
 from cluster import messages as m
 from cluster import values as v
+from cluster.code_shipping import unpack_function
 from cluster.errors import TaskCancelledError, TaskError
 
 FLUSH_AFTER_S = 0.002  # send results at least this often while more tasks are queued
@@ -39,15 +38,21 @@ class Executor:
         self._functions: dict[bytes, Any] = {}
         self._lock = threading.Lock()
         self._current: tuple[Any, Any] | None = None
-        self._cancelled: set[bytes] = set()
+        self._cancelled: set[bytes] = set()  # running tasks being interrupted
+        self._queued: set[bytes] = set()  # pushed, not started
+        self._queued_names: dict[bytes, str] = {}
+        self._skip: set[bytes] = set()  # cancelled before they started: already answered
         self._blocked_depth = 0
 
     # -- called on the trio thread --
 
     def push(self, conn: Any, tasks: list) -> None:
         put = self._queue.put
-        for spec in tasks:
-            put((conn, spec))
+        with self._lock:
+            for spec in tasks:
+                self._queued.add(spec.task_id)
+                self._queued_names[spec.task_id] = spec.name
+                put((conn, spec))
 
     def cancel(self, conn: Any, task_id: bytes, force: bool) -> None:
         with self._lock:
@@ -56,9 +61,15 @@ class Executor:
                 if force:
                     os._exit(1)
                 self._cancelled.add(task_id)
-                _thread.interrupt_main()
-            else:
-                self._cancelled.add(task_id)
+                # A real signal, not interrupt_main(): it also breaks blocking calls like sleep.
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            elif task_id in self._queued:
+                # Not started: answer now instead of after the tasks queued before it.
+                self._queued.discard(task_id)
+                self._skip.add(task_id)
+                name = self._queued_names.pop(task_id, "task")
+                entry = v.serialize_error(TaskCancelledError(name))
+                conn.send(m.TaskResults([m.TaskResult(task_id, [entry], self.pid)]))
 
     def stop(self, *_: Any) -> None:
         self._queue.put(None)
@@ -101,24 +112,26 @@ class Executor:
                 last_flush = now
                 self.runtime.soon(_send_results, batch)
 
-    def execute(self, conn: Any, spec: Any) -> m.TaskResult:
+    def execute(self, conn: Any, spec: Any) -> m.TaskResult | None:
         task_id = spec.task_id
-        if task_id in self._cancelled:
-            self._cancelled.discard(task_id)
-            return m.TaskResult(task_id, [v.serialize_error(TaskCancelledError(spec.name))], self.pid)
         try:
-            fn = self._functions.get(spec.function_id)
-            if fn is None:
-                if spec.function is None:
-                    raise RuntimeError(f"the code of {spec.name} never reached this worker")
-                fn = self._functions[spec.function_id] = cloudpickle.loads(spec.function)
-            args, kwargs = pickle.loads(spec.args)
-            if spec.deps:
-                load = self.runtime.load_entry
-                args, kwargs = v.fill_deps(args, kwargs, [load(entry) for entry in spec.deps])
             with self._lock:
-                self._current = (conn, spec)
+                if task_id in self._skip:
+                    self._skip.discard(task_id)
+                    return None
+                self._queued.discard(task_id)
+                self._queued_names.pop(task_id, None)
+                self._current = (conn, spec)  # from here on, a cancel interrupts this task
             try:
+                fn = self._functions.get(spec.function_id)
+                if fn is None:
+                    if spec.function is None:
+                        raise RuntimeError(f"the code of {spec.name} never reached this worker")
+                    fn = self._functions[spec.function_id] = unpack_function(spec.function)
+                args, kwargs = pickle.loads(spec.args)
+                if spec.deps:
+                    load = self.runtime.load_entry
+                    args, kwargs = v.fill_deps(args, kwargs, [load(entry) for entry in spec.deps])
                 out = fn(*args, **kwargs)
             finally:
                 for stream in _streams:

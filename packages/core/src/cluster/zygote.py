@@ -16,6 +16,7 @@ import os
 import select
 import signal
 import sys
+import time
 from typing import Any
 
 import attrs
@@ -114,9 +115,7 @@ def _zygote_loop(requests: int, events: int) -> None:
         if requests in readable:
             data = os.read(requests, 65536)
             if not data:  # the daemon is gone or shutting down: take the workers along
-                for pid in children:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                _stop_children(children)
                 return
             buf += data
             *lines, buf = buf.split(b"\n")
@@ -127,6 +126,26 @@ def _zygote_loop(requests: int, events: int) -> None:
                     _become_worker(request, [requests, events, wake_r, wake_w])
                 children.add(pid)
                 report("spawned", request["worker_id"], pid)
+
+
+def _stop_children(children: set[int], grace: float = 1.0) -> None:
+    """Wait briefly for children already told to stop, then kill the rest; reap them all."""
+    deadline = time.monotonic() + grace
+    while children and time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            children.discard(pid)
+        else:
+            time.sleep(0.01)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in children:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def _become_worker(request: dict[str, Any], close: list[int]) -> None:

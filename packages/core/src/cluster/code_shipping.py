@@ -1,0 +1,56 @@
+"""How a function travels to workers: the function, where its source is, where its modules are.
+
+cloudpickle ships functions defined in ``__main__`` (or in modules workers can't import) by
+value and renames their file to ``<dynamic-code>``, which leaves remote tracebacks without file
+names or source lines. Alongside the function we send its file name and, when the file is
+small, its lines, so a worker can restore both. We also send the driver's script directory and
+working directory: modules next to the script (imported by the function, or defining the
+exceptions it raises) then import on workers too, as they do under Ray.
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+import types
+from typing import Any
+
+import cloudpickle
+
+MAX_SOURCE_BYTES = 256 * 1024
+DYNAMIC = "<dynamic-code>"
+
+
+def pack_function(fn: Any) -> bytes:
+    """cloudpickle ``fn`` with what a worker needs to run it and report its errors well."""
+    code = getattr(fn, "__code__", None)
+    filename = code.co_filename if code is not None else None
+    lines = None
+    if filename and os.path.isfile(filename) and os.path.getsize(filename) <= MAX_SOURCE_BYTES:
+        lines = linecache.getlines(filename)
+    paths = []
+    for path in (sys.path[0] if sys.path else "", os.getcwd()):
+        path = os.path.abspath(path or os.getcwd())
+        if path not in paths:
+            paths.append(path)
+    return cloudpickle.dumps((fn, filename, lines, paths), protocol=5)
+
+
+def unpack_function(data: bytes) -> Any:
+    """The function from :func:`pack_function`, with its file name and search paths restored."""
+    fn, filename, lines, paths = cloudpickle.loads(data)
+    for path in paths:
+        if path not in sys.path and os.path.isdir(path):
+            sys.path.append(path)
+    code = getattr(fn, "__code__", None)
+    if filename and code is not None and code.co_filename == DYNAMIC:
+        fn.__code__ = _rename(code, filename)
+        if lines and not os.path.isfile(filename):
+            linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    return fn
+
+
+def _rename(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(_rename(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)

@@ -1,0 +1,260 @@
+"""Fixtures for the end-to-end tests: real clusters of real processes on 127.0.0.1.
+
+- Every test runs with ``CLUSTER_TMPDIR`` in a private temporary directory (never the user's
+  clusters), with ``CLUSTER_ADDRESS``, ``CLUSTER_TOKEN`` and ``CLUSTER_DISABLE_PLUGINS`` unset.
+- ``tmp_path`` is overridden: a fresh directory that is removed after the test, pass or fail
+  (pytest's own keeps the last runs around).
+- ``shared_cluster`` (module scope): a head (1 CPU, resource ``a``) and a node (1 CPU, resource
+  ``b``), with this process connected as the driver. For tests that leave it as they found it.
+- ``make_cluster``: dedicated clusters for tests that break things. On teardown every process
+  they started must be gone (checked, then killed if not), and so must their object stores.
+
+Functions shipped to workers must be self-contained (imports inside, no module-level helpers):
+cloudpickle ships a decorated function by value, but a plain module-level function or class of
+a test module by reference, and workers cannot import test modules (see test_e2e_errors.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+import types
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cluster
+import psutil
+import pytest
+from cluster.testing import LocalCluster
+
+GONE_TIMEOUT_S = 30.0  # a bound, not an expectation: only reached when something is left running
+_shared: dict[str, LocalCluster | None] = {"cluster": None}  # the shared cluster, while it is up
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 60.0, what: str = "the condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy (and return that); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def is_running(pid: int) -> bool:
+    """True if ``pid`` is a live process (a zombie is dead: it only waits to be reaped)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def still_running(pids: Iterable[int], *, timeout: float = GONE_TIMEOUT_S) -> list[int]:
+    """Wait (bounded) for every pid to exit; return those still running after ``timeout``."""
+    pids = list(pids)
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid in pids if is_running(pid)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def process_descriptions(pids: Iterable[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            out.append(f"{pid} {proc.status()} {' '.join(proc.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            out.append(f"{pid} (gone)")
+    return out
+
+
+def kill_all(pids: Iterable[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def store_paths(lc: LocalCluster) -> list[str]:
+    """The object store directories of the cluster's daemons (they live in /dev/shm)."""
+    return [r["store_path"] for r in lc.daemon_records() if r.get("store_path")]
+
+
+def logs_tail(root: Path, lines: int = 15) -> str:
+    """The end of every daemon/worker log under ``root``: printed when a cluster misbehaves."""
+    out = []
+    for path in sorted(root.rglob("logs/*")):
+        if path.is_file() and path.suffix in (".out", ".err") and path.stat().st_size:
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.relative_to(root)}\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cluster_environment() -> Iterator[Path]:
+    """No test sees the user's clusters or settings, and nothing is left in their temp dir."""
+    root = Path(tempfile.mkdtemp(prefix="cluster-e2e-session-"))
+    saved = {k: os.environ.get(k) for k in ("CLUSTER_TMPDIR", "CLUSTER_ADDRESS", "CLUSTER_TOKEN",
+                                             "CLUSTER_DISABLE_PLUGINS", "CLUSTER_NODE_ID")}
+    os.environ["CLUSTER_TMPDIR"] = str(root)
+    for key in saved:
+        if key != "CLUSTER_TMPDIR":
+            os.environ.pop(key, None)
+    try:
+        yield root
+    finally:
+        if cluster.is_initialized():
+            cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _driver_state_reset() -> Iterator[None]:
+    """After each test (except while a shared cluster is up), leave this process disconnected.
+
+    shutdown() is a no-op when not connected, but it also forgets a local session that a
+    failed init() left behind, so the next test's init() does not write into it.
+    """
+    yield
+    if _shared["cluster"] is None:
+        cluster.shutdown()
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A fresh directory for one test, removed afterwards whether the test passed or not."""
+    path = Path(tempfile.mkdtemp(prefix="cluster-e2e-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class ClusterFactory:
+    """Starts LocalClusters; ``close()`` stops them all and checks that nothing survived."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.clusters: list[LocalCluster] = []
+
+    def __call__(self, *, num_cpus: float = 1, resources: dict | None = None,
+                 env: dict[str, str] | None = None, start: bool = True) -> LocalCluster:
+        lc = LocalCluster(self.root / f"cluster{len(self.clusters)}", num_cpus=num_cpus, resources=resources)
+        lc.env.update(env or {})
+        self.clusters.append(lc)
+        if start:
+            lc.start()
+        return lc
+
+    def close(self) -> None:
+        problems = []
+        for lc in self.clusters:
+            try:
+                problems += stop_and_check(lc)
+            except Exception as exc:  # still stop the other clusters
+                problems.append(f"stopping the cluster in {lc.root} failed: {exc!r}")
+        self.clusters.clear()
+        if problems:
+            raise AssertionError("the cluster did not clean up after itself:\n" + "\n".join(problems))
+
+
+def stop_and_check(lc: LocalCluster) -> list[str]:
+    """Stop ``lc`` like LocalCluster.stop(); return what it left behind (then cleaned up here)."""
+    problems: list[str] = []
+    stores = store_paths(lc)
+    tree = lc.process_tree()
+    try:
+        lc.stop()
+    finally:
+        survivors = still_running(tree)
+        if survivors:
+            problems.append("processes still running after stop: " + "; ".join(process_descriptions(survivors)))
+            kill_all(survivors)
+        for store in stores:
+            if os.path.exists(store):
+                problems.append(f"object store left behind: {store}")
+                shutil.rmtree(store, ignore_errors=True)
+    if problems:
+        problems.append(logs_tail(lc.root))
+    return problems
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """``make_cluster(num_cpus=1, resources={...}, env={...})`` -> a started LocalCluster (head only).
+
+    Add nodes with ``lc.add_node(...)``; connect this process with ``lc.connect()``.
+    """
+    factory = ClusterFactory(tmp_path / "clusters")
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster() -> Iterator[LocalCluster]:
+    """Head (1 CPU, {"a": 1}) + node (1 CPU, {"b": 1}); this process is connected to it."""
+    root = Path(tempfile.mkdtemp(prefix="cluster-e2e-shared-"))
+    factory = ClusterFactory(root)
+    try:
+        lc = factory(num_cpus=1, resources={"a": 1})
+        lc.node = lc.add_node(num_cpus=1, resources={"b": 1})
+        lc.connect()
+        _shared["cluster"] = lc
+        yield lc
+    finally:
+        _shared["cluster"] = None
+        try:
+            factory.close()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def node_ids(shared_cluster: LocalCluster) -> dict[str, str]:
+    """{"head": node id, "node": node id} of the shared cluster."""
+    nodes = cluster.nodes()
+    return {
+        "head": next(n["node_id"] for n in nodes if n["is_head"]),
+        "node": next(n["node_id"] for n in nodes if n["pid"] == shared_cluster.node["pid"]),
+    }
+
+
+def status_json(lc: LocalCluster) -> list[dict[str, Any]]:
+    """``cluster status --json`` of ``lc``, parsed."""
+    return json.loads(lc.cli("status", "--json").stdout)
+
+
+@pytest.fixture
+def e2e() -> types.SimpleNamespace:
+    """The helpers above, for test modules (conftest.py is not meant to be imported)."""
+    return types.SimpleNamespace(
+        wait_until=wait_until,
+        is_running=is_running,
+        still_running=still_running,
+        kill_all=kill_all,
+        status_json=status_json,
+        store_paths=store_paths,
+    )

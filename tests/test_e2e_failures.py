@@ -1,0 +1,158 @@
+"""What goes wrong, and how cluster says so: bad tokens, nothing listening, dead workers, bad options."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import cluster
+import pytest
+from cluster.exceptions import (
+    AuthenticationError,
+    ClusterConnectionError,
+    ConfigError,
+    WorkerCrashedError,
+)
+
+
+@cluster.remote
+def die_on_first_attempt(folder: str) -> dict:
+    """First attempt: write this worker's pid and hang. Any later attempt: return."""
+    first = Path(folder, "first-attempt-pid")
+    if first.exists():
+        return {"pid": os.getpid(), "first_pid": int(first.read_text())}
+    tmp = Path(folder, f".tmp-{os.getpid()}")
+    tmp.write_text(str(os.getpid()))
+    tmp.rename(first)  # atomically: the test never reads a half-written pid
+    time.sleep(300)  # the test kills this process long before
+    return {"pid": os.getpid(), "first_pid": None}
+
+
+@cluster.remote
+def whoami() -> int:
+    return os.getpid()
+
+
+def closed_port() -> int:
+    """A port nothing listens on: bound by us a moment ago, then closed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def kill_worker_when_started(lc, folder: Path, e2e) -> int:
+    pid_file = folder / "first-attempt-pid"
+    e2e.wait_until(pid_file.exists, what="the task to start")
+    pid = int(pid_file.read_text())
+    assert pid in lc.process_tree(), "the pid is not one of the cluster's processes"
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+# ---------------------------------------------------------------------- connecting
+
+
+def test_a_driver_with_a_wrong_token_gets_authentication_error(make_cluster):
+    lc = make_cluster(num_cpus=1)
+
+    with pytest.raises(AuthenticationError) as excinfo:
+        cluster.init(lc.address, token="wrong")
+    assert "token" in str(excinfo.value)
+    assert lc.address in str(excinfo.value)
+    assert isinstance(excinfo.value, ClusterConnectionError)
+    assert not cluster.is_initialized()
+
+    # The right token still gets in, from the same process.
+    cluster.init(lc.address, token=lc.token)
+    assert cluster.get(whoami.remote(), timeout=60) > 0
+
+
+def test_init_with_nothing_listening_names_the_address(tmp_path):
+    address = f"127.0.0.1:{closed_port()}"
+    with pytest.raises(ClusterConnectionError) as excinfo:
+        cluster.init(address, token="x")
+    assert address in str(excinfo.value)
+    assert isinstance(excinfo.value, ConnectionError)
+    assert not cluster.is_initialized()
+
+
+def test_init_auto_with_no_cluster_running_raises(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLUSTER_TMPDIR", str(tmp_path))
+    with pytest.raises(ClusterConnectionError) as excinfo:
+        cluster.init("auto")
+    assert "no running cluster" in str(excinfo.value)
+    assert not cluster.is_initialized()
+    assert not any(p.name.startswith("session") for p in tmp_path.iterdir())  # nothing was started
+
+
+# --------------------------------------------------------------------- dead workers
+
+
+def test_a_task_whose_worker_is_killed_is_retried(make_cluster, tmp_path, e2e):
+    lc = make_cluster(num_cpus=1)
+    lc.connect()
+    ref = die_on_first_attempt.options(max_retries=1).remote(str(tmp_path))
+
+    killed = kill_worker_when_started(lc, tmp_path, e2e)
+
+    result = cluster.get(ref, timeout=120)
+    assert result["first_pid"] == killed
+    assert result["pid"] != killed
+    assert e2e.still_running([killed]) == []
+
+
+def test_a_task_whose_worker_is_killed_fails_without_retries(make_cluster, tmp_path, e2e):
+    lc = make_cluster(num_cpus=1)
+    lc.connect()
+    ref = die_on_first_attempt.options(max_retries=0).remote(str(tmp_path))
+
+    kill_worker_when_started(lc, tmp_path, e2e)
+
+    with pytest.raises(WorkerCrashedError) as excinfo:
+        cluster.get(ref, timeout=120)
+    assert "die_on_first_attempt" in str(excinfo.value)
+    # The node replaced its worker.
+    assert cluster.get(whoami.remote(), timeout=60) > 0
+
+
+# ----------------------------------------------------------------------- bad options
+
+
+@pytest.mark.parametrize("options", [{"num_cpus": -1}, {"resources": {"x": "a"}}], ids=["num_cpus", "resources"])
+def test_bad_options_raise_config_error(options, monkeypatch, tmp_path):
+    monkeypatch.setenv("CLUSTER_TMPDIR", str(tmp_path))
+
+    with pytest.raises(ConfigError):
+        cluster.init(**options)
+    assert not cluster.is_initialized()
+    with pytest.raises(ConfigError):
+        cluster.remote(**options)
+    with pytest.raises(ConfigError):
+        whoami.options(**options)
+
+
+def test_a_rejected_init_leaves_nothing_behind(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLUSTER_TMPDIR", str(tmp_path))
+    with pytest.raises(ConfigError):
+        cluster.init(num_cpus=-1)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("session")) == []
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [("{bad json", "--resources must be a JSON object"), ('{"x": "a"}', "resource 'x' must be a non-negative number")],
+    ids=["bad-json", "bad-amount"],
+)
+def test_cluster_start_with_bad_resources_fails_with_a_message(make_cluster, resources, message):
+    lc = make_cluster(start=False)
+
+    proc = lc.cli("start", "--head", "--port", "0", "--resources", resources, check=False)
+
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lc.daemon_records() == []
+    assert not (lc.root / "current.json").exists()
