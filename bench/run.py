@@ -48,49 +48,6 @@ def half_command(framework: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop_group(proc: subprocess.Popen, tag: str) -> None:
-    """Stop a half we started, and anything it left behind in its process group.
-
-    The half was started with start_new_session=True, so its group id is its own pid. SIGINT
-    first, so that its finally blocks (ray.shutdown(), client.close()) get to run.
-    """
-    for sig, grace in ((signal.SIGINT, 30.0), (signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
-    # Processes of the half that outlived it (same group, reparented): give them a moment to
-    # finish their own shutdown, then stop them.
-    deadline = time.monotonic() + 10.0
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not _group_alive(proc.pid):
-            return
-        print(f"{tag} stopping leftover processes in group {proc.pid}", file=sys.stderr)
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        time.sleep(3.0)
-
-
 def parse_payload(stdout: str) -> dict | None:
     """The half prints one JSON line; anything a worker printed to stdout is skipped."""
     for line in reversed(stdout.splitlines()):
@@ -142,7 +99,9 @@ def run_half(
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            _stop_group(proc, tag)
+            # SIGINT first, so that the half's finally blocks (ray.shutdown(), ...) run.
+            if ENGINE.stop_process_group(proc, first_signal=signal.SIGINT, grace_s=30.0):
+                print(f"{tag} stopped processes that outlived the half", file=sys.stderr)
             reader.join(timeout=10)
             if proc.stderr is not None:
                 proc.stderr.close()
@@ -221,7 +180,9 @@ class Summary:
             return "n/a"
         better_high = ENGINE.METRIC_BY_NAME[name].higher_is_better
         value = ours / theirs if better_high else theirs / ours
-        return f"{value:.2f}x"
+        if value >= 100:
+            return f"{value:,.0f}x"
+        return f"{value:.1f}x" if value >= 10 else f"{value:.2f}x"
 
 
 def build_rows(summary: Summary, frameworks: list[str]) -> list[list[str]]:
