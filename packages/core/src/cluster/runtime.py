@@ -286,7 +286,7 @@ class Runtime:
         with self._cv:
             entry = self._values.get(object_id)
             if entry is None:
-                return  # not finished yet; _store_result frees it on arrival
+                return  # not finished yet: _finish_many frees it when it arrives
             del self._values[object_id]
             self._owned.discard(object_id)
         if entry[0] == v.STORED:
