@@ -100,6 +100,16 @@ def test_a_failed_dependency_fails_the_tasks_that_use_it(shared_cluster):
     assert "bad quantity 5" in str(excinfo.value)
 
 
+def test_an_argument_that_already_failed_fails_the_task_with_its_error(shared_cluster):
+    failed = parse_quantity.remote(7)
+    assert cluster.wait([failed], timeout=60)[0] == [failed]  # finished (with an error)
+    dependent = identity.options(resources={"b": 1}).remote(failed)
+    with pytest.raises(ValueError) as excinfo:
+        cluster.get(dependent, timeout=60)
+    assert "bad quantity 7" in str(excinfo.value)
+    assert "task parse_quantity raised" in str(excinfo.value)
+
+
 def test_retry_exceptions_retries_a_failing_task(shared_cluster, tmp_path):
     ref = fail_twice_then_succeed.options(retry_exceptions=True, max_retries=2).remote(str(tmp_path))
     assert cluster.get(ref, timeout=60) == 3

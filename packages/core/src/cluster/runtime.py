@@ -348,9 +348,12 @@ class Runtime:
         submitted = self._submitted
         while submitted:
             task = submitted.popleft()
-            if task.dep_refs and not self._deps_ready(task):
-                self._nursery.start_soon(self._resolve_then_queue, task)
-                continue
+            if task.dep_refs:
+                if not self._deps_ready(task):
+                    self._nursery.start_soon(self._resolve_then_queue, task)
+                    continue
+                if self._failed_dependency(task):
+                    continue
             self._enqueue(task)
             touched.add(task.shape)
         for shape in touched:
@@ -367,17 +370,22 @@ class Runtime:
         task.deps = deps
         return True
 
+    def _failed_dependency(self, task: PendingTask) -> bool:
+        """A failed argument fails the task with the same error, without running it."""
+        for entry in task.deps:
+            if entry[0] == v.INLINE and entry[1] == v.ERROR:
+                self._finish(task, [entry] * task.num_returns)
+                return True
+        return False
+
     async def _resolve_then_queue(self, task: PendingTask) -> None:
         for ref in task.dep_refs:
             await self._wait_entry(ref)
         if task.cancelled:
             return
         self._deps_ready(task)
-        for entry in task.deps:
-            if entry[0] == v.INLINE and entry[1] == v.ERROR:
-                # A failed dependency fails this task with the same error, without running it.
-                self._finish(task, [entry] * task.num_returns)
-                return
+        if self._failed_dependency(task):
+            return
         self._enqueue(task)
         self._dispatch(self._queues[task.shape])
 

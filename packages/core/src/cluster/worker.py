@@ -22,7 +22,7 @@ from typing import Any
 from cluster import messages as m
 from cluster import values as v
 from cluster.code_shipping import unpack_function
-from cluster.errors import TaskCancelledError, TaskError
+from cluster.errors import ClusterError, TaskCancelledError, TaskError
 
 FLUSH_AFTER_S = 0.002  # send results at least this often while more tasks are queued
 
@@ -131,7 +131,11 @@ class Executor:
                 args, kwargs = pickle.loads(spec.args)
                 if spec.deps:
                     load = self.runtime.load_entry
-                    args, kwargs = v.fill_deps(args, kwargs, [load(entry) for entry in spec.deps])
+                    try:
+                        values = [load(entry) for entry in spec.deps]
+                    except ClusterError as exc:  # an argument failed or is lost: pass it on as is
+                        return m.TaskResult(task_id, [v.serialize_error(exc)], self.pid)
+                    args, kwargs = v.fill_deps(args, kwargs, values)
                 out = fn(*args, **kwargs)
             finally:
                 for stream in _streams:
