@@ -14,14 +14,13 @@ import sys
 import time
 from typing import Any
 
+from _engine import load_engine
+
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report leaves the machine
 
 NODE_IP = "127.0.0.1"
-GET_TIMEOUT_S = 120.0  # the same guards as our half passes to cluster.get / cluster.wait
-BULK_TIMEOUT_S = 900.0
-WAIT_TIMEOUT_S = 120.0
 
 # address="local" always starts a fresh instance instead of joining one found on the machine.
 _COLD_START = f"""
@@ -49,12 +48,8 @@ def _sum(array: Any) -> float:
     return float(array.sum())
 
 
-class RayBackend:
+class RayBackend(load_engine().RayStyleBackend):
     framework = "ray"
-    zero_copy_possible = True
-
-    def __init__(self) -> None:
-        self._ray: Any = None
 
     def version(self) -> str:
         import ray
@@ -75,48 +70,16 @@ class RayBackend:
     def start(self) -> None:
         import ray
 
-        self._ray = ray
         ray.init(address="local", num_cpus=2, _node_ip_address=NODE_IP)
+        self._bind(ray, _noop, _sleep, _sum)
         ctx = ray.get_runtime_context()
         self._gcs = ctx.gcs_address
         self._node_ip = ray.util.get_node_ip_address()
         if not self._gcs.startswith(NODE_IP) or self._node_ip != NODE_IP:
             raise RuntimeError(f"ray left loopback: node {self._node_ip}, gcs {self._gcs}")
-        self._noop = ray.remote(_noop)
-        self._sleep = ray.remote(_sleep)
-        self._sum = ray.remote(_sum)
-
-    def stop(self) -> None:
-        import ray
-
-        ray.shutdown()
-
-    def noop(self) -> Any:
-        return self._noop.remote()
-
-    def sleep_task(self, seconds: float) -> Any:
-        return self._sleep.remote(seconds)
-
-    def sum_task(self, ref: Any) -> Any:
-        return self._sum.remote(ref)
-
-    def put(self, value: Any) -> Any:
-        return self._ray.put(value)
-
-    def get(self, ref: Any) -> Any:
-        return self._ray.get(ref, timeout=GET_TIMEOUT_S)
-
-    def get_many(self, refs: list[Any]) -> list[Any]:
-        return self._ray.get(refs, timeout=BULK_TIMEOUT_S)
-
-    def wait_all(self, refs: list[Any]) -> int:
-        ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=WAIT_TIMEOUT_S)
-        return len(ready)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from _engine import load_engine
-
     return load_engine().main_for(RayBackend(), argv, prog="peer_ray.py")
 
 

@@ -686,12 +686,55 @@ finally:
 """
 
 
-class ClusterBackend:
-    framework = "cluster"
+class RayStyleBackend:
+    """Drives any framework with Ray's API (``remote``, ``get``, ``put``, ``wait``): ours, Ray.
+
+    ``tasks`` are the plain functions to run remotely (noop, sleep, sum); each caller passes
+    its own, defined in a module its workers can import or in ``__main__``.
+    """
+
+    framework = ""
     zero_copy_possible = True
 
     def __init__(self) -> None:
-        self._cluster: Any = None
+        self._api: Any = None
+
+    def _bind(self, api: Any, noop: Any, sleep: Any, total: Any) -> None:
+        self._api = api
+        self._noop = api.remote(noop)
+        self._sleep = api.remote(sleep)
+        self._sum = api.remote(total)
+
+    def stop(self) -> None:
+        if self._api is not None:
+            self._api.shutdown()
+            self._api = None
+
+    def noop(self) -> Any:
+        return self._noop.remote()
+
+    def sleep_task(self, seconds: float) -> Any:
+        return self._sleep.remote(seconds)
+
+    def sum_task(self, ref: Any) -> Any:
+        return self._sum.remote(ref)
+
+    def put(self, value: Any) -> Any:
+        return self._api.put(value)
+
+    def get(self, ref: Any) -> Any:
+        return self._api.get(ref, timeout=GET_TIMEOUT_S)
+
+    def get_many(self, refs: list[Any]) -> list[Any]:
+        return self._api.get(refs, timeout=BULK_TIMEOUT_S)
+
+    def wait_all(self, refs: list[Any]) -> int:
+        ready, _ = self._api.wait(refs, num_returns=len(refs), timeout=WAIT_TIMEOUT_S)
+        return len(ready)
+
+
+class ClusterBackend(RayStyleBackend):
+    framework = "cluster"
 
     def version(self) -> str:
         from importlib import metadata
@@ -712,42 +755,12 @@ class ClusterBackend:
     def start(self) -> None:
         import cluster
 
-        cluster.init(num_cpus=2)
-        self._cluster = cluster
-        self._noop = cluster.remote(_noop)
-        self._sleep = cluster.remote(_sleep)
-        self._sum = cluster.remote(_sum)
-
-    def stop(self) -> None:
-        if self._cluster is not None:
-            self._cluster.shutdown()
-            self._cluster = None
-        else:  # init may have half-started before it raised
-            import cluster
-
-            cluster.shutdown()
-
-    def noop(self) -> Any:
-        return self._noop.remote()
-
-    def sleep_task(self, seconds: float) -> Any:
-        return self._sleep.remote(seconds)
-
-    def sum_task(self, ref: Any) -> Any:
-        return self._sum.remote(ref)
-
-    def put(self, value: Any) -> Any:
-        return self._cluster.put(value)
-
-    def get(self, ref: Any) -> Any:
-        return self._cluster.get(ref, timeout=GET_TIMEOUT_S)
-
-    def get_many(self, refs: list[Any]) -> list[Any]:
-        return self._cluster.get(refs, timeout=BULK_TIMEOUT_S)
-
-    def wait_all(self, refs: list[Any]) -> int:
-        ready, _ = self._cluster.wait(refs, num_returns=len(refs), timeout=WAIT_TIMEOUT_S)
-        return len(ready)
+        try:
+            cluster.init(num_cpus=2)
+        except BaseException:
+            cluster.shutdown()  # init may have half-started before it raised
+            raise
+        self._bind(cluster, _noop, _sleep, _sum)
 
 
 def run(*, quick: bool = False, only: list[str] | None = None) -> list[dict]:
