@@ -159,8 +159,10 @@ class ClusterFactory:
         self.clusters: list[LocalCluster] = []
 
     def __call__(self, *, num_cpus: float = 1, resources: dict | None = None,
-                 env: dict[str, str] | None = None, start: bool = True) -> LocalCluster:
-        lc = LocalCluster(self.root / f"cluster{len(self.clusters)}", num_cpus=num_cpus, resources=resources)
+                 env: dict[str, str] | None = None, start: bool = True,
+                 object_store_memory: int | None = None) -> LocalCluster:
+        lc = LocalCluster(self.root / f"cluster{len(self.clusters)}", num_cpus=num_cpus, resources=resources,
+                          object_store_memory=object_store_memory)
         lc.env.update(env or {})
         self.clusters.append(lc)
         if start:

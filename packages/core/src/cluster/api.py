@@ -41,6 +41,7 @@ def init(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     resources: Mapping[str, float] | None = None,
+    object_store_memory: int | str | None = None,
     token: str | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
@@ -53,12 +54,14 @@ def init(
       - ``"auto"``: like None, but raise instead of starting a local cluster;
       - ``"HOST:PORT"``: that cluster's head.
 
-    ``num_cpus``, ``num_gpus`` and ``resources`` size a new local cluster (default: all CPUs).
+    ``num_cpus``, ``num_gpus``, ``resources`` and ``object_store_memory`` (bytes, or a string
+    like ``"2GB"``) size a new local cluster (default: all CPUs, 30% of RAM for objects).
     ``token`` is the cluster token; by default it is found in ``$CLUSTER_TOKEN`` or in the
     session directory of a cluster started on this machine.
     """
     try:
-        return _init(address, num_cpus, num_gpus, resources, token, ignore_reinit_error, log_to_driver)
+        return _init(address, num_cpus, num_gpus, resources, object_store_memory, token,
+                     ignore_reinit_error, log_to_driver)
     except ClusterError as exc:
         # The message says what went wrong and what to do; our frames would only be noise.
         raise exc.with_traceback(None) from None
@@ -69,6 +72,7 @@ def _init(
     num_cpus: float | None,
     num_gpus: float | None,
     resources: Mapping[str, float] | None,
+    object_store_memory: int | str | None,
     token: str | None,
     ignore_reinit_error: bool,
     log_to_driver: bool,
@@ -83,26 +87,32 @@ def _init(
                 "first, or pass ignore_reinit_error=True"
             )
         resolved, token = _resolve_address(address, token)
-        if resolved is not None and (num_cpus is not None or num_gpus is not None or resources):
+        sizing = num_cpus is not None or num_gpus is not None or resources or object_store_memory
+        if resolved is not None and sizing:
             raise ConfigError(
-                "num_cpus, num_gpus and resources size a new local cluster; they can't be given "
+                "num_cpus, num_gpus, resources and object_store_memory size a new local cluster; "
+                "they can't be given "
                 f"when connecting to an existing one ({resolved})"
             )
         if resolved is None:
-            from cluster.scheduling import resources_arg
+            from cluster.scheduling import parse_size, resources_arg
 
             resources_json = resources_arg(num_cpus, num_gpus, resources)  # validate first
+            store_args = []
+            if object_store_memory is not None:
+                store_args = ["--object-store-memory", str(parse_size(object_store_memory, "object_store_memory"))]
             _local_session = session.new_session_dir()
             token = session.new_token()
             session.write_token(_local_session, token)
             from cluster.launch import start_daemon
-            from cluster.scheduling import resources_arg
+            from cluster.scheduling import parse_size, resources_arg
 
             args = [
                 "--head",
                 "--session-dir", str(_local_session),
                 "--resources", resources_json,
                 "--exit-with-stdin",
+                *store_args,
             ]
             starting = start_daemon(args, token, _local_session, keep_stdin=True)
             _local_cluster = starting.proc

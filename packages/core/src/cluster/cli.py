@@ -14,7 +14,7 @@ import click
 
 from cluster import session
 from cluster.errors import ClusterError, ConfigError
-from cluster.scheduling import resources_arg
+from cluster.scheduling import parse_size, resources_arg
 
 DEFAULT_HEAD_PORT = 6380
 
@@ -34,13 +34,14 @@ def cli() -> None:
 @click.option("--num-cpus", type=float, help="CPUs this node offers [default: all].")
 @click.option("--num-gpus", type=float, help="GPUs this node offers [default: 0].")
 @click.option("--resources", default="{}", help='Custom resources as JSON, e.g. \'{"accel": 2}\'.')
+@click.option("--object-store-memory", help="Bytes of shared memory for this node's object store, e.g. 2GB [default: 30% of RAM].")
 @click.option("--token", envvar="CLUSTER_TOKEN", help="Cluster token (to join; default: the local head's).")
 @click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True, help="Seconds before a silent node is declared dead.")
 @click.option("--block", is_flag=True, help="Stay in the foreground until interrupted.")
 def start(
     head: bool, address: str | None, host: str, port: int | None, node_ip: str | None,
-    num_cpus: float | None, num_gpus: float | None, resources: str, token: str | None,
-    heartbeat_timeout: float, block: bool,
+    num_cpus: float | None, num_gpus: float | None, resources: str, object_store_memory: str | None,
+    token: str | None, heartbeat_timeout: float, block: bool,
 ) -> None:
     """Start a head (--head) or a node that joins one (--address HOST:PORT)."""
     from cluster.launch import spawn_daemon
@@ -48,6 +49,7 @@ def start(
     if head == bool(address):
         raise click.UsageError("give exactly one of --head (new cluster) or --address HOST:PORT (join one)")
     resources_json = resources_arg(num_cpus, num_gpus, resources)
+    store_bytes = parse_size(object_store_memory, "--object-store-memory") if object_store_memory else None
     if address:
         from cluster.protocol import parse_address
 
@@ -69,6 +71,8 @@ def start(
     args += ["--head"] if head else ["--address", address]
     if node_ip:
         args += ["--node-ip", node_ip]
+    if store_bytes:
+        args += ["--object-store-memory", str(store_bytes)]
     role = "head" if head else "node"
     click.echo(f"Starting a {role} daemon...", err=True)
     proc, info = spawn_daemon(args, token, session_dir, keep_stdin=block)
@@ -164,6 +168,32 @@ def _signal_group(pid: int, signum: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
 def status(address: str | None, token: str | None, as_json: bool) -> None:
     """List the cluster's nodes with their used and total resources."""
+    nodes = _fetch_nodes(address, token)
+    if as_json:
+        click.echo(json.dumps(nodes, indent=2))
+        return
+    alive = [n for n in nodes if n["state"] == "alive"]
+    head = next((n["address"] for n in nodes if n["is_head"]), address)
+    click.echo(f"Cluster at {head}: {len(alive)} node(s) alive, {len(nodes) - len(alive)} dead")
+    names = sorted({k for n in nodes for k in n["resources"]} - {"CPU", "GPU"})
+    header = ["NODE", "ADDRESS", "STATE", "CPU used/total", "GPU used/total", *names]
+    rows = [header]
+    for n in nodes:
+        total, avail = n["resources"], n["available"]
+
+        def used(name: str, total: dict = total, avail: dict = avail) -> str:
+            t = total.get(name, 0.0)
+            return f"{t - avail.get(name, t) if avail else 0:g}/{t:g}"
+
+        rows.append([n["node_id"] + (" (head)" if n["is_head"] else ""), n["address"], n["state"],
+                     used("CPU"), used("GPU"), *(used(k) for k in names)])
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    for row in rows:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _fetch_nodes(address: str | None, token: str | None) -> list[dict]:
+    """The head's node table (for status and memory)."""
     import trio
 
     from cluster import messages as m
@@ -189,26 +219,33 @@ def status(address: str | None, token: str | None, as_json: bool) -> None:
         nodes = trio.run(fetch)
     except BaseExceptionGroup as group:
         raise _unwrap(group) from None
-    if as_json:
-        click.echo(json.dumps(nodes, indent=2))
-        return
-    alive = [n for n in nodes if n["state"] == "alive"]
-    click.echo(f"Cluster at {address}: {len(alive)} node(s) alive, {len(nodes) - len(alive)} dead")
-    names = sorted({k for n in nodes for k in n["resources"]} - {"CPU", "GPU"})
-    header = ["NODE", "ADDRESS", "STATE", "CPU used/total", "GPU used/total", *names]
-    rows = [header]
+    return nodes
+
+
+@click.command()
+@click.option("--address", help="Head address HOST:PORT [default: the cluster started on this machine].")
+@click.option("--token", envvar="CLUSTER_TOKEN", help="Cluster token [default: the local head's].")
+def memory(address: str | None, token: str | None) -> None:
+    """Show each node's object store: bytes used of its capacity, and how many objects."""
+    nodes = _fetch_nodes(address, token)
+    rows = [["NODE", "STATE", "STORE USED", "CAPACITY", "USE", "OBJECTS"]]
     for n in nodes:
-        total, avail = n["resources"], n["available"]
-
-        def used(name: str, total: dict = total, avail: dict = avail) -> str:
-            t = total.get(name, 0.0)
-            return f"{t - avail.get(name, t) if avail else 0:g}/{t:g}"
-
-        rows.append([n["node_id"] + (" (head)" if n["is_head"] else ""), n["address"], n["state"],
-                     used("CPU"), used("GPU"), *(used(k) for k in names)])
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+        used = n.get("store", {}).get("used", 0)
+        capacity = n.get("store_capacity") or 0
+        share = f"{100 * used / capacity:.1f}%" if capacity else "-"
+        rows.append([n["node_id"] + (" (head)" if n["is_head"] else ""), n["state"], _human(used),
+                     _human(capacity), share, str(n.get("store", {}).get("objects", 0))])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -227,7 +264,7 @@ def microbenchmark(args: tuple[str, ...]) -> None:
 
 
 def builtin_commands() -> list[click.Command]:
-    return [start, stop, status, microbenchmark]
+    return [start, stop, status, memory, microbenchmark]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,9 +3,9 @@
 cloudpickle ships functions defined in ``__main__`` (or in modules workers can't import) by
 value and renames their file to ``<dynamic-code>``, which leaves remote tracebacks without file
 names or source lines. Alongside the function we send its file name and, when the file is
-small, its lines, so a worker can restore both. We also send the driver's script directory and
-working directory: modules next to the script (imported by the function, or defining the
-exceptions it raises) then import on workers too, as they do under Ray.
+small, its lines, so a worker can restore both. We also send the function's own directory, the
+driver's script directory and its working directory: modules next to the script (imported by
+the function, or defining the exceptions it raises) then import on workers too, as under Ray.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def pack_function(fn: Any) -> bytes:
     if filename and os.path.isfile(filename) and os.path.getsize(filename) <= MAX_SOURCE_BYTES:
         lines = linecache.getlines(filename)
     paths = []
-    for path in (sys.path[0] if sys.path else "", os.getcwd()):
+    here = os.path.dirname(filename) if lines is not None else ""
+    for path in (here, sys.path[0] if sys.path else "", os.getcwd()):
         path = os.path.abspath(path or os.getcwd())
         if path not in paths:
             paths.append(path)

@@ -47,6 +47,7 @@ class DaemonConfig:
     heartbeat_timeout_s: float = 10.0
     exit_with_stdin: bool = False
     store_root: str | None = None
+    object_store_memory: int | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.head and not self.head_address:
@@ -132,6 +133,7 @@ async def run_daemon(
             session_dir=config.session_dir,
             is_head=config.head,
             store_root=config.store_root,
+            store_capacity=config.object_store_memory,
             zygote=zygote,
         )
         router.add(node.handlers())
@@ -207,6 +209,7 @@ def parse_args(argv: list[str]) -> DaemonConfig:
     parser.add_argument("--heartbeat-timeout", type=float, default=10.0)
     parser.add_argument("--exit-with-stdin", action="store_true")
     parser.add_argument("--store-root")
+    parser.add_argument("--object-store-memory", type=int)
     args = parser.parse_args(argv)
     return DaemonConfig(
         head=args.head,
@@ -219,6 +222,7 @@ def parse_args(argv: list[str]) -> DaemonConfig:
         heartbeat_timeout_s=args.heartbeat_timeout,
         exit_with_stdin=args.exit_with_stdin,
         store_root=args.store_root,
+        object_store_memory=args.object_store_memory,
     )
 
 

@@ -31,7 +31,9 @@ class NodeRecord:
     pid: int
     store_path: str
     is_head: bool
+    store_capacity: int
     conn: Connection | None
+    store: dict = attrs.Factory(dict)
     state: str = "alive"
     last_seen: float = attrs.Factory(time.monotonic)
     joined_at: float = attrs.Factory(time.time)
@@ -47,6 +49,8 @@ class NodeRecord:
             "pid": self.pid,
             "store_path": self.store_path,
             "is_head": self.is_head,
+            "store_capacity": self.store_capacity,
+            "store": self.store,
             "state": self.state,
         }
 
@@ -116,6 +120,7 @@ class HeadService:
             pid=msg.pid,
             store_path=msg.store_path,
             is_head=msg.is_head,
+            store_capacity=msg.store_capacity,
             conn=conn,
         )
         self.nodes[msg.node_id] = record
@@ -131,6 +136,7 @@ class HeadService:
             conn.reply_error(request_id, "dead", "this node was declared dead; restart it to rejoin")
             return
         node.last_seen = time.monotonic()
+        node.store = msg.store
         if node.available != msg.available:
             node.available = msg.available
             self.view_version += 1

@@ -101,6 +101,7 @@ class RegisterNode:
     pid: int
     store_path: str
     is_head: bool
+    store_capacity: int
 
 
 @message(21)
@@ -109,6 +110,7 @@ class Heartbeat:
     node_id: str
     available: dict
     view_version: int
+    store: dict  # {"used": bytes in sealed objects, "objects": count}
 
 
 @message(27)

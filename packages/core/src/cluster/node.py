@@ -82,6 +82,7 @@ class NodeService:
     is_head: bool = False
     labels: dict = attrs.Factory(dict)
     store_root: str | None = None
+    store_capacity: int | None = None
     available: dict = attrs.field(init=False)
     store: Any = attrs.field(init=False)
     store_path: str = attrs.field(init=False)
@@ -104,8 +105,12 @@ class NodeService:
     def __attrs_post_init__(self) -> None:
         from cluster_store import default_store_root
 
+        from cluster.scheduling import default_object_store_memory
+
         self.available = dict(self.resources)
         root = self.store_root or str(default_store_root())
+        if self.store_capacity is None:
+            self.store_capacity = default_object_store_memory(root)
         self.store_path = os.path.join(root, f"cluster-{self.node_id}")
         self.store = make_object_store(self.store_path, self.info())
         self.policy = make_scheduler(self)
@@ -113,7 +118,8 @@ class NodeService:
         self.max_workers = self.pool_size * 4 + 8
 
     def info(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "address": self.address, "store_path": self.store_path}
+        return {"node_id": self.node_id, "address": self.address, "store_path": self.store_path,
+                "store_capacity": self.store_capacity}
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -139,6 +145,7 @@ class NodeService:
                     m.RegisterNode(
                         self.node_id, self.address, self.resources, self.labels,
                         socket.gethostname(), os.getpid(), self.store_path, self.is_head,
+                        self.store_capacity,
                     )
                 )
                 self.view, self.view_version = reply["view"], reply["version"]
@@ -169,11 +176,15 @@ class NodeService:
             return
         conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
 
+    def store_stats(self) -> dict[str, int]:
+        ids = self.store.object_ids()
+        return {"used": self.store.used_bytes(), "objects": len(ids)}
+
     async def _heartbeat_loop(self) -> None:
         while True:
             await trio.sleep(HEARTBEAT_S)
             version, view = await self.head_conn.request(
-                m.Heartbeat(self.node_id, self.available, self.view_version)
+                m.Heartbeat(self.node_id, self.available, self.view_version, self.store_stats())
             )
             if view is not None and version > self.view_version:
                 self.view, self.view_version = view, version

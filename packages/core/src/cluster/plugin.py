@@ -11,7 +11,7 @@ from cluster.hookspec import hookimpl
 def cluster_make_object_store(path: str, node: dict[str, Any]) -> Any:
     from cluster_store import ObjectStore
 
-    return ObjectStore(path, create=True)
+    return ObjectStore(path, capacity_bytes=node.get("store_capacity"), create=True)
 
 
 @hookimpl

@@ -293,9 +293,8 @@ class Runtime:
             self._delete_stored(object_id, entry)
 
     def _delete_stored(self, object_id: bytes, entry: list) -> None:
-        if entry[2] == self.node_id:
-            self.store.delete(object_id)
-        elif self._trio_token is not None and not self._stopped:
+        self.store.delete(object_id)  # the primary copy, or the one this process pulled here
+        if entry[2] != self.node_id and self._trio_token is not None and not self._stopped:
             try:
                 self.soon(self._send_delete, entry[3], object_id)
             except trio.RunFinishedError:
@@ -337,8 +336,23 @@ class Runtime:
         try:
             size = self.store.put(object_id, ser.metadata, ser.inband, ser.buffers)
         except StoreFull as exc:
-            raise ObjectStoreFullError(str(exc)) from None
+            raise ObjectStoreFullError(self._store_full_message(ser.size, exc)) from None
         return [v.STORED, object_id, self.node_id, self.node_address, size]
+
+    def _store_full_message(self, size: int, exc: Exception) -> str:
+        capacity = getattr(exc, "capacity_bytes", None)
+        used = getattr(exc, "used_bytes", None)
+        if capacity is None or used is None:
+            return f"the object store of node {self.node_id} has no room for an object of {_mb(size)}: {exc}"
+        sizes = sorted(((self.store.size_of(oid) or 0, oid) for oid in self.store.object_ids()), reverse=True)
+        largest = ", ".join(f"{oid.hex()[:12]}… {_mb(n)}" for n, oid in sizes[:3]) or "none"
+        return (
+            f"the object store of node {self.node_id} is full: an object of {_mb(size)} does not "
+            f"fit, {_mb(used)} of its {_mb(capacity)} are in use by {len(sizes)} objects (largest: "
+            f"{largest}). Drop ObjectRefs you no longer need (objects are freed when no reference "
+            "remains), or give the node more room: `cluster start --object-store-memory SIZE`, or "
+            "cluster.init(object_store_memory=SIZE) for a local cluster."
+        )
 
     # ------------------------------------------------------------------ scheduling (trio)
 
@@ -440,66 +454,72 @@ class Runtime:
                     pass  # the close callback requeues them
         wanted = min(len(pending), MAX_LEASE_REQUESTS) - queue.requesting
         for _ in range(max(0, wanted)):
-            queue.requesting += 1
+            queue.requesting += 1  # counted now, so the next dispatch does not ask again
             self._nursery.start_soon(self._request_lease, queue)
 
     async def _request_lease(self, queue: ShapeQueue) -> None:
-        address = self.node_address
-        spill_count = 0
+        """Get one more worker for ``queue``'s shape: ask, follow spillbacks, connect to it."""
         queue.fresh_requests += 1
         fresh = [True]
 
-        def busy(_reason: str) -> None:
+        def not_fresh(_reason: str = "") -> None:
+            # Until now more workers might come, so each lease got one task (see _dispatch).
             if fresh[0]:
                 fresh[0] = False
                 queue.fresh_requests -= 1
                 self._dispatch(queue)
 
         try:
-            while True:
-                try:
-                    node_conn = await self._connect(address, "a node daemon")
-                    answer = await node_conn.request(
-                        m.RequestLease(dict(queue.shape), self.address, spill_count), on_pending=busy
-                    )
-                except (ClusterConnectionError, RemoteCallError) as exc:
-                    log.warning("lease_request_failed", node=address, error=str(exc))
-                    if address == self.node_address:
-                        await trio.sleep(0.5)
-                    address, spill_count = self.node_address, 0
-                    if not queue.pending:
-                        return
-                    continue
-                if answer[0] == "spill":
-                    address = answer[1]
-                    spill_count += 1
-                    continue
-                if answer[0] == "infeasible":
-                    self._warn_infeasible(queue, answer[1])
-                    await trio.sleep(INFEASIBLE_RETRY_S)
-                    address, spill_count = self.node_address, 0
-                    if not queue.pending:
-                        return
-                    continue
-                _, lease_id, worker_address = answer[:3]
-                break
+            lease = await self._lease_worker(queue, not_fresh)
         finally:
             queue.requesting -= 1
             if fresh[0]:
                 fresh[0] = False
                 queue.fresh_requests -= 1
+        if lease is not None:
+            queue.leases.append(lease)
+        self._dispatch(queue)
+
+    async def _lease_worker(self, queue: ShapeQueue, on_busy: Any) -> Lease | None:
+        address = self.node_address
+        spill_count = 0
+        while True:
+            try:
+                node_conn = await self._connect(address, "a node daemon")
+                answer = await node_conn.request(
+                    m.RequestLease(dict(queue.shape), self.address, spill_count), on_pending=on_busy
+                )
+            except (ClusterConnectionError, RemoteCallError) as exc:
+                log.warning("lease_request_failed", node=address, error=str(exc))
+                if address == self.node_address:
+                    await trio.sleep(0.5)
+                address, spill_count = self.node_address, 0
+                if not queue.pending:
+                    return None
+                continue
+            if answer[0] == "spill":
+                address = answer[1]
+                spill_count += 1
+                continue
+            if answer[0] == "infeasible":
+                self._warn_infeasible(queue, answer[1])
+                await trio.sleep(INFEASIBLE_RETRY_S)
+                address, spill_count = self.node_address, 0
+                if not queue.pending:
+                    return None
+                continue
+            break
+        _, lease_id, worker_address = answer[:3]
         try:
             worker_conn = await self._connect(worker_address, "a worker")
         except ClusterConnectionError:
             node_conn.send(m.ReturnLease(lease_id, False))
-            self._dispatch(queue)
-            return
+            return None
         lease = Lease(lease_id, node_conn, worker_conn, queue.shape, idle_since=time.monotonic())
         worker_conn.context = lease
         if self._on_worker_lost not in worker_conn.on_close:
             worker_conn.on_close.append(self._on_worker_lost)
-        queue.leases.append(lease)
-        self._dispatch(queue)
+        return lease
 
     def _warn_infeasible(self, queue: ShapeQueue, reason: str) -> None:
         if queue.shape in self._warned_infeasible:
@@ -788,6 +808,10 @@ class Runtime:
             self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
         elif not task.lease.conn.closed:
             task.lease.conn.send(m.CancelTask(task_id, force))
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 def choose_local_node(nodes: list[dict], head_address: str) -> dict:

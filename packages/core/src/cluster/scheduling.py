@@ -57,3 +57,44 @@ def resources_arg(
     resources["CPU"] = float(num_cpus if num_cpus is not None else os.cpu_count() or 1)
     resources["GPU"] = float(num_gpus or 0)
     return json.dumps(resources)
+
+
+_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3,
+          "GB": 1000**3, "T": 1000**4, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2,
+          "GIB": 1024**3, "TIB": 1024**4}
+
+
+def parse_size(value: str | int | float, what: str = "object store memory") -> int:
+    """Bytes from ``1000000``, ``"200MB"``, ``"1.5GiB"``; ConfigError naming ``what`` otherwise."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be a size like 2000000000 or '2GB', got {value!r}")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        digits = text.rstrip("KMGTIB")
+        unit = text[len(digits):]
+        try:
+            number = float(digits)
+        except ValueError:
+            number = -1.0
+        if unit not in _UNITS:
+            number = -1.0
+    if number <= 0:
+        raise ConfigError(f"{what} must be a positive size like 2000000000 or '2GB', got {value!r}")
+    return int(number * _UNITS[unit])
+
+
+def default_object_store_memory(store_root: str) -> int:
+    """Ray's default: 30% of the machine's memory, but no more than 90% of the store's filesystem."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        physical = 8 * 1024**3
+    size = int(physical * 0.3)
+    try:
+        stat = os.statvfs(store_root)
+        size = min(size, int(stat.f_blocks * stat.f_frsize * 0.9))
+    except OSError:
+        pass
+    return size

@@ -25,7 +25,7 @@ class LocalCluster:
     """A head (and optionally more node daemons) started with ``cluster start``."""
 
     def __init__(self, root: str | os.PathLike, *, num_cpus: float = 1, resources: dict | None = None,
-                 heartbeat_timeout: float = 10.0) -> None:
+                 heartbeat_timeout: float = 10.0, object_store_memory: int | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "CLUSTER_TMPDIR": str(self.root)}
@@ -33,6 +33,8 @@ class LocalCluster:
         self.env.pop("CLUSTER_TOKEN", None)
         self._head_args = ["--num-cpus", str(num_cpus), "--resources", json.dumps(resources or {}),
                            "--heartbeat-timeout", str(heartbeat_timeout)]
+        if object_store_memory is not None:
+            self._head_args += ["--object-store-memory", str(object_store_memory)]
         self.address = ""
         self.token = ""
         self.pids: list[int] = []
@@ -54,10 +56,12 @@ class LocalCluster:
         self.pids.append(current["pid"])
         return self
 
-    def add_node(self, *, num_cpus: float = 1, resources: dict | None = None) -> dict[str, Any]:
+    def add_node(self, *, num_cpus: float = 1, resources: dict | None = None,
+                 object_store_memory: int | None = None) -> dict[str, Any]:
         before = {r["pid"] for r in self.daemon_records()}
+        extra = ["--object-store-memory", str(object_store_memory)] if object_store_memory else []
         self.cli("start", "--address", self.address, "--num-cpus", str(num_cpus),
-                 "--resources", json.dumps(resources or {}))
+                 "--resources", json.dumps(resources or {}), *extra)
         record = next(r for r in self.daemon_records() if r["pid"] not in before)
         self.pids.append(record["pid"])
         return record
