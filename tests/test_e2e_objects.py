@@ -72,7 +72,7 @@ def test_dropped_task_results_are_freed_on_the_node_that_made_them(make_cluster,
 
 
 def test_a_full_store_raises_object_store_full_error_saying_what_uses_it(make_cluster):
-    lc = make_cluster(num_cpus=1, object_store_memory=200 * MB)
+    lc = make_cluster(num_cpus=1, object_store_memory=200 * MB, object_spilling=False)
     lc.connect()
     held = [cluster.put(np.zeros(60 * MB // 8)) for _ in range(3)]
     with pytest.raises(ObjectStoreFullError) as excinfo:
@@ -101,3 +101,35 @@ def test_a_bad_object_store_memory_is_refused_with_a_message(make_cluster):
     proc = lc.cli("start", "--head", "--port", "0", "--object-store-memory", "lots", check=False)
     assert proc.returncode != 0
     assert "--object-store-memory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_holding_1gb_in_a_200mb_store_spills_and_every_object_reads_back(make_cluster, e2e):
+    lc = make_cluster(num_cpus=1, object_store_memory=200 * MB)
+    lc.connect()
+    refs = [cluster.put(np.full(100 * MB // 8, i, dtype=np.float64)) for i in range(10)]
+    e2e.wait_until(lambda: cluster.nodes()[0]["store"].get("spilled_objects", 0) >= 8,
+                   what="the heartbeat to report the spilled objects")
+    assert cluster.nodes()[0]["store"]["used"] <= 200 * MB
+    for i, ref in enumerate(refs):  # each comes back from disk as needed, intact
+        array = cluster.get(ref)
+        assert array[0] == i and array[-1] == i and array.sum() == i * (100 * MB // 8)
+        del array, ref
+    out = lc.cli("memory").stdout
+    assert "SPILLED" in out
+    del refs
+    e2e.wait_until(lambda: cluster.nodes()[0]["store"].get("spilled_objects", -1) == 0
+                   and cluster.nodes()[0]["store"].get("objects", -1) == 0, what="stores emptied")
+
+
+@cluster.remote(resources={"b": 1})
+def total(array: np.ndarray) -> float:
+    return float(array.sum())
+
+
+def test_a_task_reads_a_spilled_object_from_another_node(make_cluster):
+    lc = make_cluster(num_cpus=1, object_store_memory=150 * MB)
+    lc.add_node(num_cpus=1, resources={"b": 1})
+    lc.connect()
+    refs = [cluster.put(np.full(50 * MB // 8, i, dtype=np.float64)) for i in range(6)]  # 300 MB
+    sums = cluster.get([total.remote(ref) for ref in refs], timeout=120)
+    assert sums == [float(i * (50 * MB // 8)) for i in range(6)]

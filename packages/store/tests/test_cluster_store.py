@@ -406,3 +406,47 @@ def test_concurrent_put_from_two_processes(tmp_path: pathlib.Path) -> None:
     stored = store.get(b"shared")
     assert stored is not None and stored.metadata == b"meta"
     np.testing.assert_array_equal(_load(stored), np.arange(1 << 20, dtype=np.int64))
+
+
+# ---------------------------------------------------------------------------- spilling
+
+
+def _array_parts(value: object) -> tuple[bytes, list]:
+    buffers: list = []
+    inband = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return inband, buffers
+
+
+def test_a_full_store_spills_least_recently_used_objects_and_reads_them_back(tmp_path):
+    np = pytest.importorskip("numpy")
+    store = ObjectStore(tmp_path / "shm", capacity_bytes=3_500_000, spill_dir=tmp_path / "spill")
+    arrays = {bytes([i]) * 4: np.full(125_000, i, dtype=np.float64) for i in range(6)}  # 1 MB each
+    for oid, array in arrays.items():
+        store.put(oid, b"", *_array_parts(array))
+    spilled_count, spilled_bytes = store.spilled()
+    assert spilled_count == 3 and spilled_bytes > 3_000_000
+    assert store.used_bytes() <= 3_500_000
+    assert sorted(store.object_ids()) == sorted(list(arrays)[3:])  # the oldest went to disk
+    for oid, array in arrays.items():  # every one reads back intact, spilled or not
+        obj = store.get(oid)
+        assert obj is not None
+        assert np.array_equal(pickle.loads(obj.inband, buffers=obj.buffers), array)
+        assert store.used_bytes() <= 3_500_000
+    assert store.contains(bytes([0]) * 4) and store.size_of(bytes([0]) * 4)
+
+
+def test_without_a_spill_dir_a_full_store_refuses_and_says_spilling_is_off(tmp_path):
+    store = ObjectStore(tmp_path / "shm", capacity_bytes=2_000_000)
+    store.put(b"a" * 4, b"", b"x" * 1_500_000)
+    with pytest.raises(ObjectStoreFullError, match="spilling is off"):
+        store.put(b"b" * 4, b"", b"y" * 1_000_000)
+
+
+def test_deleting_a_spilled_object_removes_it_from_disk(tmp_path):
+    store = ObjectStore(tmp_path / "shm", capacity_bytes=2_000_000, spill_dir=tmp_path / "spill")
+    store.put(b"a" * 4, b"", b"x" * 1_500_000)
+    store.put(b"b" * 4, b"", b"y" * 1_500_000)  # spills a
+    assert store.spilled()[0] == 1
+    assert store.delete(b"a" * 4)
+    assert store.spilled() == (0, 0)
+    assert not store.contains(b"a" * 4)

@@ -42,6 +42,7 @@ def init(
     num_gpus: float | None = None,
     resources: Mapping[str, float] | None = None,
     object_store_memory: int | str | None = None,
+    object_spilling: bool = True,
     token: str | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
@@ -55,13 +56,14 @@ def init(
       - ``"HOST:PORT"``: that cluster's head.
 
     ``num_cpus``, ``num_gpus``, ``resources`` and ``object_store_memory`` (bytes, or a string
-    like ``"2GB"``) size a new local cluster (default: all CPUs, 30% of RAM for objects).
+    like ``"2GB"``) size a new local cluster (default: all CPUs, 30% of RAM for objects);
+    ``object_spilling=False`` makes its full store raise instead of spilling to disk.
     ``token`` is the cluster token; by default it is found in ``$CLUSTER_TOKEN`` or in the
     session directory of a cluster started on this machine.
     """
     try:
-        return _init(address, num_cpus, num_gpus, resources, object_store_memory, token,
-                     ignore_reinit_error, log_to_driver)
+        return _init(address, num_cpus, num_gpus, resources, object_store_memory, object_spilling,
+                     token, ignore_reinit_error, log_to_driver)
     except ClusterError as exc:
         # The message says what went wrong and what to do; our frames would only be noise.
         raise exc.with_traceback(None) from None
@@ -73,6 +75,7 @@ def _init(
     num_gpus: float | None,
     resources: Mapping[str, float] | None,
     object_store_memory: int | str | None,
+    object_spilling: bool,
     token: str | None,
     ignore_reinit_error: bool,
     log_to_driver: bool,
@@ -114,6 +117,8 @@ def _init(
                 "--exit-with-stdin",
                 *store_args,
             ]
+            if object_spilling:
+                args += ["--spill-dir", str(_local_session / "spill")]
             starting = start_daemon(args, token, _local_session, keep_stdin=True)
             _local_cluster = starting.proc
             # Import the runtime while the daemon boots: the two overlap on a multi-core machine.

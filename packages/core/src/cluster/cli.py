@@ -35,12 +35,15 @@ def cli() -> None:
 @click.option("--num-gpus", type=float, help="GPUs this node offers [default: 0].")
 @click.option("--resources", default="{}", help='Custom resources as JSON, e.g. \'{"accel": 2}\'.')
 @click.option("--object-store-memory", help="Bytes of shared memory for this node's object store, e.g. 2GB [default: 30% of RAM].")
+@click.option("--object-spilling-dir", help="Where objects spill when the store is full [default: the session dir].")
+@click.option("--no-object-spilling", is_flag=True, help="Never spill: a full store raises ObjectStoreFullError.")
 @click.option("--token", envvar="CLUSTER_TOKEN", help="Cluster token (to join; default: the local head's).")
 @click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True, help="Seconds before a silent node is declared dead.")
 @click.option("--block", is_flag=True, help="Stay in the foreground until interrupted.")
 def start(
     head: bool, address: str | None, host: str, port: int | None, node_ip: str | None,
     num_cpus: float | None, num_gpus: float | None, resources: str, object_store_memory: str | None,
+    object_spilling_dir: str | None, no_object_spilling: bool,
     token: str | None, heartbeat_timeout: float, block: bool,
 ) -> None:
     """Start a head (--head) or a node that joins one (--address HOST:PORT)."""
@@ -73,6 +76,10 @@ def start(
         args += ["--node-ip", node_ip]
     if store_bytes:
         args += ["--object-store-memory", str(store_bytes)]
+    if no_object_spilling and object_spilling_dir:
+        raise click.UsageError("--object-spilling-dir and --no-object-spilling contradict each other")
+    if not no_object_spilling:
+        args += ["--spill-dir", os.path.abspath(object_spilling_dir or session_dir / "spill")]
     role = "head" if head else "node"
     click.echo(f"Starting a {role} daemon...", err=True)
     proc, info = spawn_daemon(args, token, session_dir, keep_stdin=block)
@@ -228,13 +235,16 @@ def _fetch_nodes(address: str | None, token: str | None) -> list[dict]:
 def memory(address: str | None, token: str | None) -> None:
     """Show each node's object store: bytes used of its capacity, and how many objects."""
     nodes = _fetch_nodes(address, token)
-    rows = [["NODE", "STATE", "STORE USED", "CAPACITY", "USE", "OBJECTS"]]
+    rows = [["NODE", "STATE", "STORE USED", "CAPACITY", "USE", "OBJECTS", "SPILLED", "SPILLED OBJECTS"]]
     for n in nodes:
-        used = n.get("store", {}).get("used", 0)
+        store = n.get("store", {})
+        used = store.get("used", 0)
         capacity = n.get("store_capacity") or 0
         share = f"{100 * used / capacity:.1f}%" if capacity else "-"
+        spilled = _human(store.get("spilled", 0)) if n.get("spill_dir") else "off"
         rows.append([n["node_id"] + (" (head)" if n["is_head"] else ""), n["state"], _human(used),
-                     _human(capacity), share, str(n.get("store", {}).get("objects", 0))])
+                     _human(capacity), share, str(store.get("objects", 0)), spilled,
+                     str(store.get("spilled_objects", 0))])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -48,6 +48,7 @@ class DaemonConfig:
     exit_with_stdin: bool = False
     store_root: str | None = None
     object_store_memory: int | None = None
+    spill_dir: str | None = None  # where this node spills; None: spilling off
 
     def __attrs_post_init__(self) -> None:
         if not self.head and not self.head_address:
@@ -134,6 +135,7 @@ async def run_daemon(
             is_head=config.head,
             store_root=config.store_root,
             store_capacity=config.object_store_memory,
+            spill_dir=config.spill_dir,
             zygote=zygote,
         )
         router.add(node.handlers())
@@ -210,6 +212,7 @@ def parse_args(argv: list[str]) -> DaemonConfig:
     parser.add_argument("--exit-with-stdin", action="store_true")
     parser.add_argument("--store-root")
     parser.add_argument("--object-store-memory", type=int)
+    parser.add_argument("--spill-dir")
     args = parser.parse_args(argv)
     return DaemonConfig(
         head=args.head,
@@ -223,6 +226,7 @@ def parse_args(argv: list[str]) -> DaemonConfig:
         exit_with_stdin=args.exit_with_stdin,
         store_root=args.store_root,
         object_store_memory=args.object_store_memory,
+        spill_dir=args.spill_dir,
     )
 
 

@@ -32,6 +32,7 @@ class NodeRecord:
     store_path: str
     is_head: bool
     store_capacity: int
+    spill_dir: str | None
     conn: Connection | None
     store: dict = attrs.Factory(dict)
     state: str = "alive"
@@ -50,6 +51,7 @@ class NodeRecord:
             "store_path": self.store_path,
             "is_head": self.is_head,
             "store_capacity": self.store_capacity,
+            "spill_dir": self.spill_dir,
             "store": self.store,
             "state": self.state,
         }
@@ -121,6 +123,7 @@ class HeadService:
             store_path=msg.store_path,
             is_head=msg.is_head,
             store_capacity=msg.store_capacity,
+            spill_dir=msg.spill_dir,
             conn=conn,
         )
         self.nodes[msg.node_id] = record

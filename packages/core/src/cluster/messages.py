@@ -102,6 +102,7 @@ class RegisterNode:
     store_path: str
     is_head: bool
     store_capacity: int
+    spill_dir: str | None
 
 
 @message(21)
@@ -110,7 +111,7 @@ class Heartbeat:
     node_id: str
     available: dict
     view_version: int
-    store: dict  # {"used": bytes in sealed objects, "objects": count}
+    store: dict  # {"used", "objects", "spilled", "spilled_objects"}: bytes and counts
 
 
 @message(27)

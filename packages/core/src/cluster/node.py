@@ -83,6 +83,7 @@ class NodeService:
     labels: dict = attrs.Factory(dict)
     store_root: str | None = None
     store_capacity: int | None = None
+    spill_dir: str | None = None  # None: spilling off
     available: dict = attrs.field(init=False)
     store: Any = attrs.field(init=False)
     store_path: str = attrs.field(init=False)
@@ -119,7 +120,7 @@ class NodeService:
 
     def info(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address, "store_path": self.store_path,
-                "store_capacity": self.store_capacity}
+                "store_capacity": self.store_capacity, "spill_dir": self.spill_dir}
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -145,7 +146,7 @@ class NodeService:
                     m.RegisterNode(
                         self.node_id, self.address, self.resources, self.labels,
                         socket.gethostname(), os.getpid(), self.store_path, self.is_head,
-                        self.store_capacity,
+                        self.store_capacity, self.spill_dir,
                     )
                 )
                 self.view, self.view_version = reply["view"], reply["version"]
@@ -178,7 +179,9 @@ class NodeService:
 
     def store_stats(self) -> dict[str, int]:
         ids = self.store.object_ids()
-        return {"used": self.store.used_bytes(), "objects": len(ids)}
+        spilled_objects, spilled = self.store.spilled() if hasattr(self.store, "spilled") else (0, 0)
+        return {"used": self.store.used_bytes(), "objects": len(ids), "spilled": spilled,
+                "spilled_objects": spilled_objects}
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -11,7 +11,9 @@ from cluster.hookspec import hookimpl
 def cluster_make_object_store(path: str, node: dict[str, Any]) -> Any:
     from cluster_store import ObjectStore
 
-    return ObjectStore(path, capacity_bytes=node.get("store_capacity"), create=True)
+    return ObjectStore(
+        path, capacity_bytes=node.get("store_capacity"), spill_dir=node.get("spill_dir"), create=True
+    )
 
 
 @hookimpl

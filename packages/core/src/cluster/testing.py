@@ -25,7 +25,8 @@ class LocalCluster:
     """A head (and optionally more node daemons) started with ``cluster start``."""
 
     def __init__(self, root: str | os.PathLike, *, num_cpus: float = 1, resources: dict | None = None,
-                 heartbeat_timeout: float = 10.0, object_store_memory: int | None = None) -> None:
+                 heartbeat_timeout: float = 10.0, object_store_memory: int | None = None,
+                 object_spilling: bool = True) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "CLUSTER_TMPDIR": str(self.root)}
@@ -35,6 +36,8 @@ class LocalCluster:
                            "--heartbeat-timeout", str(heartbeat_timeout)]
         if object_store_memory is not None:
             self._head_args += ["--object-store-memory", str(object_store_memory)]
+        if not object_spilling:
+            self._head_args += ["--no-object-spilling"]
         self.address = ""
         self.token = ""
         self.pids: list[int] = []

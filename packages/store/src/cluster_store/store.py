@@ -24,6 +24,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = ["ObjectStore", "RawWriter", "StoredObject", "default_store_root"]
 MAX_OBJECT_ID_BYTES = 64
 
 _TEMP_PREFIX = ".tmp-"
+_SPILL_PREFIX = ".spilling-"
 # Sealed object files are named by the lowercase hex of the object id and
 # nothing else; temporary files start with a dot so they can never match.
 _OBJECT_NAME = re.compile(rf"(?:[0-9a-f]{{2}}){{1,{MAX_OBJECT_ID_BYTES}}}")
@@ -234,8 +236,12 @@ class ObjectStore:
         *,
         capacity_bytes: int | None = None,
         create: bool = True,
+        spill_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         """Open the store in directory ``path``, creating it (mode 0o700) if ``create``.
+
+        With a ``spill_dir`` (on disk), a write that would overflow ``capacity_bytes`` first
+        moves the least recently used objects there; reading a spilled object brings it back.
 
         ``capacity_bytes`` bounds the total size of sealed objects in the
         directory (``None`` means only the filesystem limits it).  The bound is
@@ -254,6 +260,10 @@ class ObjectStore:
         self.path = pathlib.Path(os.path.abspath(os.fspath(path)))
         self.capacity_bytes = capacity_bytes
         self._dir = str(self.path)
+        self.spill_dir = None if spill_dir is None else pathlib.Path(os.path.abspath(os.fspath(spill_dir)))
+        self._spill = None if spill_dir is None else str(self.spill_dir)
+        if self._spill is not None and create:
+            os.makedirs(self._spill, mode=0o700, exist_ok=True)
         # (file name, inode) -> size of sealed files seen by used_bytes().
         self._size_cache: dict[tuple[str, int], int] = {}
         if create:
@@ -307,7 +317,7 @@ class ObjectStore:
             metadata_view.nbytes, inband_view.nbytes, [view.nbytes for view in buffer_views]
         )
         size = layout.total_size
-        self._check_capacity(object_id, size)
+        self._make_room(object_id, size)
 
         chunks = [memoryview(layout.pack_header()), metadata_view, inband_view]
         position = layout.inband_offset + layout.inband_length
@@ -344,7 +354,7 @@ class ObjectStore:
                 f"size must be the byte size of a sealed object file (at least "
                 f"{FIXED_HEADER_SIZE} bytes), got {size!r}"
             )
-        self._check_capacity(object_id, size)
+        self._make_room(object_id, size)
         temp, fd = self._create_temp(name)
         try:
             try:
@@ -364,7 +374,7 @@ class ObjectStore:
     def get(self, object_id: bytes) -> StoredObject | None:
         """Return the sealed object as zero-copy views into shared memory, or None if absent."""
         path = os.path.join(self._dir, _object_name(object_id))
-        view = _map_readonly(path)
+        view = self._map(path)
         if view is None:
             return None
         size = view.nbytes
@@ -385,7 +395,7 @@ class ObjectStore:
     def open_raw(self, object_id: bytes) -> memoryview | None:
         """Return the whole sealed file as a read-only memoryview (None if absent), for streaming."""
         path = os.path.join(self._dir, _object_name(object_id))
-        view = _map_readonly(path)
+        view = self._map(path)
         if view is None:
             return None
         try:
@@ -400,9 +410,13 @@ class ObjectStore:
 
     def size_of(self, object_id: bytes) -> int | None:
         """Return the file size of a sealed object, or None if absent."""
+        name = _object_name(object_id)
         try:
-            return os.stat(os.path.join(self._dir, _object_name(object_id))).st_size
+            return os.stat(os.path.join(self._dir, name)).st_size
         except FileNotFoundError:
+            if self._spill is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    return os.stat(os.path.join(self._spill, name)).st_size
             return None
 
     def object_ids(self) -> list[bytes]:
@@ -413,20 +427,46 @@ class ObjectStore:
         """Return the total size of the sealed objects in the directory."""
         return sum(size for _, _, size in self._scan())
 
+    def spilled(self) -> tuple[int, int]:
+        """(number of objects, bytes) currently spilled to disk."""
+        if self._spill is None:
+            return 0, 0
+        count = total = 0
+        with contextlib.suppress(FileNotFoundError), os.scandir(self._spill) as entries:
+            for entry in entries:
+                if _OBJECT_NAME.fullmatch(entry.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        total += entry.stat().st_size
+                        count += 1
+        return count, total
+
     # ------------------------------------------------------------------ removal
 
     def delete(self, object_id: bytes) -> bool:
         """Remove an object; return True if it existed. Existing views stay readable."""
-        try:
-            os.unlink(os.path.join(self._dir, _object_name(object_id)))
-        except FileNotFoundError:
-            return False
-        return True
+        name = _object_name(object_id)
+        found = False
+        for folder in (self._dir, self._spill):
+            if folder is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    found = True
+        if self._spill is not None and self._spill_in_flight(name):
+            # Another process is spilling it right now: remove its copy once it lands.
+            deadline = time.monotonic() + 5
+            while self._spill_in_flight(name) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._spill, name))
+                found = True
+        return found
 
     def destroy(self) -> None:
         """Delete the store directory and everything in it."""
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self._dir)
+        for folder in (self._dir, self._spill):
+            if folder is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(folder)
         self._size_cache = {}
 
     def remove_stale_temp_files(self) -> int:
@@ -537,23 +577,111 @@ class ObjectStore:
         finally:
             _unlink_quiet(temp)
 
-    def _check_capacity(self, object_id: bytes, size: int) -> None:
+    def _make_room(self, object_id: bytes, size: int) -> None:
+        """Ensure ``size`` more bytes fit under the capacity, spilling LRU objects if allowed."""
         capacity = self.capacity_bytes
         if capacity is None:
             return
-        used = self.used_bytes()
+        objects = self._scan()
+        used = sum(found_size for _, _, found_size in objects)
         if used + size <= capacity:
             return
+        if self._spill is not None and size <= capacity:
+            # Least recently used first: reads touch an object's mtime (see _map).
+            aged = []
+            for name, _, found_size in objects:
+                with contextlib.suppress(FileNotFoundError):
+                    aged.append((os.stat(os.path.join(self._dir, name)).st_mtime_ns, name, found_size))
+            aged.sort()
+            for _, name, found_size in aged:
+                if used + size <= capacity:
+                    break
+                if self._spill_one(name):
+                    used -= found_size
+            if used + size <= capacity:
+                return
+        spilling = "spilling is off" if self._spill is None else "nothing more could be spilled"
         raise ObjectStoreFullError(
             f"Object store {self._dir} is full: object {object_id.hex()} needs {size} bytes "
             f"but {used} of its {capacity} bytes capacity are in use "
-            f"({max(capacity - used, 0)} free). Give the store a larger capacity_bytes, or "
-            "free space by dropping references to objects that are no longer needed.",
+            f"({max(capacity - used, 0)} free; {spilling}). Give the store a larger "
+            "capacity_bytes, or free space by dropping references to objects that are no "
+            "longer needed.",
             object_id=object_id,
             object_size=size,
             used_bytes=used,
             capacity_bytes=capacity,
         )
+
+    def _spill_one(self, name: str) -> bool:
+        """Move sealed object ``name`` to the spill directory; False if another process took it."""
+        assert self._spill is not None
+        source = os.path.join(self._dir, name)
+        claimed = os.path.join(self._dir, f"{_SPILL_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.rename(source, claimed)  # atomic: exactly one process spills it
+        except FileNotFoundError:
+            return False
+        temp = os.path.join(self._spill, f"{_TEMP_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            shutil.copyfile(claimed, temp)
+            os.replace(temp, os.path.join(self._spill, name))
+        except BaseException:
+            _unlink_quiet(temp)
+            with contextlib.suppress(OSError):
+                os.rename(claimed, source)  # put it back rather than lose it
+            raise
+        _unlink_quiet(claimed)
+        return True
+
+    def _map(self, path: str) -> memoryview | None:
+        """Map a sealed object, bringing it back from the spill directory if it is there."""
+        view = _map_readonly(path)
+        if self._spill is None:
+            return view
+        if view is None:
+            view = self._restore(os.path.basename(path))
+        if view is not None:
+            with contextlib.suppress(OSError):
+                os.utime(path)  # mark it recently used, for the spiller's LRU order
+        return view
+
+    def _restore(self, name: str) -> memoryview | None:
+        assert self._spill is not None
+        path = os.path.join(self._dir, name)
+        spilled = os.path.join(self._spill, name)
+        for _ in range(200):  # a spill of this very object may be in flight in another process
+            try:
+                size = os.stat(spilled).st_size
+            except FileNotFoundError:
+                view = _map_readonly(path)
+                if view is not None or not self._spill_in_flight(name):
+                    return view
+                time.sleep(0.005)
+                continue
+            self._make_room(bytes.fromhex(name), size)
+            temp, fd = self._create_temp(name)
+            try:
+                os.close(fd)
+                shutil.copyfile(spilled, temp)
+            except FileNotFoundError:
+                _unlink_quiet(temp)  # restored (and maybe freed) by another process meanwhile
+                continue
+            except BaseException as exc:
+                _unlink_quiet(temp)
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                    raise self._filesystem_full(bytes.fromhex(name), size) from exc
+                raise
+            self._publish(temp, path, size)
+            _unlink_quiet(spilled)
+            return _map_readonly(path)
+        return _map_readonly(path)
+
+    def _spill_in_flight(self, name: str) -> bool:
+        prefix = f"{_SPILL_PREFIX}{name}-"
+        with contextlib.suppress(FileNotFoundError):
+            return any(entry.startswith(prefix) for entry in os.listdir(self._dir))
+        return False
 
     def _filesystem_full(self, object_id: bytes, size: int) -> ObjectStoreFullError:
         used = self.used_bytes()
