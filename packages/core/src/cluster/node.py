@@ -178,10 +178,9 @@ class NodeService:
         conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
 
     def store_stats(self) -> dict[str, int]:
-        ids = self.store.object_ids()
+        objects, used = self.store.usage()
         spilled_objects, spilled = self.store.spilled() if hasattr(self.store, "spilled") else (0, 0)
-        return {"used": self.store.used_bytes(), "objects": len(ids), "spilled": spilled,
-                "spilled_objects": spilled_objects}
+        return {"used": used, "objects": objects, "spilled": spilled, "spilled_objects": spilled_objects}
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -318,14 +318,6 @@ class Connection:
             raise ClusterConnectionError(f"the connection to {self.peer} closed before it replied")
         return reply
 
-    async def send_raw(self, data: memoryview | bytes) -> None:
-        """Send bytes outside the framing (object transfer); only on a dedicated connection."""
-        await self.stream.send_all(data)
-
-    async def aclose(self) -> None:
-        if self.nursery is not None:
-            self.nursery.cancel_scope.cancel()
-
     # -- internals --
 
     async def _write_loop(self) -> None:

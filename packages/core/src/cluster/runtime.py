@@ -22,7 +22,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -853,9 +853,3 @@ def print_worker_output(msg: Any) -> None:
         stream.flush()
     except (OSError, ValueError):
         pass
-
-
-def as_ref_list(refs: ObjectRef | Iterable[ObjectRef]) -> tuple[list[ObjectRef], bool]:
-    if isinstance(refs, ObjectRef):
-        return [refs], True
-    return list(refs), False

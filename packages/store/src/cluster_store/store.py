@@ -427,6 +427,11 @@ class ObjectStore:
         """Return the total size of the sealed objects in the directory."""
         return sum(size for _, _, size in self._scan())
 
+    def usage(self) -> tuple[int, int]:
+        """(number of objects, bytes) sealed in shared memory, from one directory scan."""
+        objects = self._scan()
+        return len(objects), sum(size for _, _, size in objects)
+
     def spilled(self) -> tuple[int, int]:
         """(number of objects, bytes) currently spilled to disk."""
         if self._spill is None:
