@@ -24,7 +24,7 @@ from cluster.errors import (
     ConfigError,
     NotInitializedError,
 )
-from cluster.object_ref import ObjectRef
+from cluster.object_ref import ObjectRef, collect_outgoing
 
 _lock = threading.RLock()
 _runtime: Any = None
@@ -325,7 +325,7 @@ class RemoteFunction:
 
         rt = _rt()
         fid, data = self._pickled()
-        payload, dep_refs = _pack_args(rt, args, kwargs)
+        payload, dep_refs, held = _pack_args(rt, args, kwargs)
         task_id = rt.new_task_id()
         num_returns = self._options["num_returns"]
         task = PendingTask(
@@ -340,14 +340,16 @@ class RemoteFunction:
             shape=self._shape,
             retries_left=self._retries,
             retry_exceptions=bool(self._options["retry_exceptions"]),
+            held=held,
         )
         refs = rt.submit(task)
         return refs[0] if num_returns == 1 else refs
 
 
-def _pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[bytes, list]:
+def _pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[bytes, list, list]:
+    """Pickle the arguments: (payload, top-level refs, refs nested inside arguments)."""
     if not args and not kwargs:
-        return v.EMPTY_ARGS, []
+        return v.EMPTY_ARGS, [], []
     dep_refs: list[ObjectRef] = []
 
     def mark(value: Any) -> Any:
@@ -359,7 +361,8 @@ def _pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[bytes, list]:
     args = tuple(mark(a) for a in args)
     kwargs = {k: mark(x) for k, x in kwargs.items()}
     try:
-        payload = cloudpickle.dumps((args, kwargs), protocol=5)
+        with collect_outgoing() as held:
+            payload = cloudpickle.dumps((args, kwargs), protocol=5)
     except Exception as exc:
         raise TypeError(f"could not serialize the task's arguments: {exc}") from exc
     if len(payload) > v.INLINE_LIMIT:
@@ -371,8 +374,9 @@ def _pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[bytes, list]:
 
         args = tuple(spill(a) for a in args)
         kwargs = {k: spill(x) for k, x in kwargs.items()}
-        payload = cloudpickle.dumps((args, kwargs), protocol=5)
-    return payload, dep_refs
+        with collect_outgoing() as held:
+            payload = cloudpickle.dumps((args, kwargs), protocol=5)
+    return payload, dep_refs, held
 
 
 def remote(*args: Any, **options: Any) -> Any:

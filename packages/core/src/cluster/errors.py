@@ -38,6 +38,8 @@ class ProtocolError(ClusterConnectionError):
 class RemoteCallError(ClusterError):
     """A daemon answered a request with an error."""
 
+    kind: str = "error"  # the peer's short name for what went wrong, e.g. "lost"
+
 
 # --- tasks and objects -----------------------------------------------------------------
 

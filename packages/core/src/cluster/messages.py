@@ -235,6 +235,9 @@ class TaskResult:
     task_id: bytes
     entries: list  # one value entry per return value, or one error entry
     worker_pid: int
+    # ObjectRefs found inside the return values: [index, object_id, owner] each. The worker
+    # registered the task's owner as their borrower, for as long as the value lives.
+    contained: list = attrs.Factory(list)
 
 
 @message(63, results=TaskResult)
@@ -264,3 +267,58 @@ class LogLines:
 class GetObject:
     object_id: bytes
 
+
+
+# --- distributed reference counting (borrower <-> owner) -------------------------------
+
+
+@message(67)
+@attrs.frozen
+class AddBorrowers:
+    """``borrower`` now holds refs to these objects (request to their owner; reply: list of
+    bools, False for an object the owner no longer has)."""
+
+    object_ids: list
+    borrower: str
+
+
+@message(68)
+@attrs.frozen
+class RemoveBorrowers:
+    """``borrower`` dropped its refs: undo ``counts[i]`` registrations of ``object_ids[i]``."""
+
+    object_ids: list
+    borrower: str
+    counts: list
+
+
+# --- transfers between nodes --------------------------------------------------------------
+
+
+@message(47)
+@attrs.frozen
+class FetchObject:
+    """Ask the local node daemon for a copy of an object held by node ``source`` (request;
+    reply ``None`` once the copy is sealed in the local store). Concurrent asks share a pull."""
+
+    object_id: bytes
+    source: str
+    owner: str
+
+
+@message(48)
+@attrs.frozen
+class AddObjectLocation:
+    """A node tells an object's owner that it holds a secondary copy (reply: False when the
+    owner has freed the object meanwhile, so the copy must go)."""
+
+    object_id: bytes
+    node_address: str
+
+
+@message(49)
+@attrs.frozen
+class ListObjects:
+    """Ask an owner (driver or worker) for the objects it owns (reply: list of dicts)."""
+
+    limit: int

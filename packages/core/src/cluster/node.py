@@ -100,6 +100,11 @@ class NodeService:
     _nursery: trio.Nursery | None = None
     _shutting_down: bool = False
     _raw_views: dict = attrs.Factory(dict)
+    _conns: dict = attrs.Factory(dict)  # address -> Connection we dialled (other nodes, owners)
+    _dial_locks: dict = attrs.Factory(lambda: collections.defaultdict(trio.Lock))
+    _fetches: dict = attrs.Factory(dict)  # object id -> [trio.Event, error message or None]
+    transfers: dict = attrs.Factory(lambda: {"pulled": 0, "pulled_bytes": 0, "served_chunks": 0})
+    _drop_every: int = attrs.field(init=False, default=0)
     zygote: Any = None
     _by_pid: dict = attrs.Factory(dict)
 
@@ -117,6 +122,8 @@ class NodeService:
         self.policy = make_scheduler(self)
         self.pool_size = max(1, int(self.resources.get("CPU", 1)))
         self.max_workers = self.pool_size * 4 + 8
+        # Testing only: drop the connection of a pulling node after every N chunks served.
+        self._drop_every = int(os.environ.get("CLUSTER_TESTING_DROP_PULL_EVERY", "0") or 0)
 
     def info(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address, "store_path": self.store_path,
@@ -129,6 +136,7 @@ class NodeService:
             m.RegisterWorker: self._register_worker,
             m.PullObject: self._pull_object,
             m.PullChunk: self._pull_chunk,
+            m.FetchObject: self._fetch_object,
             m.DeleteObjects: self._delete_objects,
             m.WorkerBlocked: self._worker_blocked,
         }
@@ -180,7 +188,8 @@ class NodeService:
     def store_stats(self) -> dict[str, int]:
         objects, used = self.store.usage()
         spilled_objects, spilled = self.store.spilled() if hasattr(self.store, "spilled") else (0, 0)
-        return {"used": used, "objects": objects, "spilled": spilled, "spilled_objects": spilled_objects}
+        return {"used": used, "objects": objects, "spilled": spilled, "spilled_objects": spilled_objects,
+                **self.transfers}
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -409,6 +418,10 @@ class NodeService:
         conn.reply(request_id, self.store.size_of(msg.object_id))
 
     def _pull_chunk(self, conn: Connection, msg: m.PullChunk, request_id: int) -> None:
+        self.transfers["served_chunks"] += 1
+        if self._drop_every and self.transfers["served_chunks"] % self._drop_every == 0:
+            self._nursery.start_soon(self._drop_when_flushed, conn)  # and never answer this one
+            return
         view = self._raw_views.get(msg.object_id)
         if view is None:
             view = self.store.open_raw(msg.object_id)
@@ -422,6 +435,78 @@ class NodeService:
         conn.reply(request_id, view[msg.offset : end])
         if end >= len(view):
             self._raw_views.pop(msg.object_id, None)
+
+    @staticmethod
+    async def _drop_when_flushed(conn: Connection) -> None:
+        """Testing only: drop a connection once what it has queued has gone out."""
+        while conn.sending:
+            await trio.sleep(0.001)
+        conn.abort()
+
+    async def _connect(self, address: str, what: str) -> Connection:
+        conn = self._conns.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._dial_locks[address]:
+            conn = self._conns.get(address)
+            if conn is None or conn.closed:
+                conn = await dial(self._nursery, address, self.token, "node", self._on_peer_message, what=what)
+                self._conns[address] = conn
+        return conn
+
+    def _on_peer_message(self, conn: Connection, msg: Any, request_id: int) -> None:
+        conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} here")
+
+    def _fetch_object(self, conn: Connection, msg: m.FetchObject, request_id: int) -> None:
+        """Copy an object from another node into this node's store, once however many ask."""
+        if self.store.contains(msg.object_id):
+            conn.reply(request_id, None)
+            return
+        fetch = self._fetches.get(msg.object_id)
+        if fetch is None:
+            fetch = self._fetches[msg.object_id] = [trio.Event(), None]
+            self._nursery.start_soon(self._run_fetch, msg, fetch)
+        self._nursery.start_soon(self._answer_fetch, conn, request_id, fetch)
+
+    async def _answer_fetch(self, conn: Connection, request_id: int, fetch: list) -> None:
+        await fetch[0].wait()
+        if fetch[1] is None:
+            conn.reply(request_id, None)
+        else:
+            conn.reply_error(request_id, "lost", fetch[1])
+
+    async def _run_fetch(self, msg: m.FetchObject, fetch: list) -> None:
+        from cluster.errors import ObjectLostError
+        from cluster.transfer import pull_object
+
+        try:
+            size = await pull_object(self._connect, self.store, msg.object_id, msg.source, secondary=True)
+        except ObjectLostError as exc:
+            fetch[1] = str(exc)
+        except Exception as exc:  # e.g. the store is full: the asker gets the reason
+            log.warning("fetch_failed", object_id=msg.object_id.hex(), source=msg.source, error=repr(exc))
+            fetch[1] = f"could not copy object {msg.object_id.hex()} to node {self.node_id}: {exc}"
+        else:
+            self.transfers["pulled"] += 1
+            self.transfers["pulled_bytes"] += size
+        finally:
+            del self._fetches[msg.object_id]
+            fetch[0].set()
+        if fetch[1] is None and msg.owner:
+            await self._tell_owner(msg.object_id, msg.owner)
+
+    async def _tell_owner(self, object_id: bytes, owner: str) -> None:
+        """Register our copy with the object's owner, who deletes it with the object."""
+        from cluster.errors import ClusterConnectionError, RemoteCallError
+
+        try:
+            conn = await self._connect(owner, "the object's owner")
+            still_owned = await conn.request(m.AddObjectLocation(object_id, self.address))
+        except (ClusterConnectionError, RemoteCallError):
+            still_owned = False  # the owner is gone, and its objects with it
+        if not still_owned:
+            self._raw_views.pop(object_id, None)
+            self.store.delete(object_id)
 
     def _delete_objects(self, conn: Connection, msg: m.DeleteObjects, request_id: int) -> None:
         for object_id in msg.object_ids:

@@ -1,10 +1,19 @@
-"""ObjectRef: a reference to a value in the cluster, owned by the process that made it."""
+"""ObjectRef: a reference to a value in the cluster, owned by the process that made it.
+
+Reference counting (DESIGN.md §5): each process counts its live ``ObjectRef`` instances per
+object. An ObjectRef that is pickled into a task's arguments, a ``put`` value or a return value
+is *collected* on the way out, so the runtime can keep the object alive for as long as the
+container lives; one unpickled in another process makes that process a *borrower*, which
+registers with the owner before it uses the ref and tells the owner when it drops it.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 _runtime: Any = None  # the process's Runtime, set by cluster.runtime while one is running
+_local = threading.local()  # .outgoing / .incoming: lists of refs (de)serialized in a scope
 
 
 class ObjectRef:
@@ -43,8 +52,18 @@ class ObjectRef:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ObjectRef) and other._id == self._id
 
+    def __copy__(self) -> ObjectRef:
+        return ObjectRef(self._id, self._owner)
+
+    def __deepcopy__(self, memo: dict) -> ObjectRef:
+        return ObjectRef(self._id, self._owner)
+
     def __reduce__(self) -> Any:
-        if _runtime is not None:
+        outgoing = getattr(_local, "outgoing", None)
+        if outgoing is not None:
+            outgoing.append(self)  # the runtime keeps it alive with its container
+        elif _runtime is not None:
+            # Pickled by someone else, to somewhere we cannot follow: never free it.
             _runtime.mark_escaped(self._id, self._owner)
         return (_rebuild_ref, (self._id, self._owner))
 
@@ -58,4 +77,42 @@ class ObjectRef:
 
 
 def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
-    return ObjectRef(object_id, owner)
+    ref = ObjectRef(object_id, owner)
+    runtime = _runtime
+    if runtime is not None and owner != runtime.address:
+        incoming = getattr(_local, "incoming", None)
+        if incoming is not None:
+            incoming.append(ref)  # registered with its owner when the whole value is loaded
+        else:
+            runtime.register_borrowed([ref])
+    return ref
+
+
+class collect_outgoing:
+    """``with collect_outgoing() as refs:`` — the ObjectRefs pickled inside the block."""
+
+    __slots__ = ("previous", "refs")
+
+    def __enter__(self) -> list:
+        self.previous = getattr(_local, "outgoing", None)
+        self.refs: list = []
+        _local.outgoing = self.refs
+        return self.refs
+
+    def __exit__(self, *exc: object) -> None:
+        _local.outgoing = self.previous
+
+
+class collect_incoming:
+    """``with collect_incoming() as refs:`` — the borrowed ObjectRefs unpickled in the block."""
+
+    __slots__ = ("previous", "refs")
+
+    def __enter__(self) -> list:
+        self.previous = getattr(_local, "incoming", None)
+        self.refs: list = []
+        _local.incoming = self.refs
+        return self.refs
+
+    def __exit__(self, *exc: object) -> None:
+        _local.incoming = self.previous

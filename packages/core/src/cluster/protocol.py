@@ -313,10 +313,22 @@ class Connection:
         if isinstance(reply, m.Ok):
             return reply.value
         if isinstance(reply, m.Fail):
-            raise RemoteCallError(reply.message)
+            error = RemoteCallError(reply.message)
+            error.kind = reply.kind
+            raise error
         if reply is None:
             raise ClusterConnectionError(f"the connection to {self.peer} closed before it replied")
         return reply
+
+    @property
+    def sending(self) -> bool:
+        """True while frames wait in the queue or are being written."""
+        return bool(self._queued or self._writing)
+
+    def abort(self) -> None:
+        """Drop the connection at once (both sides see it close)."""
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
 
     # -- internals --
 

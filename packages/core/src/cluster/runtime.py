@@ -49,7 +49,6 @@ log = structlog.get_logger("cluster.runtime")
 LEASE_LINGER_S = 0.05  # keep an idle lease this long in case more work of its shape comes
 PIPELINE_DEPTH = int(os.environ.get("CLUSTER_TASKS_IN_FLIGHT_PER_WORKER", "4"))
 MAX_LEASE_REQUESTS = 8  # concurrent lease requests per resource shape
-PULL_CHUNK = 8 << 20
 INFEASIBLE_RETRY_S = 1.0
 
 
@@ -66,6 +65,7 @@ class PendingTask:
     shape: tuple
     retries_left: int
     retry_exceptions: bool
+    held: list = attrs.Factory(list)  # ObjectRefs pickled inside the arguments
     deps: list = attrs.Factory(list)
     lease: Lease | None = None
     cancelled: bool = False
@@ -124,7 +124,15 @@ class Runtime:
         self._fetching: set[bytes] = set()
         self._refcounts: collections.Counter[bytes] = collections.Counter()
         self._ref_lock = threading.Lock()
-        self._escaped: set[bytes] = set()
+        self._escaped: set[bytes] = set()  # pickled where we cannot follow: never freed
+        # Owner side: who else holds refs to our objects, and where copies of them are.
+        self._borrowers: dict[bytes, collections.Counter[str]] = {}
+        self._locations: dict[bytes, set[str]] = {}
+        # Refs inside our objects' values, kept alive while the container lives.
+        self._contained: dict[bytes, list[ObjectRef]] = {}
+        # Borrower side: object id -> [owner address, registrations made with the owner].
+        self._borrowed: dict[bytes, list] = {}
+        self._trio_thread: threading.Thread | None = None
         self._warned_infeasible: set[tuple] = set()
         self._owned: set[bytes] = set()
         self._conns: dict[str, Connection] = {}
@@ -188,6 +196,7 @@ class Runtime:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._trio_token = trio.lowlevel.current_trio_token()
+            self._trio_thread = threading.current_thread()
             listeners = await trio.open_tcp_listeners(0, host=self.listen_host)
             port = listeners[0].socket.getsockname()[1]
             self.address = f"{self.listen_host}:{port}"
@@ -255,6 +264,14 @@ class Runtime:
         elif kind is m.CancelTask:
             if self.executor is not None:
                 self.executor.cancel(conn, msg.task_id, msg.force)
+        elif kind is m.AddBorrowers:
+            conn.reply(request_id, self._register_borrowers(msg.object_ids, msg.borrower))
+        elif kind is m.RemoveBorrowers:
+            self._unregister_borrowers(msg.object_ids, msg.borrower, msg.counts)
+        elif kind is m.AddObjectLocation:
+            conn.reply(request_id, self._add_location(msg.object_id, msg.node_address))
+        elif kind is m.ListObjects:
+            conn.reply(request_id, self.list_objects(msg.limit))
         else:
             conn.reply_error(request_id, "unexpected", f"{self.role} does not handle {kind.__name__}")
 
@@ -274,13 +291,22 @@ class Runtime:
                 self._refcounts[object_id] = count
                 return
             del self._refcounts[object_id]
-            if object_id in self._escaped or object_id not in self._owned:
+            if object_id in self._escaped:
                 return
-        self._free(object_id)
+            if object_id not in self._owned:
+                record = self._borrowed.pop(object_id, None)
+                owned = False
+            elif object_id in self._borrowers:
+                return  # other processes still hold it
+            else:
+                owned = True
+        if owned:
+            self._free(object_id)
+        else:
+            self._release_borrowed(object_id, record)
 
     def mark_escaped(self, object_id: bytes, owner: str) -> None:
-        if owner == self.address:
-            self._escaped.add(object_id)
+        self._escaped.add(object_id)
 
     def _free(self, object_id: bytes) -> None:
         with self._cv:
@@ -289,21 +315,183 @@ class Runtime:
                 return  # not finished yet: _finish_many frees it when it arrives
             del self._values[object_id]
             self._owned.discard(object_id)
+        self._drop(object_id, entry)
+
+    def _drop(self, object_id: bytes, entry: list) -> None:
+        """Let go of a freed object: its stored copies, and the refs its value held."""
+        with self._cv:
+            locations = self._locations.pop(object_id, None)
+            contained = self._contained.pop(object_id, None)
         if entry[0] == v.STORED:
-            self._delete_stored(object_id, entry)
+            self.store.delete(object_id)  # the primary copy, or a copy on this node
+            remote = set(locations or ())
+            if entry[2] != self.node_id:
+                remote.add(entry[3])
+            remote.discard(self.node_address)
+            if remote and self._trio_token is not None and not self._stopped:
+                try:
+                    self.soon(self._send_deletes, remote, object_id)
+                except trio.RunFinishedError:
+                    pass
+        del contained  # may free more objects (outside our locks)
 
-    def _delete_stored(self, object_id: bytes, entry: list) -> None:
-        self.store.delete(object_id)  # the primary copy, or the one this process pulled here
-        if entry[2] != self.node_id and self._trio_token is not None and not self._stopped:
-            try:
-                self.soon(self._send_delete, entry[3], object_id)
-            except trio.RunFinishedError:
-                pass
+    def _send_deletes(self, addresses: set[str], object_id: bytes) -> None:
+        for address in addresses:
+            conn = self._conns.get(address)
+            if conn is not None and not conn.closed:
+                conn.send(m.DeleteObjects([object_id]))
+            else:
+                self._nursery.start_soon(self._send_delete_dialing, address, object_id)
 
-    def _send_delete(self, address: str, object_id: bytes) -> None:
-        conn = self._conns.get(address)
-        if conn is not None and not conn.closed:
+    async def _send_delete_dialing(self, address: str, object_id: bytes) -> None:
+        try:
+            conn = await self._connect(address, "a node daemon")
             conn.send(m.DeleteObjects([object_id]))
+        except ClusterConnectionError:
+            pass  # the node is gone, and its copy with it
+
+    # ------------------------------------------------- borrowing (distributed refcounts)
+
+    def register_borrowed(self, refs: list[ObjectRef]) -> None:
+        """Tell the owners of ``refs`` (just unpickled here) that this process holds them.
+
+        Blocks until the owners know, so the sender may drop its own hold afterwards; refs
+        this process already registered cost nothing.
+        """
+        by_owner: dict[str, dict[bytes, None]] = {}
+        with self._ref_lock:
+            for ref in refs:
+                record = self._borrowed.get(ref._id)
+                if record is None:
+                    record = self._borrowed[ref._id] = [ref._owner, 0]
+                if record[1] == 0:
+                    by_owner.setdefault(ref._owner, {})[ref._id] = None
+        if not by_owner:
+            return
+        wanted = {owner: list(ids) for owner, ids in by_owner.items()}
+        if threading.current_thread() is self._trio_thread:
+            self._nursery.start_soon(self._add_borrowers, wanted, None)  # cannot block here
+        else:
+            self.call_async(self._add_borrowers, wanted, None)
+
+    def register_for(self, refs: list[ObjectRef], borrower: str) -> None:
+        """Make ``borrower`` a borrower of ``refs`` (found in a value we send it), and wait."""
+        wanted: dict[str, list[bytes]] = {}
+        for ref in refs:
+            wanted.setdefault(ref._owner, []).append(ref._id)
+        mine = wanted.pop(self.address, None)
+        if mine:
+            self._register_borrowers(mine, borrower)
+        if wanted:
+            self.call_async(self._add_borrowers, wanted, borrower)
+
+    async def _add_borrowers(self, wanted: dict[str, list[bytes]], borrower: str | None) -> None:
+        async def one(owner: str, ids: list[bytes]) -> None:
+            try:
+                conn = await self._connect(owner, "the object's owner")
+                known = await conn.request(m.AddBorrowers(ids, borrower or self.address))
+            except (ClusterConnectionError, RemoteCallError) as exc:
+                log.warning("borrow_register_failed", owner=owner, error=str(exc))
+                return  # the owner is gone; get() will say the object is lost
+            if borrower is not None:
+                return
+            late = []
+            with self._ref_lock:
+                for object_id, ok in zip(ids, known, strict=False):
+                    if not ok:
+                        continue
+                    record = self._borrowed.get(object_id)
+                    if record is None:
+                        late.append(object_id)  # dropped while we registered
+                    else:
+                        record[1] += 1
+            if late:
+                conn.send(m.RemoveBorrowers(late, self.address, [1] * len(late)))
+
+        async with trio.open_nursery() as nursery:
+            for owner, ids in wanted.items():
+                nursery.start_soon(one, owner, ids)
+
+    def _register_borrowers(self, object_ids: list[bytes], borrower: str) -> list[bool]:
+        known = []
+        with self._ref_lock:
+            for object_id in object_ids:
+                if object_id in self._owned:
+                    counts = self._borrowers.get(object_id)
+                    if counts is None:
+                        counts = self._borrowers[object_id] = collections.Counter()
+                    counts[borrower] += 1
+                    known.append(True)
+                else:
+                    known.append(False)
+        return known
+
+    def _unregister_borrowers(self, object_ids: list[bytes], borrower: str, counts: list[int]) -> None:
+        to_free = []
+        with self._ref_lock:
+            for object_id, n in zip(object_ids, counts, strict=False):
+                held = self._borrowers.get(object_id)
+                if held is None:
+                    continue
+                left = held[borrower] - n
+                if left > 0:
+                    held[borrower] = left
+                else:
+                    del held[borrower]
+                if not held:
+                    del self._borrowers[object_id]
+                    if object_id not in self._refcounts and object_id not in self._escaped:
+                        to_free.append(object_id)
+        for object_id in to_free:
+            self._free(object_id)
+
+    def _release_borrowed(self, object_id: bytes, record: list | None) -> None:
+        self._values.pop(object_id, None)  # the cached entry of an object we no longer hold
+        if record is None or record[1] <= 0 or self._stopped or self._trio_token is None:
+            return
+        try:
+            self.soon(self._send_unborrow, record[0], object_id, record[1])
+        except trio.RunFinishedError:
+            pass
+
+    def _send_unborrow(self, owner: str, object_id: bytes, count: int) -> None:
+        conn = self._conns.get(owner)
+        if conn is not None and not conn.closed:
+            conn.send(m.RemoveBorrowers([object_id], self.address, [count]))
+        # else: the owner is gone (we reached it to register), and the object with it
+
+    def _adopt_contained(self, return_ids: list | None, contained: list) -> None:
+        """Hold the refs a worker found in our task's return values (it registered us)."""
+        held: list[tuple[int, ObjectRef]] = []
+        for index, object_id, owner in contained:
+            ref = ObjectRef(object_id, owner)
+            with self._ref_lock:
+                if owner == self.address:
+                    counts = self._borrowers.get(object_id)
+                    if counts is not None and counts[owner] > 0:
+                        counts[owner] -= 1  # our own object: the ref we hold now replaces that
+                        if counts[owner] == 0:
+                            del counts[owner]
+                        if not counts:
+                            del self._borrowers[object_id]
+                else:
+                    record = self._borrowed.get(object_id)
+                    if record is None:
+                        record = self._borrowed[object_id] = [owner, 0]
+                    record[1] += 1
+            held.append((index, ref))
+        if return_ids is not None:
+            with self._cv:
+                for index, ref in held:
+                    if index < len(return_ids):
+                        self._contained.setdefault(return_ids[index], []).append(ref)
+
+    def _add_location(self, object_id: bytes, node_address: str) -> bool:
+        with self._cv:
+            if object_id not in self._owned:
+                return False
+            self._locations.setdefault(object_id, set()).add(node_address)
+            return True
 
     # ------------------------------------------------------------------- submit (user thread)
 
@@ -320,14 +508,17 @@ class Runtime:
 
     def put(self, value: Any) -> ObjectRef:
         object_id = self.new_task_id() + b"\xff\xff\xff\xff"
-        entry = self.entry_for(object_id, v.serialize(value))
+        ser = v.serialize(value)
+        entry = self.entry_for(object_id, ser, self.address)
         ref = ObjectRef(object_id, self.address)
         with self._cv:
             self._values[object_id] = entry
             self._owned.add(object_id)
+            if ser.refs:
+                self._contained[object_id] = list(ser.refs)
         return ref
 
-    def entry_for(self, object_id: bytes, ser: v.Serialized) -> list:
+    def entry_for(self, object_id: bytes, ser: v.Serialized, owner: str) -> list:
         """A value entry: inline when small, else written to this node's store."""
         if ser.size <= v.INLINE_LIMIT:
             return ser.inline_entry()
@@ -337,7 +528,7 @@ class Runtime:
             size = self.store.put(object_id, ser.metadata, ser.inband, ser.buffers)
         except StoreFull as exc:
             raise ObjectStoreFullError(self._store_full_message(ser.size, exc)) from None
-        return [v.STORED, object_id, self.node_id, self.node_address, size]
+        return [v.STORED, object_id, self.node_id, self.node_address, size, owner]
 
     def _store_full_message(self, size: int, exc: Exception) -> str:
         capacity = getattr(exc, "capacity_bytes", None)
@@ -595,6 +786,8 @@ class Runtime:
         done = []
         for result in results:
             task = in_flight.pop(result.task_id, None)
+            if result.contained:  # (released at once when the task is no longer ours)
+                self._adopt_contained(task.return_ids if task is not None else None, result.contained)
             if task is None:
                 continue
             entries = result.entries
@@ -621,6 +814,7 @@ class Runtime:
 
     def _finish_many(self, done: list) -> None:
         to_free = []
+        released = []  # argument refs, dropped once out of the lock (dropping may free objects)
         with self._cv:
             values = self._values
             tasks = self._tasks
@@ -628,12 +822,13 @@ class Runtime:
             for task, entries in done:
                 tasks.pop(task.task_id, None)
                 for oid, entry in zip(task.return_ids, entries, strict=False):
-                    if oid in refcounts or oid in self._escaped:
+                    if oid in refcounts or oid in self._escaped or oid in self._borrowers:
                         values[oid] = entry
                     else:
                         self._owned.discard(oid)
                         to_free.append((oid, entry))
-                task.dep_refs = []  # release the arguments
+                released.append((task.dep_refs, task.held))
+                task.dep_refs = task.held = []  # release the arguments
             self._cv.notify_all()
         waiters = self._trio_waiters
         if waiters:
@@ -642,8 +837,8 @@ class Runtime:
                     for event in waiters.pop(oid, ()):
                         event.set()
         for oid, entry in to_free:
-            if entry[0] == v.STORED:
-                self._delete_stored(oid, entry)
+            self._drop(oid, entry)
+        del released
 
     async def _wait_entry(self, ref: ObjectRef) -> list:
         """Wait (in trio) until ``ref``'s value entry is known; fetch it from its owner if borrowed."""
@@ -753,43 +948,54 @@ class Runtime:
 
     def load_entry(self, entry: list) -> Any:
         if entry[0] == v.INLINE:
-            return v.loads(entry[1], entry[2], entry[3])
-        _, object_id, node_id, node_address, _size = entry
+            return self.loads(entry[1], entry[2], entry[3])
+        object_id = entry[1]
         stored = self.store.get(object_id)
-        if stored is None:
-            if node_id == self.node_id:
+        attempts = 0
+        while stored is None:
+            if entry[2] == self.node_id:
                 raise ObjectLostError(
                     f"object {object_id.hex()} is gone from its node's store (was it freed, or "
                     "the node restarted?)"
                 )
-            self.call_async(self._pull, object_id, node_address)
-            stored = self.store.get(object_id)
-            if stored is None:
+            attempts += 1
+            if attempts > 3:  # copies are evictable: one may go again before we map it
                 raise ObjectLostError(f"object {object_id.hex()} could not be copied to this node")
-        return v.loads(stored.metadata, stored.inband, stored.buffers)
+            self.call_async(self._copy_here, entry)
+            stored = self.store.get(object_id)
+        return self.loads(stored.metadata, stored.inband, stored.buffers)
+
+    def loads(self, metadata: bytes, inband: Any, buffers: list) -> Any:
+        """Unpickle a value; borrowed ObjectRefs inside it are registered with their owners."""
+        with object_ref_module.collect_incoming() as incoming:
+            try:
+                value = v.loads(metadata, inband, buffers)
+            finally:
+                if incoming:
+                    self.register_borrowed(incoming)
+        return value
+
+    async def _copy_here(self, entry: list) -> None:
+        """Have this node hold a copy of a stored object that lives on another node."""
+        object_id, node_address = entry[1], entry[3]
+        owner = entry[5] if len(entry) > 5 else ""
+        if not getattr(self.store, "shared", True):
+            await self._pull(object_id, node_address)  # a private store: copy it ourselves
+            return
+        try:
+            await self.node_conn.request(m.FetchObject(object_id, node_address, owner))
+        except RemoteCallError as exc:
+            raise ObjectLostError(f"object {object_id.hex()} could not be copied from {node_address}: {exc}") from None
+        except ClusterConnectionError as exc:
+            raise ObjectLostError(
+                f"object {object_id.hex()} could not be copied: this process lost its node daemon ({exc})"
+            ) from None
 
     async def _pull(self, object_id: bytes, node_address: str) -> None:
         """Copy an object from another node's store into ours, in chunks."""
-        try:
-            conn = await self._connect(node_address, "the node holding the object")
-            size = await conn.request(m.PullObject(object_id))
-        except (ClusterConnectionError, RemoteCallError) as exc:
-            raise ObjectLostError(f"object {object_id.hex()} could not be fetched from {node_address}: {exc}") from None
-        if size is None:
-            raise ObjectLostError(f"object {object_id.hex()} is no longer in the store of node {node_address}")
-        with self.store.create_raw(object_id, size) as writer:
-            view = writer.view
-            limiter = trio.Semaphore(4)
+        from cluster.transfer import pull_object
 
-            async def fetch(offset: int) -> None:
-                async with limiter:
-                    data = await conn.request(m.PullChunk(object_id, offset, min(PULL_CHUNK, size - offset)))
-                view[offset : offset + len(data)] = data
-
-            async with trio.open_nursery() as nursery:
-                for offset in range(0, size, PULL_CHUNK):
-                    nursery.start_soon(fetch, offset)
-            writer.seal()
+        await pull_object(self._connect, self.store, object_id, node_address)
 
     # -------------------------------------------------------------------------- cancel
 

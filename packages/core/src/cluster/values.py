@@ -3,8 +3,9 @@
 A *value entry* describes one object's value to whoever needs it (msgpack-friendly list):
 
 - ``[INLINE, metadata, inband, buffers]`` — the pickled value itself, for small objects;
-- ``[STORED, object_id, node_id, node_address, size]`` — the value sits in that node's
-  shared-memory store; read it zero-copy on that node, or pull it from ``node_address``.
+- ``[STORED, object_id, node_id, node_address, size, owner]`` — the value sits in that
+  node's shared-memory store; read it zero-copy on that node, or have the local node daemon
+  copy it from ``node_address`` (and tell ``owner``, the owning process, where the copy is).
 
 ``metadata`` is ``b""`` for an ordinary value and ``b"E"`` for an exception to raise on get.
 """
@@ -16,6 +17,8 @@ from typing import Any
 
 import cloudpickle
 
+from cluster.object_ref import collect_outgoing
+
 INLINE = 0
 STORED = 1
 ERROR = b"E"
@@ -25,12 +28,15 @@ INLINE_LIMIT = 100 * 1024  # values larger than this go to the shared-memory sto
 class Serialized:
     """A value split into pickle-5 parts."""
 
-    __slots__ = ("buffers", "inband", "metadata", "size")
+    __slots__ = ("buffers", "inband", "metadata", "refs", "size")
 
-    def __init__(self, metadata: bytes, inband: bytes, buffers: list[pickle.PickleBuffer]) -> None:
+    def __init__(
+        self, metadata: bytes, inband: bytes, buffers: list[pickle.PickleBuffer], refs: list = ()
+    ) -> None:
         self.metadata = metadata
         self.inband = inband
         self.buffers = buffers
+        self.refs = refs  # ObjectRefs pickled inside the value
         self.size = len(inband) + sum(memoryview(b).nbytes for b in buffers)
 
     def inline_entry(self) -> list:
@@ -43,10 +49,11 @@ def serialize(value: Any, metadata: bytes = b"") -> Serialized:
         # Several times faster than cloudpickle, and these types pickle the same everywhere.
         return Serialized(metadata, pickle.dumps(value, protocol=5), buffers)
     try:
-        inband = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        with collect_outgoing() as refs:
+            inband = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     except Exception as exc:
         raise _unserializable(value, exc) from exc
-    return Serialized(metadata, inband, buffers)
+    return Serialized(metadata, inband, buffers, refs)
 
 
 _PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})

@@ -23,6 +23,7 @@ from cluster import messages as m
 from cluster import values as v
 from cluster.code_shipping import unpack_function
 from cluster.errors import ClusterError, TaskCancelledError, TaskError
+from cluster.object_ref import collect_incoming
 
 FLUSH_AFTER_S = 0.002  # send results at least this often while more tasks are queued
 
@@ -128,7 +129,11 @@ class Executor:
                     if spec.function is None:
                         raise RuntimeError(f"the code of {spec.name} never reached this worker")
                     fn = self._functions[spec.function_id] = unpack_function(spec.function)
-                args, kwargs = pickle.loads(spec.args)
+                with collect_incoming() as incoming:
+                    args, kwargs = pickle.loads(spec.args)
+                if incoming:  # refs nested in the arguments: we borrow them now
+                    self.runtime.register_borrowed(incoming)
+                    del incoming
                 if spec.deps:
                     load = self.runtime.load_entry
                     try:
@@ -152,9 +157,18 @@ class Executor:
                         f"{type(out).__name__} {'of length ' + str(len(outs)) if outs else ''}".rstrip()
                     )
             entry_for = self.runtime.entry_for
-            entries = [
-                entry_for(task_id + i.to_bytes(4, "little"), v.serialize(o)) for i, o in enumerate(outs)
-            ]
+            entries = []
+            contained = []
+            for i, o in enumerate(outs):
+                ser = v.serialize(o)
+                entries.append(entry_for(task_id + i.to_bytes(4, "little"), ser, spec.owner))
+                if ser.refs:
+                    unique = {ref.id: ref for ref in ser.refs}
+                    contained += [[i, ref.id, ref.owner] for ref in unique.values()]
+                    # The caller owns the result, so it must hold these refs before we let go.
+                    self.runtime.register_for(list(unique.values()), spec.owner)
+            if contained:
+                return m.TaskResult(task_id, entries, self.pid, contained)
         except KeyboardInterrupt:
             if task_id in self._cancelled:
                 self._cancelled.discard(task_id)
