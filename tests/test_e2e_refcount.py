@@ -98,3 +98,21 @@ def test_a_borrowed_ref_passed_through_a_task_and_back_stays_alive(empty_after):
     gc.collect()
     time.sleep(0.3)
     assert cluster.get(inner)[0] == 2.0
+
+
+def test_cluster_list_objects_names_size_owner_place_and_holder(shared_cluster, empty_after):
+    import json
+    import os
+
+    x = cluster.put(np.zeros(3 * MB // 8))
+    box = cluster.put([x])
+    x_hex = x.hex()
+    del x
+    objects = json.loads(shared_cluster.cli("list", "objects", "--json").stdout)
+    row = next(o for o in objects if o["object_id"] == x_hex)
+    assert row["size"] >= 3 * MB and row["state"] == "stored"
+    assert row["owner_kind"] == "driver" and row["owner_pid"] == os.getpid()
+    assert row["referenced_by"] == [f"inside object {box.hex()}"]
+    text = shared_cluster.cli("memory").stdout
+    assert "Largest objects" in text and x_hex[:16] in text and f"driver pid {os.getpid()}" in text
+    del box

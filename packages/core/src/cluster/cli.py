@@ -194,18 +194,10 @@ def status(address: str | None, token: str | None, as_json: bool) -> None:
 
         rows.append([n["node_id"] + (" (head)" if n["is_head"] else ""), n["address"], n["state"],
                      used("CPU"), used("GPU"), *(used(k) for k in names)])
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-    for row in rows:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    _print_table([[str(c) for c in row] for row in rows])
 
 
-def _fetch_nodes(address: str | None, token: str | None) -> list[dict]:
-    """The head's node table (for status and memory)."""
-    import trio
-
-    from cluster import messages as m
-    from cluster.protocol import dial
-
+def _head_and_token(address: str | None, token: str | None) -> tuple[str, str]:
     if address is None:
         current = session.read_current()
         if current is None:
@@ -214,40 +206,170 @@ def _fetch_nodes(address: str | None, token: str | None) -> list[dict]:
     token = token or _local_token_for(address)
     if not token:
         raise ConfigError(f"no token for {address}: pass --token or set CLUSTER_TOKEN")
+    return address, token
 
-    async def fetch() -> list:
+
+def _ask_cluster(address: str | None, token: str | None, ask: Any) -> Any:
+    """Run ``await ask(dial_head_or_peer)`` against the cluster; our errors come out unwrapped."""
+    import trio
+
+    from cluster.protocol import dial
+
+    address, token = _head_and_token(address, token)
+
+    async def run() -> Any:
         async with trio.open_nursery() as nursery:
-            conn = await dial(nursery, address, token, "cli", lambda *a: None, what="the cluster")
-            nodes = await conn.request(m.ListNodes())
+            async def connect(peer: str | None = None, what: str = "the cluster") -> Any:
+                return await dial(nursery, peer or address, token, "cli", lambda *a: None, what=what)
+
+            result = await ask(connect)
             nursery.cancel_scope.cancel()
-        return nodes
+        return result
 
     try:
-        nodes = trio.run(fetch)
+        return trio.run(run)
     except BaseExceptionGroup as group:
         raise _unwrap(group) from None
-    return nodes
+
+
+def _fetch_nodes(address: str | None, token: str | None) -> list[dict]:
+    """The head's node table (for status and memory)."""
+    from cluster import messages as m
+
+    async def ask(connect: Any) -> list:
+        return await (await connect()).request(m.ListNodes())
+
+    return _ask_cluster(address, token, ask)
+
+
+def _fetch_objects(address: str | None, token: str | None, limit: int) -> tuple[list[dict], list[dict], list[str]]:
+    """(nodes, the largest objects of every owner in the cluster, owners that did not answer).
+
+    Borrowers in the objects' ``referenced_by`` are named by kind and pid where known.
+    """
+    import trio
+
+    from cluster import messages as m
+    from cluster.errors import ClusterConnectionError, RemoteCallError
+
+    async def ask(connect: Any) -> tuple:
+        head = await connect()
+        nodes = await head.request(m.ListNodes())
+        owners = list(await head.request(m.ListDrivers()))
+        unanswered: list[str] = []
+        rows: list[dict] = []
+
+        async def workers_of(node: dict) -> None:
+            try:
+                conn = await connect(node["address"], f"node {node['node_id']}")
+                owners.extend(await conn.request(m.ListWorkers()))
+            except (ClusterConnectionError, RemoteCallError):
+                unanswered.append(f"node {node['node_id']} ({node['address']})")
+
+        async def objects_of(owner: dict) -> None:
+            try:
+                conn = await connect(owner["address"], f"{owner['kind']} pid {owner['pid']}")
+                with trio.fail_after(10):
+                    rows.extend(await conn.request(m.ListObjects(limit)))
+            except (ClusterConnectionError, RemoteCallError, trio.TooSlowError):
+                unanswered.append(f"{owner['kind']} pid {owner['pid']} ({owner['address']})")
+
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                if node["state"] == "alive":
+                    nursery.start_soon(workers_of, node)
+        async with trio.open_nursery() as nursery:
+            for owner in owners:
+                nursery.start_soon(objects_of, owner)
+        rows.sort(key=lambda row: row["size"], reverse=True)
+        names = {o["address"]: f"{o['kind']} pid {o['pid']}" for o in owners}
+        for row in rows:
+            row["referenced_by"] = [_name_borrower(reason, names) for reason in row["referenced_by"]]
+        return nodes, rows[:limit], unanswered
+
+    return _ask_cluster(address, token, ask)
+
+
+def _name_borrower(reason: str, names: dict[str, str]) -> str:
+    prefix = "borrowed by "
+    if reason.startswith(prefix):
+        address, _, count = reason[len(prefix):].partition(" ")
+        if address in names:
+            return f"{prefix}{names[address]} at {address} {count}"
+    return reason
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _print_objects(nodes: list[dict], objects: list[dict], unanswered: list[str]) -> None:
+    node_names = {n["node_id"]: n["node_id"] + (" (head)" if n["is_head"] else "") for n in nodes}
+    by_address = {n["address"]: n["node_id"] for n in nodes}
+    rows = [["OBJECT", "SIZE", "STATE", "WHERE", "OWNER", "REFERENCED BY"]]
+    for o in objects:
+        where = [node_names.get(o["node_id"], o["node_id"])] if o["node_id"] else []
+        where += [by_address.get(a, a) + " (copy)" for a in o["copies"] if by_address.get(a) != o["node_id"]]
+        rows.append([o["object_id"][:16] + "…", _human(o["size"]), o["state"], ", ".join(where) or "-",
+                     f"{o['owner_kind']} pid {o['owner_pid']}", "; ".join(o["referenced_by"]) or "-"])
+    if len(rows) == 1:
+        click.echo("No objects are alive in the cluster.")
+    else:
+        _print_table(rows)
+    for who in unanswered:
+        click.echo(f"(no answer from {who}; its objects are not listed)", err=True)
 
 
 @click.command()
 @click.option("--address", help="Head address HOST:PORT [default: the cluster started on this machine].")
 @click.option("--token", envvar="CLUSTER_TOKEN", help="Cluster token [default: the local head's].")
-def memory(address: str | None, token: str | None) -> None:
-    """Show each node's object store: bytes used of its capacity, and how many objects."""
-    nodes = _fetch_nodes(address, token)
-    rows = [["NODE", "STATE", "STORE USED", "CAPACITY", "USE", "OBJECTS", "SPILLED", "SPILLED OBJECTS"]]
+@click.option("--objects", "top", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Also list this many of the largest objects, with their owners (0: none).")
+def memory(address: str | None, token: str | None, top: int) -> None:
+    """Show each node's object store (use, capacity, spilled, transfers) and the largest objects."""
+    if top:
+        nodes, objects, unanswered = _fetch_objects(address, token, top)
+    else:
+        nodes, objects, unanswered = _fetch_nodes(address, token), [], []
+    rows = [["NODE", "STATE", "STORE USED", "CAPACITY", "USE", "OBJECTS", "SPILLED", "SPILLED OBJECTS", "PULLED"]]
     for n in nodes:
         store = n.get("store", {})
         used = store.get("used", 0)
         capacity = n.get("store_capacity") or 0
         share = f"{100 * used / capacity:.1f}%" if capacity else "-"
         spilled = _human(store.get("spilled", 0)) if n.get("spill_dir") else "off"
+        pulled = f"{store.get('pulled', 0)} ({_human(store.get('pulled_bytes', 0))})"
         rows.append([n["node_id"] + (" (head)" if n["is_head"] else ""), n["state"], _human(used),
                      _human(capacity), share, str(store.get("objects", 0)), spilled,
-                     str(store.get("spilled_objects", 0))])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+                     str(store.get("spilled_objects", 0)), pulled])
+    _print_table(rows)
+    if top:
+        click.echo("")
+        click.echo(f"Largest objects (up to {top}):")
+        _print_objects(nodes, objects, unanswered)
+
+
+@click.group(name="list")
+def list_group() -> None:
+    """List the cluster's state: objects."""
+
+
+@list_group.command(name="objects")
+@click.option("--address", help="Head address HOST:PORT [default: the cluster started on this machine].")
+@click.option("--token", envvar="CLUSTER_TOKEN", help="Cluster token [default: the local head's].")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Show at most this many, largest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the objects as JSON.")
+def list_objects(address: str | None, token: str | None, limit: int, as_json: bool) -> None:
+    """Objects alive in the cluster, largest first: size, where, owner, and what holds them."""
+    nodes, objects, unanswered = _fetch_objects(address, token, limit)
+    if as_json:
+        click.echo(json.dumps(objects, indent=2))
+        for who in unanswered:
+            click.echo(f"(no answer from {who}; its objects are not listed)", err=True)
+        return
+    _print_objects(nodes, objects, unanswered)
 
 
 def _human(size: float) -> str:
@@ -274,7 +396,7 @@ def microbenchmark(args: tuple[str, ...]) -> None:
 
 
 def builtin_commands() -> list[click.Command]:
-    return [start, stop, status, memory, microbenchmark]
+    return [start, stop, status, memory, list_group, microbenchmark]
 
 
 def main(argv: list[str] | None = None) -> None:

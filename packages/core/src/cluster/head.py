@@ -67,6 +67,7 @@ class HeadService:
     nodes: dict[str, NodeRecord] = attrs.Factory(dict)
     view_version: int = 1
     _kv: dict[str, bytes] = attrs.Factory(dict)
+    drivers: dict[Connection, dict] = attrs.Factory(dict)
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -74,6 +75,7 @@ class HeadService:
             m.Heartbeat: self._heartbeat,
             m.RegisterDriver: self._register_driver,
             m.ListNodes: self._list_nodes,
+            m.ListDrivers: self._list_drivers,
             m.KvPut: self._kv_put,
             m.KvGet: self._kv_get,
             m.KvDelete: self._kv_delete,
@@ -150,10 +152,17 @@ class HeadService:
 
     def _register_driver(self, conn: Connection, msg: m.RegisterDriver, request_id: int) -> None:
         log.info("driver_attached", pid=msg.pid, hostname=msg.hostname)
+        if msg.address:
+            self.drivers[conn] = {"kind": "driver", "pid": msg.pid, "hostname": msg.hostname,
+                                  "address": msg.address}
+            conn.on_close.append(lambda c: self.drivers.pop(c, None))
         conn.reply(request_id, {"nodes": self.view(), "session_dir": self.session_dir, "head_pid": os.getpid()})
 
     def _list_nodes(self, conn: Connection, msg: m.ListNodes, request_id: int) -> None:
         conn.reply(request_id, self.view())
+
+    def _list_drivers(self, conn: Connection, msg: m.ListDrivers, request_id: int) -> None:
+        conn.reply(request_id, list(self.drivers.values()))
 
     def _kv_put(self, conn: Connection, msg: m.KvPut, request_id: int) -> None:
         if not msg.overwrite and msg.key in self._kv:

@@ -126,6 +126,7 @@ class ViewUpdate:
 class RegisterDriver:
     pid: int
     hostname: str
+    address: str = ""  # the driver's own listener (it owns objects)
 
 
 @message(23)
@@ -322,3 +323,15 @@ class ListObjects:
     """Ask an owner (driver or worker) for the objects it owns (reply: list of dicts)."""
 
     limit: int
+
+
+@message(28)
+@attrs.frozen
+class ListDrivers:
+    """Ask the head for the drivers attached to the cluster (reply: list of dicts)."""
+
+
+@message(50)
+@attrs.frozen
+class ListWorkers:
+    """Ask a node for its live workers (reply: list of dicts)."""

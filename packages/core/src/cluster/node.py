@@ -137,6 +137,7 @@ class NodeService:
             m.PullObject: self._pull_object,
             m.PullChunk: self._pull_chunk,
             m.FetchObject: self._fetch_object,
+            m.ListWorkers: self._list_workers,
             m.DeleteObjects: self._delete_objects,
             m.WorkerBlocked: self._worker_blocked,
         }
@@ -456,6 +457,12 @@ class NodeService:
 
     def _on_peer_message(self, conn: Connection, msg: Any, request_id: int) -> None:
         conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} here")
+
+    def _list_workers(self, conn: Connection, msg: m.ListWorkers, request_id: int) -> None:
+        conn.reply(request_id, [
+            {"kind": "worker", "pid": w.pid, "address": w.address, "node_id": self.node_id, "state": w.state}
+            for w in self.workers.values() if w.address and w.state != "dead"
+        ])
 
     def _fetch_object(self, conn: Connection, msg: m.FetchObject, request_id: int) -> None:
         """Copy an object from another node into this node's store, once however many ask."""

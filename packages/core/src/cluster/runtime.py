@@ -203,7 +203,9 @@ class Runtime:
             nursery.start_soon(trio.serve_listeners, self._serve_incoming, listeners)
             if self.role == "driver":
                 self.head_conn = await self._connect(self.head_address, "the cluster")
-                reply = await self.head_conn.request(m.RegisterDriver(os.getpid(), socket.gethostname()))
+                reply = await self.head_conn.request(
+                    m.RegisterDriver(os.getpid(), socket.gethostname(), self.address)
+                )
                 self.nodes = reply["nodes"]
                 self.session_dir = reply["session_dir"]
                 self._set_node(choose_local_node(self.nodes, self.head_address))
@@ -544,6 +546,56 @@ class Runtime:
             "remains), or give the node more room: `cluster start --object-store-memory SIZE`, or "
             "cluster.init(object_store_memory=SIZE) for a local cluster."
         )
+
+    # ------------------------------------------------------------------- introspection
+
+    def list_objects(self, limit: int) -> list[dict]:
+        """The largest objects this process owns, each with where it lives and why it is alive."""
+        with self._cv:
+            owned = list(self._owned)
+            values = {oid: self._values.get(oid) for oid in owned}
+            locations = {oid: sorted(self._locations.get(oid, ())) for oid in owned}
+            containers: dict[bytes, list[bytes]] = {}
+            for container, refs in self._contained.items():
+                for ref in refs:
+                    containers.setdefault(ref._id, []).append(container)
+            task_args: collections.Counter[bytes] = collections.Counter()
+            for task in self._tasks.values():
+                for ref in (*task.dep_refs, *task.held):
+                    task_args[ref._id] += 1
+        with self._ref_lock:
+            local = {oid: self._refcounts.get(oid, 0) for oid in owned}
+            borrowers = {oid: dict(self._borrowers.get(oid, {})) for oid in owned}
+            pinned = {oid for oid in owned if oid in self._escaped}
+        rows = []
+        for oid in owned:
+            entry = values[oid]
+            if entry is None:
+                size, where, state = 0, "", "pending"
+            elif entry[0] == v.STORED:
+                size, where, state = entry[4], entry[2], "stored"
+            else:
+                size = len(entry[2]) + sum(len(b) for b in entry[3])
+                where, state = "", "error" if entry[1] == v.ERROR else "inline"
+            reasons = []
+            own_refs = local[oid] - len(containers.get(oid, ())) - task_args[oid]  # those hold refs too
+            if own_refs > 0:
+                reasons.append(f"{own_refs} ref(s) in the owner")
+            for address, count in sorted(borrowers[oid].items()):
+                reasons.append(f"borrowed by {address} ({count})")
+            for container in containers.get(oid, ()):
+                reasons.append(f"inside object {container.hex()}")
+            if task_args[oid]:
+                reasons.append(f"argument of {task_args[oid]} unfinished task(s)")
+            if oid in pinned:
+                reasons.append("pickled outside the cluster's view (kept until the owner exits)")
+            rows.append({
+                "object_id": oid.hex(), "size": size, "state": state, "node_id": where,
+                "copies": locations[oid], "owner": self.address, "owner_pid": os.getpid(),
+                "owner_kind": self.role, "referenced_by": reasons,
+            })
+        rows.sort(key=lambda row: row["size"], reverse=True)
+        return rows[: max(0, limit)]
 
     # ------------------------------------------------------------------ scheduling (trio)
 
