@@ -116,3 +116,24 @@ def test_cluster_list_objects_names_size_owner_place_and_holder(shared_cluster, 
     text = shared_cluster.cli("memory").stdout
     assert "Largest objects" in text and x_hex[:16] in text and f"driver pid {os.getpid()}" in text
     del box
+
+
+_stash: list = []
+
+
+@cluster.remote(resources={"b": 1})
+def stash(box: list) -> int:
+    import os
+
+    _stash.append(box[0])  # this worker keeps borrowing the ref after the task
+    return os.getpid()
+
+
+def test_a_borrower_that_dies_does_not_keep_the_object_alive(empty_after, e2e):
+    import os
+    import signal
+
+    x = cluster.put(np.full(MB, 4.0))
+    pid = cluster.get(stash.remote([x]), timeout=60)
+    os.kill(pid, signal.SIGKILL)  # it never gets to say it let go
+    del x  # the owner finds out the borrower is gone, and frees the object (see empty_after)

@@ -43,6 +43,7 @@ def init(
     resources: Mapping[str, float] | None = None,
     object_store_memory: int | str | None = None,
     object_spilling: bool = True,
+    object_store: str | None = None,
     token: str | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
@@ -57,13 +58,15 @@ def init(
 
     ``num_cpus``, ``num_gpus``, ``resources`` and ``object_store_memory`` (bytes, or a string
     like ``"2GB"``) size a new local cluster (default: all CPUs, 30% of RAM for objects);
-    ``object_spilling=False`` makes its full store raise instead of spilling to disk.
+    ``object_spilling=False`` makes its full store raise instead of spilling to disk, and
+    ``object_store="memory"`` keeps each process's objects in its own memory instead of a
+    shared-memory store per node (for machines whose /dev/shm is tiny; no zero-copy sharing).
     ``token`` is the cluster token; by default it is found in ``$CLUSTER_TOKEN`` or in the
     session directory of a cluster started on this machine.
     """
     try:
         return _init(address, num_cpus, num_gpus, resources, object_store_memory, object_spilling,
-                     token, ignore_reinit_error, log_to_driver)
+                     object_store, token, ignore_reinit_error, log_to_driver)
     except ClusterError as exc:
         # The message says what went wrong and what to do; our frames would only be noise.
         raise exc.with_traceback(None) from None
@@ -76,6 +79,7 @@ def _init(
     resources: Mapping[str, float] | None,
     object_store_memory: int | str | None,
     object_spilling: bool,
+    object_store: str | None,
     token: str | None,
     ignore_reinit_error: bool,
     log_to_driver: bool,
@@ -90,10 +94,13 @@ def _init(
                 "first, or pass ignore_reinit_error=True"
             )
         resolved, token = _resolve_address(address, token)
-        sizing = num_cpus is not None or num_gpus is not None or resources or object_store_memory
+        sizing = num_cpus is not None or num_gpus is not None or resources or object_store_memory or object_store
+        if object_store not in (None, "shared", "memory"):
+            raise ConfigError(f'object_store must be "shared" or "memory", got {object_store!r}')
         if resolved is not None and sizing:
             raise ConfigError(
-                "num_cpus, num_gpus, resources and object_store_memory size a new local cluster; "
+                "num_cpus, num_gpus, resources, object_store_memory and object_store set up a new "
+                "local cluster; "
                 "they can't be given "
                 f"when connecting to an existing one ({resolved})"
             )
@@ -119,6 +126,8 @@ def _init(
             ]
             if object_spilling:
                 args += ["--spill-dir", str(_local_session / "spill")]
+            if object_store:
+                args += ["--object-store", object_store]
             starting = start_daemon(args, token, _local_session, keep_stdin=True)
             _local_cluster = starting.proc
             # Import the runtime while the daemon boots: the two overlap on a multi-core machine.

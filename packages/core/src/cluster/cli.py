@@ -37,13 +37,16 @@ def cli() -> None:
 @click.option("--object-store-memory", help="Bytes of shared memory for this node's object store, e.g. 2GB [default: 30% of RAM].")
 @click.option("--object-spilling-dir", help="Where objects spill when the store is full [default: the session dir].")
 @click.option("--no-object-spilling", is_flag=True, help="Never spill: a full store raises ObjectStoreFullError.")
+@click.option("--object-store", type=click.Choice(["shared", "memory"]), default="shared", show_default=True,
+              help="shared: one shared-memory store per node (zero-copy between processes); memory: "
+                   "each process keeps its own objects in its memory (for a tiny /dev/shm).")
 @click.option("--token", envvar="CLUSTER_TOKEN", help="Cluster token (to join; default: the local head's).")
 @click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True, help="Seconds before a silent node is declared dead.")
 @click.option("--block", is_flag=True, help="Stay in the foreground until interrupted.")
 def start(
     head: bool, address: str | None, host: str, port: int | None, node_ip: str | None,
     num_cpus: float | None, num_gpus: float | None, resources: str, object_store_memory: str | None,
-    object_spilling_dir: str | None, no_object_spilling: bool,
+    object_spilling_dir: str | None, no_object_spilling: bool, object_store: str,
     token: str | None, heartbeat_timeout: float, block: bool,
 ) -> None:
     """Start a head (--head) or a node that joins one (--address HOST:PORT)."""
@@ -76,6 +79,8 @@ def start(
         args += ["--node-ip", node_ip]
     if store_bytes:
         args += ["--object-store-memory", str(store_bytes)]
+    if object_store != "shared":
+        args += ["--object-store", object_store]
     if no_object_spilling and object_spilling_dir:
         raise click.UsageError("--object-spilling-dir and --no-object-spilling contradict each other")
     if not no_object_spilling:
@@ -333,7 +338,8 @@ def memory(address: str | None, token: str | None, top: int) -> None:
         nodes, objects, unanswered = _fetch_objects(address, token, top)
     else:
         nodes, objects, unanswered = _fetch_nodes(address, token), [], []
-    rows = [["NODE", "STATE", "STORE USED", "CAPACITY", "USE", "OBJECTS", "SPILLED", "SPILLED OBJECTS", "PULLED"]]
+    rows = [["NODE", "STATE", "STORE USED", "CAPACITY", "USE", "OBJECTS", "COPIES", "SPILLED", "SPILLED OBJECTS",
+             "PULLED"]]
     for n in nodes:
         store = n.get("store", {})
         used = store.get("used", 0)
@@ -341,8 +347,9 @@ def memory(address: str | None, token: str | None, top: int) -> None:
         share = f"{100 * used / capacity:.1f}%" if capacity else "-"
         spilled = _human(store.get("spilled", 0)) if n.get("spill_dir") else "off"
         pulled = f"{store.get('pulled', 0)} ({_human(store.get('pulled_bytes', 0))})"
+        copies = f"{store.get('copies', 0)} ({_human(store.get('copies_bytes', 0))})"
         rows.append([n["node_id"] + (" (head)" if n["is_head"] else ""), n["state"], _human(used),
-                     _human(capacity), share, str(store.get("objects", 0)), spilled,
+                     _human(capacity), share, str(store.get("objects", 0)), copies, spilled,
                      str(store.get("spilled_objects", 0)), pulled])
     _print_table(rows)
     if top:

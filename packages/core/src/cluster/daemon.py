@@ -49,6 +49,7 @@ class DaemonConfig:
     store_root: str | None = None
     object_store_memory: int | None = None
     spill_dir: str | None = None  # where this node spills; None: spilling off
+    object_store: str = "shared"  # or "memory": each process keeps its objects
 
     def __attrs_post_init__(self) -> None:
         if not self.head and not self.head_address:
@@ -136,6 +137,7 @@ async def run_daemon(
             store_root=config.store_root,
             store_capacity=config.object_store_memory,
             spill_dir=config.spill_dir,
+            object_store=config.object_store,
             zygote=zygote,
         )
         router.add(node.handlers())
@@ -213,6 +215,7 @@ def parse_args(argv: list[str]) -> DaemonConfig:
     parser.add_argument("--store-root")
     parser.add_argument("--object-store-memory", type=int)
     parser.add_argument("--spill-dir")
+    parser.add_argument("--object-store", choices=("shared", "memory"), default="shared")
     args = parser.parse_args(argv)
     return DaemonConfig(
         head=args.head,
@@ -227,6 +230,7 @@ def parse_args(argv: list[str]) -> DaemonConfig:
         store_root=args.store_root,
         object_store_memory=args.object_store_memory,
         spill_dir=args.spill_dir,
+        object_store=args.object_store,
     )
 
 

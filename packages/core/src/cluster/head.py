@@ -34,6 +34,7 @@ class NodeRecord:
     store_capacity: int
     spill_dir: str | None
     conn: Connection | None
+    object_store: str = "shared"
     store: dict = attrs.Factory(dict)
     state: str = "alive"
     last_seen: float = attrs.Factory(time.monotonic)
@@ -52,6 +53,7 @@ class NodeRecord:
             "is_head": self.is_head,
             "store_capacity": self.store_capacity,
             "spill_dir": self.spill_dir,
+            "object_store": self.object_store,
             "store": self.store,
             "state": self.state,
         }
@@ -127,6 +129,7 @@ class HeadService:
             store_capacity=msg.store_capacity,
             spill_dir=msg.spill_dir,
             conn=conn,
+            object_store=msg.object_store,
         )
         self.nodes[msg.node_id] = record
         self.view_version += 1

@@ -103,6 +103,7 @@ class RegisterNode:
     is_head: bool
     store_capacity: int
     spill_dir: str | None
+    object_store: str = "shared"
 
 
 @message(21)
@@ -111,7 +112,7 @@ class Heartbeat:
     node_id: str
     available: dict
     view_version: int
-    store: dict  # {"used", "objects", "spilled", "spilled_objects"}: bytes and counts
+    store: dict  # {"used", "objects", "spilled", "copies", "pulled", ...}: bytes and counts
 
 
 @message(27)

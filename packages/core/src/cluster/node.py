@@ -24,6 +24,7 @@ from cluster import messages as m
 from cluster.plugins import make_object_store, make_scheduler
 from cluster.protocol import Connection, dial
 from cluster.scheduling import fits
+from cluster.transfer import ChunkSource
 
 log = structlog.get_logger("cluster.node")
 
@@ -84,6 +85,7 @@ class NodeService:
     store_root: str | None = None
     store_capacity: int | None = None
     spill_dir: str | None = None  # None: spilling off
+    object_store: str = "shared"  # "memory": every process keeps its objects (cluster_store.MemoryStore)
     available: dict = attrs.field(init=False)
     store: Any = attrs.field(init=False)
     store_path: str = attrs.field(init=False)
@@ -99,7 +101,7 @@ class NodeService:
     _lease_ids: Any = attrs.Factory(lambda: itertools.count(1))
     _nursery: trio.Nursery | None = None
     _shutting_down: bool = False
-    _raw_views: dict = attrs.Factory(dict)
+    chunks: Any = attrs.field(init=False)  # serves our objects' chunks to pulling nodes
     _conns: dict = attrs.Factory(dict)  # address -> Connection we dialled (other nodes, owners)
     _dial_locks: dict = attrs.Factory(lambda: collections.defaultdict(trio.Lock))
     _fetches: dict = attrs.Factory(dict)  # object id -> [trio.Event, error message or None]
@@ -119,6 +121,7 @@ class NodeService:
             self.store_capacity = default_object_store_memory(root)
         self.store_path = os.path.join(root, f"cluster-{self.node_id}")
         self.store = make_object_store(self.store_path, self.info())
+        self.chunks = ChunkSource(self.store)
         self.policy = make_scheduler(self)
         self.pool_size = max(1, int(self.resources.get("CPU", 1)))
         self.max_workers = self.pool_size * 4 + 8
@@ -127,7 +130,8 @@ class NodeService:
 
     def info(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address, "store_path": self.store_path,
-                "store_capacity": self.store_capacity, "spill_dir": self.spill_dir}
+                "store_capacity": self.store_capacity, "spill_dir": self.spill_dir,
+                "object_store": self.object_store}
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -155,7 +159,7 @@ class NodeService:
                     m.RegisterNode(
                         self.node_id, self.address, self.resources, self.labels,
                         socket.gethostname(), os.getpid(), self.store_path, self.is_head,
-                        self.store_capacity, self.spill_dir,
+                        self.store_capacity, self.spill_dir, self.object_store,
                     )
                 )
                 self.view, self.view_version = reply["view"], reply["version"]
@@ -187,7 +191,12 @@ class NodeService:
         conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
 
     def store_stats(self) -> dict[str, int]:
-        objects, used = self.store.usage()
+        if hasattr(self.store, "stats"):
+            s = self.store.stats()
+            return {"used": s.bytes, "objects": s.objects, "spilled": s.spilled_bytes,
+                    "spilled_objects": s.spilled_objects, "copies": s.secondary_objects,
+                    "copies_bytes": s.secondary_bytes, "pooled_bytes": s.pooled_bytes, **self.transfers}
+        objects, used = self.store.usage()  # a third-party store with the basic interface
         spilled_objects, spilled = self.store.spilled() if hasattr(self.store, "spilled") else (0, 0)
         return {"used": used, "objects": objects, "spilled": spilled, "spilled_objects": spilled_objects,
                 **self.transfers}
@@ -416,26 +425,14 @@ class NodeService:
     # -------------------------------------------------------------------------- objects
 
     def _pull_object(self, conn: Connection, msg: m.PullObject, request_id: int) -> None:
-        conn.reply(request_id, self.store.size_of(msg.object_id))
+        self.chunks.size(conn, msg, request_id)
 
     def _pull_chunk(self, conn: Connection, msg: m.PullChunk, request_id: int) -> None:
         self.transfers["served_chunks"] += 1
         if self._drop_every and self.transfers["served_chunks"] % self._drop_every == 0:
             self._nursery.start_soon(self._drop_when_flushed, conn)  # and never answer this one
             return
-        view = self._raw_views.get(msg.object_id)
-        if view is None:
-            view = self.store.open_raw(msg.object_id)
-            if view is None:
-                conn.reply_error(request_id, "lost", f"object {msg.object_id.hex()} is not in this node's store")
-                return
-            if len(self._raw_views) > 8:
-                self._raw_views.clear()
-            self._raw_views[msg.object_id] = view
-        end = msg.offset + msg.length
-        conn.reply(request_id, view[msg.offset : end])
-        if end >= len(view):
-            self._raw_views.pop(msg.object_id, None)
+        self.chunks.chunk(conn, msg, request_id)
 
     @staticmethod
     async def _drop_when_flushed(conn: Connection) -> None:
@@ -512,10 +509,10 @@ class NodeService:
         except (ClusterConnectionError, RemoteCallError):
             still_owned = False  # the owner is gone, and its objects with it
         if not still_owned:
-            self._raw_views.pop(object_id, None)
+            self.chunks.forget(object_id)
             self.store.delete(object_id)
 
     def _delete_objects(self, conn: Connection, msg: m.DeleteObjects, request_id: int) -> None:
         for object_id in msg.object_ids:
-            self._raw_views.pop(object_id, None)
+            self.chunks.forget(object_id)
             self.store.delete(object_id)

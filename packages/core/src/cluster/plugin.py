@@ -9,6 +9,10 @@ from cluster.hookspec import hookimpl
 
 @hookimpl
 def cluster_make_object_store(path: str, node: dict[str, Any]) -> Any:
+    if node.get("object_store") == "memory":
+        from cluster_store import MemoryStore
+
+        return MemoryStore(capacity_bytes=node.get("store_capacity"))
     from cluster_store import ObjectStore
 
     return ObjectStore(

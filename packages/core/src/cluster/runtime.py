@@ -50,6 +50,7 @@ LEASE_LINGER_S = 0.05  # keep an idle lease this long in case more work of its s
 PIPELINE_DEPTH = int(os.environ.get("CLUSTER_TASKS_IN_FLIGHT_PER_WORKER", "4"))
 MAX_LEASE_REQUESTS = 8  # concurrent lease requests per resource shape
 INFEASIBLE_RETRY_S = 1.0
+BORROWER_CHECK_S = 2.0  # how often an owner checks that its borrowers' processes still exist
 
 
 @attrs.define(slots=True, eq=False)
@@ -112,6 +113,7 @@ class Runtime:
         self.log_sink: Any = None  # where LogLines from workers go (driver: the terminal)
         self.nodes: list[dict] = []
         self.session_dir: str | None = None
+        self._chunks: Any = None
         if node is not None:
             self._set_node(node)
         self._cv = threading.Condition(threading.Lock())
@@ -155,6 +157,20 @@ class Runtime:
         self.node_id: str = node["node_id"]
         self.node_address: str = node["address"]
         self.store = make_object_store(node["store_path"], node)
+        # Where our stored objects live: the node's shared store, or (for a private store,
+        # e.g. cluster_store.MemoryStore) this process, which then serves their chunks itself.
+        self.private_store = not getattr(self.store, "shared", True)
+        self.store_node_id = f"{self.node_id}/{os.getpid()}" if self.private_store else self.node_id
+        self.store_address = self.node_address
+        self._serve_private_store()
+
+    def _serve_private_store(self) -> None:
+        """With a private store, this process serves its objects' chunks (once it listens)."""
+        if getattr(self, "private_store", False) and self.address and self._chunks is None:
+            from cluster.transfer import ChunkSource
+
+            self.store_address = self.address
+            self._chunks = ChunkSource(self.store)
 
     # ----------------------------------------------------------------- lifecycle (user thread)
 
@@ -200,6 +216,7 @@ class Runtime:
             listeners = await trio.open_tcp_listeners(0, host=self.listen_host)
             port = listeners[0].socket.getsockname()[1]
             self.address = f"{self.listen_host}:{port}"
+            self._serve_private_store()
             nursery.start_soon(trio.serve_listeners, self._serve_incoming, listeners)
             if self.role == "driver":
                 self.head_conn = await self._connect(self.head_address, "the cluster")
@@ -211,6 +228,7 @@ class Runtime:
                 self._set_node(choose_local_node(self.nodes, self.head_address))
             self.node_conn = await self._connect(self.node_address, "the node daemon")
             nursery.start_soon(self._linger_loop)
+            nursery.start_soon(self._borrower_sweep)
             self._ready.set()
 
     def call(self, fn: Any, *args: Any) -> Any:
@@ -274,6 +292,14 @@ class Runtime:
             conn.reply(request_id, self._add_location(msg.object_id, msg.node_address))
         elif kind is m.ListObjects:
             conn.reply(request_id, self.list_objects(msg.limit))
+        elif self._chunks is not None and kind is m.PullChunk:
+            self._chunks.chunk(conn, msg, request_id)
+        elif self._chunks is not None and kind is m.PullObject:
+            self._chunks.size(conn, msg, request_id)
+        elif self._chunks is not None and kind is m.DeleteObjects:
+            for object_id in msg.object_ids:
+                self._chunks.forget(object_id)
+                self.store.delete(object_id)
         else:
             conn.reply_error(request_id, "unexpected", f"{self.role} does not handle {kind.__name__}")
 
@@ -327,9 +353,9 @@ class Runtime:
         if entry[0] == v.STORED:
             self.store.delete(object_id)  # the primary copy, or a copy on this node
             remote = set(locations or ())
-            if entry[2] != self.node_id:
+            if entry[2] != self.store_node_id:
                 remote.add(entry[3])
-            remote.discard(self.node_address)
+            remote.discard(self.store_address)
             if remote and self._trio_token is not None and not self._stopped:
                 try:
                     self.soon(self._send_deletes, remote, object_id)
@@ -462,6 +488,30 @@ class Runtime:
             conn.send(m.RemoveBorrowers([object_id], self.address, [count]))
         # else: the owner is gone (we reached it to register), and the object with it
 
+    async def _borrower_sweep(self) -> None:
+        """Forget borrowers whose process is gone (they could not say they let go)."""
+        while True:
+            await trio.sleep(BORROWER_CHECK_S)
+            with self._ref_lock:
+                addresses = {a for counts in self._borrowers.values() for a in counts} - {self.address}
+            for address in addresses:
+                try:
+                    await self._connect(address, "a borrower")  # cached while it is alive
+                except ClusterConnectionError:
+                    self._forget_borrower(address)
+
+    def _forget_borrower(self, address: str) -> None:
+        log.info("borrower_gone", borrower=address)
+        to_free = []
+        with self._ref_lock:
+            for object_id, counts in list(self._borrowers.items()):
+                if counts.pop(address, None) is not None and not counts:
+                    del self._borrowers[object_id]
+                    if object_id not in self._refcounts and object_id not in self._escaped:
+                        to_free.append(object_id)
+        for object_id in to_free:
+            self._free(object_id)
+
     def _adopt_contained(self, return_ids: list | None, contained: list) -> None:
         """Hold the refs a worker found in our task's return values (it registered us)."""
         held: list[tuple[int, ObjectRef]] = []
@@ -530,7 +580,7 @@ class Runtime:
             size = self.store.put(object_id, ser.metadata, ser.inband, ser.buffers)
         except StoreFull as exc:
             raise ObjectStoreFullError(self._store_full_message(ser.size, exc)) from None
-        return [v.STORED, object_id, self.node_id, self.node_address, size, owner]
+        return [v.STORED, object_id, self.store_node_id, self.store_address, size, owner]
 
     def _store_full_message(self, size: int, exc: Exception) -> str:
         capacity = getattr(exc, "capacity_bytes", None)
@@ -1005,7 +1055,7 @@ class Runtime:
         stored = self.store.get(object_id)
         attempts = 0
         while stored is None:
-            if entry[2] == self.node_id:
+            if entry[2] == self.store_node_id:
                 raise ObjectLostError(
                     f"object {object_id.hex()} is gone from its node's store (was it freed, or "
                     "the node restarted?)"
@@ -1015,6 +1065,10 @@ class Runtime:
                 raise ObjectLostError(f"object {object_id.hex()} could not be copied to this node")
             self.call_async(self._copy_here, entry)
             stored = self.store.get(object_id)
+            if self.private_store:
+                # A private copy lives as long as the value loaded from it (its views hold
+                # the memory); the next load copies again.
+                self.store.delete(object_id)
         return self.loads(stored.metadata, stored.inband, stored.buffers)
 
     def loads(self, metadata: bytes, inband: Any, buffers: list) -> Any:
@@ -1031,7 +1085,7 @@ class Runtime:
         """Have this node hold a copy of a stored object that lives on another node."""
         object_id, node_address = entry[1], entry[3]
         owner = entry[5] if len(entry) > 5 else ""
-        if not getattr(self.store, "shared", True):
+        if self.private_store:
             await self._pull(object_id, node_address)  # a private store: copy it ourselves
             return
         try:
@@ -1082,7 +1136,8 @@ def choose_local_node(nodes: list[dict], head_address: str) -> dict:
                 return node
         raise ClusterConnectionError(f"CLUSTER_NODE_ID={wanted} names no live node of this cluster")
     here = socket.gethostname()
-    local = [node for node in alive if node["hostname"] == here and os.path.isdir(node["store_path"])]
+    local = [node for node in alive if node["hostname"] == here
+             and (node.get("object_store") == "memory" or os.path.isdir(node["store_path"]))]
     for node in local:
         if node["is_head"]:
             return node

@@ -26,7 +26,7 @@ class LocalCluster:
 
     def __init__(self, root: str | os.PathLike, *, num_cpus: float = 1, resources: dict | None = None,
                  heartbeat_timeout: float = 10.0, object_store_memory: int | None = None,
-                 object_spilling: bool = True) -> None:
+                 object_spilling: bool = True, object_store: str = "shared") -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "CLUSTER_TMPDIR": str(self.root)}
@@ -38,6 +38,8 @@ class LocalCluster:
             self._head_args += ["--object-store-memory", str(object_store_memory)]
         if not object_spilling:
             self._head_args += ["--no-object-spilling"]
+        self._store_args = ["--object-store", object_store]
+        self._head_args += self._store_args
         self.address = ""
         self.token = ""
         self.pids: list[int] = []
@@ -64,7 +66,7 @@ class LocalCluster:
         before = {r["pid"] for r in self.daemon_records()}
         extra = ["--object-store-memory", str(object_store_memory)] if object_store_memory else []
         self.cli("start", "--address", self.address, "--num-cpus", str(num_cpus),
-                 "--resources", json.dumps(resources or {}), *extra)
+                 "--resources", json.dumps(resources or {}), *extra, *self._store_args)
         record = next(r for r in self.daemon_records() if r["pid"] not in before)
         self.pids.append(record["pid"])
         return record

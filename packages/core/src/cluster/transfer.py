@@ -97,6 +97,36 @@ async def _fetch_chunks(conn: Any, object_id: bytes, size: int, view: memoryview
     return sorted(failed)
 
 
+class ChunkSource:
+    """The sending side: answers PullObject and PullChunk from a store, keeping a few
+    objects' mappings open while their chunks go out."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._views: dict[bytes, memoryview] = {}
+
+    def size(self, conn: Any, msg: m.PullObject, request_id: int) -> None:
+        conn.reply(request_id, self.store.size_of(msg.object_id))
+
+    def chunk(self, conn: Any, msg: m.PullChunk, request_id: int) -> None:
+        view = self._views.get(msg.object_id)
+        if view is None:
+            view = self.store.open_raw(msg.object_id)
+            if view is None:
+                conn.reply_error(request_id, "lost", f"object {msg.object_id.hex()} is not in this store")
+                return
+            if len(self._views) > 8:
+                self._views.clear()
+            self._views[msg.object_id] = view
+        end = msg.offset + msg.length
+        conn.reply(request_id, view[msg.offset : end])
+        if end >= len(view):
+            self._views.pop(msg.object_id, None)
+
+    def forget(self, object_id: bytes) -> None:
+        self._views.pop(object_id, None)
+
+
 _SECONDARY: dict[type, bool] = {}
 
 

@@ -1,25 +1,31 @@
-"""Shared-memory object store for cluster: sealed immutable objects, zero-copy reads.
+"""Object stores for cluster: sealed immutable objects, zero-copy reads.
 
-One store is a directory (normally under /dev/shm) holding one file per
-object.  Any process on the node can read an object through ``mmap`` without
-copying it; see :class:`ObjectStore`.
+:class:`ObjectStore` is a directory (normally under /dev/shm) holding one file
+per object, which any process on the node can read through ``mmap`` without
+copying it.  :class:`MemoryStore` has the same API but keeps the objects in the
+process's own memory, for processes that need not share them.  The class
+attribute ``shared`` tells the two apart.
 """
 
+from cluster_store._common import StoreStats
 from cluster_store.errors import (
     CorruptObjectError,
     ObjectNotFoundError,
     ObjectStoreFullError,
     StoreError,
 )
+from cluster_store.memory import MemoryStore
 from cluster_store.store import ObjectStore, RawWriter, StoredObject, default_store_root
 
 __all__ = [
     "CorruptObjectError",
+    "MemoryStore",
     "ObjectNotFoundError",
     "ObjectStore",
     "ObjectStoreFullError",
     "RawWriter",
     "StoreError",
+    "StoreStats",
     "StoredObject",
     "default_store_root",
 ]

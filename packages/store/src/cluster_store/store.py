@@ -6,9 +6,18 @@ replace an existing name, so the first writer of an object id wins and a sealed
 file never changes).  Readers ``mmap`` the sealed file read-only and hand out
 memoryviews into the mapping, so no byte is copied on the read path.
 
-Many processes may share one directory without a daemon or cross-process
-locks: temporary names are created with ``O_EXCL`` and objects appear only
-through the atomic link (or ``rename`` on filesystems without hard links).
+Many processes share one directory without a daemon: temporary names are
+created with ``O_EXCL``, objects appear only through the atomic link, every
+claim on a file (to spill it, evict it, or reuse a freed one) is an atomic
+``rename``, and readers pin the files they map with a shared ``flock`` so that
+a freed file is rewritten only once nobody maps it (see ``_pool``).
+
+A *secondary* copy (``create_raw(..., secondary=True)``: a copy of an object
+whose primary copy lives on another node) is a cache entry: making room deletes
+the least recently used ones before any primary object is spilled.  It is
+marked by the owner-execute permission bit of its file, fixed when the file is
+published: a reader learns it from the ``fstat`` it does anyway, and the name
+stays the same so no lookup tries two names.
 """
 
 from __future__ import annotations
@@ -22,30 +31,54 @@ import pickle
 import re
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
 import time
-import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
-from cluster_store._format import FIXED_HEADER_SIZE, HeaderError, parse_header, plan_layout
+from cluster_store._common import (
+    MAX_OBJECT_ID_BYTES,
+    RawWriter,
+    StoredObject,
+    StoreStats,
+    check_capacity,
+    check_raw_size,
+    object_name,
+    split_object,
+    write_plan,
+)
+from cluster_store._format import HeaderError, parse_header
+from cluster_store._pool import (
+    MIN_POOLED_BYTES,
+    PIN_MIN_BYTES,
+    PINNING,
+    FreePool,
+    pin,
+    unpinned,
+)
 from cluster_store.errors import CorruptObjectError, ObjectStoreFullError, StoreError
 
 __all__ = ["ObjectStore", "RawWriter", "StoredObject", "default_store_root"]
 
-MAX_OBJECT_ID_BYTES = 64
-
 _TEMP_PREFIX = ".tmp-"
 _SPILL_PREFIX = ".spilling-"
+_EVICT_PREFIX = ".evicting-"
 # Sealed object files are named by the lowercase hex of the object id and
-# nothing else; temporary files start with a dot so they can never match.
+# nothing else; temporary and claimed files start with a dot so they can never match.
 _OBJECT_NAME = re.compile(rf"(?:[0-9a-f]{{2}}){{1,{MAX_OBJECT_ID_BYTES}}}")
-_TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]+-(\d+)-[0-9a-f]+")
+# Files a process owns while it works on them: <prefix><object name>-<pid>-<random>.
+_CLAIM_NAME = re.compile(r"\.(tmp|spilling|evicting)-([0-9a-f]+)-(\d+)-[0-9a-f]+")
 
-_ZEROS = memoryview(bytes(64))
+# Permission bits of sealed files.  The owner-execute bit marks a secondary
+# copy: it is meaningless for a data file, settable by the owner on any POSIX
+# filesystem (noexec mounts included), survives writes (unlike setuid/setgid,
+# which the kernel clears), and does not change who may open the file.
+_PRIMARY_MODE = 0o600
+_SECONDARY_MODE = 0o700
+_SECONDARY_BIT = stat.S_IXUSR
+
 try:
     _IOV_MAX = max(1, min(os.sysconf("SC_IOV_MAX"), 1024))
 except (AttributeError, ValueError, OSError):
@@ -53,8 +86,14 @@ except (AttributeError, ValueError, OSError):
 _OPEN_FLAGS_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _OPEN_FLAGS_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 # Before Python 3.13 every mmap object keeps a dup() of the file descriptor
-# open for its whole life; from 3.13 on we can ask it not to.
+# open for its whole life; from 3.13 on we can ask it not to.  Either way the
+# mapping keeps the open file, and so a reader's pin, alive (see _pool).
 _MMAP_KWARGS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+# Reads mark an object used by touching its mtime, unless it is more recent than this:
+# LRU order finer than a tenth of a second is not worth a syscall on every read.
+_TOUCH_INTERVAL_NS = 100_000_000
+# How often a reader reopens an object whose file was replaced under it.
+_REOPEN_ATTEMPTS = 8
 # errno values of link(2) meaning "this filesystem does not do hard links".
 _NO_HARDLINK_ERRNOS = frozenset(
     code
@@ -75,38 +114,6 @@ def default_store_root() -> pathlib.Path:
     if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
         return pathlib.Path(shm)
     return pathlib.Path(tempfile.gettempdir())
-
-
-def _object_name(object_id: bytes) -> str:
-    """Validate an object id and return the file name it is stored under."""
-    if not isinstance(object_id, bytes):
-        raise TypeError(
-            f"object_id must be bytes, got {type(object_id).__name__}; "
-            "convert it with bytes(...) first"
-        )
-    if not 0 < len(object_id) <= MAX_OBJECT_ID_BYTES:
-        raise ValueError(
-            f"object_id must be between 1 and {MAX_OBJECT_ID_BYTES} bytes long, "
-            f"got {len(object_id)} bytes"
-        )
-    return object_id.hex()
-
-
-def _byte_view(obj: Any, what: str) -> memoryview:
-    """Return a flat unsigned-byte memoryview over ``obj`` without copying it."""
-    try:
-        pickle_buffer = obj if isinstance(obj, pickle.PickleBuffer) else pickle.PickleBuffer(obj)
-        return pickle_buffer.raw()
-    except TypeError:
-        raise TypeError(
-            f"{what} must be a bytes-like object (bytes, memoryview, pickle.PickleBuffer, ...), "
-            f"got {type(obj).__name__}"
-        )
-    except BufferError:
-        raise ValueError(
-            f"{what} is not a contiguous buffer; make it contiguous first "
-            "(e.g. numpy.ascontiguousarray) before storing it"
-        )
 
 
 def _pwrite_all(fd: int, chunks: list[memoryview]) -> None:
@@ -132,6 +139,20 @@ def _pwrite_all(fd: int, chunks: list[memoryview]) -> None:
 def _unlink_quiet(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _link_back(claimed: str, path: str) -> None:
+    """Give a claimed file its object name again, unless a copy was published there meanwhile."""
+    try:
+        os.link(claimed, path)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno not in _NO_HARDLINK_ERRNOS:
+            raise
+        os.rename(claimed, path)
+        return
+    _unlink_quiet(claimed)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -168,8 +189,13 @@ def _raise_nofile_limit() -> bool:
     return target > soft
 
 
-def _map_readonly(path: str) -> memoryview | None:
-    """Map a whole file read-only; None if it does not exist."""
+class _Mapped(NamedTuple):
+    view: memoryview
+    stat: os.stat_result
+
+
+def _map_readonly(path: str) -> _Mapped | None:
+    """Map a whole file read-only, pinned; None if it does not exist."""
     try:
         return _map_readonly_once(path)
     except OSError as exc:
@@ -190,45 +216,55 @@ def _map_readonly(path: str) -> memoryview | None:
     ) from error
 
 
-def _map_readonly_once(path: str) -> memoryview | None:
-    try:
-        fd = os.open(path, _OPEN_FLAGS_READ)
-    except FileNotFoundError:
-        return None
-    try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            # Cannot mmap an empty file; an empty file is never a valid object
-            # and the header check reports it as corrupt.
-            return memoryview(b"")
-        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ, **_MMAP_KWARGS)
-    finally:
-        os.close(fd)
-    return memoryview(mapping)
+def _map_readonly_once(path: str) -> _Mapped | None:
+    for _ in range(_REOPEN_ATTEMPTS):
+        try:
+            fd = os.open(path, _OPEN_FLAGS_READ)
+        except FileNotFoundError:
+            return None
+        try:
+            status = os.fstat(fd)
+            if PINNING and status.st_size >= PIN_MIN_BYTES:
+                pin(fd)
+                # The file may have been freed, and even reused for another
+                # object, between our open and our pin: only the file that the
+                # path names now, pinned, is the object.  (Smaller files are
+                # never reused, see _pool.)
+                try:
+                    current = os.stat(path)
+                except FileNotFoundError:
+                    return None
+                if current.st_ino != status.st_ino:
+                    continue
+                status = current  # taken under the pin: the size is final
+            size = status.st_size
+            if size == 0:
+                # Cannot mmap an empty file; an empty file is never a valid object
+                # and the header check reports it as corrupt.
+                return _Mapped(memoryview(b""), status)
+            mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ, **_MMAP_KWARGS)
+        finally:
+            os.close(fd)
+        return _Mapped(memoryview(mapping), status)
+    return None
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class StoredObject:
-    """A sealed object read from the store; its views point straight into shared memory.
-
-    ``inband`` and ``buffers`` are read-only memoryviews over the mapped file.
-    The mapping stays alive for as long as any of these views (or anything
-    built on them, such as a numpy array from ``pickle.loads``) is alive, even
-    if the object is deleted from the store meanwhile.
-    """
-
-    object_id: bytes
-    metadata: bytes
-    inband: memoryview
-    buffers: list[memoryview]
+class _Entry(NamedTuple):
+    name: str
+    inode: int
     size: int
+    secondary: bool
 
 
 class ObjectStore:
     """A directory of sealed, immutable objects shared by the processes of one node."""
 
+    #: Every process of the node that opens the same directory sees the same objects.
+    shared: ClassVar[bool] = True
+
     path: pathlib.Path
     capacity_bytes: int | None
+    spill_dir: pathlib.Path | None
 
     def __init__(
         self,
@@ -244,19 +280,13 @@ class ObjectStore:
         moves the least recently used objects there; reading a spilled object brings it back.
 
         ``capacity_bytes`` bounds the total size of sealed objects in the
-        directory (``None`` means only the filesystem limits it).  The bound is
-        checked by each writer against what is sealed when it starts writing,
-        so concurrent writers in different processes may overshoot it by up to
-        the objects they write at the same time.
+        directory, plus freed files kept for reuse (``None`` means only the
+        filesystem limits it).  The bound is checked by each writer against
+        what is sealed when it starts writing, so concurrent writers in
+        different processes may overshoot it by up to the objects they write at
+        the same time.
         """
-        if capacity_bytes is not None and (
-            isinstance(capacity_bytes, bool)
-            or not isinstance(capacity_bytes, int)
-            or capacity_bytes < 0
-        ):
-            raise ValueError(
-                f"capacity_bytes must be a non-negative int or None, got {capacity_bytes!r}"
-            )
+        check_capacity(capacity_bytes)
         self.path = pathlib.Path(os.path.abspath(os.fspath(path)))
         self.capacity_bytes = capacity_bytes
         self._dir = str(self.path)
@@ -264,8 +294,10 @@ class ObjectStore:
         self._spill = None if spill_dir is None else str(self.spill_dir)
         if self._spill is not None and create:
             os.makedirs(self._spill, mode=0o700, exist_ok=True)
-        # (file name, inode) -> size of sealed files seen by used_bytes().
-        self._size_cache: dict[tuple[str, int], int] = {}
+        # (file name, inode) -> (size, secondary) of sealed files seen by _scan().
+        # A published file never changes, so this stays right for as long as the name
+        # points at the same inode.
+        self._size_cache: dict[tuple[str, int], tuple[int, bool]] = {}
         if create:
             try:
                 os.makedirs(self._dir, mode=0o700, exist_ok=True)
@@ -279,6 +311,7 @@ class ObjectStore:
                 f"Object store directory {self._dir} does not exist. "
                 "Pass create=True to create it, or check the path."
             )
+        self._pool = FreePool(self._dir, self._pool_limit()) if PINNING else None
 
     def __repr__(self) -> str:
         return f"ObjectStore({self._dir!r}, capacity_bytes={self.capacity_bytes!r})"
@@ -301,100 +334,91 @@ class ObjectStore:
         each is copied exactly once, straight from its memory into the file,
         and starts at a 64-byte aligned offset.  Raises
         :class:`ObjectStoreFullError` if the object does not fit; no partial
-        file is ever left behind.
+        file is ever left behind.  A put over a secondary copy of the object
+        replaces it with a primary one.
         """
-        name = _object_name(object_id)
+        name = object_name(object_id)
         final = os.path.join(self._dir, name)
         try:
-            return os.stat(final).st_size
+            existing = os.stat(final)
         except FileNotFoundError:
             pass
+        else:
+            if not existing.st_mode & _SECONDARY_BIT:
+                return existing.st_size
 
-        metadata_view = _byte_view(metadata, "metadata")
-        inband_view = _byte_view(inband, "inband")
-        buffer_views = [_byte_view(buf, f"buffer {i}") for i, buf in enumerate(buffers)]
-        layout = plan_layout(
-            metadata_view.nbytes, inband_view.nbytes, [view.nbytes for view in buffer_views]
-        )
-        size = layout.total_size
-        self._make_room(object_id, size)
-
-        chunks = [memoryview(layout.pack_header()), metadata_view, inband_view]
-        position = layout.inband_offset + layout.inband_length
-        for (offset, length), view in zip(layout.buffers, buffer_views, strict=True):
-            if offset > position:
-                chunks.append(_ZEROS[: offset - position])
-            chunks.append(view)
-            position = offset + length
-
-        temp, fd = self._create_temp(name)
-        try:
+        size, chunks = write_plan(metadata, inband, buffers)
+        for attempt in range(2):
+            temp, fd, _ = self._open_new(object_id, name, size, secondary=False)
             try:
-                _pwrite_all(fd, chunks)
-            finally:
-                os.close(fd)
-        except BaseException as exc:
-            _unlink_quiet(temp)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise self._filesystem_full(object_id, size) from exc
-            raise
-        return self._publish(temp, final, size)
+                try:
+                    _pwrite_all(fd, chunks)
+                finally:
+                    os.close(fd)
+            except BaseException as exc:
+                _unlink_quiet(temp)
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                    if attempt == 0 and self._drop_pool():
+                        continue
+                    raise self._filesystem_full(object_id, size) from exc
+                raise
+            return self._publish(temp, final, size, secondary=False)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def create_raw(self, object_id: bytes, size: int) -> RawWriter:
+    def create_raw(self, object_id: bytes, size: int, *, secondary: bool = False) -> RawWriter:
         """Start receiving a complete object file of ``size`` bytes (e.g. from another node).
 
-        Fill ``writer.view`` with the exact bytes of a sealed object file (as
-        returned by :meth:`open_raw` on the sending side), then call
-        ``writer.seal()``.  Use the writer as a context manager so that it is
-        aborted if anything goes wrong.
+        Fill all of ``writer.view`` with the exact bytes of a sealed object file
+        (as returned by :meth:`open_raw` on the sending side; its initial
+        contents are unspecified), then call ``writer.seal()``.  Use the writer
+        as a context manager so that it is aborted if anything goes wrong.
+
+        ``secondary=True`` marks the copy as a cache of an object whose primary
+        copy lives elsewhere: when room is needed, least recently used
+        secondary copies are deleted (never spilled) before any primary object
+        is spilled.  A primary copy sealed over a secondary one replaces it; a
+        secondary copy of an object already present is discarded.
         """
-        name = _object_name(object_id)
-        if isinstance(size, bool) or not isinstance(size, int) or size < FIXED_HEADER_SIZE:
-            raise ValueError(
-                f"size must be the byte size of a sealed object file (at least "
-                f"{FIXED_HEADER_SIZE} bytes), got {size!r}"
-            )
-        self._make_room(object_id, size)
-        temp, fd = self._create_temp(name)
-        try:
+        name = object_name(object_id)
+        check_raw_size(size)
+        for attempt in range(2):
+            temp, fd, recycled = self._open_new(object_id, name, size, secondary=secondary)
             try:
-                self._reserve(fd, size)
-                mapping = mmap.mmap(fd, size, **_MMAP_KWARGS)
-            finally:
-                os.close(fd)
-        except BaseException as exc:
-            _unlink_quiet(temp)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise self._filesystem_full(object_id, size) from exc
-            raise
-        return RawWriter(self, object_id, temp, os.path.join(self._dir, name), mapping)
+                try:
+                    if not recycled:
+                        self._reserve(fd, size)
+                    if PINNING and size >= PIN_MIN_BYTES:
+                        pin(fd)  # views of the writer that outlive seal() keep the file from reuse
+                    mapping = mmap.mmap(fd, size, **_MMAP_KWARGS)
+                finally:
+                    os.close(fd)
+            except BaseException as exc:
+                _unlink_quiet(temp)
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                    if attempt == 0 and self._drop_pool():
+                        continue
+                    raise self._filesystem_full(object_id, size) from exc
+                raise
+            sink = _FileSink(self, temp, os.path.join(self._dir, name), mapping, secondary)
+            return RawWriter(object_id, memoryview(mapping), sink)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ reading
 
     def get(self, object_id: bytes) -> StoredObject | None:
         """Return the sealed object as zero-copy views into shared memory, or None if absent."""
-        path = os.path.join(self._dir, _object_name(object_id))
+        path = os.path.join(self._dir, object_name(object_id))
         view = self._map(path)
         if view is None:
             return None
-        size = view.nbytes
         try:
-            layout = parse_header(view, size)
+            return split_object(object_id, view)
         except HeaderError as exc:
             raise self._corrupt(path, str(exc))
-        moff, mlen = layout.metadata_offset, layout.metadata_length
-        ioff, ilen = layout.inband_offset, layout.inband_length
-        return StoredObject(
-            object_id=object_id,
-            metadata=bytes(view[moff : moff + mlen]),
-            inband=view[ioff : ioff + ilen],
-            buffers=[view[offset : offset + length] for offset, length in layout.buffers],
-            size=size,
-        )
 
     def open_raw(self, object_id: bytes) -> memoryview | None:
         """Return the whole sealed file as a read-only memoryview (None if absent), for streaming."""
-        path = os.path.join(self._dir, _object_name(object_id))
+        path = os.path.join(self._dir, object_name(object_id))
         view = self._map(path)
         if view is None:
             return None
@@ -410,7 +434,7 @@ class ObjectStore:
 
     def size_of(self, object_id: bytes) -> int | None:
         """Return the file size of a sealed object, or None if absent."""
-        name = _object_name(object_id)
+        name = object_name(object_id)
         try:
             return os.stat(os.path.join(self._dir, name)).st_size
         except FileNotFoundError:
@@ -419,18 +443,26 @@ class ObjectStore:
                     return os.stat(os.path.join(self._spill, name)).st_size
             return None
 
+    def is_secondary(self, object_id: bytes) -> bool:
+        """Return True if the object is held here as a secondary copy (False if primary or absent)."""
+        try:
+            mode = os.stat(os.path.join(self._dir, object_name(object_id))).st_mode
+        except FileNotFoundError:
+            return False  # spilled objects are always primary copies
+        return bool(mode & _SECONDARY_BIT)
+
     def object_ids(self) -> list[bytes]:
         """Return the ids of all sealed objects in the directory (temporary files excluded)."""
-        return [bytes.fromhex(name) for name, _, _ in self._scan()]
+        return [bytes.fromhex(entry.name) for entry in self._scan()]
 
     def used_bytes(self) -> int:
         """Return the total size of the sealed objects in the directory."""
-        return sum(size for _, _, size in self._scan())
+        return sum(entry.size for entry in self._scan())
 
     def usage(self) -> tuple[int, int]:
         """(number of objects, bytes) sealed in shared memory, from one directory scan."""
         objects = self._scan()
-        return len(objects), sum(size for _, _, size in objects)
+        return len(objects), sum(entry.size for entry in objects)
 
     def spilled(self) -> tuple[int, int]:
         """(number of objects, bytes) currently spilled to disk."""
@@ -445,25 +477,42 @@ class ObjectStore:
                         count += 1
         return count, total
 
+    def stats(self) -> StoreStats:
+        """Objects and bytes held: all, secondary copies, spilled, and freed files kept for reuse."""
+        objects = self._scan()
+        secondary = [entry.size for entry in objects if entry.secondary]
+        spilled_objects, spilled_bytes = self.spilled()
+        pooled_files, pooled_bytes = self._pool.usage() if self._pool is not None else (0, 0)
+        return StoreStats(
+            objects=len(objects),
+            bytes=sum(entry.size for entry in objects),
+            secondary_objects=len(secondary),
+            secondary_bytes=sum(secondary),
+            spilled_objects=spilled_objects,
+            spilled_bytes=spilled_bytes,
+            pooled_files=pooled_files,
+            pooled_bytes=pooled_bytes,
+            capacity_bytes=self.capacity_bytes,
+        )
+
     # ------------------------------------------------------------------ removal
 
     def delete(self, object_id: bytes) -> bool:
         """Remove an object; return True if it existed. Existing views stay readable."""
-        name = _object_name(object_id)
-        found = False
-        for folder in (self._dir, self._spill):
-            if folder is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, name))
-                    found = True
-        if self._spill is not None and self._spill_in_flight(name):
-            # Another process is spilling it right now: remove its copy once it lands.
-            deadline = time.monotonic() + 5
-            while self._spill_in_flight(name) and time.monotonic() < deadline:
-                time.sleep(0.005)
+        name = object_name(object_id)
+        found = self._free(os.path.join(self._dir, name))
+        if self._spill is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._spill, name))
                 found = True
+            if self._spill_in_flight(name):
+                # Another process is spilling it right now: remove its copy once it lands.
+                deadline = time.monotonic() + 5
+                while self._spill_in_flight(name) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self._spill, name))
+                    found = True
         return found
 
     def destroy(self) -> None:
@@ -475,30 +524,42 @@ class ObjectStore:
         self._size_cache = {}
 
     def remove_stale_temp_files(self) -> int:
-        """Remove temporary files left by writer processes that died; return how many."""
+        """Remove files left half-handled by processes that died; return how many.
+
+        That is temporary files of writers, and objects claimed for spilling or
+        eviction: an object whose spill did not land is put back.
+        """
         removed = 0
-        try:
-            entries = os.listdir(self._dir)
-        except FileNotFoundError:
-            return 0
-        for name in entries:
-            match = _TEMP_NAME.fullmatch(name)
-            if match is None or _pid_alive(int(match.group(1))):
+        for folder in (self._dir, self._spill):
+            if folder is None:
                 continue
             try:
-                os.unlink(os.path.join(self._dir, name))
+                entries = os.listdir(folder)
             except FileNotFoundError:
                 continue
-            removed += 1
+            for claim in entries:
+                match = _CLAIM_NAME.fullmatch(claim)
+                if match is None or _pid_alive(int(match.group(3))):
+                    continue
+                path = os.path.join(folder, claim)
+                if match.group(1) == "spilling" and folder == self._dir:
+                    self._recover_spill(path, match.group(2))
+                    removed += 1
+                    continue
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                removed += 1
         return removed
 
     # ------------------------------------------------------------------ internals
 
-    def _scan(self) -> list[tuple[str, int, int]]:
-        """List sealed objects as (name, inode, size), statting only files not seen before."""
+    def _scan(self) -> list[_Entry]:
+        """List sealed objects, statting only files not seen before."""
         cache = self._size_cache
-        fresh: dict[tuple[str, int], int] = {}
-        found: list[tuple[str, int, int]] = []
+        fresh: dict[tuple[str, int], tuple[int, bool]] = {}
+        found: list[_Entry] = []
         try:
             iterator = os.scandir(self._dir)
         except FileNotFoundError:
@@ -510,26 +571,72 @@ class ObjectStore:
                 if _OBJECT_NAME.fullmatch(name) is None:
                     continue
                 key = (name, entry.inode())
-                size = cache.get(key)
-                if size is None:
+                known = cache.get(key)
+                if known is None:
                     try:
                         if not entry.is_file(follow_symlinks=False):
                             continue
-                        size = entry.stat(follow_symlinks=False).st_size
+                        status = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                fresh[key] = size
-                found.append((name, key[1], size))
+                    known = (status.st_size, bool(status.st_mode & _SECONDARY_BIT))
+                fresh[key] = known
+                found.append(_Entry(name, key[1], *known))
         self._size_cache = fresh
         return found
 
-    def _create_temp(self, name: str) -> tuple[str, int]:
+    def _pool_limit(self) -> int:
+        """Bytes the pool of freed files may hold: a quarter of the capacity (or of the filesystem)."""
+        if self.capacity_bytes is not None:
+            return self.capacity_bytes // 4
+        try:
+            fs = os.statvfs(self._dir)
+        except OSError:
+            return 0
+        return fs.f_blocks * fs.f_frsize // 4
+
+    def _drop_pool(self) -> int:
+        """Unlink every pooled file (the filesystem is full); return the bytes freed."""
+        if self._pool is None:
+            return 0
+        return self._pool.drop(sys.maxsize)
+
+    def _temp_path(self, name: str) -> str:
+        return os.path.join(self._dir, f"{_TEMP_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}")
+
+    def _open_new(
+        self, object_id: bytes, name: str, size: int, *, secondary: bool
+    ) -> tuple[str, int, bool]:
+        """Make room for a new object file and open it: (temp path, fd, reused a freed file).
+
+        A freed file from the pool is preferred (its pages exist already); it is
+        claimed before making room, so that making room does not drop it.
+        """
+        mode = _SECONDARY_MODE if secondary else _PRIMARY_MODE
+        fd: int | None = None
+        temp = ""
+        if self._pool is not None and size >= PIN_MIN_BYTES:
+            temp = self._temp_path(name)
+            with contextlib.suppress(OSError):  # any trouble with a pooled file: use a fresh one
+                fd = self._pool.take(size, temp, mode)
+        try:
+            self._make_room(object_id, size)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+                _unlink_quiet(temp)
+            raise
+        if fd is not None:
+            return temp, fd, True
+        temp, fd = self._create_temp(name, mode)
+        return temp, fd, False
+
+    def _create_temp(self, name: str, mode: int = _PRIMARY_MODE) -> tuple[str, int]:
         """Create a new private temporary file for object ``name``; return (path, fd)."""
-        pid = os.getpid()
         for _ in range(16):
-            temp = os.path.join(self._dir, f"{_TEMP_PREFIX}{name}-{pid}-{secrets.token_hex(4)}")
+            temp = self._temp_path(name)
             try:
-                return temp, os.open(temp, _OPEN_FLAGS_NEW, 0o600)
+                fd = os.open(temp, _OPEN_FLAGS_NEW, mode)
             except FileExistsError:
                 continue
             except FileNotFoundError:
@@ -537,6 +644,9 @@ class ObjectStore:
                     f"Object store directory {self._dir} does not exist (was the store "
                     "destroyed?). Create a new ObjectStore for that path to recreate it."
                 )
+            if mode != _PRIMARY_MODE:
+                os.fchmod(fd, mode)  # the umask may have cleared the marker bit
+            return temp, fd
         raise StoreError(  # pragma: no cover - 16 random collisions in a row
             f"Could not create a unique temporary file in {self._dir}; "
             "remove stray '.tmp-*' files there and retry."
@@ -559,17 +669,24 @@ class ObjectStore:
                     raise
         os.ftruncate(fd, size)
 
-    def _publish(self, temp: str, final: str, size: int) -> int:
+    def _publish(self, temp: str, final: str, size: int, *, secondary: bool) -> int:
         """Atomically make a fully written temp file visible as ``final``; return the object size.
 
-        The first writer of an object id wins; later writers discard their copy.
+        The first writer of an object id wins and later writers discard their
+        copy, except that a primary copy replaces a secondary one.
         """
         try:
             try:
                 os.link(temp, final)
             except FileExistsError:
-                with contextlib.suppress(FileNotFoundError):
-                    return os.stat(final).st_size
+                try:
+                    existing = os.stat(final)
+                except FileNotFoundError:
+                    existing = None  # deleted meanwhile: ours is the copy now
+                if existing is not None and (secondary or not existing.st_mode & _SECONDARY_BIT):
+                    return existing.st_size
+                # Replace the secondary copy (readers that map it keep its identical bytes).
+                os.rename(temp, final)
                 return size
             except OSError as exc:
                 if exc.errno not in _NO_HARDLINK_ERRNOS:
@@ -582,34 +699,89 @@ class ObjectStore:
         finally:
             _unlink_quiet(temp)
 
+    def _free(self, path: str) -> bool:
+        """Remove a sealed file, keeping it in the pool for reuse if worth it; False if absent."""
+        pool = self._pool
+        if pool is not None:
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                return False
+            if size >= MIN_POOLED_BYTES and self._give_to_pool(pool, path, size):
+                return True
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    @staticmethod
+    def _give_to_pool(pool: FreePool, path: str, size: int) -> bool:
+        """Move a freed file into the pool unless a reader maps it; False if it was not moved."""
+        try:
+            fd = os.open(path, _OPEN_FLAGS_READ)
+        except FileNotFoundError:
+            return False
+        try:
+            # Only a hint (a reader may still pin it before the rename): a mapped
+            # file would merely be skipped, and unlinked, by the next writer.
+            if not unpinned(fd):
+                return False
+        finally:
+            os.close(fd)
+        try:
+            return pool.give(path, size)
+        except FileNotFoundError:
+            return False
+
     def _make_room(self, object_id: bytes, size: int) -> None:
-        """Ensure ``size`` more bytes fit under the capacity, spilling LRU objects if allowed."""
+        """Ensure ``size`` more bytes fit under the capacity.
+
+        Frees, in this order: pooled files, least recently used secondary
+        copies (deleted), least recently used primary objects (spilled, if a
+        spill directory is set).
+        """
         capacity = self.capacity_bytes
         if capacity is None:
             return
         objects = self._scan()
-        used = sum(found_size for _, _, found_size in objects)
+        used = sum(entry.size for entry in objects)
+        pooled = self._pool.usage()[1] if self._pool is not None else 0
+        if used + pooled + size <= capacity:
+            return
+        if size <= capacity and pooled:
+            assert self._pool is not None
+            pooled = max(pooled - self._pool.drop(used + pooled + size - capacity), 0)
+        used += pooled
         if used + size <= capacity:
             return
-        if self._spill is not None and size <= capacity:
-            # Least recently used first: reads touch an object's mtime (see _map).
+        if size <= capacity:
+            # Secondary copies first, then primaries if they can spill; least recently
+            # used first within each (reads touch an object's mtime, see _map).
             aged = []
-            for name, _, found_size in objects:
-                with contextlib.suppress(FileNotFoundError):
-                    aged.append((os.stat(os.path.join(self._dir, name)).st_mtime_ns, name, found_size))
+            for entry in objects:
+                if entry.secondary or self._spill is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        mtime = os.stat(os.path.join(self._dir, entry.name)).st_mtime_ns
+                        aged.append((not entry.secondary, mtime, entry.name, entry.size))
             aged.sort()
-            for _, name, found_size in aged:
+            for primary, _, name, found_size in aged:
                 if used + size <= capacity:
                     break
-                if self._spill_one(name):
+                if self._spill_one(name) if primary else self._evict_one(name):
                     used -= found_size
             if used + size <= capacity:
                 return
-        spilling = "spilling is off" if self._spill is None else "nothing more could be spilled"
+        if size > capacity:
+            reason = "the object alone is larger than the capacity"
+        elif self._spill is None:
+            reason = "spilling is off"
+        else:
+            reason = "nothing more could be spilled"
         raise ObjectStoreFullError(
             f"Object store {self._dir} is full: object {object_id.hex()} needs {size} bytes "
             f"but {used} of its {capacity} bytes capacity are in use "
-            f"({max(capacity - used, 0)} free; {spilling}). Give the store a larger "
+            f"({max(capacity - used, 0)} free; {reason}). Give the store a larger "
             "capacity_bytes, or free space by dropping references to objects that are no "
             "longer needed.",
             object_id=object_id,
@@ -618,15 +790,36 @@ class ObjectStore:
             capacity_bytes=capacity,
         )
 
+    def _claim(self, name: str, prefix: str) -> str | None:
+        """Atomically take sealed object ``name`` out of sight; None if another process has it."""
+        claimed = os.path.join(self._dir, f"{prefix}{name}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.rename(os.path.join(self._dir, name), claimed)
+        except FileNotFoundError:
+            return None
+        return claimed
+
+    def _evict_one(self, name: str) -> bool:
+        """Delete secondary copy ``name`` to make room; False if it is gone or became primary."""
+        claimed = self._claim(name, _EVICT_PREFIX)
+        if claimed is None:
+            return False
+        if not os.stat(claimed).st_mode & _SECONDARY_BIT:
+            # A primary copy replaced it after our scan: that one must stay.
+            _link_back(claimed, os.path.join(self._dir, name))
+            return False
+        _unlink_quiet(claimed)
+        return True
+
     def _spill_one(self, name: str) -> bool:
         """Move sealed object ``name`` to the spill directory; False if another process took it."""
         assert self._spill is not None
-        source = os.path.join(self._dir, name)
-        claimed = os.path.join(self._dir, f"{_SPILL_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            os.rename(source, claimed)  # atomic: exactly one process spills it
-        except FileNotFoundError:
+        claimed = self._claim(name, _SPILL_PREFIX)  # exactly one process spills it
+        if claimed is None:
             return False
+        if os.stat(claimed).st_mode & _SECONDARY_BIT:
+            _unlink_quiet(claimed)  # secondary copies are never spilled, only dropped
+            return True
         temp = os.path.join(self._spill, f"{_TEMP_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             shutil.copyfile(claimed, temp)
@@ -634,24 +827,35 @@ class ObjectStore:
         except BaseException:
             _unlink_quiet(temp)
             with contextlib.suppress(OSError):
-                os.rename(claimed, source)  # put it back rather than lose it
+                os.rename(claimed, os.path.join(self._dir, name))  # put it back rather than lose it
             raise
         _unlink_quiet(claimed)
         return True
 
+    def _recover_spill(self, claimed: str, name: str) -> None:
+        """Finish for a dead process: a spill that did not land puts the object back."""
+        if self._spill is not None and os.path.exists(os.path.join(self._spill, name)):
+            _unlink_quiet(claimed)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            _link_back(claimed, os.path.join(self._dir, name))
+
     def _map(self, path: str) -> memoryview | None:
         """Map a sealed object, bringing it back from the spill directory if it is there."""
-        view = _map_readonly(path)
-        if self._spill is None:
-            return view
-        if view is None:
-            view = self._restore(os.path.basename(path))
-        if view is not None:
+        mapped = _map_readonly(path)
+        if mapped is None and self._spill is not None:
+            mapped = self._restore(os.path.basename(path))
+        if mapped is None:
+            return None
+        if (
+            self._spill is not None
+            or (self.capacity_bytes is not None and mapped.stat.st_mode & _SECONDARY_BIT)
+        ) and time.time_ns() - mapped.stat.st_mtime_ns > _TOUCH_INTERVAL_NS:
             with contextlib.suppress(OSError):
-                os.utime(path)  # mark it recently used, for the spiller's LRU order
-        return view
+                os.utime(path)  # mark it recently used, for the LRU order of _make_room
+        return mapped.view
 
-    def _restore(self, name: str) -> memoryview | None:
+    def _restore(self, name: str) -> _Mapped | None:
         assert self._spill is not None
         path = os.path.join(self._dir, name)
         spilled = os.path.join(self._spill, name)
@@ -659,9 +863,9 @@ class ObjectStore:
             try:
                 size = os.stat(spilled).st_size
             except FileNotFoundError:
-                view = _map_readonly(path)
-                if view is not None or not self._spill_in_flight(name):
-                    return view
+                mapped = _map_readonly(path)
+                if mapped is not None or not self._spill_in_flight(name):
+                    return mapped
                 time.sleep(0.005)
                 continue
             self._make_room(bytes.fromhex(name), size)
@@ -677,7 +881,7 @@ class ObjectStore:
                 if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                     raise self._filesystem_full(bytes.fromhex(name), size) from exc
                 raise
-            self._publish(temp, path, size)
+            self._publish(temp, path, size, secondary=False)
             _unlink_quiet(spilled)
             return _map_readonly(path)
         return _map_readonly(path)
@@ -713,100 +917,34 @@ class ObjectStore:
         )
 
 
-class RawWriter:
-    """Receives the bytes of a whole object file into shared memory, then seals it.
-
-    ``view`` is a writable memoryview of exactly ``size`` bytes backed by a
-    temporary file in the store directory; fill it (e.g. with
-    ``sock.recv_into(writer.view[offset:])``) and call :meth:`seal`.  Used as a
-    context manager the writer is aborted when the block raises or ends
-    without :meth:`seal` having been called.
-    """
-
-    view: memoryview
+class _FileSink:
+    """Where an :class:`ObjectStore` raw writer's bytes go: a mapped temp file in the store."""
 
     def __init__(
-        self,
-        store: ObjectStore,
-        object_id: bytes,
-        temp_path: str,
-        final_path: str,
-        mapping: mmap.mmap,
+        self, store: ObjectStore, temp: str, final: str, mapping: mmap.mmap, secondary: bool
     ) -> None:
-        """Wrap a mapped temp file; use :meth:`ObjectStore.create_raw` instead of calling this."""
-        self.object_id = object_id
-        self.size = len(mapping)
-        self.view = memoryview(mapping)
+        self.location = final
         self._store = store
-        self._temp = temp_path
-        self._final = final_path
+        self._temp = temp
+        self._size = len(mapping)
         self._mapping: mmap.mmap | None = mapping
-        self._state = "open"
-        # If the writer is dropped without seal()/abort(), still remove the temp file.
-        self._cleanup = weakref.finalize(self, _unlink_quiet, temp_path)
+        self._secondary = secondary
 
-    def __repr__(self) -> str:
-        return f"<RawWriter {self.object_id.hex()} size={self.size} {self._state}>"
-
-    @property
-    def sealed(self) -> bool:
-        """True once :meth:`seal` has published the object."""
-        return self._state == "sealed"
-
-    def seal(self) -> None:
-        """Validate the received header and atomically publish the object.
-
-        Raises :class:`CorruptObjectError` (and discards the data) if the bytes
-        do not form a valid object file of this size.  If the object already
-        exists in the store, the received copy is discarded.
-        """
-        if self._state != "open":
-            raise StoreError(
-                f"RawWriter for object {self.object_id.hex()} is already {self._state}; "
-                "create a new writer with ObjectStore.create_raw to receive it again."
-            )
-        assert self._mapping is not None
-        try:
-            parse_header(self._mapping, self.size)
-        except HeaderError as exc:
-            self.abort()
-            raise CorruptObjectError(
-                f"The {self.size} bytes received for object {self.object_id.hex()} do not form "
-                f"a valid object file: {exc}. The data was discarded; transfer the object "
-                "again from a node that holds it (send the bytes of ObjectStore.open_raw).",
-                path=self._final,
-            )
+    def publish(self) -> None:
         self._unmap()
-        self._store._publish(self._temp, self._final, self.size)
-        self._cleanup.detach()
-        self._state = "sealed"
+        with contextlib.suppress(OSError):
+            os.utime(self._temp)  # a reused file would otherwise keep its old mtime (LRU order)
+        self._store._publish(self._temp, self.location, self._size, secondary=self._secondary)
 
-    def abort(self) -> None:
-        """Discard the received data. Does nothing if already sealed or aborted."""
-        if self._state != "open":
-            return
-        self._state = "aborted"
+    def discard(self) -> None:
         self._unmap()
         _unlink_quiet(self._temp)
-        self._cleanup.detach()
 
     def _unmap(self) -> None:
-        with contextlib.suppress(BufferError):
-            self.view.release()
         mapping, self._mapping = self._mapping, None
         if mapping is not None:
-            # Slices of ``view`` that the caller still holds keep the mapping
-            # exported; it is then unmapped when the last of them goes away.
+            # Slices of the writer's view still held keep the mapping exported;
+            # it is then unmapped when the last of them goes away.
             with contextlib.suppress(BufferError):
                 mapping.close()
 
-    def __enter__(self) -> RawWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.abort()

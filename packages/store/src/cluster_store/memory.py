@@ -1,0 +1,451 @@
+"""An in-process object store with :class:`~cluster_store.ObjectStore`'s API.
+
+For processes that do not need to share objects with others on the node, or
+cannot (a container whose /dev/shm is a few megabytes): each object is a block
+of this process's memory (a ``bytearray``, or a private anonymous mapping for
+large ones) holding the same bytes as the shared store's object file, starting
+64-byte aligned, so ``open_raw``/``create_raw`` transfers work between the two
+kinds of store.  Reads are zero-copy read-only memoryviews into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import pathlib
+import pickle
+import secrets
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from cluster_store._common import (
+    RawWriter,
+    StoredObject,
+    StoreStats,
+    check_capacity,
+    check_raw_size,
+    object_name,
+    split_object,
+    write_plan,
+)
+from cluster_store._format import BUFFER_ALIGNMENT, HeaderError, parse_header
+from cluster_store.errors import CorruptObjectError, ObjectStoreFullError, StoreError
+
+__all__ = ["MemoryStore"]
+
+
+#: Objects at least this big get a private anonymous mapping of their own instead of a
+#: bytearray: a bytearray is zero-filled page by page up front, while a mapping's pages
+#: arrive zeroed on first write, with transparent huge pages where the kernel allows
+#: (over 4x faster to fill a 100 MiB object here).  Smaller ones stay in bytearrays so
+#: that many small objects do not use up the process's limit of mappings.
+_MAPPED_MIN_BYTES = 1 << 20
+_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
+
+
+def _new_memory(size: int) -> memoryview:
+    """Return ``size`` writable zeroed bytes, starting at a BUFFER_ALIGNMENT boundary.
+
+    The object format aligns each buffer to BUFFER_ALIGNMENT within the object,
+    so the object itself must start aligned for numpy arrays read from it to be.
+    """
+    if size >= _MAPPED_MIN_BYTES and hasattr(mmap, "MAP_PRIVATE"):
+        mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)  # page aligned
+        if _MADV_HUGEPAGE is not None:
+            with contextlib.suppress(OSError):
+                mapping.madvise(_MADV_HUGEPAGE)
+        return memoryview(mapping)
+    raw = bytearray(size + BUFFER_ALIGNMENT - 1)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(raw))
+    start = -address % BUFFER_ALIGNMENT
+    return memoryview(raw)[start : start + size]
+
+
+@dataclass(slots=True)
+class _Object:
+    data: memoryview  # writable, exactly the object file's bytes (in a bytearray or a mapping)
+    secondary: bool
+
+
+class MemoryStore:
+    """Sealed, immutable objects in this process's own memory; thread-safe.
+
+    Same API and semantics as :class:`~cluster_store.ObjectStore` (capacity,
+    secondary copies evicted first, LRU spilling to ``spill_dir``,
+    :class:`~cluster_store.ObjectStoreFullError`), except that no other process
+    sees the objects (``shared`` is False).
+    """
+
+    #: Objects live in this process only; other processes of the node do not see them.
+    shared: ClassVar[bool] = False
+    #: There is no store directory.
+    path: ClassVar[None] = None
+
+    capacity_bytes: int | None
+    spill_dir: pathlib.Path | None
+
+    def __init__(
+        self,
+        *,
+        capacity_bytes: int | None = None,
+        spill_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Create an empty store holding at most ``capacity_bytes`` (None: only RAM limits it).
+
+        With a ``spill_dir`` (a directory of its own, on disk), a write that
+        would overflow the capacity first moves the least recently used objects
+        there; reading a spilled object brings it back.  Writers in different
+        threads reserve their room before copying, so the capacity is never
+        overshot.
+        """
+        check_capacity(capacity_bytes)
+        self.capacity_bytes = capacity_bytes
+        self.spill_dir = (
+            None if spill_dir is None else pathlib.Path(os.path.abspath(os.fspath(spill_dir)))
+        )
+        self._spill = None if spill_dir is None else str(self.spill_dir)
+        if self._spill is not None:
+            os.makedirs(self._spill, mode=0o700, exist_ok=True)
+        self._lock = threading.Lock()
+        self._objects: OrderedDict[bytes, _Object] = OrderedDict()  # least recently used first
+        self._spilled: dict[bytes, int] = {}  # object id -> size, for objects in spill_dir
+        self._used = 0  # bytes of the objects in memory
+        self._reserved = 0  # bytes promised to writers that are still copying
+        self._destroyed = False
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(capacity_bytes={self.capacity_bytes!r}, spill_dir={self._spill!r})"
+
+    def __contains__(self, object_id: bytes) -> bool:
+        return self.contains(object_id)
+
+    # ------------------------------------------------------------------ writing
+
+    def put(
+        self,
+        object_id: bytes,
+        metadata: bytes,
+        inband: bytes | memoryview,
+        buffers: Sequence[bytes | memoryview | pickle.PickleBuffer] = (),
+    ) -> int:
+        """Copy and seal an object; return its size (existing objects are left as they are).
+
+        Each buffer is copied exactly once into the object's memory.  Raises
+        :class:`ObjectStoreFullError` if the object does not fit.  A put over a
+        secondary copy of the object makes it primary.
+        """
+        object_name(object_id)
+        with self._lock:
+            found = self._objects.get(object_id)
+            if found is not None:
+                found.secondary = False  # same bytes, now a primary copy
+                return len(found.data)
+            if object_id in self._spilled:
+                return self._spilled[object_id]
+        size, chunks = write_plan(metadata, inband, buffers)
+        data = self._allocate(object_id, size)
+        try:
+            position = 0
+            for chunk in chunks:
+                data[position : position + chunk.nbytes] = chunk
+                position += chunk.nbytes
+        except BaseException:
+            with self._lock:
+                self._reserved -= size
+            raise
+        return self._seal(object_id, data, secondary=False)
+
+    def create_raw(self, object_id: bytes, size: int, *, secondary: bool = False) -> RawWriter:
+        """Start receiving a complete object file of ``size`` bytes (e.g. from another node).
+
+        Fill all of ``writer.view`` with the exact bytes of a sealed object file
+        (as :meth:`open_raw` of either kind of store returns them), then call
+        ``writer.seal()``.  ``secondary=True`` marks a cache copy of an object
+        whose primary copy lives elsewhere, as in
+        :meth:`ObjectStore.create_raw <cluster_store.ObjectStore.create_raw>`.
+        """
+        object_name(object_id)
+        check_raw_size(size)
+        data = self._allocate(object_id, size)
+        # The writer gets a view of its own: it releases it on seal, the store keeps ``data``.
+        return RawWriter(object_id, memoryview(data), _MemorySink(self, object_id, data, secondary))
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, object_id: bytes) -> StoredObject | None:
+        """Return the sealed object as zero-copy read-only views, or None if absent."""
+        view = self._view(object_id)
+        if view is None:
+            return None
+        try:
+            return split_object(object_id, view)
+        except HeaderError as exc:
+            raise self._corrupt(object_id, str(exc))
+
+    def open_raw(self, object_id: bytes) -> memoryview | None:
+        """Return the whole object file as a read-only memoryview (None if absent), for streaming."""
+        view = self._view(object_id)
+        if view is None:
+            return None
+        try:
+            parse_header(view, view.nbytes)
+        except HeaderError as exc:
+            raise self._corrupt(object_id, str(exc))
+        return view
+
+    def contains(self, object_id: bytes) -> bool:
+        """Return True if the object is sealed in this store (in memory or spilled)."""
+        return self.size_of(object_id) is not None
+
+    def size_of(self, object_id: bytes) -> int | None:
+        """Return the size of a sealed object, or None if absent."""
+        object_name(object_id)
+        with self._lock:
+            found = self._objects.get(object_id)
+            if found is not None:
+                return len(found.data)
+            return self._spilled.get(object_id)
+
+    def is_secondary(self, object_id: bytes) -> bool:
+        """Return True if the object is held here as a secondary copy (False if primary or absent)."""
+        object_name(object_id)
+        with self._lock:
+            found = self._objects.get(object_id)
+            return found is not None and found.secondary
+
+    def object_ids(self) -> list[bytes]:
+        """Return the ids of all sealed objects in memory (spilled ones excluded)."""
+        with self._lock:
+            return list(self._objects)
+
+    def used_bytes(self) -> int:
+        """Return the total size of the sealed objects in memory."""
+        with self._lock:
+            return self._used
+
+    def usage(self) -> tuple[int, int]:
+        """(number of objects, bytes) sealed in memory."""
+        with self._lock:
+            return len(self._objects), self._used
+
+    def spilled(self) -> tuple[int, int]:
+        """(number of objects, bytes) currently spilled to disk."""
+        with self._lock:
+            return len(self._spilled), sum(self._spilled.values())
+
+    def stats(self) -> StoreStats:
+        """Objects and bytes held: all, secondary copies, and spilled."""
+        with self._lock:
+            secondary = [len(found.data) for found in self._objects.values() if found.secondary]
+            return StoreStats(
+                objects=len(self._objects),
+                bytes=self._used,
+                secondary_objects=len(secondary),
+                secondary_bytes=sum(secondary),
+                spilled_objects=len(self._spilled),
+                spilled_bytes=sum(self._spilled.values()),
+                pooled_files=0,
+                pooled_bytes=0,
+                capacity_bytes=self.capacity_bytes,
+            )
+
+    # ------------------------------------------------------------------ removal
+
+    def delete(self, object_id: bytes) -> bool:
+        """Remove an object; return True if it existed. Existing views stay readable."""
+        name = object_name(object_id)
+        with self._lock:
+            found = self._objects.pop(object_id, None)
+            if found is not None:
+                self._used -= len(found.data)
+            spilled = self._spilled.pop(object_id, None)
+            if spilled is not None and self._spill is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self._spill, name))
+        return found is not None or spilled is not None
+
+    def destroy(self) -> None:
+        """Drop every object and the spill directory; later writes raise :class:`StoreError`."""
+        with self._lock:
+            self._destroyed = True
+            self._objects.clear()
+            self._spilled.clear()
+            self._used = 0
+            if self._spill is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(self._spill)
+
+    def remove_stale_temp_files(self) -> int:
+        """Nothing to do: no other process writes into this store. Returns 0."""
+        return 0
+
+    # ------------------------------------------------------------------ internals
+
+    def _allocate(self, object_id: bytes, size: int) -> memoryview:
+        """Reserve room for ``size`` bytes and return the zeroed memory for them."""
+        with self._lock:
+            self._check_open()
+            self._make_room(object_id, size)
+            self._reserved += size
+        try:
+            return _new_memory(size)
+        except BaseException:
+            with self._lock:
+                self._reserved -= size
+            raise
+
+    def _seal(self, object_id: bytes, data: memoryview, *, secondary: bool) -> int:
+        """Publish a fully written object, unless a copy that outranks it is there; return its size."""
+        size = len(data)
+        with self._lock:
+            self._reserved -= size
+            self._check_open()
+            found = self._objects.get(object_id)
+            if found is not None:
+                if not secondary:
+                    found.secondary = False  # same bytes: a primary copy now
+                return len(found.data)
+            if object_id in self._spilled:
+                return self._spilled[object_id]
+            self._objects[object_id] = _Object(data, secondary)
+            self._used += size
+        return size
+
+    def _view(self, object_id: bytes) -> memoryview | None:
+        """A read-only view of the object's memory, restoring it from disk if spilled; None if absent."""
+        object_name(object_id)
+        with self._lock:
+            found = self._objects.get(object_id)
+            if found is not None:
+                self._objects.move_to_end(object_id)  # most recently used
+            elif object_id in self._spilled:
+                found = self._restore(object_id)
+            if found is None:
+                return None
+            data = found.data
+        return memoryview(data).toreadonly()
+
+    def _make_room(self, object_id: bytes, size: int) -> None:
+        """Ensure ``size`` more bytes fit (lock held): drop LRU secondary copies, then spill LRU objects."""
+        capacity = self.capacity_bytes
+        if capacity is None:
+            return
+        used = self._used + self._reserved
+        if used + size <= capacity:
+            return
+        if size <= capacity:
+            # Secondary copies are dropped, least recently used first (views keep their bytes).
+            for victim in [oid for oid, found in self._objects.items() if found.secondary]:
+                if used + size <= capacity:
+                    break
+                freed = len(self._objects.pop(victim).data)
+                self._used -= freed
+                used -= freed
+            if self._spill is not None:
+                for victim in list(self._objects):
+                    if used + size <= capacity:
+                        break
+                    used -= self._spill_one(victim)
+        if used + size <= capacity:
+            return
+        if size > capacity:
+            reason = "the object alone is larger than the capacity"
+        elif self._spill is None:
+            reason = "spilling is off"
+        else:
+            reason = "nothing more could be spilled"
+        raise ObjectStoreFullError(
+            f"In-process object store is full: object {object_id.hex()} needs {size} bytes "
+            f"but {used} of its {capacity} bytes capacity are in use "
+            f"({max(capacity - used, 0)} free; {reason}). Give the MemoryStore a larger "
+            "capacity_bytes, or free space by dropping references to objects that are no "
+            "longer needed.",
+            object_id=object_id,
+            object_size=size,
+            used_bytes=used,
+            capacity_bytes=capacity,
+        )
+
+    def _spill_one(self, object_id: bytes) -> int:
+        """Write a primary object to the spill directory and drop it from memory (lock held); return its size."""
+        assert self._spill is not None
+        data = self._objects[object_id].data
+        path = os.path.join(self._spill, object_id.hex())
+        temp = f"{path}.tmp-{secrets.token_hex(4)}"
+        try:
+            with open(temp, "wb") as file:
+                file.write(data)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        del self._objects[object_id]
+        self._used -= len(data)
+        self._spilled[object_id] = len(data)
+        return len(data)
+
+    def _restore(self, object_id: bytes) -> _Object | None:
+        """Bring a spilled object back into memory (lock held); None if its file vanished."""
+        assert self._spill is not None
+        size = self._spilled[object_id]
+        path = os.path.join(self._spill, object_id.hex())
+        self._make_room(object_id, size)
+        data = _new_memory(size)
+        try:
+            with open(path, "rb") as file:
+                read = file.readinto(data)
+        except FileNotFoundError:
+            del self._spilled[object_id]
+            return None
+        if read != size:
+            raise self._corrupt(object_id, f"its spilled copy {path} has {read} bytes, not {size}")
+        os.unlink(path)
+        del self._spilled[object_id]
+        restored = self._objects[object_id] = _Object(data, secondary=False)
+        self._used += size
+        return restored
+
+    def _check_open(self) -> None:
+        if self._destroyed:
+            raise StoreError(
+                "This MemoryStore was destroyed; create a new MemoryStore to store objects again."
+            )
+
+    def _corrupt(self, object_id: bytes, reason: str) -> CorruptObjectError:
+        return CorruptObjectError(
+            f"In-process object {object_id.hex()} is corrupt: {reason}. Delete the object "
+            "(MemoryStore.delete) and store it again; nothing but a RawWriter view kept after "
+            "seal() can change an object's memory, so check for one.",
+            path=f"<memory>/{object_id.hex()}",
+        )
+
+
+class _MemorySink:
+    """Where a :class:`MemoryStore` raw writer's bytes go: reserved memory of the store."""
+
+    def __init__(
+        self, store: MemoryStore, object_id: bytes, data: memoryview, secondary: bool
+    ) -> None:
+        self.location = f"<memory>/{object_id.hex()}"
+        self._store = store
+        self._object_id = object_id
+        self._data: memoryview | None = data
+        self._secondary = secondary
+
+    def publish(self) -> None:
+        data, self._data = self._data, None
+        if data is not None:
+            self._store._seal(self._object_id, data, secondary=self._secondary)
+
+    def discard(self) -> None:
+        data, self._data = self._data, None
+        if data is not None:
+            with self._store._lock:
+                self._store._reserved -= len(data)
