@@ -134,3 +134,48 @@ def test_connection_request_reply_over_a_real_socket() -> None:
         return replies
 
     assert trio.run(scenario) == [["echo", "k0"], ["echo", "k1"], ["echo", "k2"]]
+
+
+def test_raw_replies_land_in_their_destination_between_ordinary_frames() -> None:
+    payload = bytes(range(256)) * (40_000)  # 10 MB: arrives over many reads
+
+    async def scenario() -> tuple:
+        def on_message(conn: protocol.Connection, msg: object, request_id: int) -> None:
+            if msg.key == "raw":
+                conn.reply_raw(request_id, memoryview(payload))
+            elif msg.key == "raw-unasked":  # answered raw although the asker wants a value
+                conn.reply_raw(request_id, memoryview(payload)[:1000])
+            else:
+                conn.reply(request_id, msg.key)
+
+        async def serve(stream: trio.SocketStream) -> None:
+            role = await protocol.server_handshake(stream, "tok", "node")
+            await protocol.run_connection(stream, "peer", role, on_message)
+
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            conn = await protocol.dial(nursery, f"127.0.0.1:{port}", "tok", "driver", lambda *a: None)
+            destination = bytearray(len(payload))
+            results: dict = {}
+
+            async def raw() -> None:
+                results["n"] = await conn.request_into(m.KvGet("raw"), memoryview(destination))
+
+            async def small(i: int) -> None:
+                results[i] = await conn.request(m.KvGet(f"k{i}"))
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(small, 0)
+                inner.start_soon(raw)
+                inner.start_soon(small, 1)
+            unasked = await conn.request(m.KvGet("raw-unasked"))
+            after = await conn.request(m.KvGet("after"))
+            nursery.cancel_scope.cancel()
+        return results, bytes(destination), unasked, after
+
+    results, received, unasked, after = trio.run(scenario)
+    assert results == {"n": len(payload), 0: "k0", 1: "k1"}
+    assert received == payload
+    assert unasked == 1000  # a raw answer to a plain request gives its size; the bytes are dropped
+    assert after == "after"  # and the stream is still in step

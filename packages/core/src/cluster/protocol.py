@@ -44,6 +44,10 @@ from cluster.errors import (
 PROTOCOL_VERSION = 1
 MAX_HANDSHAKE_FRAME = 4096
 MAX_FRAME = 1 << 30
+# A length prefix with this bit set starts a *raw* frame: [4-byte header size][msgpack
+# [request_id, n]][n bytes of payload]. Used for object chunks: the payload is sent straight
+# from the store's mapping and received straight into the destination's (request_into).
+RAW_FLAG = 1 << 31
 HANDSHAKE_TIMEOUT = 10.0
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
@@ -276,7 +280,23 @@ class Connection:
     def send(self, msg: Any, request_id: int = 0) -> None:
         if self.closed:
             raise ClusterConnectionError(f"the connection to {self.peer} is closed")
-        frame = encode(msg, request_id)
+        self._send_frame(encode(msg, request_id))
+
+    def reply(self, request_id: int, value: Any = None) -> None:
+        if not self.closed:
+            self.send(m.Ok(value), request_id)
+
+    def reply_raw(self, request_id: int, payload: memoryview) -> None:
+        """Answer a ``request_into`` with bytes, without copying them into a frame."""
+        if self.closed:
+            return
+        payload = payload.cast("B") if payload.format != "B" else payload
+        header = _packb([request_id, payload.nbytes])
+        prefix = (RAW_FLAG | (4 + len(header) + payload.nbytes)).to_bytes(4, "little")
+        self._send_frame(prefix + len(header).to_bytes(4, "little") + header)
+        self._send_frame(payload)
+
+    def _send_frame(self, frame: bytes | memoryview) -> None:
         if not self._queued and not self._writing and self._direct is not None:
             try:
                 sent = self._direct.send(frame)
@@ -284,13 +304,32 @@ class Connection:
                 sent = 0
             if sent == len(frame):
                 return
-            frame = frame[sent:]
+            frame = memoryview(frame)[sent:]
         self._queued += 1
         self._send_channel.send_nowait(frame)
 
-    def reply(self, request_id: int, value: Any = None) -> None:
-        if not self.closed:
-            self.send(m.Ok(value), request_id)
+    async def request_into(self, msg: Any, destination: memoryview) -> int:
+        """Like ``request``, for a reply of raw bytes: they land in ``destination``."""
+        request_id = next(self._ids)
+        slot: list = [trio.Event(), None, None, destination]
+        self._waiting[request_id] = slot
+        try:
+            self.send(msg, request_id)
+            await slot[0].wait()
+        finally:
+            self._waiting.pop(request_id, None)
+        reply = slot[1]
+        if type(reply) is int:
+            return reply
+        if isinstance(reply, m.Ok):  # a peer that answered with an ordinary value
+            data = memoryview(reply.value).cast("B")
+            destination[: data.nbytes] = data
+            return data.nbytes
+        if isinstance(reply, m.Fail):
+            error = RemoteCallError(reply.message)
+            error.kind = reply.kind
+            raise error
+        raise ClusterConnectionError(f"the connection to {self.peer} closed before it replied")
 
     def reply_error(self, request_id: int, kind: str, message: str) -> None:
         if not self.closed:
@@ -348,7 +387,13 @@ class Connection:
                 size += len(frame)
             self._queued -= len(batch)
             self._writing = True
-            await send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+            if len(batch) == 1:
+                await send_all(batch[0])
+            elif size <= 4 << 20:
+                await send_all(b"".join(batch))
+            else:  # a raw payload is in there: don't copy it into a joined buffer
+                for frame in batch:
+                    await send_all(frame)
             self._writing = False
 
     async def _read_loop(self) -> None:
@@ -368,6 +413,13 @@ class Connection:
             end = len(buf)
             while end - pos >= 4:
                 size = int.from_bytes(buf[pos : pos + 4], "little")
+                if size & RAW_FLAG:
+                    taken = await self._read_raw(buf, pos, end, size & ~RAW_FLAG)
+                    if taken is None:
+                        break  # its header has not fully arrived yet
+                    pos += taken
+                    end = len(buf)
+                    continue
                 if size > MAX_FRAME:
                     raise ProtocolError(f"{self.peer} sent a frame of {size} bytes")
                 if end - pos - 4 < size:
@@ -388,6 +440,44 @@ class Connection:
                 handler(self, msg, request_id)
             if pos:
                 del buf[:pos]
+
+    async def _read_raw(self, buf: bytearray, pos: int, end: int, size: int) -> int | None:
+        """Handle a raw frame at ``buf[pos:]``: its payload goes straight to its destination.
+
+        Returns how many bytes of ``buf`` it consumed, or None if its header is incomplete.
+        The rest of the payload is read from the socket directly into the destination.
+        """
+        if size > MAX_FRAME:
+            raise ProtocolError(f"{self.peer} sent a frame of {size} bytes")
+        if end - pos < 8:
+            return None
+        header_size = int.from_bytes(buf[pos + 4 : pos + 8], "little")
+        start = pos + 8 + header_size
+        if end < start:
+            return None
+        try:
+            request_id, n = _unpackb(buf[pos + 8 : start])
+        except Exception as exc:
+            raise ProtocolError(f"received a malformed raw frame ({exc})") from None
+        if n != size - 4 - header_size:
+            raise ProtocolError(f"{self.peer} sent a raw frame whose sizes disagree")
+        slot = self._waiting.get(request_id)
+        destination = slot[3] if slot is not None and len(slot) > 3 else None
+        if destination is None or destination.nbytes < n:
+            destination = memoryview(bytearray(n))  # no room for it: the asker gets its size only
+        have = min(end - start, n)
+        destination[:have] = buf[start : start + have]
+        received = have
+        recv_into = self.stream.socket.recv_into
+        while received < n:
+            got = await recv_into(destination[received:n], n - received)
+            if not got:
+                raise trio.BrokenResourceError("the peer closed the connection mid-frame")
+            received += got
+        if slot is not None:
+            slot[1] = n
+            slot[0].set()
+        return start + have - pos
 
     def _close(self) -> None:
         if self.closed:

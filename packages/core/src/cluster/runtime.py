@@ -992,8 +992,9 @@ class Runtime:
     # --------------------------------------------------------------- get / wait (user thread)
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
         entries = self._wait_entries(refs, timeout)
-        return [self.load_entry(entry) for entry in entries]
+        return [self.load_entry(entry, deadline) for entry in entries]
 
     def _wait_entries(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
         values = self._values
@@ -1048,7 +1049,7 @@ class Runtime:
         chosen = {ref._id for ref in ready}
         return ready, [ref for ref in refs if ref._id not in chosen]
 
-    def load_entry(self, entry: list) -> Any:
+    def load_entry(self, entry: list, deadline: float | None = None) -> Any:
         if entry[0] == v.INLINE:
             return self.loads(entry[1], entry[2], entry[3])
         object_id = entry[1]
@@ -1063,7 +1064,7 @@ class Runtime:
             attempts += 1
             if attempts > 3:  # copies are evictable: one may go again before we map it
                 raise ObjectLostError(f"object {object_id.hex()} could not be copied to this node")
-            self.call_async(self._copy_here, entry)
+            self.call_async(self._copy_here, entry, deadline)
             stored = self.store.get(object_id)
             if self.private_store:
                 # A private copy lives as long as the value loaded from it (its views hold
@@ -1081,8 +1082,17 @@ class Runtime:
                     self.register_borrowed(incoming)
         return value
 
-    async def _copy_here(self, entry: list) -> None:
+    async def _copy_here(self, entry: list, deadline: float | None = None) -> None:
         """Have this node hold a copy of a stored object that lives on another node."""
+        if deadline is not None:
+            with trio.move_on_after(deadline - time.monotonic()) as scope:
+                await self._copy_here(entry)
+            if scope.cancelled_caught:
+                raise GetTimeoutError(
+                    f"get timed out while copying object {entry[1].hex()} ({_mb(entry[4])}) "
+                    f"from node {entry[3]}"
+                )
+            return
         object_id, node_address = entry[1], entry[3]
         owner = entry[5] if len(entry) > 5 else ""
         if self.private_store:

@@ -75,19 +75,17 @@ async def _fetch_chunks(conn: Any, object_id: bytes, size: int, view: memoryview
                 failed.append(offset)
                 return
             try:
-                data = await conn.request(m.PullChunk(object_id, offset, length))
+                received = await conn.request_into(m.PullChunk(object_id, offset, length), view[offset : offset + length])
             except ClusterConnectionError:
                 failed.append(offset)
                 return
             except RemoteCallError as exc:
                 errors.append(ObjectLostError(f"object {object_id.hex()} could not be fetched from {source}: {exc}"))
                 return
-        if len(data) != length:
+        if received != length:
             errors.append(ObjectLostError(
-                f"object {object_id.hex()}: node {source} sent {len(data)} bytes for a chunk of {length}"
+                f"object {object_id.hex()}: node {source} sent {received} bytes for a chunk of {length}"
             ))
-            return
-        view[offset : offset + length] = data
 
     async with trio.open_nursery() as nursery:
         for offset in offsets:
@@ -119,7 +117,7 @@ class ChunkSource:
                 self._views.clear()
             self._views[msg.object_id] = view
         end = msg.offset + msg.length
-        conn.reply(request_id, view[msg.offset : end])
+        conn.reply_raw(request_id, view[msg.offset : end])
         if end >= len(view):
             self._views.pop(msg.object_id, None)
 
