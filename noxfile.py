@@ -77,5 +77,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """cluster vs Ray vs Dask: nox -s bench [-- --quick --repeat 3 --write-results bench/RESULTS.md]."""
-    install_packages(session, "numpy", "ray[default]==2.60.0", "dask[distributed]==2026.8.0")
+    install_packages(
+        session, "numpy", "psutil", "ray[default]==2.60.0", "dask[distributed]==2026.8.0"
+    )
     session.run("python", "bench/run.py", *session.posargs)

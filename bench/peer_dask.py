@@ -5,13 +5,21 @@
 Equivalents of the Ray-style calls: ``f.remote()`` -> ``client.submit(f, pure=False)``,
 ``put`` -> ``client.scatter(x, hash=False)``, ``get`` -> ``client.gather``, ``wait`` ->
 ``distributed.wait``. ``pure=False`` / ``hash=False`` everywhere, so Dask never dedupes.
+
+Two nodes, for the transfer metric, are the two worker processes of a LocalCluster, each
+holding its objects in its own memory; a task is pinned to one with ``workers=[address]``.
+The spill metric has no Dask equivalent (see ``small_store_cluster``) and reports n/a.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
+
+from _engine import load_engine
 
 HOST = "127.0.0.1"
 CLUSTER_KWARGS: dict[str, Any] = {
@@ -48,6 +56,16 @@ def _sum(array: Any) -> float:
     return float(array.sum())
 
 
+def _fill(nbytes: int, fill: int) -> Any:
+    import numpy as np
+
+    return np.full(nbytes, fill, dtype=np.uint8)
+
+
+def _probe(array: Any) -> tuple[int, int, int]:
+    return array.nbytes, int(array[0]), int(array[-1])
+
+
 class DaskBackend:
     framework = "dask"
     # client.gather copies the array over TCP from a worker process: never shared memory.
@@ -56,6 +74,7 @@ class DaskBackend:
     def __init__(self) -> None:
         self._cluster: Any = None
         self._client: Any = None
+        self._workers: dict[str, str] = {}  # "a" / "b" -> worker address
 
     def version(self) -> str:
         import dask
@@ -64,26 +83,50 @@ class DaskBackend:
         return f"{dask.__version__} (distributed {distributed.__version__})"
 
     def describe(self) -> str:
+        own = "two nodes: its 2 workers, tasks pinned with workers=[address]"
         if self._address is None:
-            return f"LocalCluster({CLUSTER_KWARGS})"
-        return f"LocalCluster({CLUSTER_KWARGS}); scheduler {self._address}"
+            return f"LocalCluster({CLUSTER_KWARGS}); {own}"
+        return f"LocalCluster({CLUSTER_KWARGS}); scheduler {self._address}; {own}"
 
     _address: str | None = None
 
     def cold_start_argv(self) -> list[str]:
         return [sys.executable, "-c", _COLD_START]
 
-    def start(self) -> None:
+    def start(self, **cluster_options: Any) -> None:
         from dask.distributed import Client, LocalCluster, wait
 
         self._wait = wait
-        self._cluster = LocalCluster(**CLUSTER_KWARGS)
+        self._cluster = LocalCluster(**CLUSTER_KWARGS, **cluster_options)
         self._client = Client(self._cluster)
         self._address = self._client.scheduler.address
         workers = self._client.scheduler_info()["workers"]
         off_loopback = [a for a in [self._address, *workers] if f"//{HOST}:" not in a]
         if off_loopback:
             raise RuntimeError(f"dask left loopback: {off_loopback}")
+
+    @contextlib.contextmanager
+    def two_node_cluster(self, store_bytes: int, scratch: str) -> Iterator[None]:
+        # Dask has no object store to size: a worker keeps results in its own memory (and
+        # spills by its memory limit, by default a share of the machine's RAM).
+        try:
+            self.start(local_directory=scratch)
+            a, b = sorted(self._client.scheduler_info()["workers"])
+            self._workers = {"a": a, "b": b}
+            yield
+        finally:
+            self._workers = {}
+            self.stop()
+
+    def small_store_cluster(self, store_bytes: int, scratch: str) -> Any:
+        raise load_engine().NotMeasured(
+            "Dask has no fixed-size object store: a worker keeps objects in its own memory "
+            "and spills by thresholds on its whole process memory (memory_limit), so 200 MB "
+            "would pause or restart the worker rather than spill"
+        )
+
+    def store_paths(self) -> list[str]:
+        return []
 
     def stop(self) -> None:
         try:
@@ -103,6 +146,21 @@ class DaskBackend:
     def sum_task(self, ref: Any) -> Any:
         return self._client.submit(_sum, ref, pure=False)
 
+    def fill_task(self, nbytes: int, fill: int, node: str) -> Any:
+        return self._client.submit(
+            _fill,
+            nbytes,
+            fill,
+            workers=[self._workers[node]],
+            allow_other_workers=False,
+            pure=False,
+        )
+
+    def probe_task(self, ref: Any, node: str) -> Any:
+        return self._client.submit(
+            _probe, ref, workers=[self._workers[node]], allow_other_workers=False, pure=False
+        )
+
     def put(self, value: Any) -> Any:
         return self._client.scatter(value, hash=False)
 
@@ -116,10 +174,11 @@ class DaskBackend:
         done, _ = self._wait(refs)
         return len(done)
 
+    def wait_done(self, refs: list[Any]) -> None:
+        self._wait(refs)
+
 
 def main(argv: list[str] | None = None) -> int:
-    from _engine import load_engine
-
     return load_engine().main_for(DaskBackend(), argv, prog="peer_dask.py")
 
 

@@ -5,13 +5,20 @@
 Ray is kept on loopback: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 must be set before ray is
 imported (else it moves to the machine's own address even with _node_ip_address), and it is
 set here at import time so that the cold-start child inherits it too.
+
+The metrics with a cluster of their own keep all of Ray's files (sessions, sockets, the
+address file, spilled objects) in the engine's scratch directory through RAY_TMPDIR, and
+start their nodes as children of this process (``ray.cluster_utils.Cluster`` for two
+raylets), so they are stopped by pid, never with ``ray stop``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from _engine import load_engine
@@ -48,8 +55,27 @@ def _sum(array: Any) -> float:
     return float(array.sum())
 
 
-class RayBackend(load_engine().RayStyleBackend):
+def _fill(nbytes: int, fill: int) -> Any:
+    import numpy as np
+
+    return np.full(nbytes, fill, dtype=np.uint8)
+
+
+def _probe(array: Any) -> tuple[int, int, int]:
+    return array.nbytes, int(array[0]), int(array[-1])
+
+
+ENGINE = load_engine()
+TASKS = ENGINE.TaskFunctions(_noop, _sleep, _sum, _fill, _probe)
+
+
+class RayBackend(ENGINE.RayStyleBackend):
     framework = "ray"
+    # ray.wait pulls finished objects to the driver's node unless told not to.
+    wait_done_options = {"fetch_local": False}
+
+    def __init__(self) -> None:
+        super().__init__(TASKS)
 
     def version(self) -> str:
         import ray
@@ -57,9 +83,13 @@ class RayBackend(load_engine().RayStyleBackend):
         return ray.__version__
 
     def describe(self) -> str:
+        own = (
+            "two nodes: ray.cluster_utils.Cluster, 1 CPU each; small store: "
+            "ray.init(num_cpus=2, object_store_memory=..., object_spilling_directory=...)"
+        )
         if self._node_ip is None:
-            return "ray.init(num_cpus=2) on 127.0.0.1"
-        return f"ray.init(num_cpus=2); node bound to {self._node_ip}, gcs {self._gcs}"
+            return f"ray.init(num_cpus=2) on 127.0.0.1; {own}"
+        return f"ray.init(num_cpus=2); node bound to {self._node_ip}, gcs {self._gcs}; {own}"
 
     def cold_start_argv(self) -> list[str]:
         return [sys.executable, "-c", _COLD_START]
@@ -67,20 +97,68 @@ class RayBackend(load_engine().RayStyleBackend):
     _node_ip: str | None = None
     _gcs: str | None = None
 
-    def start(self) -> None:
+    def start(self, **init_options: Any) -> None:
         import ray
 
-        ray.init(address="local", num_cpus=2, _node_ip_address=NODE_IP)
-        self._bind(ray, _noop, _sleep, _sum)
+        ray.init(address="local", num_cpus=2, _node_ip_address=NODE_IP, **init_options)
+        self._bind(ray)
+        self._check_loopback()
+
+    def _check_loopback(self) -> None:
+        import ray
+
         ctx = ray.get_runtime_context()
         self._gcs = ctx.gcs_address
         self._node_ip = ray.util.get_node_ip_address()
-        if not self._gcs.startswith(NODE_IP) or self._node_ip != NODE_IP:
-            raise RuntimeError(f"ray left loopback: node {self._node_ip}, gcs {self._gcs}")
+        addresses = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+        if not self._gcs.startswith(NODE_IP) or self._node_ip != NODE_IP or addresses != {NODE_IP}:
+            raise RuntimeError(
+                f"ray left loopback: driver {self._node_ip}, gcs {self._gcs}, nodes {addresses}"
+            )
+
+    @contextlib.contextmanager
+    def two_node_cluster(self, store_bytes: int, scratch: str) -> Iterator[None]:
+        import ray
+        from ray.cluster_utils import Cluster
+
+        node = {"num_cpus": 1, "object_store_memory": store_bytes, "node_ip_address": NODE_IP}
+        with ENGINE.scoped_env(RAY_TMPDIR=scratch):
+            nodes = Cluster()
+            try:
+                # The first node is the head; the driver attaches to it (node "a").
+                nodes.add_node(**node, resources={"a": 1}, include_dashboard=False)
+                nodes.add_node(**node, resources={"b": 1})
+                nodes.wait_for_nodes()
+                ray.init(address=nodes.address, _node_ip_address=NODE_IP)
+                self._bind(ray)
+                self._check_loopback()
+                yield
+            finally:
+                self._api = None
+                ray.shutdown()  # also after a half-done init
+                nodes.shutdown()  # kills each node's processes by pid and waits for them
+
+    @contextlib.contextmanager
+    def small_store_cluster(self, store_bytes: int, scratch: str) -> Iterator[None]:
+        import ray
+
+        with ENGINE.scoped_env(RAY_TMPDIR=scratch):
+            try:
+                self.start(
+                    object_store_memory=store_bytes,
+                    object_spilling_directory=os.path.join(scratch, "spill"),
+                )
+                yield
+            finally:
+                self._api = None
+                ray.shutdown()  # also after a half-done init
+
+    def store_paths(self) -> list[str]:
+        return []  # plasma is one file that the raylet maps for its whole life
 
 
 def main(argv: list[str] | None = None) -> int:
-    return load_engine().main_for(RayBackend(), argv, prog="peer_ray.py")
+    return ENGINE.main_for(RayBackend(), argv, prog="peer_ray.py")
 
 
 if __name__ == "__main__":

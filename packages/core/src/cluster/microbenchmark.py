@@ -1,11 +1,15 @@
-"""Single-node microbenchmarks for cluster (``cluster microbenchmark``).
+"""Microbenchmarks for cluster (``cluster microbenchmark``).
+
+Most metrics run on one shared single-node cluster of 2 worker CPUs; a few start a cluster of
+their own (two nodes on this machine, or a node with a small object store) and stop it again.
 
 The module has two layers:
 
 * a framework-neutral engine (``METRICS``, ``run_backend``, ``main_for``) that knows how to
   time each metric against any object implementing the small ``Backend`` protocol, and
 * ``ClusterBackend``, the adapter for our own public API (``cluster.init``, ``cluster.remote``,
-  ``cluster.get``, ``cluster.put``, ``cluster.wait``, ``cluster.shutdown``).
+  ``cluster.get``, ``cluster.put``, ``cluster.wait``, ``cluster.nodes``, ``cluster.shutdown``;
+  the two-node cluster is started with the ``cluster start`` CLI, via ``cluster.testing``).
 
 ``bench/peer_ray.py`` and ``bench/peer_dask.py`` load this very file by path and plug in their
 own backends, so all three frameworks are measured by the same loops, counts and clocks.  Keep
@@ -18,11 +22,13 @@ Run it as ``python -m cluster.microbenchmark [--json] [--quick] [--only NAME,...
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import platform
 import queue
+import re
 import signal
 import statistics
 import subprocess
@@ -31,13 +37,18 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 MIB = 1 << 20
 BIG_BYTES = 100 * MIB  # the "100 MiB" array: 13,107,200 float64 values
 GB = 1e9  # throughput is reported in decimal GB/s (100 MiB = 0.105 GB)
+MB = 1e6
+SPILL_STORE_BYTES = 200 * 10**6  # the object store of spill_peak_mem_gb's node
+SPILL_OBJECT_BYTES = 100 * 10**6  # one object put by spill_peak_mem_gb
+MEMORY_SAMPLE_S = 0.05  # how often spill_peak_mem_gb samples the cluster's memory
 
 # Guards so that a framework that hangs turns into an error entry instead of a stuck run.
 GET_TIMEOUT_S = 120.0  # one get of one ref
@@ -55,7 +66,9 @@ class Metric:
     unit: str
     higher_is_better: bool
     description: str
-    in_cluster: bool = True  # False: measured in a child process, not the driver's cluster
+    # False: measured outside the shared single-node cluster, in a child process or in a
+    # cluster the metric starts and stops itself (before the shared one exists).
+    in_cluster: bool = True
 
 
 METRICS: tuple[Metric, ...] = (
@@ -77,6 +90,21 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric("wait_1000_ready_ms", "ms", False, "wait(num_returns=1000) on 1,000 finished refs"),
     Metric("sleep_1ms_10k_per_s", "tasks/s", True, "10,000 tasks sleeping 1 ms (ideal: 2,000/s)"),
+    Metric(
+        "transfer_1gb_gbps",
+        "GB/s",
+        True,
+        "two nodes, one machine: a task on node b reading a 1 GB array made on node a",
+        in_cluster=False,
+    ),
+    Metric(
+        "spill_peak_mem_gb",
+        "GB",
+        False,
+        "peak memory of driver + cluster (PSS + shared memory) while 1 GB goes through a "
+        "200 MB store: put 10 x 100 MB, refs held, then get and check each",
+        in_cluster=False,
+    ),
 )
 METRIC_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 
@@ -95,12 +123,23 @@ class Counts:
     wait_calls: int
     sleep_tasks: int
     time_cap_s: float  # one-at-a-time loops stop early past this (and say so in the note)
+    transfer_bytes: int  # the object moved between nodes by transfer_1gb_gbps
+    transfer_reps: int
+    spill_objects: int  # how many SPILL_OBJECT_BYTES objects spill_peak_mem_gb puts
 
 
 def counts_for(quick: bool) -> Counts:
+    """``--quick`` also shrinks the big objects: a 200 MB transfer, 400 MB through the store."""
     if quick:
-        return Counts(1, 100, 1_000, 200, 200, 3, 1_000, 10, 1_000, 20.0)
-    return Counts(3, 1_000, 10_000, 2_000, 2_000, 10, 1_000, 100, 10_000, 60.0)
+        return Counts(1, 100, 1_000, 200, 200, 3, 1_000, 10, 1_000, 20.0, 200 * 10**6, 3, 4)
+    return Counts(3, 1_000, 10_000, 2_000, 2_000, 10, 1_000, 100, 10_000, 60.0, 10**9, 5, 10)
+
+
+class NotMeasured(Exception):
+    """Raised by a backend for a metric its framework has no natural equivalent of.
+
+    The metric is reported as n/a with the message as its note, not as an error.
+    """
 
 
 class Backend(Protocol):
@@ -123,6 +162,37 @@ class Backend(Protocol):
     def get(self, ref: Any) -> Any: ...
     def get_many(self, refs: list[Any]) -> list[Any]: ...
     def wait_all(self, refs: list[Any]) -> int: ...
+
+    # Metrics with a cluster of their own. Each context manager starts that cluster and
+    # connects the driver to it on entry; on exit (also after an error) it disconnects and
+    # stops every process it started. In between, the methods above act on that cluster.
+    # ``scratch`` is an empty directory for the cluster's session files and spilled objects;
+    # the engine removes it afterwards.
+    def two_node_cluster(self, store_bytes: int, scratch: str) -> AbstractContextManager[None]:
+        """Two nodes on this machine, each with its own object store of ``store_bytes`` and
+        one CPU; one offers the custom resource ``"a"``, the other ``"b"``."""
+        ...
+
+    def small_store_cluster(self, store_bytes: int, scratch: str) -> AbstractContextManager[None]:
+        """One node with 2 CPUs whose object store holds ``store_bytes`` and spills to disk."""
+        ...
+
+    def fill_task(self, nbytes: int, fill: int, node: str) -> Any:
+        """A task on ``node`` ("a" or "b") returning ``np.full(nbytes, fill, np.uint8)``."""
+        ...
+
+    def probe_task(self, ref: Any, node: str) -> Any:
+        """A task on ``node`` taking the array ``ref``, returning ``(nbytes, first, last)``."""
+        ...
+
+    def wait_done(self, refs: list[Any]) -> None:
+        """Block until ``refs`` are finished, without fetching their values to the driver."""
+        ...
+
+    def store_paths(self) -> list[str]:
+        """Directories holding the object store's shared-memory files that no process may
+        map (our store keeps one file per object); empty where the store is one mapping."""
+        ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,6 +379,105 @@ def _m_sleep(b: Backend, c: Counts) -> tuple[float, str]:
     return rate, f"{n:,} tasks; {rate / 2000:.0%} of the 2-CPU ideal"
 
 
+@contextlib.contextmanager
+def _own_cluster_scope(prefix: str) -> Iterator[tuple[str, ProcessTree]]:
+    """A scratch directory and this process's tree, for a metric with a cluster of its own.
+
+    On exit, whatever that cluster left running below this process is stopped by pid.
+    """
+    tree = ProcessTree()
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as scratch:
+        try:
+            yield scratch, tree
+        finally:
+            leftovers = tree.stop_leftovers()
+            if leftovers:
+                _log(f"killed processes that outlived the cluster: {', '.join(leftovers)}")
+
+
+def _check_probe(probed: Any, nbytes: int, fill: int) -> None:
+    if tuple(probed) != (nbytes, fill, fill):
+        raise RuntimeError(f"probe returned {probed!r}, expected {(nbytes, fill, fill)!r}")
+
+
+def _transfer_once(b: Backend, nbytes: int, fill: int) -> float:
+    """Seconds for a task on node b to read a fresh array made on node a (not timed: making it)."""
+    ref = b.fill_task(nbytes, fill, "a")
+    b.wait_done([ref])
+    start = time.perf_counter()
+    probed = b.get(b.probe_task(ref, "b"))
+    elapsed = time.perf_counter() - start
+    _check_probe(probed, nbytes, fill)
+    return elapsed
+
+
+def _m_transfer(b: Backend, c: Counts) -> tuple[float, str]:
+    n = c.transfer_bytes
+    # Room for three objects per store: a freed object may still be there when the next lands.
+    with _own_cluster_scope("bench-xfer-") as (scratch, tree), b.two_node_cluster(3 * n, scratch):
+        # Untimed: start the workers of both nodes, then move one full-size object, so the
+        # first timed read pays neither worker start-up nor the store's first touch of memory.
+        _transfer_once(b, 1 << 20, 255)
+        _transfer_once(b, n, 254)
+        tree.pids()  # remember the cluster's processes, for the teardown
+        times = []
+        for rep in range(c.transfer_reps):
+            gc.collect()
+            times.append(_transfer_once(b, n, rep))  # a fresh object: nothing cached on b
+    med = statistics.median(times)
+    note = (
+        f"{n / GB:g} GB uint8 array made by a task on node a, read by a task on node b "
+        f"(submit -> result); median of {len(times)}: "
+        + ", ".join(f"{t:.2f}" for t in times)
+        + " s"
+    )
+    return n / GB / med, note
+
+
+def _m_spill_peak_mem(b: Backend, c: Counts) -> tuple[float, str]:
+    import numpy as np
+
+    k, size = c.spill_objects, SPILL_OBJECT_BYTES
+    with (
+        _own_cluster_scope("bench-spill-") as (scratch, tree),
+        b.small_store_cluster(SPILL_STORE_BYTES, scratch),
+    ):
+        _warm_up(b)  # the cluster's workers are up, as in any cluster that has run a task
+        sampler = MemorySampler(tree, b.store_paths())
+        idle = sampler.read(full=True)
+        with sampler:
+            start = time.perf_counter()
+            refs = []
+            for i in range(k):
+                array = np.full(size, i, dtype=np.uint8)
+                refs.append(b.put(array))
+                del array
+            put_done = time.perf_counter()
+            for i, ref in enumerate(refs):
+                got = b.get(ref)
+                if got.nbytes != size or int(got.min()) != i or int(got.max()) != i:
+                    raise RuntimeError(f"object {i} came back wrong")
+                del got
+            end = time.perf_counter()
+        del refs
+    peak = sampler.peak
+    assert peak is not None
+    interval_ms = sampler.elapsed / max(sampler.samples - 1, 1) * 1e3
+    note = (
+        f"peak {peak.total / GB:.2f} GB = {peak.process / GB:.2f} GB PSS without shared memory "
+        f"of {peak.processes} processes (driver and its descendants; exact at every "
+        f"{FULL_READING_EVERY}th sample, RssAnon changes between) + {peak.shared / GB:.2f} GB "
+        "of distinct shared-memory "
+        "files they map or the store holds (allocated size); "
+        f"idle {idle.total / GB:.2f} GB; spill time {end - start:.1f} s (put {k} x "
+        f"{size / MB:.0f} MB {put_done - start:.1f} s, get + check {end - put_done:.1f} s); "
+        f"{sampler.samples} samples, one per {interval_ms:.0f} ms"
+    )
+    if sampler.unsized:
+        note += f"; {sampler.unsized} shared mappings could not be sized (not root?)"
+    return peak.total / GB, note
+
+
 MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
     "cold_start_s": _m_cold_start,
     "noop_sync_per_s": _m_noop_sync,
@@ -320,6 +489,8 @@ MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
     "task_100mb_arg_gbps": _m_task_big_arg,
     "wait_1000_ready_ms": _m_wait_ready,
     "sleep_1ms_10k_per_s": _m_sleep,
+    "transfer_1gb_gbps": _m_transfer,
+    "spill_peak_mem_gb": _m_spill_peak_mem,
 }
 
 
@@ -444,6 +615,306 @@ def spawn_until_result(
 
 
 # --------------------------------------------------------------------------------------------
+# Processes and memory of a cluster started by this process (needs psutil).
+# --------------------------------------------------------------------------------------------
+
+
+def _helpers_of_this_process() -> set[int]:
+    """Children that serve this process for its whole life, not a cluster: multiprocessing's
+    resource tracker (started by Dask's LocalCluster, reused by the next one)."""
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    pid = getattr(getattr(tracker, "_resource_tracker", None), "_pid", None)
+    return {pid} if isinstance(pid, int) else set()
+
+
+class ProcessTree:
+    """This process and its descendants; remembers every descendant it has seen."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._root = psutil.Process()
+        self._before = {self._key(p) for p in self._children()}
+        self._seen: dict[tuple[int, float], Any] = {}
+        self._lock = threading.Lock()
+
+    def _key(self, proc: Any) -> tuple[int, float]:
+        try:
+            return proc.pid, proc.create_time()
+        except self._psutil.Error:
+            return proc.pid, 0.0
+
+    def _children(self) -> list[Any]:
+        try:
+            return self._root.children(recursive=True)
+        except self._psutil.Error:
+            return []
+
+    def pids(self) -> list[int]:
+        """The root and its live descendants (those started since are remembered)."""
+        children = self._children()
+        with self._lock:
+            for proc in children:
+                key = self._key(proc)
+                if key not in self._before:
+                    self._seen.setdefault(key, proc)
+        return [self._root.pid, *(p.pid for p in children)]
+
+    def stop_leftovers(self, grace_s: float = 15.0) -> list[str]:
+        """Kill, by pid, the descendants seen since creation still alive after ``grace_s``.
+
+        A cluster's processes may leave this tree when their parent exits first, so the ones
+        seen earlier are checked too. Returns "pid (command line)" of those it killed.
+        """
+        self.pids()
+        helpers = _helpers_of_this_process()
+        deadline = time.monotonic() + grace_s
+        while True:
+            alive = [p for p in self._seen.values() if p.pid not in helpers and self._running(p)]
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        killed = []
+        for proc in alive:
+            with contextlib.suppress(self._psutil.Error):
+                killed.append(f"{proc.pid} ({' '.join(proc.cmdline())[:80]})")
+                proc.kill()  # psutil checks the pid still names the same process
+        return killed
+
+    def _running(self, proc: Any) -> bool:
+        try:
+            return proc.is_running() and proc.status() != self._psutil.STATUS_ZOMBIE
+        except self._psutil.Error:
+            return False
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    """The memory of a process tree and its shared-memory object store, in bytes.
+
+    ``process``: the sum over the processes of their PSS (proportional set size, from
+    /proc/PID/smaps_rollup) minus its shared-memory part (``Pss_Shmem``). ``shared``: the
+    allocated size (st_blocks) of each distinct tmpfs / memfd / SysV file that one of the
+    processes maps or that lies in the store's directories, counted once whether mapped or not
+    (a store's pages stay in RAM when nobody maps them). Page cache of spill files on disk
+    is not counted.
+    """
+
+    process: int
+    shared: int
+    processes: int
+
+    @property
+    def total(self) -> int:
+        return self.process + self.shared
+
+
+_ROLLUP_RE = re.compile(rb"^(Pss|Pss_Shmem):\s+(\d+) kB", re.M)
+_RSS_ANON_RE = re.compile(rb"^RssAnon:\s+(\d+) kB", re.M)
+_SHM_NAMES = ("/memfd:", "/dev/zero", "/SYSV")  # shmem without a mounted tmpfs path
+FULL_READING_EVERY = 10  # readings; at 50 ms intervals, an exact PSS every 0.5 s
+
+
+def _tmpfs_mounts() -> tuple[set[tuple[int, int]], list[str]]:
+    """(device numbers, mount points) of the tmpfs file systems, from /proc/self/mountinfo."""
+    devices, points = set(), []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields, _, rest = line.partition(" - ")
+            parts = fields.split()
+            if rest.split()[0] == "tmpfs":
+                major, minor = parts[2].split(":")
+                devices.add((int(major), int(minor)))
+                points.append(parts[4].replace("\\040", " "))
+    return devices, points
+
+
+def _pss_without_shmem(pid: int) -> int | None:
+    """PSS minus its shared-memory part, in bytes; None for a zombie (no memory left)."""
+    with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+        fields = dict(_ROLLUP_RE.findall(f.read()))
+    if b"Pss" not in fields:
+        return None
+    if b"Pss_Shmem" not in fields:
+        raise RuntimeError("needs a Linux kernel whose smaps_rollup reports Pss_Shmem")
+    return (int(fields[b"Pss"]) - int(fields[b"Pss_Shmem"])) * 1024
+
+
+def _rss_anon(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        found = _RSS_ANON_RE.search(f.read())
+    return int(found.group(1)) * 1024 if found else 0
+
+
+class MemoryMeter:
+    """Reads the memory of a ``ProcessTree`` (see ``MemoryReading`` for what is counted).
+
+    smaps_rollup costs the kernel a walk of the page tables (1-7 ms per process of a Ray
+    cluster), too much for every 50 ms. So a *full* reading, every ``FULL_READING_EVERY``
+    readings, looks at the tree again, reads each process's PSS and finds the shared-memory
+    files it maps (/proc/PID/maps); a *light* reading in between takes each process's last
+    PSS plus the change of its RssAnon since (the private memory it touched or freed; a
+    cheap counter in /proc/PID/status), and stats the shared-memory files already found and
+    the store directories again.
+    """
+
+    def __init__(self, tree: ProcessTree, store_paths: Sequence[str]) -> None:
+        self.tree = tree
+        self.store_paths = list(store_paths)
+        self._devices, points = _tmpfs_mounts()
+        self._markers = [(p.rstrip("/") + "/").encode() for p in points] + [
+            n.encode() for n in _SHM_NAMES
+        ]
+        # pid -> (PSS without shmem, RssAnon) at the last full reading
+        self._base: dict[int, tuple[int, int]] = {}
+        # (major, minor, inode) of each mapped shared-memory file -> paths that stat it
+        self._mapped: dict[tuple[int, int, int], list[str]] = {}
+        self._readings = 0
+        self.unsized = 0  # mapped files that could not be stat'ed (map_files needs root)
+
+    def read(self, *, full: bool = False) -> MemoryReading:
+        full = full or self._readings % FULL_READING_EVERY == 0
+        self._readings += 1
+        process = self._read_full() if full else self._read_light()
+        files: dict[tuple[int, int, int], int] = {}
+        for key, candidates in self._mapped.items():
+            size = self._allocated(candidates, count_unsized=full)
+            if size is not None:
+                files[key] = size
+        for folder in self.store_paths:
+            for dirpath, _, names in os.walk(folder):
+                for name in names:
+                    with contextlib.suppress(OSError):
+                        st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+                        key = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+                        files.setdefault(key, st.st_blocks * 512)
+        return MemoryReading(process, sum(files.values()), len(self._base))
+
+    def _read_full(self) -> int:
+        self._base = {}
+        self._mapped = {}
+        for pid in self.tree.pids():
+            try:
+                pss = _pss_without_shmem(pid)
+                anon = _rss_anon(pid)
+                self._scan_maps(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # exited meanwhile
+            if pss is not None:
+                self._base[pid] = (pss, anon)
+        return sum(pss for pss, _ in self._base.values())
+
+    def _read_light(self) -> int:
+        total = 0
+        for pid, (pss, anon_then) in list(self._base.items()):
+            try:
+                anon = _rss_anon(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                del self._base[pid]  # exited
+                continue
+            total += max(0, pss + anon - anon_then)
+        return total
+
+    def _scan_maps(self, pid: int) -> None:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            maps = f.read()
+        if not any(marker in maps for marker in self._markers):
+            return  # most processes map no shared-memory file at all
+        for line in maps.splitlines():
+            # address perms offset major:minor inode path
+            parts = line.split(maxsplit=5)
+            if len(parts) < 6 or not any(parts[5].startswith(m) for m in self._markers):
+                continue
+            major, minor = (int(x, 16) for x in parts[3].split(b":"))
+            key = (major, minor, int(parts[4]))
+            name = parts[5].decode(errors="replace")
+            if (major, minor) not in self._devices and not name.startswith(_SHM_NAMES):
+                continue
+            paths = self._mapped.setdefault(key, [])
+            if not name.endswith(" (deleted)") and name not in paths:
+                paths.insert(0, name)
+            paths.append(f"/proc/{pid}/map_files/{parts[0].decode()}")
+
+    def _allocated(self, candidates: Sequence[str], *, count_unsized: bool) -> int | None:
+        """Bytes allocated to a file (st_blocks), by the first of its paths that stats."""
+        denied = False
+        for path in candidates:
+            try:
+                return os.stat(path).st_blocks * 512
+            except PermissionError:
+                denied = True
+            except OSError:
+                continue  # unmapped or removed meanwhile
+        if denied and count_unsized:
+            self.unsized += 1
+        return None
+
+
+class MemorySampler(MemoryMeter):
+    """Reads the memory every ``MEMORY_SAMPLE_S`` in a background thread while in a ``with``
+    block, keeping the reading with the largest total."""
+
+    def __init__(self, tree: ProcessTree, store_paths: Sequence[str]) -> None:
+        super().__init__(tree, store_paths)
+        self.peak: MemoryReading | None = None
+        self.samples = 0
+        self.elapsed = 0.0  # from the first sample to the last
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+        self._error: BaseException | None = None
+
+    def _sample(self, full: bool = False) -> None:
+        reading = self.read(full=full)
+        self.samples += 1
+        if self.peak is None or reading.total > self.peak.total:
+            self.peak = reading
+
+    def _run(self) -> None:
+        try:
+            while True:
+                started = time.monotonic()
+                self._sample()
+                if self._stop.wait(max(0.0, MEMORY_SAMPLE_S - (time.monotonic() - started))):
+                    return
+        except BaseException as exc:
+            self._error = exc
+
+    def __enter__(self) -> MemorySampler:
+        self._started = time.monotonic()
+        self._sample(full=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"memory sampling failed: {self._error!r}") from self._error
+        self._sample(full=True)
+        self.elapsed = time.monotonic() - self._started
+
+
+@contextlib.contextmanager
+def scoped_env(**values: str | None) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for the block; restore them after."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# --------------------------------------------------------------------------------------------
 # The engine.
 # --------------------------------------------------------------------------------------------
 
@@ -485,6 +956,9 @@ def _measure(backend: Backend, metric: Metric, counts: Counts) -> dict:
     start = time.perf_counter()
     try:
         value, note = MEASURE[metric.name](backend, counts)
+    except NotMeasured as exc:
+        _log(f"{tag} = n/a ({exc})")
+        return _entry(metric, None, f"n/a: {exc}")
     except Exception as exc:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         _log(f"{tag} FAILED after {time.perf_counter() - start:.1f} s: {detail}")
@@ -608,11 +1082,16 @@ def _numpy_version() -> str | None:
 def build_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=f"Single-node microbenchmarks of {framework} (2 worker CPUs).",
+        description=(
+            f"Microbenchmarks of {framework}: a single-node cluster of 2 worker CPUs, plus "
+            "clusters of their own for the two-node transfer and the small-store spill."
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument(
-        "--quick", action="store_true", help="divide task counts by 10 (smoke test)"
+        "--quick",
+        action="store_true",
+        help="divide task counts by 10; 200 MB transfer, 400 MB spilled (smoke test)",
     )
     parser.add_argument(
         "--only",
@@ -673,6 +1152,31 @@ def _sum(array: Any) -> float:
     return float(array.sum())
 
 
+def _fill(nbytes: int, fill: int) -> Any:
+    import numpy as np
+
+    return np.full(nbytes, fill, dtype=np.uint8)
+
+
+def _probe(array: Any) -> tuple[int, int, int]:
+    return array.nbytes, int(array[0]), int(array[-1])
+
+
+@dataclass(frozen=True)
+class TaskFunctions:
+    """The plain functions a Ray-style backend runs remotely.
+
+    Each caller passes its own, defined in a module its workers can import or in
+    ``__main__`` (a peer's workers cannot import this file: the peers load it by path).
+    """
+
+    noop: Callable[[], None]
+    sleep: Callable[[float], None]
+    total: Callable[[Any], float]  # the sum of an array
+    fill: Callable[[int, int], Any]  # np.full(nbytes, fill, dtype=np.uint8)
+    probe: Callable[[Any], tuple[int, int, int]]  # (nbytes, first, last) of a uint8 array
+
+
 _CLUSTER_COLD_START = f"""
 import cluster
 cluster.init(num_cpus=2)
@@ -687,23 +1191,24 @@ finally:
 
 
 class RayStyleBackend:
-    """Drives any framework with Ray's API (``remote``, ``get``, ``put``, ``wait``): ours, Ray.
-
-    ``tasks`` are the plain functions to run remotely (noop, sleep, sum); each caller passes
-    its own, defined in a module its workers can import or in ``__main__``.
-    """
+    """Drives any framework with Ray's API (``remote``, ``get``, ``put``, ``wait``): ours, Ray."""
 
     framework = ""
     zero_copy_possible = True
+    # Extra keyword arguments for ``wait`` in ``wait_done`` (Ray: don't pull to the driver).
+    wait_done_options: dict[str, Any] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, tasks: TaskFunctions) -> None:
+        self._tasks = tasks
         self._api: Any = None
 
-    def _bind(self, api: Any, noop: Any, sleep: Any, total: Any) -> None:
+    def _bind(self, api: Any) -> None:
         self._api = api
-        self._noop = api.remote(noop)
-        self._sleep = api.remote(sleep)
-        self._sum = api.remote(total)
+        self._noop = api.remote(self._tasks.noop)
+        self._sleep = api.remote(self._tasks.sleep)
+        self._sum = api.remote(self._tasks.total)
+        self._fill = api.remote(self._tasks.fill)
+        self._probe = api.remote(self._tasks.probe)
 
     def stop(self) -> None:
         if self._api is not None:
@@ -719,6 +1224,12 @@ class RayStyleBackend:
     def sum_task(self, ref: Any) -> Any:
         return self._sum.remote(ref)
 
+    def fill_task(self, nbytes: int, fill: int, node: str) -> Any:
+        return self._fill.options(resources={node: 1}).remote(nbytes, fill)
+
+    def probe_task(self, ref: Any, node: str) -> Any:
+        return self._probe.options(resources={node: 1}).remote(ref)
+
     def put(self, value: Any) -> Any:
         return self._api.put(value)
 
@@ -732,9 +1243,19 @@ class RayStyleBackend:
         ready, _ = self._api.wait(refs, num_returns=len(refs), timeout=WAIT_TIMEOUT_S)
         return len(ready)
 
+    def wait_done(self, refs: list[Any]) -> None:
+        ready, _ = self._api.wait(
+            refs, num_returns=len(refs), timeout=GET_TIMEOUT_S, **self.wait_done_options
+        )
+        if len(ready) != len(refs):
+            raise TimeoutError(f"{len(refs) - len(ready)} tasks unfinished after {GET_TIMEOUT_S} s")
+
 
 class ClusterBackend(RayStyleBackend):
     framework = "cluster"
+
+    def __init__(self) -> None:
+        super().__init__(TaskFunctions(_noop, _sleep, _sum, _fill, _probe))
 
     def version(self) -> str:
         from importlib import metadata
@@ -747,20 +1268,58 @@ class ClusterBackend(RayStyleBackend):
             return str(getattr(cluster, "__version__", "unknown"))
 
     def describe(self) -> str:
-        return "cluster.init(num_cpus=2)"
+        return (
+            "cluster.init(num_cpus=2); two nodes: `cluster start --head` + `cluster start "
+            "--address`, 1 CPU each; small store: cluster.init(num_cpus=2, "
+            "object_store_memory=...)"
+        )
 
     def cold_start_argv(self) -> list[str]:
         return [sys.executable, "-c", _CLUSTER_COLD_START]
 
-    def start(self) -> None:
+    def start(self, **init_options: Any) -> None:
         import cluster
 
         try:
-            cluster.init(num_cpus=2)
+            cluster.init(**{"num_cpus": 2, **init_options})
         except BaseException:
             cluster.shutdown()  # init may have half-started before it raised
             raise
-        self._bind(cluster, _noop, _sleep, _sum)
+        self._bind(cluster)
+
+    @contextlib.contextmanager
+    def two_node_cluster(self, store_bytes: int, scratch: str) -> Iterator[None]:
+        import cluster
+        from cluster.testing import LocalCluster
+
+        # CLUSTER_TMPDIR: the daemons' records, sessions and spill dirs stay in scratch, and
+        # `cluster stop` (in LocalCluster.stop) sees only these daemons.
+        with scoped_env(CLUSTER_TMPDIR=scratch, CLUSTER_ADDRESS=None, CLUSTER_TOKEN=None):
+            nodes = LocalCluster(
+                scratch, num_cpus=1, resources={"a": 1}, object_store_memory=store_bytes
+            )
+            try:
+                nodes.start()
+                nodes.add_node(num_cpus=1, resources={"b": 1}, object_store_memory=store_bytes)
+                nodes.connect()
+                self._bind(cluster)
+                yield
+            finally:
+                self._api = None
+                nodes.stop()  # disconnects, `cluster stop`, then kills what is left by pid
+
+    @contextlib.contextmanager
+    def small_store_cluster(self, store_bytes: int, scratch: str) -> Iterator[None]:
+        # The local cluster's session (and so its spill directory) lives under CLUSTER_TMPDIR.
+        with scoped_env(CLUSTER_TMPDIR=scratch, CLUSTER_ADDRESS=None, CLUSTER_TOKEN=None):
+            try:
+                self.start(object_store_memory=store_bytes)
+                yield
+            finally:
+                self.stop()
+
+    def store_paths(self) -> list[str]:
+        return [node["store_path"] for node in self._api.nodes()]
 
 
 def run(*, quick: bool = False, only: list[str] | None = None) -> list[dict]:
