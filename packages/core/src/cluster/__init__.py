@@ -11,12 +11,15 @@
 """
 
 from cluster import exceptions
+from cluster.actor import ActorClass, ActorHandle, method
 from cluster.api import (
     RemoteFunction,
     cancel,
     get,
+    get_actor,
     init,
     is_initialized,
+    kill,
     nodes,
     put,
     remote,
@@ -30,6 +33,8 @@ from cluster.object_ref import ObjectRef
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorClass",
+    "ActorHandle",
     "ObjectRef",
     "RemoteFunction",
     "TaskError",
@@ -37,9 +42,12 @@ __all__ = [
     "cancel",
     "exceptions",
     "get",
+    "get_actor",
     "hookimpl",
     "init",
     "is_initialized",
+    "kill",
+    "method",
     "nodes",
     "put",
     "remote",

@@ -389,18 +389,22 @@ def _pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[bytes, list, list]:
 
 
 def remote(*args: Any, **options: Any) -> Any:
-    """Make a function a remote function: ``@cluster.remote`` or ``@cluster.remote(num_cpus=2)``."""
+    """Make a function a remote function, or a class an actor class: ``@cluster.remote`` or
+    ``@cluster.remote(num_cpus=2)``."""
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
     if args:
         raise TypeError("use @cluster.remote or @cluster.remote(option=value, ...)")
-    _check_options(options)
+    # Check what functions and actors share now; the rest once we see which it decorates.
+    _check_options({k: x for k, x in options.items() if k in ("num_cpus", "num_gpus", "resources")})
     return lambda fn: _make_remote(fn, options)
 
 
 def _make_remote(target: Any, options: Mapping[str, Any]) -> Any:
     if inspect.isclass(target):
-        raise NotImplementedError("remote classes (actors) are not available yet")
+        from cluster.actor import ActorClass
+
+        return ActorClass(target, options)
     if not callable(target):
         raise TypeError(f"@cluster.remote needs a function, got {type(target).__name__}")
     return RemoteFunction(target, options)
@@ -457,6 +461,30 @@ def cancel(ref: ObjectRef, *, force: bool = False) -> None:
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
     _rt().cancel(ref, force)
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    """Stop an actor at once: its pending and running calls fail with ActorDiedError.
+
+    With ``no_restart=False`` it is restarted if its ``max_restarts`` allows.
+    """
+    from cluster.actor import ActorHandle
+
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
+    _rt().kill_actor(actor, no_restart)
+
+
+def get_actor(name: str, namespace: str | None = None) -> Any:
+    """The handle of the live actor named ``name`` (created with ``C.options(name=...)``)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"get_actor() takes an actor name, got {name!r}")
+    handle = _rt().named_actor(name, namespace)
+    if handle is None:
+        from cluster.actor import DEFAULT_NAMESPACE
+
+        raise ValueError(f"no actor named {name!r} in namespace {namespace or DEFAULT_NAMESPACE!r}")
+    return handle
 
 
 def nodes() -> list[dict[str, Any]]:

@@ -23,8 +23,9 @@ DYNAMIC = "<dynamic-code>"
 
 
 def pack_function(fn: Any) -> bytes:
-    """cloudpickle ``fn`` with what a worker needs to run it and report its errors well."""
-    code = getattr(fn, "__code__", None)
+    """cloudpickle ``fn`` (a function or an actor class) with what a worker needs to run it
+    and report its errors well."""
+    code = _code_of(fn)
     filename = code.co_filename if code is not None else None
     lines = None
     if filename and os.path.isfile(filename) and os.path.getsize(filename) <= MAX_SOURCE_BYTES:
@@ -44,12 +45,36 @@ def unpack_function(data: bytes) -> Any:
     for path in paths:
         if path not in sys.path and os.path.isdir(path):
             sys.path.append(path)
-    code = getattr(fn, "__code__", None)
-    if filename and code is not None and code.co_filename == DYNAMIC:
-        fn.__code__ = _rename(code, filename)
-        if lines and not os.path.isfile(filename):
+    if filename:
+        renamed = False
+        for function in _functions_of(fn):
+            if function.__code__.co_filename == DYNAMIC:
+                function.__code__ = _rename(function.__code__, filename)
+                renamed = True
+        if renamed and lines and not os.path.isfile(filename):
             linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
     return fn
+
+
+def _functions_of(obj: Any) -> list[types.FunctionType]:
+    """The function itself, or the functions defined in a class's body."""
+    if isinstance(obj, types.FunctionType):
+        return [obj]
+    if isinstance(obj, type):
+        found = []
+        for member in vars(obj).values():
+            member = getattr(member, "__func__", member)  # staticmethod, classmethod
+            if isinstance(member, property):
+                member = member.fget
+            if isinstance(member, types.FunctionType):
+                found.append(member)
+        return found
+    return []
+
+
+def _code_of(obj: Any) -> types.CodeType | None:
+    functions = _functions_of(obj)
+    return functions[0].__code__ if functions else getattr(obj, "__code__", None)
 
 
 def _rename(code: types.CodeType, filename: str) -> types.CodeType:

@@ -67,6 +67,11 @@ class NodeDiedError(WorkerCrashedError):
     """The node running a task died, and the task had no retries left."""
 
 
+class ActorDiedError(ClusterError):
+    """The actor is dead (killed, its process or node died, or its constructor failed) and
+    the call could not run; the message says why."""
+
+
 class ObjectLostError(ClusterError):
     """An object's value is gone from every store and cannot be rebuilt."""
 
@@ -145,6 +150,7 @@ def _rebuild_task_error(function_name: str, traceback_str: str, cause: Any) -> T
 
 
 __all__ = [
+    "ActorDiedError",
     "AuthenticationError",
     "ClusterConnectionError",
     "ClusterError",

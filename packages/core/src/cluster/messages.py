@@ -223,6 +223,7 @@ class TaskSpec:
     deps: list  # value entries for those markers, in order (see cluster.values)
     num_returns: int
     owner: str
+    method: str = ""  # a call of this actor method (the worker holds the actor), else a task
 
 
 @message(61, tasks=TaskSpec)
@@ -336,3 +337,39 @@ class ListDrivers:
 @attrs.frozen
 class ListWorkers:
     """Ask a node for its live workers (reply: list of dicts)."""
+
+
+# --- actors ---------------------------------------------------------------------------------
+
+
+@message(69)
+@attrs.frozen
+class CreateActor:
+    """Owner -> its leased worker: become this actor (request; reply None, or an error entry
+    when the constructor raised)."""
+
+    actor_id: bytes
+    class_name: str
+    class_blob: bytes  # pack_function of the class
+    args: bytes
+    deps: list
+    owner: str
+    max_concurrency: int
+
+
+@message(70)
+@attrs.frozen
+class GetActorInfo:
+    """A caller holding a handle -> the actor's owner (request; reply [state, worker address,
+    cause]; the reply waits while the actor is being created or restarted)."""
+
+    actor_id: bytes
+
+
+@message(71)
+@attrs.frozen
+class KillActor:
+    """A handle holder -> the actor's owner: stop it (and don't restart it if no_restart)."""
+
+    actor_id: bytes
+    no_restart: bool

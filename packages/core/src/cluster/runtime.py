@@ -43,6 +43,7 @@ from cluster.errors import (
 )
 from cluster.object_ref import ObjectRef
 from cluster.protocol import Connection, dial, run_connection, server_handshake
+from cluster.runtime_actors import ActorRuntime, ActorState
 
 log = structlog.get_logger("cluster.runtime")
 
@@ -68,6 +69,8 @@ class PendingTask:
     retry_exceptions: bool
     held: list = attrs.Factory(list)  # ObjectRefs pickled inside the arguments
     deps: list = attrs.Factory(list)
+    method: str = ""  # an actor call: the method's name
+    actor: Any = None  # an actor call: the ActorHandle, then (on the trio thread) its ActorState
     lease: Lease | None = None
     cancelled: bool = False
 
@@ -92,7 +95,7 @@ class ShapeQueue:
     fresh_requests: int = 0
 
 
-class Runtime:
+class Runtime(ActorRuntime):
     """Owner runtime: one per driver or worker process."""
 
     def __init__(
@@ -119,6 +122,7 @@ class Runtime:
         self._cv = threading.Condition(threading.Lock())
         self._values: dict[bytes, list] = {}
         self._tasks: dict[bytes, PendingTask] = {}
+        self._actors: dict[bytes, ActorState] = {}
         self._queues: dict[tuple, ShapeQueue] = {}
         self._submitted: collections.deque[PendingTask] = collections.deque()
         self._wake_scheduled = False
@@ -300,7 +304,7 @@ class Runtime:
             for object_id in msg.object_ids:
                 self._chunks.forget(object_id)
                 self.store.delete(object_id)
-        else:
+        elif not self._actor_messages(conn, msg, request_id):
             conn.reply_error(request_id, "unexpected", f"{self.role} does not handle {kind.__name__}")
 
     # ---------------------------------------------------------------- ids and references
@@ -655,6 +659,9 @@ class Runtime:
         submitted = self._submitted
         while submitted:
             task = submitted.popleft()
+            if task.actor is not None:
+                self._enqueue_actor_call(task)  # in order, behind the actor's earlier calls
+                continue
             if task.dep_refs:
                 if not self._deps_ready(task):
                     self._nursery.start_soon(self._resolve_then_queue, task)
@@ -883,7 +890,7 @@ class Runtime:
 
     def _on_results(self, conn: Connection, results: list) -> None:
         lease = conn.context
-        in_flight = lease.in_flight if isinstance(lease, Lease) else {}
+        in_flight = lease.in_flight if isinstance(lease, Lease | ActorState) else {}
         retry = []
         done = []
         for result in results:
@@ -1123,12 +1130,17 @@ class Runtime:
         if task is None or (task.cancelled and not force):
             return
         task.cancelled = True
-        if task.lease is None:
+        if task.actor is not None and task.lease is None:
+            state = task.actor
+            if isinstance(state, ActorState) and task in state.pending:
+                state.pending.remove(task)
+            self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
+        elif task.lease is None:
             queue = self._queues.get(task.shape)
             if queue is not None and task in queue.pending:
                 queue.pending.remove(task)
             self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
-        elif not task.lease.conn.closed:
+        elif task.lease.conn is not None and not task.lease.conn.closed:
             task.lease.conn.send(m.CancelTask(task_id, force))
 
 

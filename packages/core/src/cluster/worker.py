@@ -44,6 +44,12 @@ class Executor:
         self._queued_names: dict[bytes, str] = {}
         self._skip: set[bytes] = set()  # cancelled before they started: already answered
         self._blocked_depth = 0
+        self._actor: Any = None  # the instance, once this worker is an actor
+        self._actor_error: list | None = None
+
+    def create_actor(self, conn: Any, request_id: int, msg: m.CreateActor) -> None:
+        """Queue the actor's construction: it runs on the main thread, before any call."""
+        self._queue.put((conn, _Creation(msg, request_id)))
 
     # -- called on the trio thread --
 
@@ -102,6 +108,9 @@ class Executor:
                 if item is None:
                     break
                 conn, spec = item
+                if type(spec) is _Creation:
+                    self._construct(conn, spec)
+                    continue
                 result = self.execute(conn, spec)
             except KeyboardInterrupt:
                 pass  # a cancel that arrived just after its task ended
@@ -124,7 +133,7 @@ class Executor:
                 self._queued_names.pop(task_id, None)
                 self._current = (conn, spec)  # from here on, a cancel interrupts this task
             try:
-                fn = self._functions.get(spec.function_id)
+                fn = getattr(self._actor, spec.method) if spec.method else self._functions.get(spec.function_id)
                 if fn is None:
                     if spec.function is None:
                         raise RuntimeError(f"the code of {spec.name} never reached this worker")
@@ -178,6 +187,35 @@ class Executor:
         except BaseException as exc:
             entries = [v.serialize_error(TaskError(spec.name, _remote_traceback(), exc))]
         return m.TaskResult(task_id, entries, self.pid)
+
+
+    def _construct(self, conn: Any, creation: _Creation) -> None:
+        msg = creation.msg
+        error = None
+        try:
+            cls = unpack_function(msg.class_blob)
+            with collect_incoming() as incoming:
+                args, kwargs = pickle.loads(msg.args)
+            if incoming:
+                self.runtime.register_borrowed(incoming)
+                del incoming
+            if msg.deps:
+                load = self.runtime.load_entry
+                args, kwargs = v.fill_deps(args, kwargs, [load(entry) for entry in msg.deps])
+            self._actor = cls(*args, **kwargs)
+        except BaseException as exc:
+            error = v.serialize_error(TaskError(f"{msg.class_name}.__init__", _remote_traceback(), exc))
+        self.runtime.soon(conn.reply, creation.request_id, error)
+
+
+class _Creation:
+    """A CreateActor waiting in the executor's queue."""
+
+    __slots__ = ("msg", "request_id")
+
+    def __init__(self, msg: m.CreateActor, request_id: int) -> None:
+        self.msg = msg
+        self.request_id = request_id
 
 
 def _send_results(batch: dict) -> None:

@@ -1,0 +1,167 @@
+"""Actors: stateful workers called through handles, on the module's shared cluster.
+
+The cluster is a head ({"a": 1}) and a node ({"b": 1}); actors with no resources land on
+whichever node has a worker for them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import cluster
+import pytest
+from cluster.exceptions import ActorDiedError
+
+
+@cluster.remote
+class Counter:
+    def __init__(self, start: int = 0) -> None:
+        self.n = start
+        self.seen: list = []
+
+    def incr(self, by: int = 1) -> int:
+        self.n += by
+        return self.n
+
+    def record(self, caller: str, i: int) -> None:
+        self.seen.append((caller, i))
+
+    def history(self) -> list:
+        return self.seen
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def slow_pid(self, seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+
+def test_a_counter_incremented_10000_times_ends_at_10000_in_order(shared_cluster):
+    counter = Counter.remote()
+    values = cluster.get([counter.incr.remote() for _ in range(10_000)], timeout=120)
+    assert values == list(range(1, 10_001))  # each call saw the state the previous one left
+    cluster.kill(counter)
+
+
+@cluster.remote(resources={"b": 1})
+def call_from_a_task(counter: cluster.ActorHandle, n: int) -> int:
+    cluster.get([counter.record.remote("task", i) for i in range(n)])
+    return os.getpid()
+
+
+def test_two_callers_interleave_and_each_keeps_its_order(shared_cluster):
+    counter = Counter.remote()
+    from_task = call_from_a_task.remote(counter, 500)  # a second caller, on another node
+    for i in range(500):
+        counter.record.remote("driver", i)
+    cluster.get(from_task, timeout=60)
+    seen = cluster.get(counter.history.remote(), timeout=60)
+    assert [i for who, i in seen if who == "driver"] == list(range(500))
+    assert [i for who, i in seen if who == "task"] == list(range(500))
+    cluster.kill(counter)
+
+
+def test_a_handle_passed_into_a_task_reaches_the_same_actor(shared_cluster):
+    counter = Counter.remote(10)
+
+    @cluster.remote
+    def bump(c: cluster.ActorHandle) -> int:
+        return cluster.get(c.incr.remote(5))
+
+    assert cluster.get(bump.remote(counter), timeout=60) == 15
+    assert cluster.get(counter.incr.remote(), timeout=60) == 16
+    cluster.kill(counter)
+
+
+@cluster.remote
+class Broken:
+    def __init__(self) -> None:
+        raise ValueError("the constructor refuses")
+
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_a_constructor_error_surfaces_on_the_first_call_with_its_traceback(shared_cluster):
+    broken = Broken.remote()
+    with pytest.raises(ValueError, match="the constructor refuses") as excinfo:
+        cluster.get(broken.ping.remote(), timeout=60)
+    assert "Broken.__init__" in str(excinfo.value) and "test_e2e_actors.py" in str(excinfo.value)
+
+
+def test_kill_fails_later_calls_with_actor_died_error(shared_cluster):
+    counter = Counter.remote()
+    pid = cluster.get(counter.pid.remote(), timeout=60)
+    cluster.kill(counter)
+    with pytest.raises(ActorDiedError, match="killed with cluster.kill"):
+        cluster.get(counter.incr.remote(), timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    assert not _alive(pid)  # its worker process is gone too
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_an_actor_killed_mid_call_restarts_and_retries_with_max_restarts_1(shared_cluster):
+    counter = Counter.options(max_restarts=1, max_task_retries=1).remote(100)
+    pid = cluster.get(counter.pid.remote(), timeout=60)
+    slow = counter.slow_pid.remote(5)  # in flight when the process dies
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    new_pid = cluster.get(slow, timeout=60)  # retried on the restarted actor
+    assert new_pid != pid
+    assert cluster.get(counter.incr.remote(), timeout=60) == 101  # state rebuilt by the constructor
+    cluster.kill(counter)
+
+
+def test_an_actor_killed_mid_call_with_max_restarts_0_raises_actor_died_error(shared_cluster):
+    counter = Counter.remote()
+    pid = cluster.get(counter.pid.remote(), timeout=60)
+    slow = counter.slow_pid.remote(5)
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ActorDiedError, match="worker process died"):
+        cluster.get(slow, timeout=60)
+    with pytest.raises(ActorDiedError):
+        cluster.get(counter.incr.remote(), timeout=60)
+
+
+def test_named_actors_are_found_by_name_and_names_are_unique(shared_cluster):
+    counter = Counter.options(name="tally", namespace="tests").remote(7)
+    found = cluster.get_actor("tally", namespace="tests")
+    assert cluster.get(found.incr.remote(), timeout=60) == 8
+    with pytest.raises(ValueError, match="already exists"):
+        Counter.options(name="tally", namespace="tests").remote()
+    same = Counter.options(name="tally", namespace="tests", get_if_exists=True).remote()
+    assert cluster.get(same.incr.remote(), timeout=60) == 9
+    cluster.kill(counter)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            cluster.get_actor("tally", namespace="tests")
+        except ValueError:
+            break
+        time.sleep(0.05)
+    with pytest.raises(ValueError, match="no actor named 'tally'"):
+        cluster.get_actor("tally", namespace="tests")
+
+
+def test_calling_a_method_that_does_not_exist_names_the_methods(shared_cluster):
+    counter = Counter.remote()
+    with pytest.raises(AttributeError, match="has no method 'incrr'.*incr"):
+        counter.incrr.remote()
+    cluster.kill(counter)
