@@ -96,7 +96,7 @@ def test_kill_fails_later_calls_with_actor_died_error(shared_cluster):
     counter = Counter.remote()
     pid = cluster.get(counter.pid.remote(), timeout=60)
     cluster.kill(counter)
-    with pytest.raises(ActorDiedError, match="killed with cluster.kill"):
+    with pytest.raises(ActorDiedError, match=r"killed with cluster\.kill"):
         cluster.get(counter.incr.remote(), timeout=60)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and _alive(pid):
@@ -162,6 +162,145 @@ def test_named_actors_are_found_by_name_and_names_are_unique(shared_cluster):
 
 def test_calling_a_method_that_does_not_exist_names_the_methods(shared_cluster):
     counter = Counter.remote()
-    with pytest.raises(AttributeError, match="has no method 'incrr'.*incr"):
+    with pytest.raises(AttributeError, match=r"has no method 'incrr'.*incr"):
         counter.incrr.remote()
+    cluster.kill(counter)
+
+
+@cluster.remote
+class Sleeper:
+    async def nap(self, seconds: float) -> float:
+        import asyncio
+
+        start = time.monotonic()
+        await asyncio.sleep(seconds)  # the user's asyncio code runs on the actor's event loop
+        return start
+
+    def where(self) -> int:
+        return os.getpid()
+
+
+def test_an_async_actor_runs_100_sleeping_calls_at_once(shared_cluster):
+    sleeper = Sleeper.remote()
+    cluster.get(sleeper.where.remote(), timeout=60)  # started
+    begin = time.monotonic()
+    starts = cluster.get([sleeper.nap.remote(1.0) for _ in range(100)], timeout=60)
+    elapsed = time.monotonic() - begin
+    assert max(starts) - min(starts) < 1.0  # all 100 were sleeping at the same time
+    assert elapsed < 5, f"100 concurrent 1 s sleeps took {elapsed:.1f}s"
+    cluster.kill(sleeper)
+
+
+def test_an_async_actor_respects_max_concurrency(shared_cluster):
+    sleeper = Sleeper.options(max_concurrency=2).remote()
+    starts = cluster.get([sleeper.nap.remote(0.3) for _ in range(4)], timeout=60)
+    starts.sort()
+    assert starts[2] - starts[0] >= 0.25  # the third waited for one of the first two
+    cluster.kill(sleeper)
+
+
+@cluster.remote
+class Gate:
+    def __init__(self) -> None:
+        import threading
+
+        self.arrived = threading.Barrier(3, timeout=20)
+
+    def meet(self) -> str:
+        self.arrived.wait()  # only returns once 3 calls run at the same time
+        return "met"
+
+
+def test_a_threaded_actor_runs_calls_on_max_concurrency_threads(shared_cluster):
+    gate = Gate.options(max_concurrency=3).remote()
+    assert cluster.get([gate.meet.remote() for _ in range(3)], timeout=60) == ["met"] * 3
+    cluster.kill(gate)
+
+
+def test_an_actor_stops_once_its_owner_drops_every_handle(shared_cluster):
+    import gc
+
+    counter = Counter.remote()
+    pid = cluster.get(counter.pid.remote(), timeout=60)
+    last = counter.slow_pid.remote(0.5)  # still runs: calls in flight finish first
+    del counter
+    gc.collect()
+    assert cluster.get(last, timeout=60) == pid
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+FIRST_DRIVER = """
+import cluster
+
+cluster.init()
+
+@cluster.remote
+class Store:
+    def __init__(self):
+        self.items = {}
+
+    def put(self, key, value):
+        self.items[key] = value
+        return len(self.items)
+
+    def get(self, key):
+        return self.items.get(key)
+
+    def pid(self):
+        import os
+        return os.getpid()
+
+store = Store.options(name="kept", namespace="detached-test", lifetime="detached").remote()
+assert cluster.get(store.put.remote("answer", 42)) == 1
+print(cluster.get(store.pid.remote()))
+"""
+
+
+def test_a_named_detached_actor_is_found_by_a_second_driver_after_the_first_exited(shared_cluster, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "first_driver.py"
+    script.write_text(FIRST_DRIVER)
+    first = subprocess.run([sys.executable, str(script)], env=shared_cluster.env, capture_output=True,
+                           text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    pid = int(first.stdout.strip().splitlines()[-1])
+    store = cluster.get_actor("kept", namespace="detached-test")  # the first driver is gone
+    assert cluster.get(store.get.remote("answer"), timeout=60) == 42
+    cluster.kill(store)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    assert not _alive(pid)
+    with pytest.raises(ValueError, match="no actor named 'kept'"):
+        cluster.get_actor("kept", namespace="detached-test")
+
+
+def test_a_detached_actor_needs_a_name(shared_cluster):
+    from cluster.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="detached actor needs a name"):
+        Counter.options(lifetime="detached").remote()
+
+
+def test_cluster_list_actors_shows_name_class_state_node_pid_restarts(shared_cluster, node_ids):
+    import json
+
+    counter = Counter.options(name="listed", namespace="list-test", resources={"b": 0.01}).remote()
+    pid = cluster.get(counter.pid.remote(), timeout=60)
+    broken = Broken.remote()
+    with pytest.raises(ValueError):
+        cluster.get(broken.ping.remote(), timeout=60)
+    actors = json.loads(shared_cluster.cli("list", "actors", "--json").stdout)
+    listed = next(a for a in actors if a.get("name") == "listed")
+    assert listed["class"] == "Counter" and listed["state"] == "alive" and listed["pid"] == pid
+    assert listed["node_id"] == node_ids["node"] and listed["restarts"] == 0
+    dead = next(a for a in actors if a.get("class") == "Broken")
+    assert dead["state"] == "dead" and "constructor raised" in dead["cause"]
+    text = shared_cluster.cli("list", "actors").stdout
+    assert "listed" in text and "RESTARTS" in text and str(pid) in text
     cluster.kill(counter)

@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from cluster import object_ref
 from cluster.errors import ConfigError
 
 _ACTOR_DEFAULTS: dict[str, Any] = {
@@ -23,9 +24,10 @@ _ACTOR_DEFAULTS: dict[str, Any] = {
     "name": None,
     "namespace": None,
     "get_if_exists": False,
+    "lifetime": None,  # "detached": outlives its creator (needs a name)
     "max_restarts": 0,
     "max_task_retries": 0,
-    "max_concurrency": 1,
+    "max_concurrency": None,  # async actors: 1000; sync actors: 1 (more: a thread pool)
 }
 
 DEFAULT_NAMESPACE = "default"
@@ -35,26 +37,31 @@ def check_actor_options(options: Mapping[str, Any]) -> dict[str, Any]:
     from cluster.api import _check_options
 
     unknown = set(options) - set(_ACTOR_DEFAULTS)
-    if "lifetime" in unknown and options["lifetime"] is None:
-        unknown.discard("lifetime")
     if unknown:
-        hint = ' (lifetime="detached" is not available yet)' if "lifetime" in unknown else ""
-        raise ConfigError(f"unknown actor option(s) {sorted(unknown)}{hint}; known: {sorted(_ACTOR_DEFAULTS)}")
+        raise ConfigError(f"unknown actor option(s) {sorted(unknown)}; known: {sorted(_ACTOR_DEFAULTS)}")
+    lifetime = options.get("lifetime")
+    if lifetime not in (None, "detached"):
+        raise ConfigError(f'lifetime must be None or "detached", got {lifetime!r}')
+    if lifetime == "detached":
+        if not options.get("name"):
+            raise ConfigError('a detached actor needs a name (find it again with cluster.get_actor(name))')
+        if options.get("max_restarts"):
+            raise ConfigError("detached actors cannot restart yet: leave max_restarts at 0")
     _check_options({k: options[k] for k in ("num_cpus", "num_gpus", "resources") if k in options})
     for key in ("max_restarts", "max_task_retries"):
         value = options.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
             raise ConfigError(f"{key} must be an integer >= 0 (or -1 for unlimited), got {value!r}")
     concurrency = options.get("max_concurrency")
-    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency != 1):
-        raise ConfigError(f"max_concurrency must be 1 for now (concurrent actors are not available yet), got {concurrency!r}")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
+        raise ConfigError(f"max_concurrency must be a positive integer, got {concurrency!r}")
     for key in ("name", "namespace"):
         value = options.get(key)
         if value is not None and (not isinstance(value, str) or not value or "/" in value):
             raise ConfigError(f"{key} must be a non-empty string without '/', got {value!r}")
     if options.get("get_if_exists") and not options.get("name"):
         raise ConfigError("get_if_exists=True needs a name")
-    return {k: v for k, v in options.items() if k != "lifetime"}
+    return dict(options)
 
 
 def _method_names(cls: type) -> dict[str, int]:
@@ -127,13 +134,26 @@ class ActorHandle:
     actor.
     """
 
-    __slots__ = ("__weakref__", "_actor_id", "_class_name", "_methods", "_owner")
+    __slots__ = ("__weakref__", "_actor_id", "_class_name", "_methods", "_name_key", "_owner")
 
-    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int], owner: str) -> None:
+    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int], owner: str,
+                 name_key: str = "") -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
-        self._owner = owner
+        self._owner = owner  # "" for a detached actor: it is found through its name
+        self._name_key = name_key
+        runtime = object_ref._runtime
+        if runtime is not None and owner == runtime.address:
+            runtime.actor_handle_added(actor_id)
+
+    def __del__(self) -> None:
+        runtime = object_ref._runtime
+        if runtime is not None and self._owner == runtime.address:
+            try:
+                runtime.actor_handle_dropped(self._actor_id)
+            except Exception:  # interpreter shutdown
+                pass
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("__"):
@@ -153,7 +173,10 @@ class ActorHandle:
         return hash(self._actor_id)
 
     def __reduce__(self) -> Any:
-        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._owner))
+        runtime = object_ref._runtime
+        if runtime is not None and self._owner == runtime.address:
+            runtime.actor_handle_escaped(self._actor_id)  # it lives on elsewhere: keep the actor
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._owner, self._name_key))
 
 
 class ActorMethod:

@@ -247,50 +247,84 @@ def _fetch_nodes(address: str | None, token: str | None) -> list[dict]:
     return _ask_cluster(address, token, ask)
 
 
-def _fetch_objects(address: str | None, token: str | None, limit: int) -> tuple[list[dict], list[dict], list[str]]:
-    """(nodes, the largest objects of every owner in the cluster, owners that did not answer).
+async def _ask_every_owner(connect: Any, request: Any) -> tuple[list[dict], list[dict], list, list[str]]:
+    """Send ``request`` to every driver and worker of the cluster.
 
-    Borrowers in the objects' ``referenced_by`` are named by kind and pid where known.
+    Returns (nodes, owners, [(owner, reply)...], what did not answer).
     """
     import trio
 
     from cluster import messages as m
     from cluster.errors import ClusterConnectionError, RemoteCallError
 
+    head = await connect()
+    nodes = await head.request(m.ListNodes())
+    owners = list(await head.request(m.ListDrivers()))
+    unanswered: list[str] = []
+    replies: list = []
+
+    async def workers_of(node: dict) -> None:
+        try:
+            conn = await connect(node["address"], f"node {node['node_id']}")
+            owners.extend(await conn.request(m.ListWorkers()))
+        except (ClusterConnectionError, RemoteCallError):
+            unanswered.append(f"node {node['node_id']} ({node['address']})")
+
+    async def ask(owner: dict) -> None:
+        try:
+            conn = await connect(owner["address"], f"{owner['kind']} pid {owner['pid']}")
+            with trio.fail_after(10):
+                replies.append((owner, await conn.request(request)))
+        except (ClusterConnectionError, RemoteCallError, trio.TooSlowError):
+            unanswered.append(f"{owner['kind']} pid {owner['pid']} ({owner['address']})")
+
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            if node["state"] == "alive":
+                nursery.start_soon(workers_of, node)
+    async with trio.open_nursery() as nursery:
+        for owner in owners:
+            nursery.start_soon(ask, owner)
+    return nodes, owners, replies, unanswered
+
+
+def _fetch_objects(address: str | None, token: str | None, limit: int) -> tuple[list[dict], list[dict], list[str]]:
+    """(nodes, the largest objects of every owner in the cluster, owners that did not answer).
+
+    Borrowers in the objects' ``referenced_by`` are named by kind and pid where known.
+    """
+    from cluster import messages as m
+
     async def ask(connect: Any) -> tuple:
-        head = await connect()
-        nodes = await head.request(m.ListNodes())
-        owners = list(await head.request(m.ListDrivers()))
-        unanswered: list[str] = []
-        rows: list[dict] = []
-
-        async def workers_of(node: dict) -> None:
-            try:
-                conn = await connect(node["address"], f"node {node['node_id']}")
-                owners.extend(await conn.request(m.ListWorkers()))
-            except (ClusterConnectionError, RemoteCallError):
-                unanswered.append(f"node {node['node_id']} ({node['address']})")
-
-        async def objects_of(owner: dict) -> None:
-            try:
-                conn = await connect(owner["address"], f"{owner['kind']} pid {owner['pid']}")
-                with trio.fail_after(10):
-                    rows.extend(await conn.request(m.ListObjects(limit)))
-            except (ClusterConnectionError, RemoteCallError, trio.TooSlowError):
-                unanswered.append(f"{owner['kind']} pid {owner['pid']} ({owner['address']})")
-
-        async with trio.open_nursery() as nursery:
-            for node in nodes:
-                if node["state"] == "alive":
-                    nursery.start_soon(workers_of, node)
-        async with trio.open_nursery() as nursery:
-            for owner in owners:
-                nursery.start_soon(objects_of, owner)
+        nodes, owners, replies, unanswered = await _ask_every_owner(connect, m.ListObjects(limit))
+        rows = [row for _, reply in replies for row in reply]
         rows.sort(key=lambda row: row["size"], reverse=True)
         names = {o["address"]: f"{o['kind']} pid {o['pid']}" for o in owners}
         for row in rows:
             row["referenced_by"] = [_name_borrower(reason, names) for reason in row["referenced_by"]]
         return nodes, rows[:limit], unanswered
+
+    return _ask_cluster(address, token, ask)
+
+
+def _fetch_actors(address: str | None, token: str | None) -> tuple[list[dict], list[str]]:
+    """Every actor: what its owner knows (state, restarts, name) joined with where it runs."""
+    from cluster import messages as m
+
+    async def ask(connect: Any) -> tuple:
+        _, _, replies, unanswered = await _ask_every_owner(connect, m.ListActors())
+        actors: dict[str, dict] = {}
+        for owner, reply in replies:
+            for row in reply["owned"]:
+                row["owner"] = f"{owner['kind']} pid {owner['pid']}"
+                actors.setdefault(row["actor_id"], {}).update(row)
+        for owner, reply in replies:
+            hosted = reply["hosting"]
+            if hosted:  # the worker that *is* the actor: where it runs, for sure
+                row = actors.setdefault(hosted["actor_id"], {"state": "alive", "restarts": 0, "name": "",
+                                                             "owner": "(exited; detached)", "cause": ""})
+                row.update(hosted, node_id=owner.get("node_id", ""), pid=owner["pid"])
+        return list(actors.values()), unanswered
 
     return _ask_cluster(address, token, ask)
 
@@ -360,7 +394,31 @@ def memory(address: str | None, token: str | None, top: int) -> None:
 
 @click.group(name="list")
 def list_group() -> None:
-    """List the cluster's state: objects."""
+    """List the cluster's state: actors, objects."""
+
+
+@list_group.command(name="actors")
+@click.option("--address", help="Head address HOST:PORT [default: the cluster started on this machine].")
+@click.option("--token", envvar="CLUSTER_TOKEN", help="Cluster token [default: the local head's].")
+@click.option("--json", "as_json", is_flag=True, help="Print the actors as JSON.")
+def list_actors(address: str | None, token: str | None, as_json: bool) -> None:
+    """Actors of the cluster: name, class, state, node, pid, restarts."""
+    actors, unanswered = _fetch_actors(address, token)
+    actors.sort(key=lambda a: (a.get("state") != "alive", a.get("class", ""), a.get("name", "")))
+    if as_json:
+        click.echo(json.dumps(actors, indent=2))
+    elif not actors:
+        click.echo("No actors in the cluster.")
+    else:
+        rows = [["ACTOR", "CLASS", "NAME", "STATE", "NODE", "PID", "RESTARTS", "OWNER", "WHY DEAD"]]
+        for a in actors:
+            alive = a.get("state") == "alive"
+            rows.append([a["actor_id"][:16], a.get("class", "?"), a.get("name") or "-", a.get("state", "?"),
+                         a.get("node_id", "") if alive else "-", str(a.get("pid", "")) if alive else "-",
+                         str(a.get("restarts", 0)), a.get("owner", "?"), a.get("cause") or "-"])
+        _print_table(rows)
+    for who in unanswered:
+        click.echo(f"(no answer from {who}; its actors are not listed)", err=True)
 
 
 @list_group.command(name="objects")

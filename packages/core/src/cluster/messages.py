@@ -165,6 +165,7 @@ class RequestLease:
     shape: dict
     owner: str
     spill_count: int
+    detached: bool = False  # for a detached actor: the lease outlives its owner's connection
 
 
 @message(41)
@@ -354,7 +355,7 @@ class CreateActor:
     args: bytes
     deps: list
     owner: str
-    max_concurrency: int
+    max_concurrency: int | None  # None: 1000 for async actors, else 1
 
 
 @message(70)
@@ -373,3 +374,9 @@ class KillActor:
 
     actor_id: bytes
     no_restart: bool
+
+
+@message(72)
+@attrs.frozen
+class ListActors:
+    """Ask a driver or worker for the actors it owns and the one it hosts (reply: dict)."""

@@ -60,6 +60,7 @@ class Lease:
     shape: dict
     owner_conn: Connection
     released_cpu: float = 0.0  # CPU handed back while the worker waits in get
+    detached: bool = False  # a detached actor's: kept when its owner goes
 
 
 @attrs.define(eq=False)
@@ -68,6 +69,7 @@ class LeaseRequest:
     request_id: int
     shape: dict
     spill_count: int
+    detached: bool = False
 
 
 @attrs.define(eq=False)
@@ -308,7 +310,8 @@ class NodeService:
     # --------------------------------------------------------------------------- leases
 
     def _request_lease(self, conn: Connection, msg: m.RequestLease, request_id: int) -> None:
-        request = LeaseRequest(conn, request_id, {k: float(v) for k, v in msg.shape.items()}, msg.spill_count)
+        request = LeaseRequest(conn, request_id, {k: float(v) for k, v in msg.shape.items()}, msg.spill_count,
+                               msg.detached)
         if self._try_grant(request):
             return
         if not fits(request.shape, self.available) and request.spill_count < MAX_SPILLS:
@@ -354,7 +357,7 @@ class NodeService:
         lease_id = next(self._lease_ids)
         for name, amount in request.shape.items():
             self.available[name] = self.available.get(name, 0.0) - amount
-        lease = Lease(lease_id, worker, request.shape, request.conn)
+        lease = Lease(lease_id, worker, request.shape, request.conn, detached=request.detached)
         self.leases[lease_id] = lease
         worker.state = "leased"
         worker.lease_id = lease_id
@@ -387,7 +390,7 @@ class NodeService:
         """An owner went away: take back its leases (killing workers that may still run its tasks)."""
         if self._shutting_down:
             return
-        for lease in [lease for lease in self.leases.values() if lease.owner_conn is conn]:
+        for lease in [lease for lease in self.leases.values() if lease.owner_conn is conn and not lease.detached]:
             del self.leases[lease.lease_id]
             self._release(lease)
             lease.worker.lease_id = None

@@ -123,6 +123,8 @@ class Runtime(ActorRuntime):
         self._values: dict[bytes, list] = {}
         self._tasks: dict[bytes, PendingTask] = {}
         self._actors: dict[bytes, ActorState] = {}
+        self._actor_handles: collections.Counter[bytes] = collections.Counter()
+        self._actors_escaped: set[bytes] = set()
         self._queues: dict[tuple, ShapeQueue] = {}
         self._submitted: collections.deque[PendingTask] = collections.deque()
         self._wake_scheduled = False
@@ -150,6 +152,7 @@ class Runtime(ActorRuntime):
         self._nursery: trio.Nursery | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
+        self._crashed: BaseException | None = None  # the trio thread died of this
         self._stopped = False
         self.node_conn: Connection | None = None
         self.head_conn: Connection | None = None
@@ -210,7 +213,10 @@ class Runtime(ActorRuntime):
                 self._start_error = _first_error(exc)
                 self._ready.set()
             else:
-                log.error("runtime_crashed", error=repr(exc))
+                log.error("runtime_crashed", error=repr(exc), exc_info=True)
+                self._crashed = _first_error(exc)
+                with self._cv:
+                    self._cv.notify_all()
 
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -780,14 +786,14 @@ class Runtime(ActorRuntime):
             queue.leases.append(lease)
         self._dispatch(queue)
 
-    async def _lease_worker(self, queue: ShapeQueue, on_busy: Any) -> Lease | None:
+    async def _lease_worker(self, queue: ShapeQueue, on_busy: Any, detached: bool = False) -> Lease | None:
         address = self.node_address
         spill_count = 0
         while True:
             try:
                 node_conn = await self._connect(address, "a node daemon")
                 answer = await node_conn.request(
-                    m.RequestLease(dict(queue.shape), self.address, spill_count), on_pending=on_busy
+                    m.RequestLease(dict(queue.shape), self.address, spill_count, detached), on_pending=on_busy
                 )
             except (ClusterConnectionError, RemoteCallError) as exc:
                 log.warning("lease_request_failed", node=address, error=str(exc))
@@ -866,7 +872,9 @@ class Runtime(ActorRuntime):
         lease = conn.context
         if not isinstance(lease, Lease) or lease.returned:
             return
-        queue = self._queues[lease.shape]
+        queue = self._queues.get(lease.shape)
+        if queue is None:  # not a task lease (an actor's, given back already)
+            return
         lost = list(lease.in_flight.values())
         lease.in_flight.clear()
         self._return_lease(queue, lease, worker_ok=False)
@@ -1023,7 +1031,13 @@ class Runtime(ActorRuntime):
                                     f"get timed out after {timeout}s: {ref} (and maybe others) "
                                     "is not ready yet"
                                 )
-                            self._cv.wait(remaining)
+                            if self._crashed is not None:
+                                raise ClusterConnectionError(
+                                    "this process's cluster runtime stopped after an internal error "
+                                    f"({self._crashed!r}); call cluster.shutdown() and cluster.init() "
+                                    "again, and please report it with the log of this process"
+                                )
+                            self._cv.wait(remaining if remaining is not None else 1.0)
             finally:
                 if blocked:
                     self.executor.notify_blocked(False)

@@ -42,6 +42,7 @@ class ActorState:
     class_name: str
     owner: str
     owned: bool
+    detached: bool = False
     create: m.CreateActor | None = None  # owner only: how to build it (again)
     shape: tuple = ()
     name_key: str | None = None
@@ -77,11 +78,16 @@ class ActorRuntime:
 
         opts = actor_class._options
         actor_id = self.new_task_id()
-        handle = ActorHandle(actor_id, actor_class.__name__, actor_class._methods, self.address)
+        detached = opts["lifetime"] == "detached"
         name_key = None
         if opts["name"]:
             name_key = f"actor/{opts['namespace'] or DEFAULT_NAMESPACE}/{opts['name']}"
-            record = pickle.dumps((actor_id, actor_class.__name__, actor_class._methods, self.address))
+        if detached:  # no owner to ask after we exit: holders find it by name
+            handle = ActorHandle(actor_id, actor_class.__name__, actor_class._methods, "", name_key)
+        else:
+            handle = ActorHandle(actor_id, actor_class.__name__, actor_class._methods, self.address)
+        if name_key:
+            record = self._name_record(actor_id, actor_class.__name__, actor_class._methods, detached, "")
             if not self.call_async(self._kv_request, m.KvPut(name_key, record, False)):
                 if opts["get_if_exists"]:
                     existing = self.named_actor(opts["name"], opts["namespace"])
@@ -96,7 +102,7 @@ class ActorRuntime:
         restarts = opts["max_restarts"]
         retries = opts["max_task_retries"]
         state = ActorState(
-            actor_id, actor_class.__name__, self.address, True,
+            actor_id, actor_class.__name__, self.address, True, detached,
             create=m.CreateActor(actor_id, actor_class.__name__, blob, payload, [], self.address,
                                  opts["max_concurrency"]),
             shape=tuple(sorted((k, float(x)) for k, x in shape.items() if x)),
@@ -106,6 +112,8 @@ class ActorRuntime:
             held=[*dep_refs, *held],
         )
         self._actors[actor_id] = state
+        if name_key:
+            self._actors_escaped.add(actor_id)  # reachable by name: lives as long as its owner
         self.soon(self._nursery.start_soon, self._start_actor, state, dep_refs)
         return handle
 
@@ -135,14 +143,87 @@ class ActorRuntime:
     def named_actor(self, name: str, namespace: str | None) -> Any:
         from cluster.actor import DEFAULT_NAMESPACE, ActorHandle
 
-        record = self.call_async(self._kv_request, m.KvGet(f"actor/{namespace or DEFAULT_NAMESPACE}/{name}"))
+        key = f"actor/{namespace or DEFAULT_NAMESPACE}/{name}"
+        record = self.call_async(self._kv_request, m.KvGet(key))
         if record is None:
             return None
-        actor_id, class_name, methods, owner = pickle.loads(record)
-        return ActorHandle(actor_id, class_name, methods, owner)
+        actor_id, class_name, methods, owner, _address = pickle.loads(record)
+        return ActorHandle(actor_id, class_name, methods, owner, "" if owner else key)
+
+    def _name_record(self, actor_id: bytes, class_name: str, methods: dict, detached: bool, address: str) -> bytes:
+        """What the head keeps under an actor's name: the owner to ask, or (detached) where it runs."""
+        return pickle.dumps((actor_id, class_name, methods, "" if detached else self.address, address))
+
+    def actor_handle_added(self, actor_id: bytes) -> None:
+        with self._ref_lock:
+            self._actor_handles[actor_id] += 1
+
+    def actor_handle_escaped(self, actor_id: bytes) -> None:
+        self._actors_escaped.add(actor_id)
+
+    def actor_handle_dropped(self, actor_id: bytes) -> None:
+        """The owner's last handle went, and none left the process: stop the actor once its
+        calls are done (as Ray does for actors that are neither named nor detached)."""
+        with self._ref_lock:
+            count = self._actor_handles[actor_id] - 1
+            if count > 0:
+                self._actor_handles[actor_id] = count
+                return
+            del self._actor_handles[actor_id]
+            if actor_id in self._actors_escaped:
+                return
+        if self._trio_token is not None and not self._stopped:
+            try:
+                self.soon(self._nursery.start_soon, self._release_actor, actor_id)
+            except trio.RunFinishedError:
+                pass
+
+    async def _release_actor(self, actor_id: bytes) -> None:
+        state = self._actors.get(actor_id)
+        if state is None or not state.owned:
+            return
+        while state.state != "dead" and (state.pending or state.in_flight or state.state == "pending"):
+            await trio.sleep(0.05)
+        if state.state != "dead":
+            state.restarts_left = 0
+            self._actor_dead(state, "all its handles were dropped")
+            if state.lease is not None and not state.lease.node_conn.closed:
+                state.lease.node_conn.send(m.ReturnLease(state.lease.lease_id, False))
+        self._actors.pop(actor_id, None)
 
     def kill_actor(self, handle: Any, no_restart: bool) -> None:
-        self.call(self._kill_actor, handle._actor_id, handle._owner, no_restart)
+        state = self._actors.get(handle._actor_id)
+        if handle._owner or (state is not None and state.owned):
+            self.call(self._kill_actor, handle._actor_id, handle._owner or self.address, no_restart)
+        else:
+            self.call_async(self._kill_detached, handle)
+
+    async def _kill_detached(self, handle: Any) -> None:
+        """Stop a detached actor we do not own: tell its worker to exit, and forget its name."""
+        address = await self._detached_address(handle._name_key, handle._actor_id, wait=False)
+        if address:
+            try:
+                conn = await self._connect(address, "the actor's worker")
+                conn.send(m.KillActor(handle._actor_id, True))
+            except ClusterConnectionError:
+                pass  # already gone
+        await self._forget_name(handle._name_key)
+        state = self._actors.get(handle._actor_id)
+        if state is not None:
+            state.restarts_left = 0
+            self._actor_dead(state, "it was killed with cluster.kill()")
+
+    async def _detached_address(self, key: str, actor_id: bytes, wait: bool = True) -> str | None:
+        """The worker address a detached actor registered under its name (None: not there)."""
+        deadline = trio.current_time() + 60
+        while True:
+            record = await self._kv_request(m.KvGet(key))
+            if record is None or pickle.loads(record)[0] != actor_id:
+                return None
+            address = pickle.loads(record)[4]
+            if address or not wait or trio.current_time() > deadline:
+                return address or None
+            await trio.sleep(0.05)  # its creator is still starting it
 
     # ------------------------------------------------------------------ trio thread
 
@@ -153,7 +234,8 @@ class ActorRuntime:
     def _actor_state(self, handle: Any) -> ActorState:
         state = self._actors.get(handle._actor_id)
         if state is None:  # a handle that came from elsewhere: ask the owner where it lives
-            state = ActorState(handle._actor_id, handle._class_name, handle._owner, False)
+            state = ActorState(handle._actor_id, handle._class_name, handle._owner, False,
+                               name_key=handle._name_key or None, detached=not handle._owner)
             self._actors[handle._actor_id] = state
             self._nursery.start_soon(self._locate_actor, state)
         return state
@@ -214,9 +296,10 @@ class ActorRuntime:
                     return
         queue = ShapeQueue(state.shape)
         queue.pending.append(state)  # keeps an infeasible shape asking
-        lease = await self._lease_worker(queue, lambda *_: None)
+        lease = await self._lease_worker(queue, lambda *_: None, detached=state.detached)
         if state.state == "dead":  # killed while it was being placed
             if lease is not None:
+                lease.conn.context = None
                 lease.node_conn.send(m.ReturnLease(lease.lease_id, False))
             return
         if lease is None:
@@ -237,16 +320,30 @@ class ActorRuntime:
             return
         state.state = "alive"
         state.ready.set()
+        if state.detached:  # holders find a detached actor's worker through its name
+            old = await self._kv_request(m.KvGet(state.name_key))
+            if old is not None and pickle.loads(old)[0] == state.actor_id:
+                _, class_name, methods, _, _ = pickle.loads(old)
+                record = self._name_record(state.actor_id, class_name, methods, True, state.address)
+                await self._kv_request(m.KvPut(state.name_key, record, True))
         log.info("actor_started", actor=state.class_name, actor_id=state.actor_id.hex(), worker=state.address)
         self._pump_actor(state)
 
     async def _locate_actor(self, state: ActorState) -> None:
-        """A caller that does not own the actor: find its worker through its owner."""
+        """A caller that does not own the actor: find its worker through its owner (or, for a
+        detached actor, through its name)."""
         try:
-            owner = await self._connect(state.owner, "the actor's owner")
-            status, address, cause = await owner.request(m.GetActorInfo(state.actor_id))
+            if state.detached:
+                address = await self._detached_address(state.name_key, state.actor_id)
+                status, cause = ("alive", "") if address else ("dead", "its name is no longer registered")
+            else:
+                owner = await self._connect(state.owner, "the actor's owner")
+                status, address, cause = await owner.request(m.GetActorInfo(state.actor_id))
             if status == "alive":
-                conn = await self._connect(address, "the actor's worker")
+                try:
+                    conn = await self._connect(address, "the actor's worker")
+                except ClusterConnectionError as exc:
+                    status, cause = "dead", f"its worker at {address} is unreachable ({exc})"
         except (ClusterConnectionError, RemoteCallError) as exc:
             status, cause = "dead", f"its owner at {state.owner} is unreachable ({exc}), and an actor dies with its owner"
         if status != "alive":
@@ -358,17 +455,30 @@ class ActorRuntime:
         if kind is m.GetActorInfo:
             self._nursery.start_soon(self._serve_actor_info, conn, request_id, msg.actor_id)
         elif kind is m.KillActor:
-            self._kill_actor(msg.actor_id, self.address, msg.no_restart)
+            state = self._actors.get(msg.actor_id)
+            if state is not None and state.owned:
+                self._kill_actor(msg.actor_id, self.address, msg.no_restart)
+            elif self.executor is not None and self.executor.actor_id == msg.actor_id:
+                log.info("actor_killed", actor_id=msg.actor_id.hex())
+                os._exit(0)  # a detached actor, told to stop by a handle holder: the node cleans up
+        elif kind is m.ListActors:
+            conn.reply(request_id, {"owned": self.actor_table(), "hosting": self._hosted_actor()})
         elif kind is m.CreateActor and self.executor is not None:
             self.executor.create_actor(conn, request_id, msg)
         else:
             return False
         return True
 
+    def _hosted_actor(self) -> dict | None:
+        executor = self.executor
+        if executor is None or executor.actor_id is None:
+            return None
+        return {"actor_id": executor.actor_id.hex(), "class": type(executor._actor).__name__}
+
     def actor_table(self) -> list[dict]:
         return [
             {"actor_id": s.actor_id.hex(), "class": s.class_name, "state": s.state, "address": s.address,
-             "restarts": s.restarts, "cause": s.cause, "owner_pid": os.getpid(),
+             "restarts": s.restarts, "cause": s.cause,
              "name": s.name_key.rsplit("/", 1)[-1] if s.name_key else ""}
             for s in self._actors.values() if s.owned
         ]

@@ -8,6 +8,9 @@ results go back to each task's owner, batched while more tasks are queued.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import inspect
 import io
 import json
 import os
@@ -45,6 +48,9 @@ class Executor:
         self._skip: set[bytes] = set()  # cancelled before they started: already answered
         self._blocked_depth = 0
         self._actor: Any = None  # the instance, once this worker is an actor
+        self.actor_id: bytes | None = None
+        self._concurrent: Any = None  # an asyncio loop or a thread pool, for concurrent actors
+        self._async_limit: Any = None
         self._actor_error: list | None = None
 
     def create_actor(self, conn: Any, request_id: int, msg: m.CreateActor) -> None:
@@ -124,6 +130,9 @@ class Executor:
 
     def execute(self, conn: Any, spec: Any) -> m.TaskResult | None:
         task_id = spec.task_id
+        if self._concurrent is not None and spec.method:
+            self._start_concurrent(conn, spec)
+            return None
         try:
             with self._lock:
                 if task_id in self._skip:
@@ -138,46 +147,17 @@ class Executor:
                     if spec.function is None:
                         raise RuntimeError(f"the code of {spec.name} never reached this worker")
                     fn = self._functions[spec.function_id] = unpack_function(spec.function)
-                with collect_incoming() as incoming:
-                    args, kwargs = pickle.loads(spec.args)
-                if incoming:  # refs nested in the arguments: we borrow them now
-                    self.runtime.register_borrowed(incoming)
-                    del incoming
-                if spec.deps:
-                    load = self.runtime.load_entry
-                    try:
-                        values = [load(entry) for entry in spec.deps]
-                    except ClusterError as exc:  # an argument failed or is lost: pass it on as is
-                        return m.TaskResult(task_id, [v.serialize_error(exc)], self.pid)
-                    args, kwargs = v.fill_deps(args, kwargs, values)
+                try:
+                    args, kwargs = self._load_arguments(spec.args, spec.deps)
+                except ClusterError as exc:  # an argument failed or is lost: pass it on as is
+                    return m.TaskResult(task_id, [v.serialize_error(exc)], self.pid)
                 out = fn(*args, **kwargs)
             finally:
                 for stream in _streams:
                     stream.flush_partial((conn, spec))
                 with self._lock:
                     self._current = None
-            if spec.num_returns == 1:
-                outs = [out]
-            else:
-                outs = list(out) if isinstance(out, tuple | list) else None
-                if outs is None or len(outs) != spec.num_returns:
-                    raise ValueError(
-                        f"{spec.name} declares num_returns={spec.num_returns} but returned "
-                        f"{type(out).__name__} {'of length ' + str(len(outs)) if outs else ''}".rstrip()
-                    )
-            entry_for = self.runtime.entry_for
-            entries = []
-            contained = []
-            for i, o in enumerate(outs):
-                ser = v.serialize(o)
-                entries.append(entry_for(task_id + i.to_bytes(4, "little"), ser, spec.owner))
-                if ser.refs:
-                    unique = {ref.id: ref for ref in ser.refs}
-                    contained += [[i, ref.id, ref.owner] for ref in unique.values()]
-                    # The caller owns the result, so it must hold these refs before we let go.
-                    self.runtime.register_for(list(unique.values()), spec.owner)
-            if contained:
-                return m.TaskResult(task_id, entries, self.pid, contained)
+            return self._result(spec, out)
         except KeyboardInterrupt:
             if task_id in self._cancelled:
                 self._cancelled.discard(task_id)
@@ -188,6 +168,91 @@ class Executor:
             entries = [v.serialize_error(TaskError(spec.name, _remote_traceback(), exc))]
         return m.TaskResult(task_id, entries, self.pid)
 
+    def _load_arguments(self, payload: bytes, deps: list) -> tuple[tuple, dict]:
+        with collect_incoming() as incoming:
+            args, kwargs = pickle.loads(payload)
+        if incoming:  # refs nested in the arguments: we borrow them now
+            self.runtime.register_borrowed(incoming)
+            del incoming
+        if deps:
+            load = self.runtime.load_entry
+            args, kwargs = v.fill_deps(args, kwargs, [load(entry) for entry in deps])
+        return args, kwargs
+
+    def _result(self, spec: Any, out: Any) -> m.TaskResult:
+        """The task's result message: its return values as value entries (stored if large)."""
+        task_id = spec.task_id
+        if spec.num_returns == 1:
+            outs = [out]
+        else:
+            outs = list(out) if isinstance(out, tuple | list) else None
+            if outs is None or len(outs) != spec.num_returns:
+                raise ValueError(
+                    f"{spec.name} declares num_returns={spec.num_returns} but returned "
+                    f"{type(out).__name__} {'of length ' + str(len(outs)) if outs else ''}".rstrip()
+                )
+        entry_for = self.runtime.entry_for
+        entries = []
+        contained = []
+        for i, o in enumerate(outs):
+            ser = v.serialize(o)
+            entries.append(entry_for(task_id + i.to_bytes(4, "little"), ser, spec.owner))
+            if ser.refs:
+                unique = {ref.id: ref for ref in ser.refs}
+                contained += [[i, ref.id, ref.owner] for ref in unique.values()]
+                # The caller owns the result, so it must hold these refs before we let go.
+                self.runtime.register_for(list(unique.values()), spec.owner)
+        if contained:
+            return m.TaskResult(task_id, entries, self.pid, contained)
+        return m.TaskResult(task_id, entries, self.pid)
+
+    # -- concurrent actors: calls run on an asyncio loop, or on a pool of threads --
+
+    def _start_concurrent(self, conn: Any, spec: Any) -> None:
+        with self._lock:
+            self._queued.discard(spec.task_id)
+            self._queued_names.pop(spec.task_id, None)
+            if spec.task_id in self._skip:
+                self._skip.discard(spec.task_id)
+                return
+        try:
+            fn = getattr(self._actor, spec.method)
+            args, kwargs = self._load_arguments(spec.args, spec.deps)
+        except BaseException as exc:
+            self._send_one(conn, self._error_result(spec, exc))
+            return
+        if isinstance(self._concurrent, asyncio.AbstractEventLoop):
+            asyncio.run_coroutine_threadsafe(self._run_async(conn, spec, fn, args, kwargs), self._concurrent)
+        else:
+            self._concurrent.submit(self._run_threaded, conn, spec, fn, args, kwargs)
+
+    async def _run_async(self, conn: Any, spec: Any, fn: Any, args: tuple, kwargs: dict) -> None:
+        async with self._async_limit:
+            try:
+                out = fn(*args, **kwargs)
+                if inspect.isawaitable(out):
+                    out = await out
+                result = self._result(spec, out)
+            except BaseException as exc:
+                result = self._error_result(spec, exc)
+        self._send_one(conn, result)
+
+    def _run_threaded(self, conn: Any, spec: Any, fn: Any, args: tuple, kwargs: dict) -> None:
+        try:
+            result = self._result(spec, fn(*args, **kwargs))
+        except BaseException as exc:
+            result = self._error_result(spec, exc)
+        self._send_one(conn, result)
+
+    def _error_result(self, spec: Any, exc: BaseException) -> m.TaskResult:
+        if isinstance(exc, ClusterError) and not isinstance(exc, TaskError):
+            entry = v.serialize_error(exc)  # an argument failed or is lost: pass it on as is
+        else:
+            entry = v.serialize_error(TaskError(spec.name, _remote_traceback(), exc))
+        return m.TaskResult(spec.task_id, [entry], self.pid)
+
+    def _send_one(self, conn: Any, result: m.TaskResult) -> None:
+        self.runtime.soon(_send_results, {conn: [result]})
 
     def _construct(self, conn: Any, creation: _Creation) -> None:
         msg = creation.msg
@@ -203,9 +268,34 @@ class Executor:
                 load = self.runtime.load_entry
                 args, kwargs = v.fill_deps(args, kwargs, [load(entry) for entry in msg.deps])
             self._actor = cls(*args, **kwargs)
+            self.actor_id = msg.actor_id
+            self._set_up_concurrency(cls, msg.max_concurrency)
         except BaseException as exc:
             error = v.serialize_error(TaskError(f"{msg.class_name}.__init__", _remote_traceback(), exc))
         self.runtime.soon(conn.reply, creation.request_id, error)
+
+
+    def _set_up_concurrency(self, cls: type, max_concurrency: int | None) -> None:
+        """Async actors (any ``async def`` method) run calls on an event loop, up to
+        ``max_concurrency`` (default 1000) at once; sync actors with ``max_concurrency > 1``
+        on that many threads; others one call at a time on the main thread."""
+        is_async = any(inspect.iscoroutinefunction(member) for _, member in inspect.getmembers(cls))
+        if is_async:
+            limit = max_concurrency or 1000
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run_loop() -> None:
+                asyncio.set_event_loop(loop)
+                self._async_limit = asyncio.Semaphore(limit)
+                ready.set()
+                loop.run_forever()
+
+            threading.Thread(target=run_loop, name="actor-event-loop", daemon=True).start()
+            ready.wait()
+            self._concurrent = loop
+        elif (max_concurrency or 1) > 1:
+            self._concurrent = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
 
 
 class _Creation:
