@@ -21,6 +21,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import types
@@ -244,6 +246,30 @@ def node_ids(shared_cluster: LocalCluster) -> dict[str, str]:
         "head": next(n["node_id"] for n in nodes if n["is_head"]),
         "node": next(n["node_id"] for n in nodes if n["pid"] == shared_cluster.node["pid"]),
     }
+
+
+@contextlib.contextmanager
+def installed_fixture(fixture: Path, package: str) -> Iterator[str]:
+    """A test plugin distribution, built with hatchling and installed into a fresh directory;
+    yields the directory (put it on PYTHONPATH to enable the plugin)."""
+    target = Path(tempfile.mkdtemp(prefix=f"cluster-e2e-{package}-"))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+             "--no-cache-dir", "--disable-pip-version-check", "--quiet", "--target", str(target), str(fixture)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, f"pip install failed:\n{proc.stdout}\n{proc.stderr}"
+        assert (target / package / "plugin.py").exists()
+        yield str(target)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def plugin_installer() -> Callable[[Path, str], Any]:
+    """``with plugin_installer(fixture_dir, package) as path:`` installs a test plugin."""
+    return installed_fixture
 
 
 def status_json(lc: LocalCluster) -> list[dict[str, Any]]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,20 +17,10 @@ GREETING = "cluster-plugin-hello says: hello"
 
 
 @pytest.fixture(scope="module")
-def plugin_path() -> Iterator[str]:
+def plugin_path(plugin_installer) -> Iterator[str]:
     """The plugin, built with hatchling and installed into a fresh directory (for PYTHONPATH)."""
-    target = Path(tempfile.mkdtemp(prefix="cluster-e2e-plugin-"))
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-             "--no-cache-dir", "--disable-pip-version-check", "--quiet", "--target", str(target), str(FIXTURE)],
-            capture_output=True, text=True, timeout=300,
-        )
-        assert proc.returncode == 0, f"pip install failed:\n{proc.stdout}\n{proc.stderr}"
-        assert (target / "cluster_plugin_hello" / "plugin.py").exists()
-        yield str(target)
-    finally:
-        shutil.rmtree(target, ignore_errors=True)
+    with plugin_installer(FIXTURE, "cluster_plugin_hello") as path:
+        yield path
 
 
 def plugin_env(plugin_path: str, **extra: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import click
-    from cluster_store import ObjectStore
+    from cluster_store import ObjectStore, SpillTarget
 
     from cluster.head import HeadService
     from cluster.node import NodeService
@@ -68,7 +68,27 @@ def cluster_make_object_store(path: str, node: dict[str, Any]) -> ObjectStore | 
 
     Called in every process that reads or writes a node's objects (node daemon, workers,
     drivers). Return an object with cluster_store.ObjectStore's methods, or None to let the
-    next plugin answer. The built-in plugin returns ``cluster_store.ObjectStore(path)``.
+    next plugin answer. The built-in plugin returns ``cluster_store.ObjectStore(path,
+    spill_target=cluster.plugins.make_spill_target(node))`` (see
+    ``cluster_make_spill_target``).
+    """
+
+
+@hookspec(firstresult=True)
+def cluster_make_spill_target(node: dict[str, Any]) -> SpillTarget | None:
+    """Build where a node's object store moves objects when it is full; None: spilling off.
+
+    ``node`` is the node description (``node["node_id"]``, ``node["spill_dir"]``: the
+    node's spill directory, None if the user turned spilling off, ...). Called by
+    ``cluster_make_object_store`` (the built-in one calls it through
+    ``cluster.plugins.make_spill_target``) in every process that opens the node's store:
+    any of them may spill an object and any other restore it, so all must get a target
+    naming the same place (see ``cluster_store.SpillTarget`` for what a target guarantees).
+    Return a ``cluster_store.SpillTarget``, or None to let the next plugin answer; the first
+    answer wins. The built-in plugin returns ``cluster_store.DirectorySpillTarget(spill_dir)``,
+    or None when ``spill_dir`` is None. A plugin with another target (a bucket, a remote disk)
+    implements this with ``@hookimpl(tryfirst=True)``, and should return None when
+    ``spill_dir`` is None so that ``--no-object-spilling`` still turns spilling off.
     """
 
 

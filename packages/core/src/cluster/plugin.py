@@ -15,9 +15,23 @@ def cluster_make_object_store(path: str, node: dict[str, Any]) -> Any:
         return MemoryStore(capacity_bytes=node.get("store_capacity"))
     from cluster_store import ObjectStore
 
+    from cluster.plugins import make_spill_target
+
     return ObjectStore(
-        path, capacity_bytes=node.get("store_capacity"), spill_dir=node.get("spill_dir"), create=True
+        path,
+        capacity_bytes=node.get("store_capacity"),
+        spill_target=make_spill_target(node),
+        create=True,
     )
+
+
+@hookimpl
+def cluster_make_spill_target(node: dict[str, Any]) -> Any:
+    if not node.get("spill_dir"):
+        return None
+    from cluster_store import DirectorySpillTarget
+
+    return DirectorySpillTarget(node["spill_dir"])
 
 
 @hookimpl

@@ -6,12 +6,16 @@ import functools
 import importlib
 import os
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 import pluggy
 import structlog
 
 from cluster import hookspec
 from cluster.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cluster_store import SpillTarget
 
 ENTRY_POINT_GROUP = "cluster.plugins"
 # name -> module; registered exactly like a third party's plugin, and can be disabled the same way.
@@ -54,6 +58,11 @@ def make_object_store(path: str, node: dict) -> object:
     if store is None:
         raise ConfigError(_nobody_answered("cluster_make_object_store", "an object store"))
     return store
+
+
+def make_spill_target(node: dict) -> SpillTarget | None:
+    """Where a node's object store spills, from the first plugin that says; None: spilling off."""
+    return get_plugin_manager().hook.cluster_make_spill_target(node=node)
 
 
 def make_scheduler(node: object) -> object:

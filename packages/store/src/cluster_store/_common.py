@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
+import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +16,9 @@ from cluster_store._format import FIXED_HEADER_SIZE, HeaderError, parse_header, 
 from cluster_store.errors import CorruptObjectError, StoreError
 
 MAX_OBJECT_ID_BYTES = 64
+#: What object ids are stored under: their lowercase hex and nothing else (files that
+#: are being written or are claimed start with a dot, so they can never match).
+OBJECT_NAME = re.compile(rf"(?:[0-9a-f]{{2}}){{1,{MAX_OBJECT_ID_BYTES}}}")
 
 _ZEROS = memoryview(bytes(64))
 
@@ -31,6 +36,17 @@ def object_name(object_id: bytes) -> str:
             f"got {len(object_id)} bytes"
         )
     return object_id.hex()
+
+
+def pid_alive(pid: int) -> bool:
+    """Return True if process ``pid`` exists (whoever it belongs to)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists but belongs to someone else
+        return True
+    return True
 
 
 def check_raw_size(size: int) -> None:

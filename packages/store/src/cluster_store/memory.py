@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import mmap
 import os
 import pathlib
 import pickle
-import secrets
-import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
 from cluster_store._common import (
     RawWriter,
@@ -36,6 +35,12 @@ from cluster_store._common import (
 )
 from cluster_store._format import BUFFER_ALIGNMENT, HeaderError, parse_header
 from cluster_store.errors import CorruptObjectError, ObjectStoreFullError, StoreError
+from cluster_store.spill import (
+    DirectorySpillTarget,
+    SpillTarget,
+    corrupt_spilled_copy,
+    spill_target_from,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -67,6 +72,68 @@ def _new_memory(size: int) -> memoryview:
     return memoryview(raw)[start : start + size]
 
 
+class _MemoryFile(io.RawIOBase, BinaryIO):
+    """A binary file over one object's memory: how a spill target sees an in-process object.
+
+    Readable (to spill it) or writable (to restore it into freshly allocated
+    memory, which it cannot grow past).  ``getbuffer()`` returns the memory
+    itself, as ``io.BytesIO``'s does, so a target can copy straight from or into
+    it; the store's own :class:`~cluster_store.DirectorySpillTarget` does.
+    """
+
+    def __init__(self, data: memoryview, *, writable: bool) -> None:
+        super().__init__()
+        self._data = data if writable else data.toreadonly()
+        self._writable = writable
+        self._position = 0
+
+    def readable(self) -> bool:
+        return not self._writable
+
+    def writable(self) -> bool:
+        return self._writable
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._data.nbytes}
+        if whence not in base or base[whence] + offset < 0:
+            raise ValueError(f"invalid seek to {offset} from {whence}")
+        self._position = base[whence] + offset
+        return self._position
+
+    def getbuffer(self) -> memoryview:
+        return self._data[:]
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._writable:
+            raise io.UnsupportedOperation("this object file is open for writing")
+        start = min(self._position, self._data.nbytes)
+        with memoryview(buffer).cast("B") as into:
+            count = min(into.nbytes, self._data.nbytes - start)
+            into[:count] = self._data[start : start + count]
+        self._position = start + count
+        return count
+
+    def write(self, data: bytes | memoryview) -> int:  # type: ignore[override]
+        if not self._writable:
+            raise io.UnsupportedOperation("this object file is open for reading")
+        with memoryview(data).cast("B") as chunk:
+            end = self._position + chunk.nbytes
+            if end > self._data.nbytes:
+                raise ValueError(
+                    f"the spill target returned more than the {self._data.nbytes} bytes "
+                    "that were spilled for this object"
+                )
+            self._data[self._position : end] = chunk
+        written, self._position = end - self._position, end
+        return written
+
+
 @dataclass(slots=True)
 class _Object:
     data: memoryview  # writable, exactly the object file's bytes (in a bytearray or a mapping)
@@ -77,7 +144,7 @@ class MemoryStore:
     """Sealed, immutable objects in this process's own memory; thread-safe.
 
     Same API and semantics as :class:`~cluster_store.ObjectStore` (capacity,
-    secondary copies evicted first, LRU spilling to ``spill_dir``,
+    secondary copies evicted first, LRU spilling to a spill target,
     :class:`~cluster_store.ObjectStoreFullError`), except that no other process
     sees the objects (``shared`` is False).
     """
@@ -88,6 +155,9 @@ class MemoryStore:
     path: ClassVar[None] = None
 
     capacity_bytes: int | None
+    #: Where objects spill when room is needed; None: spilling is off.
+    spill_target: SpillTarget | None
+    #: The directory of a :class:`DirectorySpillTarget` (what ``spill_dir=`` builds), else None.
     spill_dir: pathlib.Path | None
 
     def __init__(
@@ -95,32 +165,36 @@ class MemoryStore:
         *,
         capacity_bytes: int | None = None,
         spill_dir: str | os.PathLike[str] | None = None,
+        spill_target: SpillTarget | None = None,
     ) -> None:
         """Create an empty store holding at most ``capacity_bytes`` (None: only RAM limits it).
 
-        With a ``spill_dir`` (a directory of its own, on disk), a write that
-        would overflow the capacity first moves the least recently used objects
-        there; reading a spilled object brings it back.  Writers in different
-        threads reserve their room before copying, so the capacity is never
-        overshot.
+        With a ``spill_target`` of its own (no other store may use it), a write
+        that would overflow the capacity first moves the least recently used
+        objects there; reading a spilled object brings it back.
+        ``spill_dir=path`` (a directory of its own, on disk) is short for
+        ``spill_target=DirectorySpillTarget(path)``; pass one or the other.
+        Writers in different threads reserve their room before copying, so the
+        capacity is never overshot.
         """
         check_capacity(capacity_bytes)
         self.capacity_bytes = capacity_bytes
+        self.spill_target = spill_target_from(spill_dir, spill_target, create=True)
         self.spill_dir = (
-            None if spill_dir is None else pathlib.Path(os.path.abspath(os.fspath(spill_dir)))
+            self.spill_target.path if isinstance(self.spill_target, DirectorySpillTarget) else None
         )
-        self._spill = None if spill_dir is None else str(self.spill_dir)
-        if self._spill is not None:
-            os.makedirs(self._spill, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._objects: OrderedDict[bytes, _Object] = OrderedDict()  # least recently used first
-        self._spilled: dict[bytes, int] = {}  # object id -> size, for objects in spill_dir
+        self._spilled: dict[bytes, int] = {}  # object id -> size, of objects in the spill target
         self._used = 0  # bytes of the objects in memory
         self._reserved = 0  # bytes promised to writers that are still copying
         self._destroyed = False
 
     def __repr__(self) -> str:
-        return f"MemoryStore(capacity_bytes={self.capacity_bytes!r}, spill_dir={self._spill!r})"
+        return (
+            f"MemoryStore(capacity_bytes={self.capacity_bytes!r}, "
+            f"spill_target={self.spill_target!r})"
+        )
 
     def __contains__(self, object_id: bytes) -> bool:
         return self.contains(object_id)
@@ -235,7 +309,7 @@ class MemoryStore:
             return len(self._objects), self._used
 
     def spilled(self) -> tuple[int, int]:
-        """(number of objects, bytes) currently spilled to disk."""
+        """(number of objects, bytes) currently spilled to the spill target."""
         with self._lock:
             return len(self._spilled), sum(self._spilled.values())
 
@@ -265,21 +339,19 @@ class MemoryStore:
             if found is not None:
                 self._used -= len(found.data)
             spilled = self._spilled.pop(object_id, None)
-            if spilled is not None and self._spill is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self._spill, name))
+            if spilled is not None and self.spill_target is not None:
+                self.spill_target.delete(name)
         return found is not None or spilled is not None
 
     def destroy(self) -> None:
-        """Drop every object and the spill directory; later writes raise :class:`StoreError`."""
+        """Drop every object, spilled ones too; later writes raise :class:`StoreError`."""
         with self._lock:
             self._destroyed = True
             self._objects.clear()
             self._spilled.clear()
             self._used = 0
-            if self._spill is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.rmtree(self._spill)
+            if self.spill_target is not None:
+                self.spill_target.destroy()
 
     def remove_stale_temp_files(self) -> int:
         """Nothing to do: no other process writes into this store. Returns 0."""
@@ -347,7 +419,7 @@ class MemoryStore:
                 freed = len(self._objects.pop(victim).data)
                 self._used -= freed
                 used -= freed
-            if self._spill is not None:
+            if self.spill_target is not None:
                 for victim in list(self._objects):
                     if used + size <= capacity:
                         break
@@ -356,10 +428,10 @@ class MemoryStore:
             return
         if size > capacity:
             reason = "the object alone is larger than the capacity"
-        elif self._spill is None:
+        elif self.spill_target is None:
             reason = "spilling is off"
         else:
-            reason = "nothing more could be spilled"
+            reason = f"nothing more could be spilled to the {self.spill_target.description}"
         raise ObjectStoreFullError(
             f"In-process object store is full: object {object_id.hex()} needs {size} bytes "
             f"but {used} of its {capacity} bytes capacity are in use "
@@ -373,18 +445,15 @@ class MemoryStore:
         )
 
     def _spill_one(self, object_id: bytes) -> int:
-        """Write a primary object to the spill directory and drop it from memory (lock held); return its size."""
-        assert self._spill is not None
+        """Write a primary object to the spill target and drop it from memory (lock held); return its size."""
+        target = self.spill_target
+        assert target is not None
         data = self._objects[object_id].data
-        path = os.path.join(self._spill, object_id.hex())
-        temp = f"{path}.tmp-{secrets.token_hex(4)}"
         try:
-            with open(temp, "wb") as file:
-                file.write(data)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+            with _MemoryFile(data, writable=False) as source:
+                target.write(object_id.hex(), source, len(data))
+        except BaseException as exc:
+            exc.add_note(f"(while spilling object {object_id.hex()} to the {target.description})")
             raise
         del self._objects[object_id]
         self._used -= len(data)
@@ -392,21 +461,30 @@ class MemoryStore:
         return len(data)
 
     def _restore(self, object_id: bytes) -> _Object | None:
-        """Bring a spilled object back into memory (lock held); None if its file vanished."""
-        assert self._spill is not None
+        """Bring a spilled object back into memory (lock held); None if its spilled copy vanished."""
+        target = self.spill_target
+        assert target is not None
+        name = object_id.hex()
         size = self._spilled[object_id]
-        path = os.path.join(self._spill, object_id.hex())
         self._make_room(object_id, size)
         data = _new_memory(size)
         try:
-            with open(path, "rb") as file:
-                read = file.readinto(data)
-        except FileNotFoundError:
+            with _MemoryFile(data, writable=True) as dest:
+                found = target.read_into(name, dest)
+                read = dest.tell()
+        except BaseException as exc:
+            exc.add_note(f"(while restoring object {name} from the {target.description})")
+            raise
+        if not found:
             del self._spilled[object_id]
             return None
-        if read != size:
-            raise self._corrupt(object_id, f"its spilled copy {path} has {read} bytes, not {size}")
-        os.unlink(path)
+        try:
+            if read != size:
+                raise HeaderError(f"it has {read} bytes, not {size}")
+            parse_header(data, size)
+        except HeaderError as exc:
+            raise corrupt_spilled_copy(name, target, str(exc), f"<memory>/{name}")
+        target.delete(name)
         del self._spilled[object_id]
         restored = self._objects[object_id] = _Object(data, secondary=False)
         self._used += size

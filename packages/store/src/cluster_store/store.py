@@ -8,7 +8,7 @@ memoryviews into the mapping, so no byte is copied on the read path.
 
 Many processes share one directory without a daemon: temporary names are
 created with ``O_EXCL``, objects appear only through the atomic link, every
-claim on a file (to spill it, evict it, or reuse a freed one) is an atomic
+claim on a file (to spill, restore or evict it, or reuse a freed one) is an atomic
 ``rename``, and readers pin the files they map with a shared ``flock`` so that
 a freed file is rewritten only once nobody maps it (see ``_pool``).
 
@@ -18,6 +18,13 @@ the least recently used ones before any primary object is spilled.  It is
 marked by the owner-execute permission bit of its file, fixed when the file is
 published: a reader learns it from the ``fstat`` it does anyway, and the name
 stays the same so no lookup tries two names.
+
+Spilled objects go to a :class:`~cluster_store.SpillTarget` (``spill.py``).  A
+restore copies the object into a temp file, renames it to a ``.restoring-``
+claim, removes the spilled copy and only then publishes the object: once it is
+published another process may spill it again at once, and the old copy must be
+gone by then.  Readers that find an object nowhere wait while a ``.spilling-``
+or ``.restoring-`` claim on it exists.
 """
 
 from __future__ import annotations
@@ -39,17 +46,18 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
 from cluster_store._common import (
-    MAX_OBJECT_ID_BYTES,
+    OBJECT_NAME,
     RawWriter,
     StoredObject,
     StoreStats,
     check_capacity,
     check_raw_size,
     object_name,
+    pid_alive,
     split_object,
     write_plan,
 )
-from cluster_store._format import HeaderError, parse_header
+from cluster_store._format import FIXED_HEADER_SIZE, HeaderError, parse_header
 from cluster_store._pool import (
     MIN_POOLED_BYTES,
     PIN_MIN_BYTES,
@@ -59,17 +67,21 @@ from cluster_store._pool import (
     unpinned,
 )
 from cluster_store.errors import CorruptObjectError, ObjectStoreFullError, StoreError
+from cluster_store.spill import (
+    DirectorySpillTarget,
+    SpillTarget,
+    corrupt_spilled_copy,
+    spill_target_from,
+)
 
 __all__ = ["ObjectStore", "RawWriter", "StoredObject", "default_store_root"]
 
 _TEMP_PREFIX = ".tmp-"
 _SPILL_PREFIX = ".spilling-"
+_RESTORE_PREFIX = ".restoring-"
 _EVICT_PREFIX = ".evicting-"
-# Sealed object files are named by the lowercase hex of the object id and
-# nothing else; temporary and claimed files start with a dot so they can never match.
-_OBJECT_NAME = re.compile(rf"(?:[0-9a-f]{{2}}){{1,{MAX_OBJECT_ID_BYTES}}}")
 # Files a process owns while it works on them: <prefix><object name>-<pid>-<random>.
-_CLAIM_NAME = re.compile(r"\.(tmp|spilling|evicting)-([0-9a-f]+)-(\d+)-[0-9a-f]+")
+_CLAIM_NAME = re.compile(r"\.(tmp|spilling|restoring|evicting)-([0-9a-f]+)-(\d+)-[0-9a-f]+")
 
 # Permission bits of sealed files.  The owner-execute bit marks a secondary
 # copy: it is meaningless for a data file, settable by the owner on any POSIX
@@ -153,16 +165,6 @@ def _link_back(claimed: str, path: str) -> None:
         os.rename(claimed, path)
         return
     _unlink_quiet(claimed)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: it exists but belongs to someone else
-        return True
-    return True
 
 
 _nofile_raised = False
@@ -249,6 +251,21 @@ def _map_readonly_once(path: str) -> _Mapped | None:
     return None
 
 
+def _object_file_problem(fd: int, size: int) -> str | None:
+    """Why the file open as ``fd`` is not a whole object file of ``size`` bytes; None if it is."""
+    written = os.fstat(fd).st_size
+    if written != size:
+        return f"it has {written} bytes, not {size}"
+    if size < FIXED_HEADER_SIZE:
+        return f"it is {size} bytes, smaller than an object file's header"
+    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapping:  # only the header is read
+        try:
+            parse_header(mapping, size)
+        except HeaderError as exc:
+            return str(exc)
+    return None
+
+
 class _Entry(NamedTuple):
     name: str
     inode: int
@@ -264,6 +281,9 @@ class ObjectStore:
 
     path: pathlib.Path
     capacity_bytes: int | None
+    #: Where objects spill when room is needed; None: spilling is off.
+    spill_target: SpillTarget | None
+    #: The directory of a :class:`DirectorySpillTarget` (what ``spill_dir=`` builds), else None.
     spill_dir: pathlib.Path | None
 
     def __init__(
@@ -273,11 +293,15 @@ class ObjectStore:
         capacity_bytes: int | None = None,
         create: bool = True,
         spill_dir: str | os.PathLike[str] | None = None,
+        spill_target: SpillTarget | None = None,
     ) -> None:
         """Open the store in directory ``path``, creating it (mode 0o700) if ``create``.
 
-        With a ``spill_dir`` (on disk), a write that would overflow ``capacity_bytes`` first
-        moves the least recently used objects there; reading a spilled object brings it back.
+        With a ``spill_target``, a write that would overflow ``capacity_bytes`` first moves
+        the least recently used objects there; reading a spilled object brings it back.
+        Every process that opens the store must use the same target: any of them may
+        restore what another spilled.  ``spill_dir=path`` (on disk) is short for
+        ``spill_target=DirectorySpillTarget(path)``; pass one or the other.
 
         ``capacity_bytes`` bounds the total size of sealed objects in the
         directory, plus freed files kept for reuse (``None`` means only the
@@ -290,10 +314,10 @@ class ObjectStore:
         self.path = pathlib.Path(os.path.abspath(os.fspath(path)))
         self.capacity_bytes = capacity_bytes
         self._dir = str(self.path)
-        self.spill_dir = None if spill_dir is None else pathlib.Path(os.path.abspath(os.fspath(spill_dir)))
-        self._spill = None if spill_dir is None else str(self.spill_dir)
-        if self._spill is not None and create:
-            os.makedirs(self._spill, mode=0o700, exist_ok=True)
+        self.spill_target = spill_target_from(spill_dir, spill_target, create=create)
+        self.spill_dir = (
+            self.spill_target.path if isinstance(self.spill_target, DirectorySpillTarget) else None
+        )
         # (file name, inode) -> (size, secondary) of sealed files seen by _scan().
         # A published file never changes, so this stays right for as long as the name
         # points at the same inode.
@@ -438,9 +462,8 @@ class ObjectStore:
         try:
             return os.stat(os.path.join(self._dir, name)).st_size
         except FileNotFoundError:
-            if self._spill is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    return os.stat(os.path.join(self._spill, name)).st_size
+            if self.spill_target is not None:
+                return self.spill_target.size(name)
             return None
 
     def is_secondary(self, object_id: bytes) -> bool:
@@ -465,17 +488,10 @@ class ObjectStore:
         return len(objects), sum(entry.size for entry in objects)
 
     def spilled(self) -> tuple[int, int]:
-        """(number of objects, bytes) currently spilled to disk."""
-        if self._spill is None:
+        """(number of objects, bytes) currently spilled to the spill target."""
+        if self.spill_target is None:
             return 0, 0
-        count = total = 0
-        with contextlib.suppress(FileNotFoundError), os.scandir(self._spill) as entries:
-            for entry in entries:
-                if _OBJECT_NAME.fullmatch(entry.name):
-                    with contextlib.suppress(FileNotFoundError):
-                        total += entry.stat().st_size
-                        count += 1
-        return count, total
+        return self.spill_target.usage()
 
     def stats(self) -> StoreStats:
         """Objects and bytes held: all, secondary copies, spilled, and freed files kept for reuse."""
@@ -501,56 +517,60 @@ class ObjectStore:
         """Remove an object; return True if it existed. Existing views stay readable."""
         name = object_name(object_id)
         found = self._free(os.path.join(self._dir, name))
-        if self._spill is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self._spill, name))
-                found = True
-            if self._spill_in_flight(name):
-                # Another process is spilling it right now: remove its copy once it lands.
+        target = self.spill_target
+        if target is not None:
+            found = target.delete(name) or found
+            if self._moving(name):
+                # Another process is spilling or restoring it right now: remove its copy
+                # once that is done.
                 deadline = time.monotonic() + 5
-                while self._spill_in_flight(name) and time.monotonic() < deadline:
+                while self._moving(name) and time.monotonic() < deadline:
                     time.sleep(0.005)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self._spill, name))
-                    found = True
+                found = target.delete(name) or found
+                found = self._free(os.path.join(self._dir, name)) or found
         return found
 
     def destroy(self) -> None:
-        """Delete the store directory and everything in it."""
-        for folder in (self._dir, self._spill):
-            if folder is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.rmtree(folder)
+        """Delete the store directory and everything in it, and every spilled object."""
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self._dir)
+        if self.spill_target is not None:
+            self.spill_target.destroy()
         self._size_cache = {}
 
     def remove_stale_temp_files(self) -> int:
         """Remove files left half-handled by processes that died; return how many.
 
-        That is temporary files of writers, and objects claimed for spilling or
-        eviction: an object whose spill did not land is put back.
+        That is temporary files of writers, objects claimed for spilling,
+        restoring or eviction (an object whose spill did not land, or that was
+        restored but not published, is put back), and partial writes to the
+        spill target.
         """
         removed = 0
-        for folder in (self._dir, self._spill):
-            if folder is None:
+        try:
+            entries = os.listdir(self._dir)
+        except FileNotFoundError:
+            entries = []
+        for claim in entries:
+            match = _CLAIM_NAME.fullmatch(claim)
+            if match is None or pid_alive(int(match.group(3))):
+                continue
+            path = os.path.join(self._dir, claim)
+            if match.group(1) == "spilling":
+                self._recover_spill(path, match.group(2))
+                removed += 1
+                continue
+            if match.group(1) == "restoring":
+                self._recover_restore(path, match.group(2))
+                removed += 1
                 continue
             try:
-                entries = os.listdir(folder)
+                os.unlink(path)
             except FileNotFoundError:
                 continue
-            for claim in entries:
-                match = _CLAIM_NAME.fullmatch(claim)
-                if match is None or _pid_alive(int(match.group(3))):
-                    continue
-                path = os.path.join(folder, claim)
-                if match.group(1) == "spilling" and folder == self._dir:
-                    self._recover_spill(path, match.group(2))
-                    removed += 1
-                    continue
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    continue
-                removed += 1
+            removed += 1
+        if self.spill_target is not None:
+            removed += self.spill_target.remove_stale_temp_files()
         return removed
 
     # ------------------------------------------------------------------ internals
@@ -568,7 +588,7 @@ class ObjectStore:
         with iterator:
             for entry in iterator:
                 name = entry.name
-                if _OBJECT_NAME.fullmatch(name) is None:
+                if OBJECT_NAME.fullmatch(name) is None:
                     continue
                 key = (name, entry.inode())
                 known = cache.get(key)
@@ -760,10 +780,13 @@ class ObjectStore:
             # used first within each (reads touch an object's mtime, see _map).
             aged = []
             for entry in objects:
-                if entry.secondary or self._spill is not None:
-                    with contextlib.suppress(FileNotFoundError):
+                if entry.secondary or self.spill_target is not None:
+                    try:
                         mtime = os.stat(os.path.join(self._dir, entry.name)).st_mtime_ns
-                        aged.append((not entry.secondary, mtime, entry.name, entry.size))
+                    except FileNotFoundError:
+                        used -= entry.size  # another process took it out since our scan
+                        continue
+                    aged.append((not entry.secondary, mtime, entry.name, entry.size))
             aged.sort()
             for primary, _, name, found_size in aged:
                 if used + size <= capacity:
@@ -774,10 +797,10 @@ class ObjectStore:
                 return
         if size > capacity:
             reason = "the object alone is larger than the capacity"
-        elif self._spill is None:
+        elif self.spill_target is None:
             reason = "spilling is off"
         else:
-            reason = "nothing more could be spilled"
+            reason = f"nothing more could be spilled to the {self.spill_target.description}"
         raise ObjectStoreFullError(
             f"Object store {self._dir} is full: object {object_id.hex()} needs {size} bytes "
             f"but {used} of its {capacity} bytes capacity are in use "
@@ -800,10 +823,14 @@ class ObjectStore:
         return claimed
 
     def _evict_one(self, name: str) -> bool:
-        """Delete secondary copy ``name`` to make room; False if it is gone or became primary."""
+        """Delete secondary copy ``name`` to make room; False if it became primary and stays.
+
+        True also if another process took it out of the store first: its room is free
+        for this scan's purposes, as for our own claims.
+        """
         claimed = self._claim(name, _EVICT_PREFIX)
         if claimed is None:
-            return False
+            return True
         if not os.stat(claimed).st_mode & _SECONDARY_BIT:
             # A primary copy replaced it after our scan: that one must stay.
             _link_back(claimed, os.path.join(self._dir, name))
@@ -812,43 +839,55 @@ class ObjectStore:
         return True
 
     def _spill_one(self, name: str) -> bool:
-        """Move sealed object ``name`` to the spill directory; False if another process took it."""
-        assert self._spill is not None
+        """Move sealed object ``name`` out of the store to the spill target; True once it is out.
+
+        Another process may have claimed it first (several writers making room at once
+        pick the same least recently used objects): it is out of the store all the same,
+        and no longer counts toward the capacity.
+        """
+        target = self.spill_target
+        assert target is not None
         claimed = self._claim(name, _SPILL_PREFIX)  # exactly one process spills it
         if claimed is None:
-            return False
-        if os.stat(claimed).st_mode & _SECONDARY_BIT:
-            _unlink_quiet(claimed)  # secondary copies are never spilled, only dropped
             return True
-        temp = os.path.join(self._spill, f"{_TEMP_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}")
         try:
-            shutil.copyfile(claimed, temp)
-            os.replace(temp, os.path.join(self._spill, name))
-        except BaseException:
-            _unlink_quiet(temp)
+            with open(claimed, "rb", buffering=0) as source:
+                status = os.fstat(source.fileno())
+                # A secondary copy (replaced a primary since our scan) is dropped, never spilled.
+                if not status.st_mode & _SECONDARY_BIT:
+                    target.write(name, source, status.st_size)
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.rename(claimed, os.path.join(self._dir, name))  # put it back rather than lose it
+            exc.add_note(f"(while spilling object {name} to the {target.description})")
             raise
         _unlink_quiet(claimed)
         return True
 
     def _recover_spill(self, claimed: str, name: str) -> None:
         """Finish for a dead process: a spill that did not land puts the object back."""
-        if self._spill is not None and os.path.exists(os.path.join(self._spill, name)):
+        if self.spill_target is not None and self.spill_target.size(name) is not None:
             _unlink_quiet(claimed)
             return
         with contextlib.suppress(FileNotFoundError):
             _link_back(claimed, os.path.join(self._dir, name))
 
+    def _recover_restore(self, claimed: str, name: str) -> None:
+        """Finish for a dead process: a restored copy that was not published yet is published."""
+        if self.spill_target is not None:
+            self.spill_target.delete(name)  # as _restore does, before the object is visible
+        with contextlib.suppress(FileNotFoundError):
+            _link_back(claimed, os.path.join(self._dir, name))
+
     def _map(self, path: str) -> memoryview | None:
-        """Map a sealed object, bringing it back from the spill directory if it is there."""
+        """Map a sealed object, bringing it back from the spill target if it is there."""
         mapped = _map_readonly(path)
-        if mapped is None and self._spill is not None:
+        if mapped is None and self.spill_target is not None:
             mapped = self._restore(os.path.basename(path))
         if mapped is None:
             return None
         if (
-            self._spill is not None
+            self.spill_target is not None
             or (self.capacity_bytes is not None and mapped.stat.st_mode & _SECONDARY_BIT)
         ) and time.time_ns() - mapped.stat.st_mtime_ns > _TOUCH_INTERVAL_NS:
             with contextlib.suppress(OSError):
@@ -856,40 +895,68 @@ class ObjectStore:
         return mapped.view
 
     def _restore(self, name: str) -> _Mapped | None:
-        assert self._spill is not None
+        """Copy object ``name`` back from the spill target and map it; None if it is in neither."""
+        target = self.spill_target
+        assert target is not None
         path = os.path.join(self._dir, name)
-        spilled = os.path.join(self._spill, name)
-        for _ in range(200):  # a spill of this very object may be in flight in another process
-            try:
-                size = os.stat(spilled).st_size
-            except FileNotFoundError:
+        confirmed = False
+        for _ in range(200):  # another process may be spilling or restoring this very object
+            size = target.size(name)
+            if size is None:
                 mapped = _map_readonly(path)
-                if mapped is not None or not self._spill_in_flight(name):
+                if mapped is not None:
                     return mapped
-                time.sleep(0.005)
+                if self._moving(name):
+                    confirmed = False
+                    time.sleep(0.005)
+                    continue
+                if confirmed:
+                    return None
+                # In neither place, and nobody moving it, at three moments; a spill or a
+                # restore that ran between those looks escapes them, so look once more.
+                confirmed = True
                 continue
             self._make_room(bytes.fromhex(name), size)
             temp, fd = self._create_temp(name)
             try:
-                os.close(fd)
-                shutil.copyfile(spilled, temp)
-            except FileNotFoundError:
-                _unlink_quiet(temp)  # restored (and maybe freed) by another process meanwhile
-                continue
+                with open(fd, "wb", buffering=0) as dest:
+                    found = target.read_into(name, dest)
+                    problem = _object_file_problem(fd, size) if found else None
             except BaseException as exc:
                 _unlink_quiet(temp)
                 if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                     raise self._filesystem_full(bytes.fromhex(name), size) from exc
+                exc.add_note(f"(while restoring object {name} from the {target.description})")
                 raise
-            self._publish(temp, path, size, secondary=False)
-            _unlink_quiet(spilled)
-            return _map_readonly(path)
+            if not found:
+                _unlink_quiet(temp)  # restored (and maybe freed) by another process meanwhile
+                continue
+            if problem is not None:
+                _unlink_quiet(temp)  # a bad copy is never published; the spilled one stays
+                raise corrupt_spilled_copy(name, target, problem, path)
+            # The spilled copy goes before the object reappears: once published, the object
+            # may be spilled again at once, and a delete after that would drop the new copy.
+            # Meanwhile the claim tells readers that find neither copy to wait.
+            claimed = os.path.join(
+                self._dir, f"{_RESTORE_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}"
+            )
+            os.rename(temp, claimed)
+            try:
+                target.delete(name)
+                # Mapped before it is published: once published, a busy store may spill it
+                # again before we could map it by its name.
+                mapped = _map_readonly(claimed)
+            finally:
+                self._publish(claimed, path, size, secondary=False)
+            if mapped is not None:
+                return mapped
         return _map_readonly(path)
 
-    def _spill_in_flight(self, name: str) -> bool:
-        prefix = f"{_SPILL_PREFIX}{name}-"
+    def _moving(self, name: str) -> bool:
+        """True while a process spills or restores object ``name`` (its claim is in the directory)."""
+        prefixes = (f"{_SPILL_PREFIX}{name}-", f"{_RESTORE_PREFIX}{name}-")
         with contextlib.suppress(FileNotFoundError):
-            return any(entry.startswith(prefix) for entry in os.listdir(self._dir))
+            return any(entry.startswith(prefixes) for entry in os.listdir(self._dir))
         return False
 
     def _filesystem_full(self, object_id: bytes, size: int) -> ObjectStoreFullError:
