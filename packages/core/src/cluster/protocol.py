@@ -18,12 +18,13 @@ has authenticated: until then only small msgpack frames of the handshake types a
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import itertools
-import math
 import os
 import socket
+import threading
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
@@ -260,7 +261,13 @@ class Connection:
         self.sent_functions: set[bytes] = set()
         self.on_close: list[Callable[[Connection], None]] = []
         self.context: Any = None  # whatever the owner of the connection wants to hang on it
-        self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](math.inf)
+        # Frames waiting for the writer task. Any thread may send (see send_threadsafe): the
+        # lock makes "send it now, or queue it (and its unsent rest) behind the others" atomic,
+        # so frames never interleave on the wire.
+        self._frames: collections.deque[bytes | memoryview] = collections.deque()
+        self._send_lock = threading.Lock()
+        self._frames_added = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
         # A second handle on the same socket, for sending straight from send() when nothing is
         # queued: saves a trip through the writer task per message on the hot path.
         self._direct: socket.socket | None = None
@@ -297,16 +304,33 @@ class Connection:
         self._send_frame(payload)
 
     def _send_frame(self, frame: bytes | memoryview) -> None:
-        if not self._queued and not self._writing and self._direct is not None:
+        if self._enqueue(frame):
+            self._frames_added.set()
+
+    def send_threadsafe(self, msg: Any) -> None:
+        """``send`` from a thread other than the connection's trio thread."""
+        if self.closed:
+            raise ClusterConnectionError(f"the connection to {self.peer} is closed")
+        if self._enqueue(encode(msg)):
             try:
-                sent = self._direct.send(frame)
-            except OSError:  # would block, or broken: the writer task sorts it out
-                sent = 0
-            if sent == len(frame):
-                return
-            frame = memoryview(frame)[sent:]
-        self._queued += 1
-        self._send_channel.send_nowait(frame)
+                self._token.run_sync_soon(self._frames_added.set)
+            except trio.RunFinishedError:
+                pass
+
+    def _enqueue(self, frame: bytes | memoryview) -> bool:
+        """Send ``frame`` now if nothing is ahead of it, else queue it; True if queued."""
+        with self._send_lock:
+            if not self._queued and not self._writing and self._direct is not None:
+                try:
+                    sent = self._direct.send(frame)
+                except OSError:  # would block, or broken: the writer task sorts it out
+                    sent = 0
+                if sent == len(frame):
+                    return False
+                frame = memoryview(frame)[sent:]
+            self._queued += 1
+            self._frames.append(frame)
+            return True
 
     async def request_into(self, msg: Any, destination: memoryview) -> int:
         """Like ``request``, for a reply of raw bytes: they land in ``destination``."""
@@ -372,21 +396,22 @@ class Connection:
     # -- internals --
 
     async def _write_loop(self) -> None:
-        receive = self._receive_channel
+        frames = self._frames
         send_all = self.stream.send_all
         while True:
-            frame = await receive.receive()
-            batch = [frame]
-            size = len(frame)
-            while size < 1 << 20:
-                try:
-                    frame = receive.receive_nowait()
-                except trio.WouldBlock:
+            while not frames:
+                self._frames_added = trio.Event()
+                if frames:  # added by another thread between the check and the new event
                     break
-                batch.append(frame)
-                size += len(frame)
-            self._queued -= len(batch)
-            self._writing = True
+                await self._frames_added.wait()
+            with self._send_lock:
+                batch = [frames.popleft()]
+                size = len(batch[0])
+                while frames and size < 1 << 20:
+                    batch.append(frames.popleft())
+                    size += len(batch[-1])
+                self._queued -= len(batch)
+                self._writing = True
             if len(batch) == 1:
                 await send_all(batch[0])
             elif size <= 4 << 20:
@@ -394,7 +419,10 @@ class Connection:
             else:  # a raw payload is in there: don't copy it into a joined buffer
                 for frame in batch:
                     await send_all(frame)
-            self._writing = False
+            with self._send_lock:
+                self._writing = False
+            if frames:
+                continue
 
     async def _read_loop(self) -> None:
         buf = bytearray()

@@ -70,6 +70,7 @@ class PendingTask:
     held: list = attrs.Factory(list)  # ObjectRefs pickled inside the arguments
     deps: list = attrs.Factory(list)
     method: str = ""  # an actor call: the method's name
+    counted: bool = False  # an actor call counted in its ActorState.unsent
     actor: Any = None  # an actor call: the ActorHandle, then (on the trio thread) its ActorState
     lease: Lease | None = None
     cancelled: bool = False
@@ -1146,8 +1147,10 @@ class Runtime(ActorRuntime):
         task.cancelled = True
         if task.actor is not None and task.lease is None:
             state = task.actor
-            if isinstance(state, ActorState) and task in state.pending:
-                state.pending.remove(task)
+            if isinstance(state, ActorState):
+                with state.lock:
+                    if task in state.pending:
+                        state.pending.remove(task)
             self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
         elif task.lease is None:
             queue = self._queues.get(task.shape)

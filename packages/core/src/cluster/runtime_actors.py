@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import threading
 from typing import Any
 
 import attrs
@@ -60,6 +61,10 @@ class ActorState:
     ready: trio.Event = attrs.Factory(trio.Event)
     error_entry: list | None = None  # the constructor's error, answered to every call
     held: list = attrs.Factory(list)  # refs in the constructor's arguments
+    # Guards state, pending and sending: user threads send calls straight to the worker when
+    # nothing is ahead of them (unsent: calls submitted but not yet in pending).
+    lock: threading.RLock = attrs.Factory(threading.RLock)
+    unsent: int = 0
 
     @property
     def name(self) -> str:
@@ -88,7 +93,7 @@ class ActorRuntime:
             handle = ActorHandle(actor_id, actor_class.__name__, actor_class._methods, self.address)
         if name_key:
             record = self._name_record(actor_id, actor_class.__name__, actor_class._methods, detached, "")
-            if not self.call_async(self._kv_request, m.KvPut(name_key, record, False)):
+            if not self.call_async(self._claim_name, name_key, record):
                 if opts["get_if_exists"]:
                     existing = self.named_actor(opts["name"], opts["namespace"])
                     if existing is not None:
@@ -138,17 +143,81 @@ class ActorRuntime:
         )
         task.method = method
         task.actor = handle
+        state = self._actors.get(handle._actor_id)
+        if state is not None:
+            with state.lock:
+                if not dep_refs:
+                    refs = [ObjectRef(oid, self.address) for oid in task.return_ids]  # before a reply can come
+                    if self._send_call_now(state, task):
+                        return refs
+                    del refs
+                state.unsent += 1
+                task.counted = True
         return self.submit(task)
+
+    def _send_call_now(self, state: ActorState, task: Any) -> bool:
+        """From the caller's thread: send the call at once if nothing is ahead of it (the
+        common case), skipping the hop through the trio thread. Holds state.lock."""
+        conn = state.conn
+        if state.state != "alive" or state.unsent or state.pending or conn is None or conn.closed:
+            return False
+        with self._cv:
+            self._tasks[task.task_id] = task
+            self._owned.update(task.return_ids)
+        task.actor = task.lease = state
+        state.in_flight[task.task_id] = task
+        spec = m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, [], task.num_returns,
+                          self.address, task.method)
+        try:
+            conn.send_threadsafe(m.PushTasks([spec]))
+        except ClusterConnectionError:
+            pass  # the close callback fails or retries it
+        return True
 
     def named_actor(self, name: str, namespace: str | None) -> Any:
         from cluster.actor import DEFAULT_NAMESPACE, ActorHandle
 
         key = f"actor/{namespace or DEFAULT_NAMESPACE}/{name}"
-        record = self.call_async(self._kv_request, m.KvGet(key))
+        record = self.call_async(self._live_record, key)
         if record is None:
             return None
         actor_id, class_name, methods, owner, _address = pickle.loads(record)
         return ActorHandle(actor_id, class_name, methods, owner, "" if owner else key)
+
+    async def _claim_name(self, key: str, record: bytes) -> bool:
+        """Take ``key`` for a new actor; a name left behind by a dead actor is taken over."""
+        if await self._kv_request(m.KvPut(key, record, False)):
+            return True
+        if await self._live_record(key) is not None:
+            return False
+        return await self._kv_request(m.KvPut(key, record, True))
+
+    async def _live_record(self, key: str) -> bytes | None:
+        """The record under an actor name if its actor still lives; a stale one is removed
+        (its owner died without saying so, or its detached worker is gone)."""
+        record = await self._kv_request(m.KvGet(key))
+        if record is None:
+            return None
+        actor_id, _, _, owner, address = pickle.loads(record)
+        state = self._actors.get(actor_id)
+        if state is not None and state.owned:
+            return record if state.state != "dead" else None
+        try:
+            if owner:
+                conn = await self._connect(owner, "the actor's owner")
+                with trio.fail_after(10):
+                    status, _, _ = await conn.request(m.GetActorInfo(actor_id))
+                alive = status != "dead"
+            else:
+                alive = not address or (await self._connect(address, "the actor's worker")) is not None
+        except (ClusterConnectionError, RemoteCallError, trio.TooSlowError):
+            alive = False
+        if alive:
+            return record
+        current = await self._kv_request(m.KvGet(key))
+        if current == record:  # still the stale one (not a new claim meanwhile)
+            await self._kv_request(m.KvDelete(key))
+        return None
 
     def _name_record(self, actor_id: bytes, class_name: str, methods: dict, detached: bool, address: str) -> bytes:
         """What the head keeps under an actor's name: the owner to ask, or (detached) where it runs."""
@@ -243,10 +312,17 @@ class ActorRuntime:
     def _enqueue_actor_call(self, task: Any) -> None:
         state = self._actor_state(task.actor)
         task.actor = state
-        state.pending.append(task)
-        self._pump_actor(state)
+        with state.lock:
+            if task.counted:
+                state.unsent -= 1
+            state.pending.append(task)
+            self._pump_actor(state)
 
     def _pump_actor(self, state: ActorState) -> None:
+        with state.lock:
+            self._pump_actor_locked(state)
+
+    def _pump_actor_locked(self, state: ActorState) -> None:
         if state.state == "pending":
             return
         if state.state == "dead":
@@ -363,6 +439,10 @@ class ActorRuntime:
 
     def _actor_lost(self, state: ActorState, cause: str) -> None:
         """The actor's worker is gone: restart it (owner) or ask again (caller), else it is dead."""
+        with state.lock:
+            self._actor_lost_locked(state, cause)
+
+    def _actor_lost_locked(self, state: ActorState, cause: str) -> None:
         if state.state == "dead":
             self._fail_actor_calls(state, list(state.in_flight.values()))
             state.in_flight.clear()
@@ -391,6 +471,10 @@ class ActorRuntime:
         self._actor_dead(state, cause)
 
     def _actor_dead(self, state: ActorState, cause: str, error_entry: list | None = None) -> None:
+        with state.lock:
+            self._actor_dead_locked(state, cause, error_entry)
+
+    def _actor_dead_locked(self, state: ActorState, cause: str, error_entry: list | None = None) -> None:
         if state.state != "dead":
             state.state = "dead"
             state.cause = cause

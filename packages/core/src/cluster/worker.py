@@ -25,7 +25,7 @@ from typing import Any
 from cluster import messages as m
 from cluster import values as v
 from cluster.code_shipping import unpack_function
-from cluster.errors import ClusterError, TaskCancelledError, TaskError
+from cluster.errors import ClusterConnectionError, ClusterError, TaskCancelledError, TaskError
 from cluster.object_ref import collect_incoming
 
 FLUSH_AFTER_S = 0.002  # send results at least this often while more tasks are queued
@@ -126,7 +126,7 @@ class Executor:
             if results and (self._queue.empty() or now - last_flush > FLUSH_AFTER_S):
                 batch, results = results, {}
                 last_flush = now
-                self.runtime.soon(_send_results, batch)
+                _send_results(batch)
 
     def execute(self, conn: Any, spec: Any) -> m.TaskResult | None:
         task_id = spec.task_id
@@ -252,7 +252,7 @@ class Executor:
         return m.TaskResult(spec.task_id, [entry], self.pid)
 
     def _send_one(self, conn: Any, result: m.TaskResult) -> None:
-        self.runtime.soon(_send_results, {conn: [result]})
+        _send_results({conn: [result]})
 
     def _construct(self, conn: Any, creation: _Creation) -> None:
         msg = creation.msg
@@ -309,9 +309,12 @@ class _Creation:
 
 
 def _send_results(batch: dict) -> None:
+    """Send results from the thread that made them (no hop through the trio thread)."""
     for conn, results in batch.items():
-        if not conn.closed:
-            conn.send(m.TaskResults(results))
+        try:
+            conn.send_threadsafe(m.TaskResults(results))
+        except ClusterConnectionError:
+            pass  # the owner is gone
 
 
 def _remote_traceback() -> str:
@@ -363,12 +366,10 @@ class _TaskOutput(io.TextIOBase):
     def _forward(self, current: tuple, text: str) -> None:
         conn, spec = current
         msg = m.LogLines(spec.name, os.getpid(), self._name, text)
-        _executor.runtime.soon(_send_log, conn, msg)
-
-
-def _send_log(conn: Any, msg: Any) -> None:
-    if not conn.closed:
-        conn.send(msg)
+        try:  # from the task's own thread, so its output goes out ahead of its result
+            conn.send_threadsafe(msg)
+        except ClusterConnectionError:
+            pass
 
 
 def main() -> None:
