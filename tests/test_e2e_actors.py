@@ -304,3 +304,23 @@ def test_cluster_list_actors_shows_name_class_state_node_pid_restarts(shared_clu
     text = shared_cluster.cli("list", "actors").stdout
     assert "listed" in text and "RESTARTS" in text and str(pid) in text
     cluster.kill(counter)
+
+
+def test_an_actor_that_is_not_detached_dies_with_its_owner(shared_cluster, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "owner.py"
+    script.write_text(FIRST_DRIVER.replace(', lifetime="detached"', "").replace('"kept"', '"owned-by-driver"'))
+    owner = subprocess.run([sys.executable, str(script)], env=shared_cluster.env, capture_output=True,
+                           text=True, timeout=120)
+    assert owner.returncode == 0, owner.stderr
+    pid = int(owner.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    assert not _alive(pid)  # the node took the lease back when the owner's connection closed
+    # Its name went with it: it can be taken again.
+    again = Counter.options(name="owned-by-driver", namespace="detached-test").remote(3)
+    assert cluster.get(again.incr.remote(), timeout=60) == 4
+    cluster.kill(again)
