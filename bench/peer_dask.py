@@ -5,6 +5,10 @@
 Equivalents of the Ray-style calls: ``f.remote()`` -> ``client.submit(f, pure=False)``,
 ``put`` -> ``client.scatter(x, hash=False)``, ``get`` -> ``client.gather``, ``wait`` ->
 ``distributed.wait``. ``pure=False`` / ``hash=False`` everywhere, so Dask never dedupes.
+Actors: ``client.submit(cls, actor=True)`` then ``.result()`` for the proxy, whose method
+calls return ``ActorFuture``s; Dask has no kill, so an actor is stopped by cancelling the
+future that created it (the scheduler forgets the key, the worker drops the instance).
+An actor lives in a worker process, as a Python object; Dask starts no process for it.
 
 Two nodes, for the transfer metric, are the two worker processes of a LocalCluster, each
 holding its objects in its own memory; a task is pinned to one with ``workers=[address]``.
@@ -17,6 +21,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from _engine import load_engine
@@ -66,12 +71,30 @@ def _probe(array: Any) -> tuple[int, int, int]:
     return array.nbytes, int(array[0]), int(array[-1])
 
 
+class _NoopActor:
+    def noop(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class DaskActor:
+    """A Dask actor: the future that created it (cancelled to stop it) and its proxy."""
+
+    future: Any  # distributed.Future
+    proxy: Any  # distributed.Actor
+
+
+async def _call_results(calls: list[Any]) -> list[Any]:
+    return [await call for call in calls]
+
+
 class DaskBackend:
     framework = "dask"
     # client.gather copies the array over TCP from a worker process: never shared memory.
     zero_copy_possible = False
 
     def __init__(self) -> None:
+        self._engine = load_engine()
         self._cluster: Any = None
         self._client: Any = None
         self._workers: dict[str, str] = {}  # "a" / "b" -> worker address
@@ -83,7 +106,10 @@ class DaskBackend:
         return f"{dask.__version__} (distributed {distributed.__version__})"
 
     def describe(self) -> str:
-        own = "two nodes: its 2 workers, tasks pinned with workers=[address]"
+        own = (
+            "two nodes: its 2 workers, tasks pinned with workers=[address]; actors: "
+            "submit(cls, actor=True), objects in a worker process, stopped by cancel"
+        )
         if self._address is None:
             return f"LocalCluster({CLUSTER_KWARGS}); {own}"
         return f"LocalCluster({CLUSTER_KWARGS}); scheduler {self._address}; {own}"
@@ -95,8 +121,10 @@ class DaskBackend:
 
     def start(self, **cluster_options: Any) -> None:
         from dask.distributed import Client, LocalCluster, wait
+        from distributed.actor import BaseActorFuture
 
         self._wait = wait
+        self._actor_future = BaseActorFuture
         self._cluster = LocalCluster(**CLUSTER_KWARGS, **cluster_options)
         self._client = Client(self._cluster)
         self._address = self._client.scheduler.address
@@ -161,13 +189,31 @@ class DaskBackend:
             _probe, ref, workers=[self._workers[node]], allow_other_workers=False, pure=False
         )
 
+    def new_actor(self) -> DaskActor:
+        # The proxy only exists once the worker has built the instance: this waits for it.
+        future = self._client.submit(_NoopActor, actor=True, pure=False)
+        return DaskActor(future, future.result(timeout=self._engine.GET_TIMEOUT_S))
+
+    def actor_noop(self, actor: DaskActor) -> Any:
+        return actor.proxy.noop()
+
+    def kill_actor(self, actor: DaskActor) -> None:
+        self._client.cancel([actor.future])
+
     def put(self, value: Any) -> Any:
         return self._client.scatter(value, hash=False)
 
+    # Refs are Futures, except the ActorFutures of actor calls: those have no gather.
     def get(self, ref: Any) -> Any:
+        if isinstance(ref, self._actor_future):
+            return ref.result(timeout=self._engine.GET_TIMEOUT_S)
         return self._client.gather(ref)
 
     def get_many(self, refs: list[Any]) -> list[Any]:
+        if refs and isinstance(refs[0], self._actor_future):
+            return self._client.sync(
+                _call_results, refs, callback_timeout=self._engine.BULK_TIMEOUT_S
+            )
         return self._client.gather(refs)
 
     def wait_all(self, refs: list[Any]) -> int:

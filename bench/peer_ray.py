@@ -65,8 +65,13 @@ def _probe(array: Any) -> tuple[int, int, int]:
     return array.nbytes, int(array[0]), int(array[-1])
 
 
+class _NoopActor:
+    def noop(self) -> None:
+        return None
+
+
 ENGINE = load_engine()
-TASKS = ENGINE.TaskFunctions(_noop, _sleep, _sum, _fill, _probe)
+TASKS = ENGINE.TaskFunctions(_noop, _sleep, _sum, _fill, _probe, _NoopActor)
 
 
 class RayBackend(ENGINE.RayStyleBackend):

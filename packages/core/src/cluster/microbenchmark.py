@@ -49,6 +49,9 @@ MB = 1e6
 SPILL_STORE_BYTES = 200 * 10**6  # the object store of spill_peak_mem_gb's node
 SPILL_OBJECT_BYTES = 100 * 10**6  # one object put by spill_peak_mem_gb
 MEMORY_SAMPLE_S = 0.05  # how often spill_peak_mem_gb samples the cluster's memory
+# Untimed pause after killing an actor in actor_create_ms, so that its teardown (a process
+# exiting, a worker pool refilling) does not run on the 2 cores during the next creation.
+ACTOR_SETTLE_S = 0.2
 
 # Guards so that a framework that hangs turns into an error entry instead of a stuck run.
 GET_TIMEOUT_S = 120.0  # one get of one ref
@@ -90,6 +93,21 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric("wait_1000_ready_ms", "ms", False, "wait(num_returns=1000) on 1,000 finished refs"),
     Metric("sleep_1ms_10k_per_s", "tasks/s", True, "10,000 tasks sleeping 1 ms (ideal: 2,000/s)"),
+    # The actor metrics come after the task metrics so that the processes actors start and
+    # leave behind cannot change the conditions the task metrics have always run under.
+    Metric("actor_calls_sync_per_s", "calls/s", True, "actor calls one at a time: get(a.noop())"),
+    Metric(
+        "actor_calls_async_10k_per_s",
+        "calls/s",
+        True,
+        "10,000 calls to one actor submitted, then fetched",
+    ),
+    Metric(
+        "actor_create_ms",
+        "ms",
+        False,
+        "create an actor and get its first call's result (one at a time, each killed after)",
+    ),
     Metric(
         "transfer_1gb_gbps",
         "GB/s",
@@ -122,6 +140,9 @@ class Counts:
     wait_refs: int
     wait_calls: int
     sleep_tasks: int
+    actor_sync: int  # calls, one at a time
+    actor_async: int  # calls submitted at once
+    actor_creates: int  # fresh actors, one at a time
     time_cap_s: float  # one-at-a-time loops stop early past this (and say so in the note)
     transfer_bytes: int  # the object moved between nodes by transfer_1gb_gbps
     transfer_reps: int
@@ -131,8 +152,42 @@ class Counts:
 def counts_for(quick: bool) -> Counts:
     """``--quick`` also shrinks the big objects: a 200 MB transfer, 400 MB through the store."""
     if quick:
-        return Counts(1, 100, 1_000, 200, 200, 3, 1_000, 10, 1_000, 20.0, 200 * 10**6, 3, 4)
-    return Counts(3, 1_000, 10_000, 2_000, 2_000, 10, 1_000, 100, 10_000, 60.0, 10**9, 5, 10)
+        return Counts(
+            cold_start_runs=1,
+            noop_sync=100,
+            noop_async=1_000,
+            put_small=200,
+            get_small=200,
+            big_reps=3,
+            wait_refs=1_000,
+            wait_calls=10,
+            sleep_tasks=1_000,
+            actor_sync=100,
+            actor_async=1_000,
+            actor_creates=5,  # not 2: a median of 2 says little
+            time_cap_s=20.0,
+            transfer_bytes=200 * 10**6,
+            transfer_reps=3,
+            spill_objects=4,
+        )
+    return Counts(
+        cold_start_runs=3,
+        noop_sync=1_000,
+        noop_async=10_000,
+        put_small=2_000,
+        get_small=2_000,
+        big_reps=10,
+        wait_refs=1_000,
+        wait_calls=100,
+        sleep_tasks=10_000,
+        actor_sync=1_000,
+        actor_async=10_000,
+        actor_creates=20,
+        time_cap_s=60.0,
+        transfer_bytes=10**9,
+        transfer_reps=5,
+        spill_objects=10,
+    )
 
 
 class NotMeasured(Exception):
@@ -162,6 +217,19 @@ class Backend(Protocol):
     def get(self, ref: Any) -> Any: ...
     def get_many(self, refs: list[Any]) -> list[Any]: ...
     def wait_all(self, refs: list[Any]) -> int: ...
+
+    # Actors of one class with a method ``noop()`` that returns None.
+    def new_actor(self) -> Any:
+        """Create a fresh actor and return its handle (at once where the framework can)."""
+        ...
+
+    def actor_noop(self, actor: Any) -> Any:
+        """Call ``actor.noop()``; return a ref that ``get`` and ``get_many`` accept."""
+        ...
+
+    def kill_actor(self, actor: Any) -> None:
+        """Stop the actor (its process too, where it has one of its own); don't wait."""
+        ...
 
     # Metrics with a cluster of their own. Each context manager starts that cluster and
     # connects the driver to it on entry; on exit (also after an error) it disconnects and
@@ -206,8 +274,48 @@ def _big_array():
     return np.ones(BIG_BYTES // 8, dtype=np.float64)
 
 
-def _cap_note(done: int, wanted: int) -> str:
-    return f"{done:,} ops" if done == wanted else f"{done:,} of {wanted:,} ops (time cap hit)"
+def _cap_note(done: int, wanted: int, what: str = "ops") -> str:
+    if done == wanted:
+        return f"{done:,} {what}"
+    return f"{done:,} of {wanted:,} {what} (time cap hit)"
+
+
+def _check_none(value: Any) -> None:
+    if value is not None:
+        raise RuntimeError(f"a no-op returned {value!r}, expected None")
+
+
+def _one_at_a_time(
+    b: Backend, call: Callable[[], Any], n: int, c: Counts, what: str = "ops"
+) -> tuple[float, str]:
+    """Rate of ``get(call())`` in a loop: ``n`` times, or fewer if the time cap passes."""
+    for _ in range(20):
+        _check_none(b.get(call()))
+    start = time.perf_counter()
+    deadline = start + c.time_cap_s
+    done = 0
+    while done < n:
+        _check_none(b.get(call()))
+        done += 1
+        if time.perf_counter() > deadline:
+            break
+    elapsed = time.perf_counter() - start
+    return done / elapsed, _cap_note(done, n, what)
+
+
+def _submit_then_get(b: Backend, call: Callable[[], Any], n: int, what: str) -> tuple[float, str]:
+    """Rate of ``n`` calls submitted at once and then fetched with one ``get_many``."""
+    b.get_many([call() for _ in range(min(200, n))])
+    start = time.perf_counter()
+    refs = [call() for _ in range(n)]
+    submitted = time.perf_counter()
+    values = b.get_many(refs)
+    elapsed = time.perf_counter() - start
+    if len(values) != n:
+        raise RuntimeError(f"got {len(values)} results for {n} {what}")
+    for value in values:
+        _check_none(value)
+    return n / elapsed, f"{n:,} {what}; submit {submitted - start:.2f} s of {elapsed:.2f} s"
 
 
 def _m_cold_start(b: Backend, c: Counts) -> tuple[float, str]:
@@ -220,32 +328,11 @@ def _m_cold_start(b: Backend, c: Counts) -> tuple[float, str]:
 
 
 def _m_noop_sync(b: Backend, c: Counts) -> tuple[float, str]:
-    for _ in range(20):
-        b.get(b.noop())
-    n = c.noop_sync
-    start = time.perf_counter()
-    deadline = start + c.time_cap_s
-    done = 0
-    while done < n:
-        b.get(b.noop())
-        done += 1
-        if time.perf_counter() > deadline:
-            break
-    elapsed = time.perf_counter() - start
-    return done / elapsed, _cap_note(done, n)
+    return _one_at_a_time(b, b.noop, c.noop_sync, c)
 
 
 def _m_noop_async(b: Backend, c: Counts) -> tuple[float, str]:
-    b.get_many([b.noop() for _ in range(min(200, c.noop_async))])
-    n = c.noop_async
-    start = time.perf_counter()
-    refs = [b.noop() for _ in range(n)]
-    submitted = time.perf_counter()
-    values = b.get_many(refs)
-    elapsed = time.perf_counter() - start
-    if len(values) != n:
-        raise RuntimeError(f"got {len(values)} results for {n} tasks")
-    return n / elapsed, f"{n:,} tasks; submit {submitted - start:.2f} s of {elapsed:.2f} s"
+    return _submit_then_get(b, b.noop, c.noop_async, "tasks")
 
 
 def _m_put_small(b: Backend, c: Counts) -> tuple[float, str]:
@@ -380,6 +467,56 @@ def _m_sleep(b: Backend, c: Counts) -> tuple[float, str]:
 
 
 @contextlib.contextmanager
+def _actor(b: Backend) -> Iterator[Any]:
+    """A fresh actor, killed on exit."""
+    actor = b.new_actor()
+    try:
+        yield actor
+    finally:
+        b.kill_actor(actor)
+
+
+def _m_actor_sync(b: Backend, c: Counts) -> tuple[float, str]:
+    with _actor(b) as actor:
+        return _one_at_a_time(b, lambda: b.actor_noop(actor), c.actor_sync, c, "calls")
+
+
+def _m_actor_async(b: Backend, c: Counts) -> tuple[float, str]:
+    with _actor(b) as actor:
+        return _submit_then_get(b, lambda: b.actor_noop(actor), c.actor_async, "calls")
+
+
+def _actor_round_trip(b: Backend) -> float:
+    """Seconds from asking for a fresh actor until its first call's result is back."""
+    start = time.perf_counter()
+    with _actor(b) as actor:
+        _check_none(b.get(b.actor_noop(actor)))
+        elapsed = time.perf_counter() - start
+    time.sleep(ACTOR_SETTLE_S)
+    return elapsed
+
+
+def _m_actor_create(b: Backend, c: Counts) -> tuple[float, str]:
+    # One at a time, so the figure is a latency: creating many at once would measure how
+    # many processes the framework starts in parallel on 2 cores instead.
+    for _ in range(2):
+        _actor_round_trip(b)
+    times: list[float] = []
+    deadline = time.perf_counter() + c.time_cap_s
+    while len(times) < c.actor_creates:
+        times.append(_actor_round_trip(b))
+        if time.perf_counter() > deadline:
+            break
+    med = statistics.median(times)
+    note = (
+        f"{_cap_note(len(times), c.actor_creates, 'actors')}, one at a time, each killed "
+        f"after its first call and {ACTOR_SETTLE_S:g} s let pass (untimed); median "
+        f"{med * 1e3:.1f} ms, min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}"
+    )
+    return med * 1e3, note
+
+
+@contextlib.contextmanager
 def _own_cluster_scope(prefix: str) -> Iterator[tuple[str, ProcessTree]]:
     """A scratch directory and this process's tree, for a metric with a cluster of its own.
 
@@ -489,6 +626,9 @@ MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
     "task_100mb_arg_gbps": _m_task_big_arg,
     "wait_1000_ready_ms": _m_wait_ready,
     "sleep_1ms_10k_per_s": _m_sleep,
+    "actor_calls_sync_per_s": _m_actor_sync,
+    "actor_calls_async_10k_per_s": _m_actor_async,
+    "actor_create_ms": _m_actor_create,
     "transfer_1gb_gbps": _m_transfer,
     "spill_peak_mem_gb": _m_spill_peak_mem,
 }
@@ -1162,9 +1302,14 @@ def _probe(array: Any) -> tuple[int, int, int]:
     return array.nbytes, int(array[0]), int(array[-1])
 
 
+class _NoopActor:
+    def noop(self) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class TaskFunctions:
-    """The plain functions a Ray-style backend runs remotely.
+    """The plain functions, and the actor class, that a Ray-style backend runs remotely.
 
     Each caller passes its own, defined in a module its workers can import or in
     ``__main__`` (a peer's workers cannot import this file: the peers load it by path).
@@ -1175,6 +1320,7 @@ class TaskFunctions:
     total: Callable[[Any], float]  # the sum of an array
     fill: Callable[[int, int], Any]  # np.full(nbytes, fill, dtype=np.uint8)
     probe: Callable[[Any], tuple[int, int, int]]  # (nbytes, first, last) of a uint8 array
+    actor: type  # a class with no constructor arguments whose method noop() returns None
 
 
 _CLUSTER_COLD_START = f"""
@@ -1191,7 +1337,7 @@ finally:
 
 
 class RayStyleBackend:
-    """Drives any framework with Ray's API (``remote``, ``get``, ``put``, ``wait``): ours, Ray."""
+    """Drives any framework with Ray's API (``remote``, ``get``, ``wait``, ``kill``...): ours, Ray."""
 
     framework = ""
     zero_copy_possible = True
@@ -1209,6 +1355,7 @@ class RayStyleBackend:
         self._sum = api.remote(self._tasks.total)
         self._fill = api.remote(self._tasks.fill)
         self._probe = api.remote(self._tasks.probe)
+        self._actor_class = api.remote(self._tasks.actor)
 
     def stop(self) -> None:
         if self._api is not None:
@@ -1229,6 +1376,15 @@ class RayStyleBackend:
 
     def probe_task(self, ref: Any, node: str) -> Any:
         return self._probe.options(resources={node: 1}).remote(ref)
+
+    def new_actor(self) -> Any:
+        return self._actor_class.remote()
+
+    def actor_noop(self, actor: Any) -> Any:
+        return actor.noop.remote()
+
+    def kill_actor(self, actor: Any) -> None:
+        self._api.kill(actor)
 
     def put(self, value: Any) -> Any:
         return self._api.put(value)
@@ -1255,7 +1411,7 @@ class ClusterBackend(RayStyleBackend):
     framework = "cluster"
 
     def __init__(self) -> None:
-        super().__init__(TaskFunctions(_noop, _sleep, _sum, _fill, _probe))
+        super().__init__(TaskFunctions(_noop, _sleep, _sum, _fill, _probe, _NoopActor))
 
     def version(self) -> str:
         from importlib import metadata
