@@ -9,7 +9,6 @@ the owner where the actor lives, then talks to its worker directly.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -106,17 +105,9 @@ class ActorClass:
         return ActorClass(self._cls, {**self._options, **options}, self._shared)
 
     def _pickled(self) -> tuple[bytes, bytes]:
-        shared = self._shared
-        if "blob" not in shared:
-            from cluster.code_shipping import pack_function
+        from cluster.code_shipping import pack_once
 
-            try:
-                blob = pack_function(self._cls)
-            except Exception as exc:
-                raise TypeError(f"could not serialize actor class {self.__name__}: {exc}") from exc
-            shared["blob"] = blob
-            shared["id"] = hashlib.blake2b(blob, digest_size=16).digest()
-        return shared["id"], shared["blob"]
+        return pack_once(self._shared, self._cls, f"actor class {self.__name__}")
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         from cluster.api import _pack_args, _rt

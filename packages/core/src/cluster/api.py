@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import hashlib
 import inspect
 import os
 import pickle
@@ -317,17 +316,9 @@ class RemoteFunction:
         return RemoteFunction(self._function, {**self._options, **options}, self._shared)
 
     def _pickled(self) -> tuple[bytes, bytes]:
-        shared = self._shared
-        if "fid" not in shared:
-            from cluster.code_shipping import pack_function
+        from cluster.code_shipping import pack_once
 
-            try:
-                data = pack_function(self._function)
-            except Exception as exc:
-                raise TypeError(f"could not serialize remote function {self._name}: {exc}") from exc
-            shared["data"] = data
-            shared["fid"] = hashlib.blake2b(data, digest_size=16).digest()
-        return shared["fid"], shared["data"]
+        return pack_once(self._shared, self._function, f"remote function {self._name}")
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         from cluster.runtime import PendingTask

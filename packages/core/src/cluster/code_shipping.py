@@ -10,6 +10,7 @@ the function, or defining the exceptions it raises) then import on workers too, 
 
 from __future__ import annotations
 
+import hashlib
 import linecache
 import os
 import sys
@@ -37,6 +38,18 @@ def pack_function(fn: Any) -> bytes:
         if path not in paths:
             paths.append(path)
     return cloudpickle.dumps((fn, filename, lines, paths), protocol=5)
+
+
+def pack_once(cache: dict, target: Any, what: str) -> tuple[bytes, bytes]:
+    """(id, packed bytes) of ``target``, packed on first use and kept in ``cache``."""
+    if "blob" not in cache:
+        try:
+            blob = pack_function(target)
+        except Exception as exc:
+            raise TypeError(f"could not serialize {what}: {exc}") from exc
+        cache["blob"] = blob
+        cache["id"] = hashlib.blake2b(blob, digest_size=16).digest()
+    return cache["id"], cache["blob"]
 
 
 def unpack_function(data: bytes) -> Any:

@@ -22,7 +22,7 @@ import trio
 
 from cluster import messages as m
 from cluster.plugins import make_object_store, make_scheduler
-from cluster.protocol import Connection, dial
+from cluster.protocol import Connection, Dialer, dial
 from cluster.scheduling import fits
 from cluster.transfer import ChunkSource
 
@@ -104,8 +104,7 @@ class NodeService:
     _nursery: trio.Nursery | None = None
     _shutting_down: bool = False
     chunks: Any = attrs.field(init=False)  # serves our objects' chunks to pulling nodes
-    _conns: dict = attrs.Factory(dict)  # address -> Connection we dialled (other nodes, owners)
-    _dial_locks: dict = attrs.Factory(lambda: collections.defaultdict(trio.Lock))
+    _dialer: Any = None  # the connections we dial (other nodes, owners)
     _fetches: dict = attrs.Factory(dict)  # object id -> [trio.Event, error message or None]
     transfers: dict = attrs.Factory(lambda: {"pulled": 0, "pulled_bytes": 0, "served_chunks": 0})
     _drop_every: int = attrs.field(init=False, default=0)
@@ -154,6 +153,8 @@ class NodeService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._dialer = Dialer(self.token, "node", self._on_peer_message)
+                self._dialer.nursery = nursery
                 self.head_conn = await dial(
                     nursery, self.head_address, self.token, "node", self._on_head_message, what="the head"
                 )
@@ -445,15 +446,7 @@ class NodeService:
         conn.abort()
 
     async def _connect(self, address: str, what: str) -> Connection:
-        conn = self._conns.get(address)
-        if conn is not None and not conn.closed:
-            return conn
-        async with self._dial_locks[address]:
-            conn = self._conns.get(address)
-            if conn is None or conn.closed:
-                conn = await dial(self._nursery, address, self.token, "node", self._on_peer_message, what=what)
-                self._conns[address] = conn
-        return conn
+        return await self._dialer.connect(address, what)
 
     def _on_peer_message(self, conn: Connection, msg: Any, request_id: int) -> None:
         conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} here")

@@ -88,31 +88,28 @@ def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
     return ref
 
 
-class collect_outgoing:
-    """``with collect_outgoing() as refs:`` — the ObjectRefs pickled inside the block."""
+class _Collect:
+    """``with collect_outgoing() as refs:`` / ``with collect_incoming() as refs:`` — the
+    ObjectRefs pickled out of (borrowed refs unpickled into) this thread inside the block."""
 
-    __slots__ = ("previous", "refs")
+    __slots__ = ("direction", "previous", "refs")
+
+    def __init__(self, direction: str) -> None:
+        self.direction = direction
 
     def __enter__(self) -> list:
-        self.previous = getattr(_local, "outgoing", None)
+        self.previous = getattr(_local, self.direction, None)
         self.refs: list = []
-        _local.outgoing = self.refs
+        setattr(_local, self.direction, self.refs)
         return self.refs
 
     def __exit__(self, *exc: object) -> None:
-        _local.outgoing = self.previous
+        setattr(_local, self.direction, self.previous)
 
 
-class collect_incoming:
-    """``with collect_incoming() as refs:`` — the borrowed ObjectRefs unpickled in the block."""
+def collect_outgoing() -> _Collect:
+    return _Collect("outgoing")
 
-    __slots__ = ("previous", "refs")
 
-    def __enter__(self) -> list:
-        self.previous = getattr(_local, "incoming", None)
-        self.refs: list = []
-        _local.incoming = self.refs
-        return self.refs
-
-    def __exit__(self, *exc: object) -> None:
-        _local.incoming = self.previous
+def collect_incoming() -> _Collect:
+    return _Collect("incoming")

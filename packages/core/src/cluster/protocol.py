@@ -334,26 +334,14 @@ class Connection:
 
     async def request_into(self, msg: Any, destination: memoryview) -> int:
         """Like ``request``, for a reply of raw bytes: they land in ``destination``."""
-        request_id = next(self._ids)
-        slot: list = [trio.Event(), None, None, destination]
-        self._waiting[request_id] = slot
-        try:
-            self.send(msg, request_id)
-            await slot[0].wait()
-        finally:
-            self._waiting.pop(request_id, None)
-        reply = slot[1]
+        reply = await self._exchange(msg, [trio.Event(), None, None, destination])
         if type(reply) is int:
             return reply
         if isinstance(reply, m.Ok):  # a peer that answered with an ordinary value
             data = memoryview(reply.value).cast("B")
             destination[: data.nbytes] = data
             return data.nbytes
-        if isinstance(reply, m.Fail):
-            error = RemoteCallError(reply.message)
-            error.kind = reply.kind
-            raise error
-        raise ClusterConnectionError(f"the connection to {self.peer} closed before it replied")
+        return self._value_of(reply)  # raises
 
     def reply_error(self, request_id: int, kind: str, message: str) -> None:
         if not self.closed:
@@ -364,15 +352,23 @@ class Connection:
 
         ``on_pending(reason)`` is called if the peer says the answer will take a while.
         """
+        return self._value_of(await self._exchange(msg, [trio.Event(), None, on_pending]))
+
+    async def _exchange(self, msg: Any, slot: list) -> Any:
+        """Send ``msg`` as a request and wait for what answers it (None: the connection closed).
+
+        ``slot`` is [event, reply, on_pending, destination of a raw reply (optional)].
+        """
         request_id = next(self._ids)
-        slot: list = [trio.Event(), None, on_pending]
         self._waiting[request_id] = slot
         try:
             self.send(msg, request_id)
             await slot[0].wait()
         finally:
             self._waiting.pop(request_id, None)
-        reply = slot[1]
+        return slot[1]
+
+    def _value_of(self, reply: Any) -> Any:
         if isinstance(reply, m.Ok):
             return reply.value
         if isinstance(reply, m.Fail):
@@ -554,6 +550,40 @@ def parse_address(address: str) -> tuple[str, int]:
             f"{address!r} is not a cluster address; expected HOST:PORT, e.g. 127.0.0.1:6380"
         )
     return host.strip("[]"), int(port)
+
+
+class Dialer:
+    """The connections a process dials: one per address, reused while open, dialled once
+    however many tasks ask at the same moment."""
+
+    def __init__(self, token: str, role: str, handler: Handler) -> None:
+        self.token = token
+        self.role = role
+        self.handler = handler
+        self.nursery: trio.Nursery | None = None  # where connections run; set before the first connect
+        self.conns: dict[str, Connection] = {}
+        self._locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
+
+    async def connect(self, address: str, what: str) -> Connection:
+        conn = self.conns.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._locks[address]:
+            conn = self.conns.get(address)
+            if conn is None or conn.closed:
+                conn = await dial(self.nursery, address, self.token, self.role, self.handler, what=what)
+                self.conns[address] = conn
+                conn.on_close.append(self._forget)
+        return conn
+
+    def open(self, address: str) -> Connection | None:
+        """The open connection to ``address``, if there is one (no dialling)."""
+        conn = self.conns.get(address)
+        return conn if conn is not None and not conn.closed else None
+
+    def _forget(self, conn: Connection) -> None:
+        if self.conns.get(conn.peer) is conn:
+            del self.conns[conn.peer]
 
 
 async def dial(

@@ -42,7 +42,7 @@ from cluster.errors import (
     WorkerCrashedError,
 )
 from cluster.object_ref import ObjectRef
-from cluster.protocol import Connection, dial, run_connection, server_handshake
+from cluster.protocol import Connection, Dialer, run_connection, server_handshake
 from cluster.runtime_actors import ActorRuntime, ActorState
 
 log = structlog.get_logger("cluster.runtime")
@@ -144,8 +144,7 @@ class Runtime(ActorRuntime):
         self._trio_thread: threading.Thread | None = None
         self._warned_infeasible: set[tuple] = set()
         self._owned: set[bytes] = set()
-        self._conns: dict[str, Connection] = {}
-        self._dial_locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
+        self._dialer = Dialer(token, role, self._on_message)
         self._ids = itertools.count()
         self._pid_prefix = os.getpid().to_bytes(4, "little")
         self._thread: threading.Thread | None = None
@@ -221,7 +220,7 @@ class Runtime(ActorRuntime):
 
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = self._dialer.nursery = nursery
             self._trio_token = trio.lowlevel.current_trio_token()
             self._trio_thread = threading.current_thread()
             listeners = await trio.open_tcp_listeners(0, host=self.listen_host)
@@ -257,20 +256,7 @@ class Runtime(ActorRuntime):
     # ------------------------------------------------------------------ connections (trio)
 
     async def _connect(self, address: str, what: str) -> Connection:
-        conn = self._conns.get(address)
-        if conn is not None and not conn.closed:
-            return conn
-        async with self._dial_locks[address]:
-            conn = self._conns.get(address)
-            if conn is None or conn.closed:
-                conn = await dial(self._nursery, address, self.token, self.role, self._on_message, what=what)
-                self._conns[address] = conn
-                conn.on_close.append(self._forget_conn)
-        return conn
-
-    def _forget_conn(self, conn: Connection) -> None:
-        if self._conns.get(conn.peer) is conn:
-            del self._conns[conn.peer]
+        return await self._dialer.connect(address, what)
 
     async def _serve_incoming(self, stream: trio.SocketStream) -> None:
         try:
@@ -376,8 +362,8 @@ class Runtime(ActorRuntime):
 
     def _send_deletes(self, addresses: set[str], object_id: bytes) -> None:
         for address in addresses:
-            conn = self._conns.get(address)
-            if conn is not None and not conn.closed:
+            conn = self._dialer.open(address)
+            if conn is not None:
                 conn.send(m.DeleteObjects([object_id]))
             else:
                 self._nursery.start_soon(self._send_delete_dialing, address, object_id)
@@ -494,8 +480,8 @@ class Runtime(ActorRuntime):
             pass
 
     def _send_unborrow(self, owner: str, object_id: bytes, count: int) -> None:
-        conn = self._conns.get(owner)
-        if conn is not None and not conn.closed:
+        conn = self._dialer.open(owner)
+        if conn is not None:
             conn.send(m.RemoveBorrowers([object_id], self.address, [count]))
         # else: the owner is gone (we reached it to register), and the object with it
 
