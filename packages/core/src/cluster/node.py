@@ -479,8 +479,11 @@ class NodeService:
         from cluster.errors import ObjectLostError
         from cluster.transfer import pull_object
 
+        started = trio.current_time()
         try:
             size = await pull_object(self._connect, self.store, msg.object_id, msg.source, secondary=True)
+            log.info("object_fetched", object_id=msg.object_id.hex(), size=size,
+                     seconds=round(trio.current_time() - started, 3))
         except ObjectLostError as exc:
             fetch[1] = str(exc)
         except Exception as exc:  # e.g. the store is full: the asker gets the reason

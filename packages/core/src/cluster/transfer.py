@@ -8,6 +8,7 @@ connection that drops mid-way is dialled again and only the missing chunks are f
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,7 +39,9 @@ async def pull_object(connect: Connect, store: Any, object_id: bytes, source: st
     if size is None:
         raise ObjectLostError(f"{what} is no longer in the store of node {source}")
     options = {"secondary": True} if secondary and _supports_secondary(store) else {}
-    with store.create_raw(object_id, size, **options) as writer:
+    # Creating the file allocates all its pages (a second or so per GB here): not on the loop.
+    writer = await trio.to_thread.run_sync(functools.partial(store.create_raw, object_id, size, **options))
+    with writer:
         view = writer.view
         missing = list(range(0, size, CHUNK))
         resumes = 0
