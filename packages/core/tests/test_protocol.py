@@ -116,19 +116,25 @@ def test_parse_address_errors_name_the_problem() -> None:
             protocol.parse_address(bad)
 
 
+async def _serve_and_dial(nursery: trio.Nursery, on_message: object) -> protocol.Connection:
+    """A server on a free port whose connections call ``on_message``, and a client dialled to it."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        role = await protocol.server_handshake(stream, "tok", "node")
+        await protocol.run_connection(stream, "peer", role, on_message)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    return await protocol.dial(nursery, f"127.0.0.1:{port}", "tok", "driver", lambda *a: None)
+
+
 def test_connection_request_reply_over_a_real_socket() -> None:
     async def scenario() -> list:
         def on_message(conn: protocol.Connection, msg: object, request_id: int) -> None:
             conn.reply(request_id, ["echo", msg.key])
 
-        async def serve(stream: trio.SocketStream) -> None:
-            role = await protocol.server_handshake(stream, "tok", "node")
-            await protocol.run_connection(stream, "peer", role, on_message)
-
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
-            port = listeners[0].socket.getsockname()[1]
-            conn = await protocol.dial(nursery, f"127.0.0.1:{port}", "tok", "driver", lambda *a: None)
+            conn = await _serve_and_dial(nursery, on_message)
             replies = [await conn.request(m.KvGet(f"k{i}")) for i in range(3)]
             nursery.cancel_scope.cancel()
         return replies
@@ -148,14 +154,8 @@ def test_raw_replies_land_in_their_destination_between_ordinary_frames() -> None
             else:
                 conn.reply(request_id, msg.key)
 
-        async def serve(stream: trio.SocketStream) -> None:
-            role = await protocol.server_handshake(stream, "tok", "node")
-            await protocol.run_connection(stream, "peer", role, on_message)
-
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
-            port = listeners[0].socket.getsockname()[1]
-            conn = await protocol.dial(nursery, f"127.0.0.1:{port}", "tok", "driver", lambda *a: None)
+            conn = await _serve_and_dial(nursery, on_message)
             destination = bytearray(len(payload))
             results: dict = {}
 

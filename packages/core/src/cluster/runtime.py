@@ -544,8 +544,9 @@ class Runtime(ActorRuntime):
 
     # ------------------------------------------------------------------- submit (user thread)
 
-    def submit(self, task: PendingTask) -> list[ObjectRef]:
-        refs = [ObjectRef(oid, self.address) for oid in task.return_ids]
+    def submit(self, task: PendingTask, refs: list[ObjectRef] | None = None) -> list[ObjectRef]:
+        if refs is None:
+            refs = [ObjectRef(oid, self.address) for oid in task.return_ids]
         with self._cv:
             self._tasks[task.task_id] = task
             self._owned.update(task.return_ids)

@@ -144,16 +144,14 @@ class ActorRuntime:
         task.method = method
         task.actor = handle
         state = self._actors.get(handle._actor_id)
+        refs = [ObjectRef(oid, self.address) for oid in task.return_ids]  # before a reply can come
         if state is not None:
             with state.lock:
-                if not dep_refs:
-                    refs = [ObjectRef(oid, self.address) for oid in task.return_ids]  # before a reply can come
-                    if self._send_call_now(state, task):
-                        return refs
-                    del refs
+                if not dep_refs and self._send_call_now(state, task):
+                    return refs
                 state.unsent += 1
                 task.counted = True
-        return self.submit(task)
+        return self.submit(task, refs)
 
     def _send_call_now(self, state: ActorState, task: Any) -> bool:
         """From the caller's thread: send the call at once if nothing is ahead of it (the

@@ -49,6 +49,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def make_private_dir(path: str, cannot: str, instead: str) -> None:
+    """Create ``path`` (mode 0o700) unless it exists; a file in the way is a clear StoreError."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise StoreError(f"{cannot} {path}: a file with that name exists. Remove it or choose {instead}.") from None
+
+
 def check_raw_size(size: int) -> None:
     """Reject a ``create_raw`` size that cannot be a sealed object file."""
     if isinstance(size, bool) or not isinstance(size, int) or size < FIXED_HEADER_SIZE:

@@ -24,8 +24,8 @@ import shutil
 import sys
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from cluster_store._common import OBJECT_NAME, pid_alive
-from cluster_store.errors import CorruptObjectError, StoreError
+from cluster_store._common import OBJECT_NAME, make_private_dir, pid_alive
+from cluster_store.errors import CorruptObjectError
 
 __all__ = ["DirectorySpillTarget", "SpillTarget"]
 
@@ -197,13 +197,7 @@ class DirectorySpillTarget:
         self.description = f"spill directory {self.path}"
         self._dir = str(self.path)
         if create:
-            try:
-                os.makedirs(self._dir, mode=0o700, exist_ok=True)
-            except FileExistsError:
-                raise StoreError(
-                    f"Cannot spill to {self._dir}: a file with that name exists. "
-                    "Remove it or choose another spill directory."
-                )
+            make_private_dir(self._dir, "Cannot spill to", "another spill directory")
 
     def __repr__(self) -> str:
         return f"DirectorySpillTarget({self._dir!r})"

@@ -52,6 +52,7 @@ from cluster_store._common import (
     StoreStats,
     check_capacity,
     check_raw_size,
+    make_private_dir,
     object_name,
     pid_alive,
     split_object,
@@ -323,13 +324,7 @@ class ObjectStore:
         # points at the same inode.
         self._size_cache: dict[tuple[str, int], tuple[int, bool]] = {}
         if create:
-            try:
-                os.makedirs(self._dir, mode=0o700, exist_ok=True)
-            except FileExistsError:
-                raise StoreError(
-                    f"Cannot create object store at {self._dir}: a file with that name exists. "
-                    "Remove it or choose another store path."
-                )
+            make_private_dir(self._dir, "Cannot create object store at", "another store path")
         elif not os.path.isdir(self._dir):
             raise StoreError(
                 f"Object store directory {self._dir} does not exist. "
@@ -372,22 +367,8 @@ class ObjectStore:
                 return existing.st_size
 
         size, chunks = write_plan(metadata, inband, buffers)
-        for attempt in range(2):
-            temp, fd, _ = self._open_new(object_id, name, size, secondary=False)
-            try:
-                try:
-                    _pwrite_all(fd, chunks)
-                finally:
-                    os.close(fd)
-            except BaseException as exc:
-                _unlink_quiet(temp)
-                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                    if attempt == 0 and self._drop_pool():
-                        continue
-                    raise self._filesystem_full(object_id, size) from exc
-                raise
-            return self._publish(temp, final, size, secondary=False)
-        raise AssertionError("unreachable")  # pragma: no cover
+        temp, _ = self._fill_new(object_id, name, size, False, lambda fd, _recycled: _pwrite_all(fd, chunks))
+        return self._publish(temp, final, size, secondary=False)
 
     def create_raw(self, object_id: bytes, size: int, *, secondary: bool = False) -> RawWriter:
         """Start receiving a complete object file of ``size`` bytes (e.g. from another node).
@@ -405,15 +386,30 @@ class ObjectStore:
         """
         name = object_name(object_id)
         check_raw_size(size)
+
+        def map_it(fd: int, recycled: bool) -> mmap.mmap:
+            if not recycled:
+                self._reserve(fd, size)
+            if PINNING and size >= PIN_MIN_BYTES:
+                pin(fd)  # views of the writer that outlive seal() keep the file from reuse
+            return mmap.mmap(fd, size, **_MMAP_KWARGS)
+
+        temp, mapping = self._fill_new(object_id, name, size, secondary, map_it)
+        sink = _FileSink(self, temp, os.path.join(self._dir, name), mapping, secondary)
+        return RawWriter(object_id, memoryview(mapping), sink)
+
+    def _fill_new(self, object_id: bytes, name: str, size: int, secondary: bool, fill: Any) -> tuple[str, Any]:
+        """Open a new temp file for an object and run ``fill(fd, recycled)`` on it.
+
+        Returns (temp path, what fill returned). The file is removed if fill fails; a full
+        filesystem first drops the pool of freed files and tries once more, then raises
+        ObjectStoreFullError.
+        """
         for attempt in range(2):
             temp, fd, recycled = self._open_new(object_id, name, size, secondary=secondary)
             try:
                 try:
-                    if not recycled:
-                        self._reserve(fd, size)
-                    if PINNING and size >= PIN_MIN_BYTES:
-                        pin(fd)  # views of the writer that outlive seal() keep the file from reuse
-                    mapping = mmap.mmap(fd, size, **_MMAP_KWARGS)
+                    return temp, fill(fd, recycled)
                 finally:
                     os.close(fd)
             except BaseException as exc:
@@ -423,8 +419,6 @@ class ObjectStore:
                         continue
                     raise self._filesystem_full(object_id, size) from exc
                 raise
-            sink = _FileSink(self, temp, os.path.join(self._dir, name), mapping, secondary)
-            return RawWriter(object_id, memoryview(mapping), sink)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ reading
