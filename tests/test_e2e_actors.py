@@ -13,6 +13,7 @@ import time
 import cluster
 import pytest
 from cluster.exceptions import ActorDiedError
+from cluster.session import pid_alive
 
 
 @cluster.remote
@@ -99,21 +100,9 @@ def test_kill_fails_later_calls_with_actor_died_error(shared_cluster):
     with pytest.raises(ActorDiedError, match=r"killed with cluster\.kill"):
         cluster.get(counter.incr.remote(), timeout=60)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
-    assert not _alive(pid)  # its worker process is gone too
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not pid_alive(pid)  # its worker process is gone too
 
 
 def test_an_actor_killed_mid_call_restarts_and_retries_with_max_restarts_1(shared_cluster):
@@ -227,9 +216,9 @@ def test_an_actor_stops_once_its_owner_drops_every_handle(shared_cluster):
     gc.collect()
     assert cluster.get(last, timeout=60) == pid
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
-    assert not _alive(pid)
+    assert not pid_alive(pid)
 
 
 FIRST_DRIVER = """
@@ -273,9 +262,9 @@ def test_a_named_detached_actor_is_found_by_a_second_driver_after_the_first_exit
     assert cluster.get(store.get.remote("answer"), timeout=60) == 42
     cluster.kill(store)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
-    assert not _alive(pid)
+    assert not pid_alive(pid)
     with pytest.raises(ValueError, match="no actor named 'kept'"):
         cluster.get_actor("kept", namespace="detached-test")
 
@@ -317,9 +306,9 @@ def test_an_actor_that_is_not_detached_dies_with_its_owner(shared_cluster, tmp_p
     assert owner.returncode == 0, owner.stderr
     pid = int(owner.stdout.strip().splitlines()[-1])
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
-    assert not _alive(pid)  # the node took the lease back when the owner's connection closed
+    assert not pid_alive(pid)  # the node took the lease back when the owner's connection closed
     # Its name went with it: it can be taken again.
     again = Counter.options(name="owned-by-driver", namespace="detached-test").remote(3)
     assert cluster.get(again.incr.remote(), timeout=60) == 4
