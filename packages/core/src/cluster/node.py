@@ -70,6 +70,12 @@ class LeaseRequest:
     shape: dict
     spill_count: int
     detached: bool = False
+    told_busy: bool = False  # the owner heard it must wait (so it may pipeline meanwhile)
+
+    def tell_busy(self) -> None:
+        if not self.told_busy:
+            self.told_busy = True
+            self.conn.send(m.Pending("busy"), self.request_id)
 
 
 @attrs.define(eq=False)
@@ -334,7 +340,7 @@ class NodeService:
         if conn not in self._watched_owners():
             conn.on_close.append(self._owner_lost)
         if not fits(request.shape, self.available):
-            conn.send(m.Pending("busy"), request_id)  # the owner may pipeline meanwhile
+            request.tell_busy()
         self._queue.append(request)
         self._maybe_spawn()
 
@@ -412,6 +418,8 @@ class NodeService:
                 if target is not None:
                     request.conn.reply(request.request_id, ["spill", target])
                     continue
+            if not fits(request.shape, self.available) and not request.conn.closed:
+                request.tell_busy()  # the grants before it took what it was waiting for
             still.append(request)
         self._queue = still
         self._maybe_spawn()
@@ -419,7 +427,15 @@ class NodeService:
     def _maybe_spawn(self) -> None:
         starting = sum(1 for w in self.workers.values() if w.state == "starting")
         idle = sum(1 for w in self.workers.values() if w.state == "idle")
-        waiting = sum(1 for r in self._queue if fits(r.shape, self.available))
+        # Workers for the queued requests that fit in what is free, all together (not each on
+        # its own: eight 1-CPU requests on a 2-CPU node need two workers, not eight).
+        room = dict(self.available)
+        waiting = 0
+        for request in self._queue:
+            if fits(request.shape, room):
+                waiting += 1
+                for name, amount in request.shape.items():
+                    room[name] = room.get(name, 0.0) - amount
         need = waiting - idle - starting
         while need > 0 and len(self.workers) < self.max_workers:
             self._spawn_worker()
