@@ -16,6 +16,7 @@ in a background thread; the user's thread calls in through a few thread-safe ent
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import os
 import socket
@@ -42,7 +43,13 @@ from cluster.errors import (
     WorkerCrashedError,
 )
 from cluster.object_ref import ObjectRef
-from cluster.protocol import Connection, Dialer, run_connection, server_handshake
+from cluster.protocol import (
+    Connection,
+    Dialer,
+    open_local_listener,
+    run_connection,
+    server_handshake,
+)
 from cluster.runtime_actors import ActorRuntime, ActorState
 
 log = structlog.get_logger("cluster.runtime")
@@ -144,7 +151,7 @@ class Runtime(ActorRuntime):
         self._trio_thread: threading.Thread | None = None
         self._warned_infeasible: set[tuple] = set()
         self._owned: set[bytes] = set()
-        self._dialer = Dialer(token, role, self._on_message)
+        self._dialer = Dialer(token, role, self._on_message, self._on_message_fast)
         self._ids = itertools.count()
         self._pid_prefix = os.getpid().to_bytes(4, "little")
         self._thread: threading.Thread | None = None
@@ -226,6 +233,9 @@ class Runtime(ActorRuntime):
             listeners = await trio.open_tcp_listeners(0, host=self.listen_host)
             port = listeners[0].socket.getsockname()[1]
             self.address = f"{self.listen_host}:{port}"
+            local = open_local_listener(self.address)
+            if local is not None:
+                listeners.append(local)
             self._serve_private_store()
             nursery.start_soon(trio.serve_listeners, self._serve_incoming, listeners)
             if self.role == "driver":
@@ -265,7 +275,20 @@ class Runtime(ActorRuntime):
             log.warning("refused_connection", error=str(exc))
             await trio.aclose_forcefully(stream)
             return
-        await run_connection(stream, "incoming", peer_role, self._on_message)
+        await run_connection(stream, "incoming", peer_role, self._on_message, self._on_message_fast)
+
+    def _on_message_fast(self, conn: Connection, msg: Any, request_id: int) -> bool:
+        """The hot messages, handled in the connection's reader thread (no trip through trio):
+        calls pushed to this worker, and plain results of actor calls. False: not here."""
+        kind = type(msg)
+        if kind is m.PushTasks:
+            if self.executor is None:
+                return False
+            self.executor.push(conn, msg.tasks)
+            return True
+        if kind is m.TaskResults and type(conn.context) in (ActorState, Lease):
+            return self._on_results_fast(conn.context, msg.results)
+        return False
 
     def _on_message(self, conn: Connection, msg: Any, request_id: int) -> None:
         kind = type(msg)
@@ -914,10 +937,38 @@ class Runtime(ActorRuntime):
                 lease.idle_since = time.monotonic()
             self._dispatch(queue)
 
+    def _on_results_fast(self, lease: Lease | ActorState, results: list) -> bool:
+        """``_on_results`` from a reader thread, for results that need nothing of the trio
+        thread: no refs inside, no retry. False (and nothing done) otherwise."""
+        in_flight = lease.in_flight
+        for result in results:
+            if result.contained:
+                return False
+            first = result.entries[0]
+            if first[0] == v.INLINE and first[1] == v.ERROR:
+                task = in_flight.get(result.task_id)
+                if task is not None and task.retry_exceptions:
+                    return False
+        done = []
+        with lease.lock if type(lease) is ActorState else contextlib.nullcontext():
+            for result in results:
+                task = in_flight.pop(result.task_id, None)
+                if task is not None:
+                    entries = result.entries
+                    done.append((task, entries if len(entries) == task.num_returns else [entries[0]] * task.num_returns))
+        if done:
+            self._finish_many(done, in_trio=False)
+        if type(lease) is Lease:
+            if not in_flight:
+                lease.idle_since = time.monotonic()
+            if self._queues[lease.shape].pending:
+                self.soon(self._dispatch, self._queues[lease.shape])
+        return True
+
     def _finish(self, task: PendingTask, entries: list) -> None:
         self._finish_many([(task, entries)])
 
-    def _finish_many(self, done: list) -> None:
+    def _finish_many(self, done: list, in_trio: bool = True) -> None:
         to_free = []
         released = []  # argument refs, dropped once out of the lock (dropping may free objects)
         with self._cv:
@@ -936,11 +987,14 @@ class Runtime(ActorRuntime):
                 task.dep_refs = task.held = []  # release the arguments
             self._cv.notify_all()
         waiters = self._trio_waiters
-        if waiters:
+        if waiters:  # (_wait_entry checks the value again after it adds a waiter: no lost wakeup)
             for task, _ in done:
                 for oid in task.return_ids:
                     for event in waiters.pop(oid, ()):
-                        event.set()
+                        if in_trio:
+                            event.set()
+                        else:
+                            self.soon(event.set)
         for oid, entry in to_free:
             self._drop(oid, entry)
         del released
@@ -955,7 +1009,13 @@ class Runtime(ActorRuntime):
             if ref.owner != self.address:
                 self._start_fetch(ref)
             event = trio.Event()
-            self._trio_waiters.setdefault(object_id, []).append(event)
+            waiters = self._trio_waiters.setdefault(object_id, [])
+            waiters.append(event)
+            if object_id in self._values:  # finished by a reader thread just now
+                waiters.remove(event)
+                if not waiters:
+                    self._trio_waiters.pop(object_id, None)
+                continue
             await event.wait()
 
     def _start_fetch(self, ref: ObjectRef) -> None:
