@@ -242,3 +242,60 @@ def test_a_node_with_a_wrong_token_is_refused(shared_cluster, e2e):
         if p.pid not in known and any(str(lc.root) in arg for arg in (p.info["cmdline"] or ()))
     ]
     assert e2e.still_running(strays) == []
+
+
+# ------------------------------------------------------------------- transports
+
+TCP_ONLY_DRIVER = textwrap.dedent(
+    """
+    import socket
+    import cluster
+    from cluster import api
+
+    @cluster.remote
+    def square(x):
+        return x * x
+
+    @cluster.remote
+    class Total:
+        def __init__(self):
+            self.total = 0
+
+        def add(self, x):
+            self.total += x
+            return self.total
+
+    cluster.init()
+    assert cluster.get([square.remote(i) for i in range(20)], timeout=60) == [i * i for i in range(20)]
+    total = Total.remote()
+    for i in range(100):
+        total.add.remote(i)
+    assert cluster.get(total.add.remote(0), timeout=60) == sum(range(100))
+    families = {conn.stream.socket.family for conn in api._rt()._dialer.conns.values()}
+    print("FAMILIES", sorted(f.name for f in families), flush=True)
+    cluster.shutdown()
+    """
+)
+
+
+def test_everything_works_over_tcp_alone_when_same_host_sockets_are_off(shared_cluster, tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(TCP_ONLY_DRIVER)
+    env = {**shared_cluster.env, "CLUSTER_ADDRESS": shared_cluster.address, "CLUSTER_TOKEN": shared_cluster.token,
+           "CLUSTER_LOCAL_SOCKETS": "0"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "FAMILIES ['AF_INET']" in proc.stdout
+
+
+def test_the_driver_reaches_workers_on_its_host_over_unix_sockets(shared_cluster):
+    import socket
+
+    from cluster import api
+    from cluster.protocol import LOCAL_SOCKETS
+
+    if not LOCAL_SOCKETS:
+        pytest.skip("same-host sockets are off or not available here")
+    cluster.get([node_of_worker.remote() for _ in range(4)], timeout=60)
+    families = {conn.peer: conn.stream.socket.family for conn in api._rt()._dialer.conns.values()}
+    assert socket.AF_UNIX in families.values(), families

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import socket
+import threading
+import time
 
 import pytest
 import trio
@@ -116,16 +119,22 @@ def test_parse_address_errors_name_the_problem() -> None:
             protocol.parse_address(bad)
 
 
-async def _serve_and_dial(nursery: trio.Nursery, on_message: object) -> protocol.Connection:
-    """A server on a free port whose connections call ``on_message``, and a client dialled to it."""
+async def _serve_and_dial(nursery: trio.Nursery, on_message: object, fast: object = None,
+                          local: bool = False) -> protocol.Connection:
+    """A server on a free port whose connections call ``on_message`` (and ``fast`` in their
+    reader thread), and a client dialled to it; ``local``: also serve the same-host socket."""
 
     async def serve(stream: trio.SocketStream) -> None:
         role = await protocol.server_handshake(stream, "tok", "node")
-        await protocol.run_connection(stream, "peer", role, on_message)
+        await protocol.run_connection(stream, "peer", role, on_message, fast)
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
-    port = listeners[0].socket.getsockname()[1]
-    return await protocol.dial(nursery, f"127.0.0.1:{port}", "tok", "driver", lambda *a: None)
+    address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    if local:
+        local_listener = protocol.open_local_listener(address)
+        if local_listener is not None:
+            nursery.start_soon(trio.serve_listeners, serve, [local_listener])
+    return await protocol.dial(nursery, address, "tok", "driver", lambda *a: None)
 
 
 def test_connection_request_reply_over_a_real_socket() -> None:
@@ -179,3 +188,56 @@ def test_raw_replies_land_in_their_destination_between_ordinary_frames() -> None
     assert received == payload
     assert unasked == 1000  # a raw answer to a plain request gives its size; the bytes are dropped
     assert after == "after"  # and the stream is still in step
+
+
+def test_a_fast_handler_runs_in_the_reader_thread_and_every_message_keeps_its_order() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def on_message(conn: protocol.Connection, msg: object, request_id: int) -> None:
+        if msg.key == "sync":
+            conn.reply(request_id, len(seen))
+        else:
+            seen.append((msg.key, threading.current_thread().name))
+            time.sleep(0.001)  # a slow trio handler: fast messages behind it must wait their turn
+
+    def fast(conn: protocol.Connection, msg: object, request_id: int) -> bool:
+        if not msg.key.startswith("f"):
+            return False
+        seen.append((msg.key, threading.current_thread().name))
+        return True
+
+    keys = ["f-first", *(f"{'f' if i % 3 else 's'}{i}" for i in range(60))]
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            conn = await _serve_and_dial(nursery, on_message, fast)
+            conn.send(m.KvGet(keys[0]))
+            assert await conn.request(m.KvGet("sync")) == 1
+            for key in keys[1:]:
+                conn.send(m.KvGet(key))
+            assert await conn.request(m.KvGet("sync")) == len(keys)
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario)
+    assert [key for key, _ in seen] == keys
+    assert seen[0][1].startswith("cluster-reader")  # nothing was ahead of it: handled in the reader
+    assert all(not thread.startswith("cluster-reader") for key, thread in seen if key.startswith("s"))
+
+
+@pytest.mark.skipif(not protocol.LOCAL_SOCKETS, reason="abstract Unix sockets are Linux-only")
+def test_a_peer_on_the_same_host_is_dialled_over_its_unix_socket_and_tcp_still_works(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def family(local: bool) -> tuple[int, object]:
+        def on_message(conn: protocol.Connection, msg: object, request_id: int) -> None:
+            conn.reply(request_id, msg.key)
+
+        async with trio.open_nursery() as nursery:
+            conn = await _serve_and_dial(nursery, on_message, local=local)
+            reply = await conn.request(m.KvGet("hello"))
+            nursery.cancel_scope.cancel()
+        return conn.stream.socket.family, reply
+
+    assert trio.run(family, True) == (socket.AF_UNIX, "hello")
+    assert trio.run(family, False) == (socket.AF_INET, "hello")  # nobody serves the local name
+    monkeypatch.setattr(protocol, "LOCAL_SOCKETS", False)
+    assert trio.run(family, True) == (socket.AF_INET, "hello")  # turned off
