@@ -140,7 +140,9 @@ def stop(grace: float) -> None:
         pid = record["pid"]
         if session.pid_alive(pid) and session.process_start_time(pid) == record.get("start_time"):
             ours.append(record)
-        else:
+        else:  # it died without cleaning up (killed, or its machine rebooted): do it for it
+            if record.get("store_path"):
+                shutil.rmtree(record["store_path"], ignore_errors=True)
             session.remove_daemon_record(pid)
     if not ours:
         click.echo("No cluster daemons are running on this machine.")
