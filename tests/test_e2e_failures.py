@@ -156,3 +156,37 @@ def test_cluster_start_with_bad_resources_fails_with_a_message(make_cluster, res
     assert "Traceback" not in proc.stderr
     assert lc.daemon_records() == []
     assert not (lc.root / "current.json").exists()
+
+
+# --------------------------------------------------------------------- dead nodes
+
+
+@cluster.remote
+class Placed:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def incr(self) -> int:
+        self.n += 1
+        return self.n
+
+    def where(self) -> tuple[str, int]:
+        return os.environ["CLUSTER_NODE_ID"], os.getpid()
+
+
+def test_an_actor_whose_node_dies_restarts_on_another_node(make_cluster, e2e):
+    lc = make_cluster(num_cpus=1)
+    node = lc.add_node(num_cpus=1)
+    lc.connect()
+    blocker = Placed.options(num_cpus=1).remote()  # fills the head, so the next one goes to the node
+    head_node, _ = cluster.get(blocker.where.remote(), timeout=60)
+    actor = Placed.options(num_cpus=1, max_restarts=1, max_task_retries=1).remote()
+    first_node, first_pid = cluster.get(actor.where.remote(), timeout=60)
+    assert first_node == node["node_id"] != head_node
+    assert cluster.get(actor.incr.remote(), timeout=60) == 1
+    cluster.kill(blocker)  # room on the head for the restart
+    os.kill(node["pid"], signal.SIGKILL)  # the node daemon; its workers die with it
+    e2e.wait_until(lambda: not e2e.is_running(first_pid), timeout=30, what="the actor's worker to die with its node")
+    assert cluster.get(actor.where.remote(), timeout=60)[0] == head_node
+    assert cluster.get(actor.incr.remote(), timeout=60) == 1  # a fresh instance: state rebuilt
+    cluster.kill(actor)
