@@ -42,12 +42,17 @@ def cli() -> None:
                    "each process keeps its own objects in its memory (for a tiny /dev/shm).")
 @click.option("--token", envvar="CLUSTER_TOKEN", help="Cluster token (to join; default: the local head's).")
 @click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True, help="Seconds before a silent node is declared dead.")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True, help="Head: interface of the HTTP API (jobs).")
+@click.option("--dashboard-port", type=int, help="Head: port of the HTTP API [default: 8265, or a free one if taken; 0 = any].")
+@click.option("--metadata-store", help="Head: where job records and other metadata are kept, as a URL "
+                                       "[default: sqlite:///<session dir>/metadata.db]. Reuse one to keep records across restarts.")
 @click.option("--block", is_flag=True, help="Stay in the foreground until interrupted.")
 def start(
     head: bool, address: str | None, host: str, port: int | None, node_ip: str | None,
     num_cpus: float | None, num_gpus: float | None, resources: str, object_store_memory: str | None,
     object_spilling_dir: str | None, no_object_spilling: bool, object_store: str,
-    token: str | None, heartbeat_timeout: float, block: bool,
+    token: str | None, heartbeat_timeout: float, dashboard_host: str, dashboard_port: int | None,
+    metadata_store: str | None, block: bool,
 ) -> None:
     """Start a head (--head) or a node that joins one (--address HOST:PORT)."""
     from cluster.launch import spawn_daemon
@@ -81,6 +86,12 @@ def start(
         args += ["--object-store-memory", str(store_bytes)]
     if object_store != "shared":
         args += ["--object-store", object_store]
+    if head:
+        args += ["--dashboard-host", dashboard_host]
+        if dashboard_port is not None:
+            args += ["--dashboard-port", str(dashboard_port)]
+        if metadata_store:
+            args += ["--metadata-store", metadata_store]
     if no_object_spilling and object_spilling_dir:
         raise click.UsageError("--object-spilling-dir and --no-object-spilling contradict each other")
     if not no_object_spilling:
@@ -92,12 +103,15 @@ def start(
     session.record_daemon(info)
     if head:
         session.write_current({"address": info["address"], "pid": info["pid"],
-                               "session_dir": str(session_dir), "token_file": token_file})
+                               "session_dir": str(session_dir), "token_file": token_file,
+                               "dashboard_url": info.get("dashboard_url")})
     cpus = json.loads(resources_json)["CPU"]
     if head:
         click.echo(f"Started the head of a new cluster at {info['address']} ({cpus:g} CPUs), pid {info['pid']}.")
         click.echo(f"  session dir: {session_dir}")
         click.echo(f"  token file:  {token_file} (mode 0600)")
+        if info.get("dashboard_url"):
+            click.echo(f"  HTTP API:    {info['dashboard_url']} (jobs: cluster job submit -- python script.py)")
         click.echo("To join another machine to this cluster, run there:")
         click.echo(f"  cluster start --address {info['address']} --token {token}")
         click.echo("To use it from Python on this machine:  cluster.init()")

@@ -23,11 +23,12 @@ import structlog
 import trio
 
 from cluster import log as cluster_log
+from cluster import messages as m
 from cluster import session
 from cluster.errors import ClusterError, ConfigError
 from cluster.head import HeadService
 from cluster.node import NodeService
-from cluster.plugins import get_plugin_manager
+from cluster.plugins import get_plugin_manager, make_metadata_store
 from cluster.protocol import Connection, run_connection, server_handshake
 from cluster.zygote import Zygote, start_zygote
 
@@ -50,6 +51,11 @@ class DaemonConfig:
     object_store_memory: int | None = None
     spill_dir: str | None = None  # where this node spills; None: spilling off
     object_store: str = "shared"  # or "memory": each process keeps its objects
+    # The head's HTTP endpoint (job API, ...; served by plugins): None = 8265, or a free port
+    # if that one is taken; 0 = any free port; N = exactly N.
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int | None = None
+    metadata_store: str | None = None  # URL; None: sqlite:///<session dir>/metadata.db
 
     def __attrs_post_init__(self) -> None:
         if not self.head and not self.head_address:
@@ -78,6 +84,30 @@ class Router:
         handler(conn, msg, request_id)
 
 
+class Services:
+    """Plugin services' message handlers by name, shared by the head and node roles of a
+    daemon (``head.services`` / ``node.services``): ``services.add("jobs", handler)``, then
+    peers send ``ServiceRequest("jobs", payload)``. A handler is called on the trio thread
+    as ``handler(conn, payload, request_id)`` and answers with ``conn.reply``/``reply_error``
+    (or not at all, for one-way messages)."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add(self, name: str, handler: Any) -> None:
+        if name in self.handlers:
+            raise ValueError(f"a service named {name!r} is already registered in this daemon")
+        self.handlers[name] = handler
+
+    def __call__(self, conn: Connection, msg: m.ServiceRequest, request_id: int) -> None:
+        handler = self.handlers.get(msg.service)
+        if handler is None:
+            conn.reply_error(request_id, "unexpected", f"this daemon runs no service {msg.service!r}; "
+                             "is the plugin that provides it installed here?")
+            return
+        handler(conn, msg.payload, request_id)
+
+
 def bind(config: DaemonConfig) -> socket.socket:
     """The daemon's listening socket, bound before anything else starts."""
     try:
@@ -104,6 +134,8 @@ async def run_daemon(
     advertised = config.node_ip or (config.host if config.host not in ("0.0.0.0", "::", "") else _own_ip())
     address = f"{advertised}:{port}"
     router = Router()
+    services = Services()
+    router.add({m.ServiceRequest: services})
     pm = get_plugin_manager()
 
     async def serve(stream: trio.SocketStream) -> None:
@@ -120,11 +152,16 @@ async def run_daemon(
         head = None
         if config.head:
             head = HeadService(session_dir=config.session_dir, address=address,
-                               heartbeat_timeout_s=config.heartbeat_timeout_s)
+                               heartbeat_timeout_s=config.heartbeat_timeout_s,
+                               dashboard_host=config.dashboard_host, dashboard_port=config.dashboard_port,
+                               token=token)
+            head.metadata = make_metadata_store(
+                config.metadata_store or f"sqlite:///{os.path.join(config.session_dir, 'metadata.db')}")
+            head.services = services
             router.add(head.handlers())
             await nursery.start(head.run)
-            for services in pm.hook.cluster_head_services(head=head):
-                for service in services or ():
+            for started in pm.hook.cluster_head_services(head=head):
+                for service in started or ():
                     await nursery.start(service)
         node = NodeService(
             node_id=secrets.token_hex(8),
@@ -140,13 +177,15 @@ async def run_daemon(
             object_store=config.object_store,
             zygote=zygote,
         )
+        node.services = services
         router.add(node.handlers())
         await nursery.start(node.run)
-        for services in pm.hook.cluster_node_services(node=node):
-            for service in services or ():
+        for started in pm.hook.cluster_node_services(node=node):
+            for service in started or ():
                 await nursery.start(service)
         task_status.started({"address": address, "node_id": node.node_id, "pid": os.getpid(),
-                             "session_dir": config.session_dir, "store_path": node.store_path})
+                             "session_dir": config.session_dir, "store_path": node.store_path,
+                             "dashboard_url": head.dashboard_url if head is not None else None})
 
 
 def _own_ip() -> str:
@@ -216,6 +255,9 @@ def parse_args(argv: list[str]) -> DaemonConfig:
     parser.add_argument("--object-store-memory", type=int)
     parser.add_argument("--spill-dir")
     parser.add_argument("--object-store", choices=("shared", "memory"), default="shared")
+    parser.add_argument("--dashboard-host", default="127.0.0.1")
+    parser.add_argument("--dashboard-port", type=int)
+    parser.add_argument("--metadata-store")
     args = parser.parse_args(argv)
     return DaemonConfig(
         head=args.head,
@@ -231,6 +273,9 @@ def parse_args(argv: list[str]) -> DaemonConfig:
         object_store_memory=args.object_store_memory,
         spill_dir=args.spill_dir,
         object_store=args.object_store,
+        dashboard_host=args.dashboard_host,
+        dashboard_port=args.dashboard_port,
+        metadata_store=args.metadata_store,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -70,6 +71,14 @@ class HeadService:
     view_version: int = 1
     _kv: dict[str, bytes] = attrs.Factory(dict)
     drivers: dict[Connection, dict] = attrs.Factory(dict)
+    services: Any = None  # the daemon's plugin services (cluster.daemon.Services)
+    token: str = ""  # the cluster token (head services that accept other protocols check it)
+    metadata: Any = None  # the metadata store (cluster.metadata.MetadataStore)
+    dashboard_host: str = "127.0.0.1"  # where the head's HTTP service should listen ...
+    dashboard_port: int | None = None  # ... (None: 8265, or any free port if that is taken)
+    dashboard_url: str | None = None  # set by the HTTP service once it listens
+    # Called with each NodeRecord the head declares dead (plugins' head services add theirs).
+    on_node_dead: list[Callable[[NodeRecord], None]] = attrs.Factory(list)
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -103,6 +112,8 @@ class HeadService:
         self.view_version += 1
         self._broadcast_view()
         log.warning("node_dead", node_id=node.node_id, address=node.address, reason=reason)
+        for callback in self.on_node_dead:
+            callback(node)
         if node.conn is not None and node.conn.nursery is not None:
             node.conn.nursery.cancel_scope.cancel()
 

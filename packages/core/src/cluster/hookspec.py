@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from cluster_store import ObjectStore, SpillTarget
 
     from cluster.head import HeadService
+    from cluster.metadata import MetadataStore
     from cluster.node import NodeService
     from cluster.scheduling import SchedulingPolicy
 
@@ -89,6 +90,17 @@ def cluster_make_spill_target(node: dict[str, Any]) -> SpillTarget | None:
     or None when ``spill_dir`` is None. A plugin with another target (a bucket, a remote disk)
     implements this with ``@hookimpl(tryfirst=True)``, and should return None when
     ``spill_dir`` is None so that ``--no-object-spilling`` still turns spilling off.
+    """
+
+
+@hookspec(firstresult=True)
+def cluster_make_metadata_store(url: str) -> MetadataStore | None:
+    """Open the head's metadata store named by ``url`` (``cluster start --head
+    --metadata-store URL``; default ``sqlite:///<session dir>/metadata.db``).
+
+    Return an object with :class:`cluster.metadata.MetadataStore`'s methods, or None when the
+    URL's scheme is not yours; the first answer wins. Core answers ``sqlite:///PATH``.
+    Called once, in the head daemon, before head services start.
     """
 
 

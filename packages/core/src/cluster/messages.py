@@ -156,6 +156,16 @@ class KvDelete:
     key: str
 
 
+@message(29)
+@attrs.frozen
+class ServiceRequest:
+    """For a plugin's service in a daemon, by name (see cluster.daemon.Services). ``payload``
+    is whatever msgpack carries; the reply is the service's."""
+
+    service: str
+    payload: Any
+
+
 # --- node ---------------------------------------------------------------------------------
 
 

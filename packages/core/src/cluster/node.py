@@ -116,6 +116,7 @@ class NodeService:
     _drop_every: int = attrs.field(init=False, default=0)
     zygote: Any = None
     _by_pid: dict = attrs.Factory(dict)
+    services: Any = None  # the daemon's plugin services (cluster.daemon.Services)
 
     def __attrs_post_init__(self) -> None:
         from cluster_store import default_store_root
@@ -385,6 +386,22 @@ class NodeService:
                 worker.state = "idle"
             else:
                 self._kill(worker)
+        self._pump()
+
+    # -- resources held by plugin services (a job's entrypoint, say) rather than a lease --
+
+    def reserve(self, shape: dict[str, float]) -> bool:
+        """Take ``shape`` out of this node's available resources if it fits now."""
+        if not fits(shape, self.available):
+            return False
+        for name, amount in shape.items():
+            self.available[name] = self.available.get(name, 0.0) - amount
+        return True
+
+    def unreserve(self, shape: dict[str, float]) -> None:
+        """Give back what ``reserve`` took; queued lease requests may now be granted."""
+        for name, amount in shape.items():
+            self.available[name] = self.available.get(name, 0.0) + amount
         self._pump()
 
     def _release(self, lease: Lease) -> None:

@@ -35,6 +35,14 @@ def cluster_make_spill_target(node: dict[str, Any]) -> Any:
 
 
 @hookimpl
+def cluster_make_metadata_store(url: str) -> Any:
+    from cluster.metadata import SqliteMetadataStore, sqlite_path
+
+    path = sqlite_path(url)
+    return None if path is None else SqliteMetadataStore(path)
+
+
+@hookimpl
 def cluster_make_scheduler(node: Any) -> Any:
     from cluster.scheduling import SchedulingPolicy
 

@@ -65,6 +65,15 @@ def make_spill_target(node: dict) -> SpillTarget | None:
     return get_plugin_manager().hook.cluster_make_spill_target(node=node)
 
 
+def make_metadata_store(url: str) -> object:
+    """The head's metadata store at ``url``, from the first plugin that knows its scheme."""
+    store = get_plugin_manager().hook.cluster_make_metadata_store(url=url)
+    if store is None:
+        raise ConfigError(f"no installed plugin opens the metadata store {url!r}; core opens "
+                          "sqlite:///PATH (install the plugin for that scheme, or use a SQLite file)")
+    return store
+
+
 def make_scheduler(node: object) -> object:
     """The scheduling policy for a node, from the first plugin that provides one."""
     policy = get_plugin_manager().hook.cluster_make_scheduler(node=node)

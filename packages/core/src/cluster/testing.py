@@ -26,7 +26,8 @@ class LocalCluster:
 
     def __init__(self, root: str | os.PathLike, *, num_cpus: float = 1, resources: dict | None = None,
                  heartbeat_timeout: float = 10.0, object_store_memory: int | None = None,
-                 object_spilling: bool = True, object_store: str = "shared") -> None:
+                 object_spilling: bool = True, object_store: str = "shared",
+                 head_args: list[str] | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "CLUSTER_TMPDIR": str(self.root)}
@@ -40,6 +41,8 @@ class LocalCluster:
             self._head_args += ["--no-object-spilling"]
         self._store_args = ["--object-store", object_store]
         self._head_args += self._store_args
+        self._head_args += ["--dashboard-port", "0", *(head_args or [])]  # any free port: tests run side by side
+        self.dashboard_url = ""
         self.address = ""
         self.token = ""
         self.pids: list[int] = []
@@ -58,6 +61,7 @@ class LocalCluster:
         current = json.loads((self.root / "current.json").read_text())
         self.address = current["address"]
         self.token = Path(current["token_file"]).read_text().strip()
+        self.dashboard_url = current.get("dashboard_url") or ""
         self.pids.append(current["pid"])
         return self
 

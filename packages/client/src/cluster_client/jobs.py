@@ -1,0 +1,311 @@
+"""The head's job manager: job records, placement on a node, logs, stop.
+
+A job is a shell command (its *entrypoint*) run as a subprocess on a node with the resources it
+asked for. The head keeps the record (in its metadata store, so it outlives the head process)
+and the whole log (under ``<session dir>/jobs/``); the node that runs the entrypoint
+(cluster_client.runner) streams its output here and says when it exits.
+
+States: PENDING -> RUNNING -> SUCCEEDED | FAILED | STOPPED. A terminal state never changes.
+While PENDING, ``message`` says what the job waits for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from cluster import messages as m
+from cluster.errors import ClusterConnectionError, RemoteCallError
+from cluster.protocol import Dialer
+from cluster.scheduling import fits
+
+log = structlog.get_logger("cluster.jobs")
+
+TABLE = "jobs"
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+RUNNER_SERVICE = "job-runner"  # on every node (cluster_client.runner)
+MANAGER_SERVICE = "jobs"  # on the head: where runners report
+PLACE_EVERY_S = 0.5
+LAST_LINES = 20
+_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
+class JobError(Exception):
+    """A request the job manager refuses; ``status`` is the HTTP status that fits it."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def describe_shape(shape: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shape.items())) + "}" if shape else "{}"
+
+
+class JobManager:
+    """Runs in the head daemon (a head service, started by the client plugin)."""
+
+    def __init__(self, head: Any) -> None:
+        self.head = head
+        self.store = head.metadata
+        self.log_dir = Path(head.session_dir) / "jobs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs: dict[str, dict] = {}
+        self._changed = trio.Event()  # set (and replaced) whenever a record or a log grows
+        self._wake_placer = trio.Event()
+        self._dialer = Dialer(head.token, "head", self._on_node_message)
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ service
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for key, record in self.store.items(TABLE):
+            if record["status"] not in TERMINAL:  # it ran (or waited) under a head that is gone
+                record.update(status="FAILED", end_time=_now_ms(),
+                              message=f"the head restarted while the job was {record['status']}; "
+                                      "its outcome is unknown")
+                self.store.put(TABLE, key, record)
+            self.jobs[key] = record
+        self.head.services.add(MANAGER_SERVICE, self._on_report)
+        self.head.on_node_dead.append(self._node_died)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._dialer.nursery = nursery
+            task_status.started()
+            while True:
+                await self._place_pending()
+                with trio.move_on_after(PLACE_EVERY_S):
+                    await self._wake_placer.wait()
+                self._wake_placer = trio.Event()
+
+    # ------------------------------------------------------------------ requests (HTTP API)
+
+    def submit(self, spec: dict[str, Any]) -> str:
+        job_id = spec.get("submission_id") or f"job_{secrets.token_hex(6)}"
+        if not _ID.match(job_id):
+            raise JobError(f"submission_id {job_id!r} must be 1-128 letters, digits, '_', '.' or '-'")
+        if job_id in self.jobs:
+            raise JobError(f"a job with submission_id {job_id!r} already exists; choose another id "
+                           "or delete that job first", status=409)
+        shape = dict(spec.get("entrypoint_resources") or {})
+        if spec.get("entrypoint_num_cpus"):
+            shape["CPU"] = float(spec["entrypoint_num_cpus"])
+        if spec.get("entrypoint_num_gpus"):
+            shape["GPU"] = float(spec["entrypoint_num_gpus"])
+        record = {
+            "type": "SUBMISSION",
+            "submission_id": job_id,
+            "job_id": job_id,
+            "entrypoint": spec["entrypoint"],
+            "status": "PENDING",
+            "message": "waiting to be placed",
+            "shape": shape,
+            "runtime_env": spec.get("runtime_env") or {},
+            "metadata": spec.get("metadata") or {},
+            "start_time": _now_ms(),
+            "end_time": None,
+            "driver_node_id": None,
+            "driver_pid": None,
+            "driver_exit_code": None,
+            "stop_requested": False,
+        }
+        self._save(record)
+        (self.log_dir / f"{job_id}.log").touch()
+        log.info("job_submitted", submission_id=job_id, entrypoint=record["entrypoint"], shape=shape)
+        self._wake_placer.set()
+        return job_id
+
+    def get(self, job_id: str) -> dict:
+        record = self.jobs.get(job_id)
+        if record is None:
+            raise JobError(f"no job with submission_id {job_id!r}", status=404)
+        return record
+
+    def list(self) -> list[dict]:
+        return list(self.jobs.values())
+
+    def stop(self, job_id: str) -> bool:
+        record = self.get(job_id)
+        if record["status"] in TERMINAL:
+            return False
+        if record["status"] == "PENDING" and record["driver_node_id"] is None:
+            self._finish(record, "STOPPED", "stopped before it started")
+            return True
+        record["stop_requested"] = True
+        self._save(record)
+        self._nursery.start_soon(self._ask_runner_to_stop, record)
+        return True
+
+    def delete(self, job_id: str) -> bool:
+        record = self.get(job_id)
+        if record["status"] not in TERMINAL:
+            raise JobError(f"job {job_id!r} is {record['status']}; stop it first (only finished jobs "
+                           "can be deleted)")
+        del self.jobs[job_id]
+        self.store.delete(TABLE, job_id)
+        (self.log_dir / f"{job_id}.log").unlink(missing_ok=True)
+        self._notify()
+        return True
+
+    def logs(self, job_id: str, offset: int = 0) -> bytes:
+        self.get(job_id)
+        try:
+            with open(self.log_dir / f"{job_id}.log", "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    async def follow(self, job_id: str) -> Any:
+        """The job's log as it grows (from the start), until the job has ended."""
+        offset = 0
+        while True:
+            changed = self._changed
+            chunk = self.logs(job_id, offset)
+            if chunk:
+                offset += len(chunk)
+                yield chunk
+                continue
+            if self.get(job_id)["status"] in TERMINAL:
+                return
+            await changed.wait()
+
+    # ------------------------------------------------------------------ placement
+
+    async def _place_pending(self) -> None:
+        for record in list(self.jobs.values()):
+            if record["status"] == "PENDING" and record["driver_node_id"] is None and not record.get("_placing"):
+                record["_placing"] = True
+                try:
+                    await self._place(record)
+                finally:
+                    record.pop("_placing", None)
+
+    async def _place(self, record: dict) -> None:
+        shape = record["shape"]
+        alive = [n for n in self.head.nodes.values() if n.state == "alive"]
+        able = [n for n in alive if fits(shape, n.resources)]
+        if not able:
+            largest = max((n.resources for n in alive), key=lambda r: r.get("CPU", 0.0), default={})
+            self._set_message(record, f"waiting for resources: no node of the cluster can fit "
+                                      f"{describe_shape(shape)} (largest node: {describe_shape(largest)}); "
+                                      "it starts when a node that fits joins")
+            return
+        free_now = [n for n in able if fits(shape, n.available)] or able
+        for node in free_now:
+            try:
+                conn = await self._dialer.connect(node.address, "a node daemon")
+                reply = await conn.request(m.ServiceRequest(RUNNER_SERVICE, {
+                    "op": "start",
+                    "submission_id": record["submission_id"],
+                    "entrypoint": record["entrypoint"],
+                    "shape": shape,
+                    "env_vars": record["runtime_env"].get("env_vars") or {},
+                }))
+            except (ClusterConnectionError, RemoteCallError) as exc:
+                log.warning("job_start_failed", submission_id=record["submission_id"], node=node.node_id,
+                            error=str(exc))
+                continue
+            if record["status"] != "PENDING":  # stopped while we asked
+                if reply.get("started"):
+                    self._nursery.start_soon(self._ask_runner_to_stop, record, node.address)
+                return
+            if reply.get("started"):
+                record.update(status="RUNNING", message=f"running on node {node.node_id}",
+                              driver_node_id=node.node_id, driver_pid=reply["pid"],
+                              node_address=node.address)
+                self._save(record)
+                log.info("job_started", submission_id=record["submission_id"], node=node.node_id,
+                         pid=reply["pid"])
+                return
+        self._set_message(record, f"waiting for resources: {describe_shape(shape)} is not free on any "
+                                  "node yet")
+
+    async def _ask_runner_to_stop(self, record: dict, address: str | None = None) -> None:
+        address = address or record.get("node_address")
+        if address is None:
+            return
+        try:
+            conn = await self._dialer.connect(address, "a node daemon")
+            await conn.request(m.ServiceRequest(RUNNER_SERVICE, {"op": "stop",
+                                                                 "submission_id": record["submission_id"]}))
+        except (ClusterConnectionError, RemoteCallError) as exc:
+            log.warning("job_stop_failed", submission_id=record["submission_id"], error=str(exc))
+
+    # ------------------------------------------------------------------ reports from runners
+
+    def _on_report(self, conn: Any, payload: dict, request_id: int) -> None:
+        record = self.jobs.get(payload.get("submission_id", ""))
+        if record is None:
+            return
+        if payload["op"] == "log":
+            with open(self.log_dir / f"{record['submission_id']}.log", "ab") as f:
+                f.write(payload["data"])
+            self._notify()
+        elif payload["op"] == "exited":
+            code = payload["code"]
+            record["driver_exit_code"] = code
+            if record["stop_requested"]:
+                self._finish(record, "STOPPED", "stopped by request")
+            elif code == 0:
+                self._finish(record, "SUCCEEDED", "the entrypoint exited with code 0")
+            else:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                self._finish(record, "FAILED", f"the entrypoint {how}; the last lines of its log:\n"
+                                               + self._last_lines(record["submission_id"]))
+        if request_id:
+            conn.reply(request_id, True)
+
+    def _on_node_message(self, conn: Any, msg: Any, request_id: int) -> None:
+        conn.reply_error(request_id, "unexpected", f"the job manager does not handle {type(msg).__name__}")
+
+    def _node_died(self, node: Any) -> None:
+        for record in self.jobs.values():
+            if record["status"] == "RUNNING" and record["driver_node_id"] == node.node_id:
+                self._finish(record, "FAILED", f"the node that ran it ({node.node_id} at {node.address}) died")
+
+    # ------------------------------------------------------------------ records
+
+    def _last_lines(self, job_id: str) -> str:
+        tail = self.logs(job_id)[-16384:].decode(errors="replace").splitlines()[-LAST_LINES:]
+        return "\n".join(tail) if tail else "(it printed nothing)"
+
+    def _set_message(self, record: dict, message: str) -> None:
+        if record["message"] != message:
+            record["message"] = message
+            self._save(record)
+
+    def _finish(self, record: dict, status: str, message: str) -> None:
+        if record["status"] in TERMINAL:
+            return
+        record.update(status=status, message=message, end_time=_now_ms())
+        self._save(record)
+        log.info("job_finished", submission_id=record["submission_id"], status=status)
+
+    def _save(self, record: dict) -> None:
+        self.jobs[record["submission_id"]] = record
+        self.store.put(TABLE, record["submission_id"], {k: v for k, v in record.items() if not k.startswith("_")})
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+def public(record: dict) -> dict:
+    """A record as the API shows it."""
+    return {k: v for k, v in record.items() if not k.startswith("_") and k not in ("stop_requested", "node_address")}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def job_log_path(session_dir: str, job_id: str) -> str:
+    return os.path.join(session_dir, "jobs", f"{job_id}.log")

@@ -1,0 +1,32 @@
+"""cluster-client's hooks: the job manager and HTTP API on the head, the job runner on every
+node, and the `cluster job` commands."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from cluster.hookspec import hookimpl
+
+
+@hookimpl
+def cluster_head_services(head: Any) -> list:
+    from cluster_client.http_api import serve_api
+    from cluster_client.jobs import JobManager
+
+    jobs = JobManager(head)
+    return [jobs.run, functools.partial(serve_api, head, jobs)]
+
+
+@hookimpl
+def cluster_node_services(node: Any) -> list:
+    from cluster_client.runner import JobRunner
+
+    return [JobRunner(node).run]
+
+
+@hookimpl
+def cluster_add_commands(cli: Any) -> None:
+    from cluster_client.cli import job
+
+    cli.add_command(job)
