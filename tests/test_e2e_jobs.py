@@ -181,3 +181,63 @@ def test_job_records_outlive_the_head_when_the_metadata_store_is_kept(make_clust
     second = make_cluster(num_cpus=1, head_args=["--metadata-store", url])
     with JobSubmissionClient(second.dashboard_url, second.token) as client:
         assert [(j.submission_id, j.status) for j in client.list_jobs()] == [(job_id, JobStatus.SUCCEEDED)]
+
+
+WORKING_DIR_MAIN = textwrap.dedent(
+    """
+    import os
+    import cluster
+    import helper  # from the working dir, on the job's sys.path
+
+    @cluster.remote(resources={"b": 1})  # on the other node, which never saw the working dir
+    def far(x):
+        return helper.square(x), os.environ["CLUSTER_NODE_ID"]
+
+    cluster.init()
+    print("files:", sorted(os.listdir(".")))
+    print("data:", open("data.txt").read().strip())
+    value, node = cluster.get(far.remote(7))
+    print("far square:", value, "on", node)
+    """
+)
+
+
+def test_a_job_runs_in_its_uploaded_working_dir_whose_code_reaches_other_nodes(make_cluster, tmp_path):
+    lc = make_cluster(num_cpus=1)
+    other = lc.add_node(num_cpus=1, resources={"b": 1})
+    work = tmp_path / "project"
+    (work / "cache").mkdir(parents=True)
+    (work / "main.py").write_text(WORKING_DIR_MAIN)
+    (work / "helper.py").write_text("def square(x):\n    return x * x\n")
+    (work / "data.txt").write_text("forty-two\n")
+    (work / "secret.txt").write_text("not for the cluster\n")
+    (work / ".gitignore").write_text("secret.txt\n")
+    (work / "cache" / "big.bin").write_bytes(b"\0" * 1_000_000)
+    env = {**lc.env, "CLUSTER_API_ADDRESS": lc.dashboard_url, "CLUSTER_TOKEN": lc.token}
+
+    def submit() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cluster", "job", "submit", "--working-dir", str(work), "--exclude", "cache/",
+             "--", "python", "main.py"], env=env, capture_output=True, text=True, timeout=120)
+
+    first = submit()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "files: ['.gitignore', 'data.txt', 'helper.py', 'main.py']" in first.stdout  # excludes held
+    assert "data: forty-two" in first.stdout
+    assert f"far square: 49 on {other['node_id']}" in first.stdout
+    assert "Uploading working dir" in first.stderr and "100%" in first.stderr
+    second = submit()
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "the head has it already" in second.stderr and "Uploading" not in second.stderr
+
+
+def test_a_working_dir_over_the_limit_is_refused_before_upload_saying_how_to_fix_it(jobs_cluster, tmp_path):
+    lc, _ = jobs_cluster
+    work = tmp_path / "big"
+    work.mkdir()
+    (work / "blob.bin").write_bytes(b"\1" * 3_000_000)
+    with JobSubmissionClient(lc.dashboard_url, lc.token, max_working_dir_bytes=1_000_000) as client:
+        with pytest.raises(JobSubmissionError, match=r"more than 976\.6 KiB") as excinfo:
+            client.submit_job(entrypoint="true", runtime_env={"working_dir": str(work)})
+        assert "excludes" in str(excinfo.value)
+        assert client.list_jobs() == []

@@ -48,6 +48,12 @@ def job() -> None:
 @_address
 @_token
 @click.option("--submission-id", help="Id for the job [default: generated].")
+@click.option("--working-dir", type=click.Path(exists=True, file_okay=False),
+              help="A local directory to run the job in (uploaded; on sys.path of the job).")
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
+              help="Leave matching files of the working dir out (.gitignore syntax; repeatable).")
+@click.option("--max-working-dir-size", default="1GiB", show_default=True,
+              help="Refuse to upload a working dir larger than this (e.g. 500MB, 2GiB).")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable for the job (repeatable).")
 @click.option("--num-cpus", type=float, help="CPUs the entrypoint holds while it runs [default: 0].")
 @click.option("--num-gpus", type=float, help="GPUs the entrypoint holds while it runs [default: 0].")
@@ -55,7 +61,8 @@ def job() -> None:
 @click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="A label for the job (repeatable).")
 @click.option("--no-wait", is_flag=True, help="Print the job's id and return; don't follow its logs.")
 @click.argument("entrypoint", nargs=-1, required=True, type=click.UNPROCESSED)
-def submit(address: str | None, token: str | None, submission_id: str | None, env: tuple[str, ...],
+def submit(address: str | None, token: str | None, submission_id: str | None, working_dir: str | None,
+           excludes: tuple[str, ...], max_working_dir_size: str, env: tuple[str, ...],
            num_cpus: float | None, num_gpus: float | None, resources: str | None, metadata: tuple[str, ...],
            no_wait: bool, entrypoint: tuple[str, ...]) -> None:
     """Run ENTRYPOINT (a command: `cluster job submit -- python script.py`) as a job.
@@ -67,11 +74,18 @@ def submit(address: str | None, token: str | None, submission_id: str | None, en
         extra = json.loads(resources) if resources else None
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--resources") from None
+    from cluster.scheduling import parse_size
+
     client = _client(address, token)
+    client.max_working_dir_bytes = parse_size(max_working_dir_size, "--max-working-dir-size")
+    runtime_env: dict[str, Any] = {}
+    if env:
+        runtime_env["env_vars"] = _pairs(env, "--env")
+    if working_dir:
+        runtime_env.update(working_dir=working_dir, excludes=list(excludes))
     with _api_errors():
         job_id = client.submit_job(
-            entrypoint=command, submission_id=submission_id,
-            runtime_env={"env_vars": _pairs(env, "--env")} if env else None,
+            entrypoint=command, submission_id=submission_id, runtime_env=runtime_env or None,
             metadata=_pairs(metadata, "--metadata") or None,
             entrypoint_num_cpus=num_cpus, entrypoint_num_gpus=num_gpus, entrypoint_resources=extra,
         )

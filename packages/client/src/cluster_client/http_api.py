@@ -17,6 +17,7 @@ import trio
 from cluster.errors import ConfigError
 
 from cluster_client.jobs import JobError, JobManager, public
+from cluster_client.packaging import valid_package_name
 
 log = structlog.get_logger("cluster.http")
 
@@ -24,7 +25,8 @@ DEFAULT_PORT = 8265  # Ray's dashboard port: what users of its job CLI expect
 API_VERSION = 1
 _SUBMIT_FIELDS = {"entrypoint", "submission_id", "runtime_env", "metadata", "entrypoint_num_cpus",
                   "entrypoint_num_gpus", "entrypoint_resources", "job_id"}
-_RUNTIME_ENV_FIELDS = {"env_vars", "working_dir"}
+_RUNTIME_ENV_FIELDS = {"env_vars", "working_dir", "excludes"}
+MAX_CHUNK = 16 << 20  # one PUT of a package upload
 
 Send = Callable[[dict], Awaitable[None]]
 
@@ -99,6 +101,21 @@ class JobApi:
                 return await _json(send, 200, {"stopped": jobs.stop(job_id)})
             if action == "logs" and method == "GET":
                 return await _json(send, 200, {"logs": jobs.logs(job_id).decode(errors="replace")})
+        elif len(rest) == 2 and rest[0] == "packages":
+            name = rest[1]
+            if method == "GET":
+                if not jobs.has_package(name):
+                    raise HttpError(404, f"the head has no package {name}")
+                return await _json(send, 200, {"exists": True})
+            if method == "PUT":
+                query = _query(scope)
+                try:
+                    offset, total = int(query["offset"]), int(query["total"])
+                except (KeyError, ValueError):
+                    raise HttpError(400, "a package upload needs ?offset=N&total=N (integers)") from None
+                data = await _read_body(receive, MAX_CHUNK)
+                have = jobs.receive_package_chunk(name, offset, total, data)
+                return await _json(send, 200, {"received": have, "complete": have == total})
         elif len(rest) == 4 and rest[0] == "jobs" and rest[2:] == ["logs", "follow"] and method == "GET":
             jobs.get(rest[1])  # 404 before the stream starts
             return await self._follow(rest[1], send)
@@ -136,9 +153,10 @@ def validate_submission(body: Any) -> dict:
     env_vars = runtime_env.get("env_vars") or {}
     if not isinstance(env_vars, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
         raise HttpError(400, "runtime_env.env_vars must map strings to strings")
-    if runtime_env.get("working_dir") is not None:
-        raise HttpError(400, "runtime_env.working_dir is not supported by this head yet; "
-                             "run the job from a directory the nodes can reach")
+    working_dir = runtime_env.get("working_dir")
+    if working_dir is not None and not (isinstance(working_dir, str) and valid_package_name(working_dir)):
+        raise HttpError(400, "runtime_env.working_dir must name an uploaded package (pkg_<hash>.zip); "
+                             "the SDK and `cluster job submit --working-dir` upload a local directory for you")
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise HttpError(400, "'metadata' must map strings to strings")
@@ -156,15 +174,25 @@ def _amount(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
-async def _read_json(receive: Callable) -> Any:
+async def _read_body(receive: Callable, limit: int) -> bytes:
     body = bytearray()
     while True:
         event = await receive()
         body += event.get("body", b"")
-        if len(body) > 1 << 20:
-            raise HttpError(413, "the request body is over 1 MiB; job submissions are small JSON objects")
+        if len(body) > limit:
+            raise HttpError(413, f"the request body is over {limit} bytes")
         if not event.get("more_body"):
-            break
+            return bytes(body)
+
+
+def _query(scope: dict) -> dict[str, str]:
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+
+
+async def _read_json(receive: Callable) -> Any:
+    body = await _read_body(receive, 1 << 20)
     try:
         return json.loads(body or b"null")
     except ValueError as exc:

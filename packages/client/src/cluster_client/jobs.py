@@ -11,6 +11,7 @@ While PENDING, ``message`` says what the job waits for.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -25,6 +26,8 @@ from cluster.errors import ClusterConnectionError, RemoteCallError
 from cluster.protocol import Dialer
 from cluster.scheduling import fits
 
+from cluster_client.packaging import valid_package_name
+
 log = structlog.get_logger("cluster.jobs")
 
 TABLE = "jobs"
@@ -33,6 +36,7 @@ RUNNER_SERVICE = "job-runner"  # on every node (cluster_client.runner)
 MANAGER_SERVICE = "jobs"  # on the head: where runners report
 PLACE_EVERY_S = 0.5
 LAST_LINES = 20
+PACKAGE_CHUNK = 4 << 20
 _ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
@@ -56,6 +60,8 @@ class JobManager:
         self.store = head.metadata
         self.log_dir = Path(head.session_dir) / "jobs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.package_dir = Path(head.session_dir) / "packages"  # uploaded working dirs
+        self.package_dir.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[str, dict] = {}
         self._changed = trio.Event()  # set (and replaced) whenever a record or a log grows
         self._wake_placer = trio.Event()
@@ -93,6 +99,10 @@ class JobManager:
         if job_id in self.jobs:
             raise JobError(f"a job with submission_id {job_id!r} already exists; choose another id "
                            "or delete that job first", status=409)
+        package = (spec.get("runtime_env") or {}).get("working_dir")
+        if package and not self.has_package(package):
+            raise JobError(f"working_dir package {package!r} is not on the head; upload it first "
+                           "(JobSubmissionClient.submit_job does, given a local directory)")
         shape = dict(spec.get("entrypoint_resources") or {})
         if spec.get("entrypoint_num_cpus"):
             shape["CPU"] = float(spec["entrypoint_num_cpus"])
@@ -134,7 +144,7 @@ class JobManager:
         record = self.get(job_id)
         if record["status"] in TERMINAL:
             return False
-        if record["status"] == "PENDING" and record["driver_node_id"] is None:
+        if record["driver_node_id"] is None:
             self._finish(record, "STOPPED", "stopped before it started")
             return True
         record["stop_requested"] = True
@@ -152,6 +162,49 @@ class JobManager:
         (self.log_dir / f"{job_id}.log").unlink(missing_ok=True)
         self._notify()
         return True
+
+    # ------------------------------------------------------------------ packages (working dirs)
+
+    def has_package(self, name: str) -> bool:
+        return valid_package_name(name) and (self.package_dir / name).is_file()
+
+    def receive_package_chunk(self, name: str, offset: int, total: int, data: bytes) -> int:
+        """Write one chunk of an upload; returns how many bytes have arrived. The finished file
+        must hash to its name, or it is thrown away."""
+        if not valid_package_name(name):
+            raise JobError(f"{name!r} is not a package name (pkg_<32 hex digits>.zip)")
+        if self.has_package(name):
+            return total
+        part = self.package_dir / (name + ".part")
+        have = part.stat().st_size if part.exists() else 0
+        if offset != have:
+            raise JobError(f"upload of {name} out of step: the head has {have} bytes, the chunk starts at "
+                           f"{offset}; resume from {have}", status=409)
+        with open(part, "ab") as f:
+            f.write(data)
+        have += len(data)
+        if have > total:
+            part.unlink()
+            raise JobError(f"upload of {name} is longer than the {total} bytes announced")
+        if have == total:
+            digest = hashlib.sha256()
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            if f"pkg_{digest.hexdigest()[:32]}.zip" != name:
+                part.unlink()
+                raise JobError(f"the uploaded bytes do not hash to {name}; upload it again")
+            part.rename(self.package_dir / name)
+            log.info("package_uploaded", name=name, size=total)
+        return have
+
+    def package_chunk(self, name: str, offset: int) -> dict:
+        if not self.has_package(name):
+            return {"error": f"the head has no package {name}"}
+        path = self.package_dir / name
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return {"data": f.read(PACKAGE_CHUNK), "total": path.stat().st_size}
 
     def logs(self, job_id: str, offset: int = 0) -> bytes:
         self.get(job_id)
@@ -199,6 +252,8 @@ class JobManager:
             return
         free_now = [n for n in able if fits(shape, n.available)] or able
         for node in free_now:
+            # Placed from here on (a stop now goes to that node), unless the node says no.
+            record.update(driver_node_id=node.node_id, node_address=node.address)
             try:
                 conn = await self._dialer.connect(node.address, "a node daemon")
                 reply = await conn.request(m.ServiceRequest(RUNNER_SERVICE, {
@@ -207,22 +262,22 @@ class JobManager:
                     "entrypoint": record["entrypoint"],
                     "shape": shape,
                     "env_vars": record["runtime_env"].get("env_vars") or {},
+                    "working_dir": record["runtime_env"].get("working_dir"),
                 }))
             except (ClusterConnectionError, RemoteCallError) as exc:
                 log.warning("job_start_failed", submission_id=record["submission_id"], node=node.node_id,
                             error=str(exc))
-                continue
-            if record["status"] != "PENDING":  # stopped while we asked
-                if reply.get("started"):
-                    self._nursery.start_soon(self._ask_runner_to_stop, record, node.address)
-                return
+                reply = {"started": False}
             if reply.get("started"):
-                record.update(status="RUNNING", message=f"running on node {node.node_id}",
-                              driver_node_id=node.node_id, driver_pid=reply["pid"],
-                              node_address=node.address)
-                self._save(record)
-                log.info("job_started", submission_id=record["submission_id"], node=node.node_id,
-                         pid=reply["pid"])
+                if record["status"] == "PENDING":  # (its runner may have reported already)
+                    what = "fetching its working dir" if record["runtime_env"].get("working_dir") else "starting"
+                    self._set_message(record, f"{what} on node {node.node_id}")
+                log.info("job_placed", submission_id=record["submission_id"], node=node.node_id)
+                return
+            record.update(driver_node_id=None, node_address=None)
+            if record["stop_requested"]:  # stopped while we asked
+                self._finish(record, "STOPPED", "stopped before it started")
+            if record["status"] != "PENDING":
                 return
         self._set_message(record, f"waiting for resources: {describe_shape(shape)} is not free on any "
                                   "node yet")
@@ -241,17 +296,29 @@ class JobManager:
     # ------------------------------------------------------------------ reports from runners
 
     def _on_report(self, conn: Any, payload: dict, request_id: int) -> None:
-        record = self.jobs.get(payload.get("submission_id", ""))
-        if record is None:
+        if payload.get("op") == "package":  # a runner fetches a working dir, a chunk at a time
+            conn.reply(request_id, self.package_chunk(payload["name"], payload["offset"]))
             return
-        if payload["op"] == "log":
+        record = self.jobs.get(payload.get("submission_id", ""))
+        if record is None:  # deleted meanwhile
+            if request_id:
+                conn.reply(request_id, False)
+            return
+        if payload["op"] == "running":
+            if record["status"] == "PENDING":
+                record.update(status="RUNNING", message=f"running on node {record['driver_node_id']}",
+                              driver_pid=payload["pid"])
+                self._save(record)
+        elif payload["op"] == "log":
             with open(self.log_dir / f"{record['submission_id']}.log", "ab") as f:
                 f.write(payload["data"])
             self._notify()
         elif payload["op"] == "exited":
             code = payload["code"]
             record["driver_exit_code"] = code
-            if record["stop_requested"]:
+            if payload.get("error"):  # it never started: its working dir, or the command
+                self._finish(record, "FAILED", payload["error"])
+            elif record["stop_requested"]:
                 self._finish(record, "STOPPED", "stopped by request")
             elif code == 0:
                 self._finish(record, "SUCCEEDED", "the entrypoint exited with code 0")
@@ -267,7 +334,7 @@ class JobManager:
 
     def _node_died(self, node: Any) -> None:
         for record in self.jobs.values():
-            if record["status"] == "RUNNING" and record["driver_node_id"] == node.node_id:
+            if record["status"] not in TERMINAL and record["driver_node_id"] == node.node_id:
                 self._finish(record, "FAILED", f"the node that ran it ({node.node_id} at {node.address}) died")
 
     # ------------------------------------------------------------------ records

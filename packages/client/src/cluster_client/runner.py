@@ -16,6 +16,7 @@ from cluster.errors import ClusterConnectionError
 from cluster.session import die_with_parent
 
 from cluster_client.jobs import MANAGER_SERVICE, RUNNER_SERVICE
+from cluster_client.packaging import extract_package, valid_package_name
 
 log = structlog.get_logger("cluster.jobs")
 
@@ -26,7 +27,9 @@ LOG_FLUSH_S = 0.1
 class JobRunner:
     def __init__(self, node: Any) -> None:
         self.node = node
-        self.running: dict[str, trio.Process] = {}
+        self.running: dict[str, subprocess.Popen | None] = {}  # None: its working dir is being set up
+        self._stopping: set[str] = set()
+        self._package_locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -38,62 +41,113 @@ class JobRunner:
                 await trio.sleep_forever()
         finally:
             for proc in self.running.values():  # the daemon stops: so do its jobs
-                _signal_group(proc, signal.SIGKILL)
+                if proc is not None:
+                    _signal_group(proc, signal.SIGKILL)
 
     def _on_request(self, conn: Any, payload: dict, request_id: int) -> None:
         op = payload.get("op")
         if op == "start":
-            conn.reply(request_id, self._start(payload))
+            job_id = payload["submission_id"]
+            if not self.node.reserve(payload["shape"]):
+                conn.reply(request_id, {"started": False, "reason": "busy"})
+                return
+            self.running[job_id] = None  # being set up
+            self._nursery.start_soon(self._run_job, payload)
+            conn.reply(request_id, {"started": True})
         elif op == "stop":
-            proc = self.running.get(payload.get("submission_id", ""))
-            if proc is not None:
-                self._nursery.start_soon(self._stop, proc)
-            conn.reply(request_id, proc is not None)
+            job_id = payload.get("submission_id", "")
+            known = job_id in self.running
+            if known:
+                self._stopping.add(job_id)
+                proc = self.running[job_id]
+                if proc is not None:
+                    self._nursery.start_soon(self._stop, proc)
+            conn.reply(request_id, known)
         else:
             conn.reply_error(request_id, "unexpected", f"the job runner does not know op {op!r}")
 
-    def _start(self, spec: dict) -> dict:
+    async def _run_job(self, spec: dict) -> None:
+        """Set up the working dir, start the entrypoint, ship its output; give back resources."""
         job_id = spec["submission_id"]
-        shape = spec["shape"]
-        if not self.node.reserve(shape):
-            return {"started": False, "reason": "busy"}
+        try:
+            try:
+                cwd = await self._working_dir(spec["working_dir"]) if spec.get("working_dir") else None
+                if job_id in self._stopping:
+                    await self._report({"op": "exited", "submission_id": job_id, "code": None})
+                    return
+                proc = self._spawn(spec, cwd)
+            except (OSError, ValueError, ClusterConnectionError) as exc:
+                what = "set up its working dir" if spec.get("working_dir") else "start the entrypoint"
+                await self._report({"op": "exited", "submission_id": job_id, "code": None,
+                                    "error": f"could not {what} on node {self.node.node_id}: {exc}"})
+                return
+            self.running[job_id] = proc
+            if job_id in self._stopping:
+                self._nursery.start_soon(self._stop, proc)
+            log.info("job_process_started", submission_id=job_id, pid=proc.pid)
+            await self._report({"op": "running", "submission_id": job_id, "pid": proc.pid})
+            await self._follow(job_id, proc)
+        finally:
+            self.running.pop(job_id, None)
+            self._stopping.discard(job_id)
+            self.node.unreserve(spec["shape"])
+
+    def _spawn(self, spec: dict, cwd: str | None) -> subprocess.Popen:
         env = {**os.environ, **{str(k): str(v) for k, v in spec["env_vars"].items()},
                "CLUSTER_ADDRESS": self.node.head_address, "CLUSTER_TOKEN": self.node.token,
-               "CLUSTER_JOB_ID": job_id, "PYTHONUNBUFFERED": "1"}
+               "CLUSTER_JOB_ID": spec["submission_id"], "PYTHONUNBUFFERED": "1"}
         env.pop("CLUSTER_NODE_ID", None)
         # `python` in an entrypoint means the Python the cluster runs on (where cluster is installed).
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
-        try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", spec["entrypoint"]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                preexec_fn=die_with_parent,  # a job does not outlive its node daemon, even a killed one
-            )
-        except OSError as exc:
-            self.node.unreserve(shape)
-            return {"started": False, "reason": f"could not start the entrypoint: {exc}"}
-        self.running[job_id] = proc
-        self._nursery.start_soon(self._follow, job_id, proc, shape)
-        log.info("job_process_started", submission_id=job_id, pid=proc.pid)
-        return {"started": True, "pid": proc.pid}
+        if cwd is not None:
+            env["CLUSTER_WORKING_DIR"] = cwd
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH")) if p)
+        return subprocess.Popen(
+            ["/bin/sh", "-c", spec["entrypoint"]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
+            preexec_fn=die_with_parent,  # a job does not outlive its node daemon, even a killed one
+        )
 
-    async def _follow(self, job_id: str, proc: subprocess.Popen, shape: dict) -> None:
-        """Ship the output to the head as it comes; report the exit code; give back resources."""
+    async def _working_dir(self, name: str) -> str:
+        """The package ``name`` unpacked on this node (fetched from the head once per node)."""
+        if not valid_package_name(name):
+            raise ValueError(f"{name!r} is not a package name")
+        root = os.path.join(self.node.session_dir, "working_dirs")  # (the head keeps its uploads in packages/)
+        destination = os.path.join(root, name[: -len(".zip")])
+        async with self._package_locks.setdefault(name, trio.Lock()):
+            if not os.path.isdir(destination):
+                os.makedirs(root, exist_ok=True)
+                zip_path = os.path.join(root, name)
+                with open(zip_path + ".part", "wb") as f:
+                    offset, total = 0, None
+                    while total is None or offset < total:
+                        reply = await self.node.head_conn.request(m.ServiceRequest(
+                            MANAGER_SERVICE, {"op": "package", "name": name, "offset": offset}))
+                        if "error" in reply:
+                            raise ValueError(reply["error"])
+                        total = reply["total"]
+                        if not reply["data"] and offset < total:
+                            raise ValueError(f"the head's copy of {name} ended early")
+                        f.write(reply["data"])
+                        offset += len(reply["data"])
+                os.rename(zip_path + ".part", zip_path)
+                await trio.to_thread.run_sync(extract_package, zip_path, destination)
+                os.unlink(zip_path)
+        return destination
+
+    async def _follow(self, job_id: str, proc: subprocess.Popen) -> None:
+        """Ship the output to the head as it comes, then the exit code."""
         stream = trio.lowlevel.FdStream(os.dup(proc.stdout.fileno()))
         proc.stdout.close()
-        try:
-            async with stream:
-                while True:
-                    data = await stream.receive_some(1 << 16)
-                    if not data:
-                        break
-                    await self._report({"op": "log", "submission_id": job_id, "data": data})
-            code = await trio.to_thread.run_sync(proc.wait)
-            await self._report({"op": "exited", "submission_id": job_id, "code": code})
-            log.info("job_process_exited", submission_id=job_id, code=code)
-        finally:
-            self.running.pop(job_id, None)
-            self.node.unreserve(shape)
+        async with stream:
+            while True:
+                data = await stream.receive_some(1 << 16)
+                if not data:
+                    break
+                await self._report({"op": "log", "submission_id": job_id, "data": data})
+        code = await trio.to_thread.run_sync(proc.wait)
+        await self._report({"op": "exited", "submission_id": job_id, "code": code})
+        log.info("job_process_exited", submission_id=job_id, code=code)
 
     async def _report(self, payload: dict) -> None:
         conn = self.node.head_conn

@@ -5,11 +5,17 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import attrs
 import httpx
+
+from cluster_client.packaging import DEFAULT_MAX_BYTES, build_package, valid_package_name
+
+UPLOAD_CHUNK = 8 << 20
 
 
 class JobSubmissionError(Exception):
@@ -73,7 +79,8 @@ class JobSubmissionClient:
     ``$CLUSTER_TOKEN``, else the local head's).
     """
 
-    def __init__(self, address: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(self, address: str | None = None, token: str | None = None, *, timeout: float = 30.0,
+                 max_working_dir_bytes: int = DEFAULT_MAX_BYTES, progress: bool = True) -> None:
         local_address, local_token = (None, None)
         if address is None or token is None:
             local_address, local_token = _local_api()
@@ -89,6 +96,8 @@ class JobSubmissionClient:
         self.token = token or os.environ.get("CLUSTER_TOKEN") or local_token or ""
         self._headers = {"Authorization": f"Bearer {self.token}"}
         self._timeout = timeout
+        self.max_working_dir_bytes = max_working_dir_bytes
+        self.progress = progress  # show upload progress on stderr
         self._http = httpx.Client(base_url=self.address, headers=self._headers, timeout=timeout)
 
     def close(self) -> None:
@@ -116,11 +125,60 @@ class JobSubmissionClient:
         entrypoint_num_gpus: float | None = None,
         entrypoint_resources: dict | None = None,
     ) -> str:
-        """Submit a job; returns its submission id at once (the job starts PENDING)."""
+        """Submit a job; returns its submission id at once (the job starts PENDING).
+
+        ``runtime_env``: ``{"env_vars": {...}, "working_dir": "./dir", "excludes": [...]}``. A
+        local working dir is zipped (``excludes`` and the dir's .gitignore leave files out) and
+        uploaded unless the head has it already; the job runs in it, with it on ``sys.path``.
+        """
+        runtime_env = dict(runtime_env or {})
+        if runtime_env.get("working_dir") and not valid_package_name(str(runtime_env["working_dir"])):
+            runtime_env["working_dir"] = self.upload_working_dir(runtime_env["working_dir"],
+                                                                 runtime_env.get("excludes"))
         body = {"entrypoint": entrypoint, "submission_id": submission_id, "runtime_env": runtime_env or {},
                 "metadata": metadata or {}, "entrypoint_num_cpus": entrypoint_num_cpus,
                 "entrypoint_num_gpus": entrypoint_num_gpus, "entrypoint_resources": entrypoint_resources or {}}
         return self._call("POST", "/api/jobs/", json={k: v for k, v in body.items() if v is not None})["submission_id"]
+
+    def upload_working_dir(self, directory: str, excludes: list[str] | None = None) -> str:
+        """Zip and upload ``directory`` (once: the head keeps it by content); returns its name."""
+        try:
+            name, zip_path, size = build_package(directory, excludes, self.max_working_dir_bytes)
+        except ValueError as exc:
+            raise JobSubmissionError(str(exc)) from None
+        try:
+            with self._errors():
+                known = self._http.get(f"/api/packages/{name}")
+            if known.status_code == 200:
+                self._say(f"Working dir {directory}: the head has it already ({name}).\n")
+                return name
+            with open(zip_path, "rb") as f:
+                offset = 0
+                while True:
+                    f.seek(offset)
+                    chunk = f.read(UPLOAD_CHUNK)
+                    with self._errors():
+                        response = self._http.put(f"/api/packages/{name}", params={"offset": offset, "total": size},
+                                                  content=chunk, timeout=max(self._timeout, 120))
+                    if response.status_code == 409:  # a half-finished upload: go on from where it is
+                        resume = re.search(r"resume from (\d+)", response.text)
+                        if resume and int(resume.group(1)) != offset:
+                            offset = int(resume.group(1))
+                            continue
+                    self._check(response, response.content)
+                    offset = response.json()["received"]
+                    self._say(f"\rUploading working dir {directory}: {offset / 2**20:.1f} of "
+                              f"{size / 2**20:.1f} MiB ({offset * 100 // max(size, 1)}%)")
+                    if response.json()["complete"]:
+                        self._say("\n")
+                        return name
+        finally:
+            os.unlink(zip_path)
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            sys.stderr.write(text)
+            sys.stderr.flush()
 
     def get_job_info(self, job_id: str) -> JobDetails:
         return JobDetails.from_json(self._call("GET", f"/api/jobs/{job_id}"))

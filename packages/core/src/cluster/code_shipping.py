@@ -26,6 +26,7 @@ DYNAMIC = "<dynamic-code>"
 def pack_function(fn: Any) -> bytes:
     """cloudpickle ``fn`` (a function or an actor class) with what a worker needs to run it
     and report its errors well."""
+    _ship_working_dir_modules()
     code = _code_of(fn)
     filename = code.co_filename if code is not None else None
     lines = None
@@ -38,6 +39,24 @@ def pack_function(fn: Any) -> bytes:
         if path not in paths:
             paths.append(path)
     return cloudpickle.dumps((fn, filename, lines, paths), protocol=5)
+
+
+def _ship_working_dir_modules() -> None:
+    """In a job with a working dir (``$CLUSTER_WORKING_DIR``, set by the job's node), modules
+    imported from that dir travel by value: workers on nodes that never unpacked it run them."""
+    root = os.environ.get("CLUSTER_WORKING_DIR")
+    if not root:
+        return
+    root = os.path.realpath(root) + os.sep
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if (path and name not in _BY_VALUE and name != "__main__"
+                and os.path.realpath(path).startswith(root)):
+            cloudpickle.register_pickle_by_value(module)
+            _BY_VALUE.add(name)
+
+
+_BY_VALUE: set[str] = set()
 
 
 def pack_once(cache: dict, target: Any, what: str) -> tuple[bytes, bytes]:
