@@ -12,7 +12,8 @@ An actor lives in a worker process, as a Python object; Dask starts no process f
 
 Two nodes, for the transfer metric, are the two worker processes of a LocalCluster, each
 holding its objects in its own memory; a task is pinned to one with ``workers=[address]``.
-The spill metric has no Dask equivalent (see ``small_store_cluster``) and reports n/a.
+The spill metric has no Dask equivalent (see ``small_store_cluster``) and reports n/a, and
+so has the job metric (see ``job_cluster``).
 """
 
 from __future__ import annotations
@@ -155,6 +156,12 @@ class DaskBackend:
 
     def store_paths(self) -> list[str]:
         return []
+
+    def job_cluster(self, scratch: str) -> Any:
+        raise load_engine().NotMeasured(
+            "Dask has no job API: nothing takes a command line to run on the cluster and "
+            "reports its status (a client program connects to the scheduler itself)"
+        )
 
     def stop(self) -> None:
         try:

@@ -9,13 +9,15 @@ set here at import time so that the cold-start child inherits it too.
 The metrics with a cluster of their own keep all of Ray's files (sessions, sockets, the
 address file, spilled objects) in the engine's scratch directory through RAY_TMPDIR, and
 start their nodes as children of this process (``ray.cluster_utils.Cluster`` for two
-raylets), so they are stopped by pid, never with ``ray stop``.
+raylets, or for the head with its dashboard that serves the job API), so they are stopped by
+pid, never with ``ray stop``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ os.environ["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report leaves the machine
 
 NODE_IP = "127.0.0.1"
+DASHBOARD_WAIT_S = 60.0  # until the job API of a fresh head answers
 
 # address="local" always starts a fresh instance instead of joining one found on the machine.
 _COLD_START = f"""
@@ -70,6 +73,38 @@ class _NoopActor:
         return None
 
 
+def _free_ports(n: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (all held until all are chosen, so distinct)."""
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind((NODE_IP, 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _job_client(address: str, timeout: float = DASHBOARD_WAIT_S) -> Any:
+    """A JobSubmissionClient, once the dashboard's job API answers (list_jobs)."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            client.list_jobs()
+            return client
+        except Exception as exc:  # connection refused, 5xx while the dashboard starts
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Ray's job API at {address} did not answer within {timeout:.0f} s: {exc!r}"
+                ) from exc
+            time.sleep(0.5)
+
+
 ENGINE = load_engine()
 TASKS = ENGINE.TaskFunctions(_noop, _sleep, _sum, _fill, _probe, _NoopActor)
 
@@ -90,7 +125,9 @@ class RayBackend(ENGINE.RayStyleBackend):
     def describe(self) -> str:
         own = (
             "two nodes: ray.cluster_utils.Cluster, 1 CPU each; small store: "
-            "ray.init(num_cpus=2, object_store_memory=..., object_spilling_directory=...)"
+            "ray.init(num_cpus=2, object_store_memory=..., object_spilling_directory=...); "
+            "jobs: ray.cluster_utils.Cluster head with the dashboard, 2 CPUs, "
+            "ray.job_submission.JobSubmissionClient"
         )
         if self._node_ip is None:
             return f"ray.init(num_cpus=2) on 127.0.0.1; {own}"
@@ -160,6 +197,29 @@ class RayBackend(ENGINE.RayStyleBackend):
 
     def store_paths(self) -> list[str]:
         return []  # plasma is one file that the raylet maps for its whole life
+
+    @contextlib.contextmanager
+    def job_cluster(self, scratch: str) -> Iterator[Any]:
+        from ray.cluster_utils import Cluster
+
+        # A head like `ray start --head --num-cpus 2 --include-dashboard true`, but started
+        # as children of this process (stopped by pid), on free ports of 127.0.0.1 only (the
+        # agent's default port, 52365, is fixed). The driver does not connect to it.
+        dashboard_port, agent_port = _free_ports(2)
+        with ENGINE.scoped_env(RAY_TMPDIR=scratch):
+            nodes = Cluster()
+            try:
+                nodes.add_node(
+                    num_cpus=2,
+                    node_ip_address=NODE_IP,
+                    include_dashboard=True,
+                    dashboard_host=NODE_IP,
+                    dashboard_port=dashboard_port,
+                    dashboard_agent_listen_port=agent_port,
+                )
+                yield _job_client(f"http://{NODE_IP}:{dashboard_port}")
+            finally:
+                nodes.shutdown()  # kills the node's processes by pid and waits for them
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Microbenchmarks for cluster (``cluster microbenchmark``).
 
 Most metrics run on one shared single-node cluster of 2 worker CPUs; a few start a cluster of
-their own (two nodes on this machine, or a node with a small object store) and stop it again.
+their own (two nodes on this machine, a node with a small object store, or a head serving the
+job API) and stop it again.
 
 The module has two layers:
 
@@ -29,6 +30,7 @@ import os
 import platform
 import queue
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -52,6 +54,9 @@ MEMORY_SAMPLE_S = 0.05  # how often spill_peak_mem_gb samples the cluster's memo
 # Untimed pause after killing an actor in actor_create_ms, so that its teardown (a process
 # exiting, a worker pool refilling) does not run on the 2 cores during the next creation.
 ACTOR_SETTLE_S = 0.2
+# job_submit_to_succeeded_s: how often the client asks for a job's status (both frameworks).
+JOB_POLL_S = 0.02
+JOB_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 # Guards so that a framework that hangs turns into an error entry instead of a stuck run.
 GET_TIMEOUT_S = 120.0  # one get of one ref
@@ -59,6 +64,7 @@ BULK_TIMEOUT_S = 900.0  # one get of a whole batch (10,000 tasks)
 WAIT_TIMEOUT_S = 120.0  # one wait() call on refs that are already finished
 COLD_START_TIMEOUT_S = 300.0  # spawn -> result line
 COLD_SHUTDOWN_TIMEOUT_S = 120.0  # result line -> child exited (not timed)
+JOB_TIMEOUT_S = 120.0  # one trivial job: submit -> terminal status
 
 RESULT_PREFIX = "RESULT "  # what the cold-start child prints in front of the task result
 
@@ -123,6 +129,14 @@ METRICS: tuple[Metric, ...] = (
         "200 MB store: put 10 x 100 MB, refs held, then get and check each",
         in_cluster=False,
     ),
+    Metric(
+        "job_submit_to_succeeded_s",
+        "s",
+        False,
+        "submit a trivial job (python -c \"print('ok')\") to a head's job API and poll its "
+        "status until SUCCEEDED (one job at a time)",
+        in_cluster=False,
+    ),
 )
 METRIC_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 
@@ -147,6 +161,7 @@ class Counts:
     transfer_bytes: int  # the object moved between nodes by transfer_1gb_gbps
     transfer_reps: int
     spill_objects: int  # how many SPILL_OBJECT_BYTES objects spill_peak_mem_gb puts
+    jobs: int  # trivial jobs submitted one at a time by job_submit_to_succeeded_s
 
 
 def counts_for(quick: bool) -> Counts:
@@ -169,6 +184,7 @@ def counts_for(quick: bool) -> Counts:
             transfer_bytes=200 * 10**6,
             transfer_reps=3,
             spill_objects=4,
+            jobs=3,
         )
     return Counts(
         cold_start_runs=3,
@@ -187,6 +203,7 @@ def counts_for(quick: bool) -> Counts:
         transfer_bytes=10**9,
         transfer_reps=5,
         spill_objects=10,
+        jobs=5,
     )
 
 
@@ -260,6 +277,15 @@ class Backend(Protocol):
     def store_paths(self) -> list[str]:
         """Directories holding the object store's shared-memory files that no process may
         map (our store keeps one file per object); empty where the store is one mapping."""
+        ...
+
+    def job_cluster(self, scratch: str) -> AbstractContextManager[Any]:
+        """A head with 2 CPUs whose job server answers, the driver not connected to it.
+
+        Yields a job client with the methods of Ray's ``JobSubmissionClient`` used here:
+        ``submit_job(entrypoint=...) -> id``, ``get_job_status(id)`` (a ``str`` enum, or
+        anything whose ``value`` is "PENDING", "RUNNING", "SUCCEEDED", "FAILED" or "STOPPED")
+        and ``get_job_logs(id) -> str``."""
         ...
 
 
@@ -615,6 +641,68 @@ def _m_spill_peak_mem(b: Backend, c: Counts) -> tuple[float, str]:
     return peak.total / GB, note
 
 
+def job_entrypoint() -> str:
+    """The trivial job, the same command line for every framework: this very Python."""
+    return f"{shlex.quote(sys.executable)} -c \"print('ok')\""
+
+
+def _job_status(client: Any, job_id: str) -> str:
+    status = client.get_job_status(job_id)
+    return str(getattr(status, "value", status))
+
+
+def _run_job(client: Any, entrypoint: str, timeout: float = JOB_TIMEOUT_S) -> float:
+    """Seconds from just before ``submit_job`` until the client sees the job SUCCEEDED.
+
+    The status is asked for right after the submit, then every ``JOB_POLL_S``. The log is
+    checked afterwards (untimed): the job must have printed "ok".
+    """
+    start = time.perf_counter()
+    job_id = client.submit_job(entrypoint=entrypoint)
+    deadline = start + timeout
+    while True:
+        status = _job_status(client, job_id)
+        if status in JOB_TERMINAL:
+            break
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"job {job_id} still {status} after {timeout:.0f} s")
+        time.sleep(JOB_POLL_S)
+    elapsed = time.perf_counter() - start
+    logs = client.get_job_logs(job_id)
+    if status != "SUCCEEDED":
+        tail = "\n".join(str(logs).strip().splitlines()[-10:])
+        raise RuntimeError(f"job {job_id} ended {status}; the end of its log:\n{tail}")
+    if "ok" not in str(logs).split():
+        raise RuntimeError(f"job {job_id} SUCCEEDED but its log lacks 'ok': {str(logs)[-300:]!r}")
+    return elapsed
+
+
+def _m_job_submit(b: Backend, c: Counts) -> tuple[float, str]:
+    entrypoint = job_entrypoint()
+    times: list[float] = []
+    with _own_cluster_scope("bench-job-") as (scratch, tree), b.job_cluster(scratch) as client:
+        try:
+            # Untimed: the first job pays for whatever the job server starts lazily.
+            _run_job(client, entrypoint, timeout=max(JOB_TIMEOUT_S, 300.0))
+            tree.pids()
+            deadline = time.perf_counter() + c.time_cap_s
+            while len(times) < c.jobs:
+                times.append(_run_job(client, entrypoint))
+                if time.perf_counter() > deadline:
+                    break
+        finally:
+            # Remember the cluster's processes (also after a failed job) before it is stopped:
+            # some (Ray's dashboard modules) leave this tree once their parent is gone.
+            tree.pids()
+    med = statistics.median(times)
+    note = (
+        f"{_cap_note(len(times), c.jobs, 'jobs')} of `python -c \"print('ok')\"`, one at a "
+        f"time, after 1 untimed; status polled every {JOB_POLL_S * 1e3:.0f} ms; "
+        f"median of {len(times)}: " + ", ".join(f"{t:.3f}" for t in times) + " s"
+    )
+    return med, note
+
+
 MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
     "cold_start_s": _m_cold_start,
     "noop_sync_per_s": _m_noop_sync,
@@ -631,6 +719,7 @@ MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
     "actor_create_ms": _m_actor_create,
     "transfer_1gb_gbps": _m_transfer,
     "spill_peak_mem_gb": _m_spill_peak_mem,
+    "job_submit_to_succeeded_s": _m_job_submit,
 }
 
 
@@ -1224,7 +1313,8 @@ def build_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
         prog=prog,
         description=(
             f"Microbenchmarks of {framework}: a single-node cluster of 2 worker CPUs, plus "
-            "clusters of their own for the two-node transfer and the small-store spill."
+            "clusters of their own for the two-node transfer, the small-store spill and the "
+            "job API."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -1427,7 +1517,8 @@ class ClusterBackend(RayStyleBackend):
         return (
             "cluster.init(num_cpus=2); two nodes: `cluster start --head` + `cluster start "
             "--address`, 1 CPU each; small store: cluster.init(num_cpus=2, "
-            "object_store_memory=...)"
+            "object_store_memory=...); jobs: `cluster start --head --num-cpus 2` + "
+            "cluster_client.JobSubmissionClient"
         )
 
     def cold_start_argv(self) -> list[str]:
@@ -1476,6 +1567,37 @@ class ClusterBackend(RayStyleBackend):
 
     def store_paths(self) -> list[str]:
         return [node["store_path"] for node in self._api.nodes()]
+
+    @contextlib.contextmanager
+    def job_cluster(self, scratch: str) -> Iterator[Any]:
+        from cluster.testing import LocalCluster
+
+        try:
+            from cluster_client import JobSubmissionClient
+        except ImportError as exc:
+            raise RuntimeError(
+                "the job API needs the cluster-client package, which is not installed here "
+                f"({exc}): pip install -e packages/client"
+            ) from None
+        # CLUSTER_TMPDIR: the head's records and session stay in scratch, and `cluster stop`
+        # (in LocalCluster.stop) sees only this head. The driver does not connect to it.
+        with scoped_env(CLUSTER_TMPDIR=scratch, CLUSTER_ADDRESS=None, CLUSTER_TOKEN=None):
+            head = LocalCluster(scratch, num_cpus=2)  # `cluster start --head --port 0 ...`
+            client = None
+            try:
+                head.start()
+                if not head.dashboard_url:
+                    raise RuntimeError(
+                        "the head started no HTTP API (no dashboard_url in its current.json): "
+                        "is cluster-client installed where the head runs? "
+                        "pip install -e packages/client"
+                    )
+                client = JobSubmissionClient(head.dashboard_url, head.token)
+                yield client
+            finally:
+                if client is not None:
+                    client.close()
+                head.stop()  # `cluster stop`, then kills what is left by pid
 
 
 def run(*, quick: bool = False, only: list[str] | None = None) -> list[dict]:
