@@ -13,9 +13,10 @@ from cluster.hookspec import hookimpl
 def cluster_head_services(head: Any) -> list:
     from cluster_client.http_api import serve_api
     from cluster_client.jobs import JobManager
+    from cluster_client.relay import ClientRelay
 
     jobs = JobManager(head)
-    return [jobs.run, functools.partial(serve_api, head, jobs)]
+    return [jobs.run, functools.partial(serve_api, head, jobs), ClientRelay(head).run]
 
 
 @hookimpl
@@ -30,3 +31,12 @@ def cluster_add_commands(cli: Any) -> None:
     from cluster_client.cli import job
 
     cli.add_command(job)
+
+
+@hookimpl
+def cluster_connect(address: str, token: str | None) -> Any:
+    if not address.startswith("cluster://"):
+        return None
+    from cluster_client.remote import connect
+
+    return connect(address, token)

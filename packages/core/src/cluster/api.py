@@ -92,6 +92,9 @@ def _init(
                 "cluster.init() was already called in this process; call cluster.shutdown() "
                 "first, or pass ignore_reinit_error=True"
             )
+        if address is not None and "://" in address:
+            return _connect_by_scheme(address, token, num_cpus, num_gpus, resources, object_store_memory,
+                                      object_store, log_to_driver)
         resolved, token = _resolve_address(address, token)
         sizing = num_cpus is not None or num_gpus is not None or resources or object_store_memory or object_store
         if object_store not in (None, "shared", "memory"):
@@ -200,6 +203,28 @@ def _token_of_local_head(address: str) -> str | None:
         if record.get("address") == address and record.get("token_file"):
             return session.read_token(record["token_file"])
     return None
+
+
+def _connect_by_scheme(address: str, token: str | None, *sizing: Any) -> dict[str, Any]:
+    """``scheme://...``: a plugin connects (cluster-client: ``cluster://HOST:PORT``)."""
+    global _runtime
+    *sizes, log_to_driver = sizing
+    if any(sizes):
+        raise ConfigError(f"num_cpus, num_gpus, resources, object_store_memory and object_store set up a "
+                          f"new local cluster; they can't be given when connecting to {address}")
+    from cluster.plugins import get_plugin_manager
+
+    runtime = get_plugin_manager().hook.cluster_connect(address=address, token=token or os.environ.get("CLUSTER_TOKEN"))
+    if runtime is None:
+        scheme = address.split("://", 1)[0]
+        hint = " (pip install cluster-client)" if scheme == "cluster" else ""
+        raise ConfigError(f"no installed plugin connects to {scheme}:// addresses{hint}; "
+                          "a plain HOST:PORT connects directly")
+    if not log_to_driver:
+        runtime.log_sink = None
+    _runtime = runtime
+    atexit.register(shutdown)
+    return _context()
 
 
 def _context() -> dict[str, Any]:
@@ -480,11 +505,7 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
 
 def nodes() -> list[dict[str, Any]]:
     """The cluster's nodes, with their total and available resources."""
-    from cluster import messages as m
-
-    rt = _rt()
-    conn = rt.call_async(rt._connect, rt.head_address, "the cluster")
-    return rt.call_async(conn.request, m.ListNodes())
+    return _rt().list_nodes()
 
 
 def _ref_list(refs: Any, what: str) -> list[ObjectRef]:

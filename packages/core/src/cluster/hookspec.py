@@ -94,6 +94,16 @@ def cluster_make_spill_target(node: dict[str, Any]) -> SpillTarget | None:
 
 
 @hookspec(firstresult=True)
+def cluster_connect(address: str, token: str | None) -> Any:
+    """Connect this process to a cluster at an address with a scheme (``cluster://HOST:PORT``).
+
+    Return a started runtime (an object with the methods ``cluster.api`` calls on
+    ``cluster.runtime.Runtime``), or None when the scheme is not yours; the first answer
+    wins. cluster-client answers ``cluster://``: remote client mode, through the head.
+    """
+
+
+@hookspec(firstresult=True)
 def cluster_make_metadata_store(url: str) -> MetadataStore | None:
     """Open the head's metadata store named by ``url`` (``cluster start --head
     --metadata-store URL``; default ``sqlite:///<session dir>/metadata.db``).

@@ -259,6 +259,11 @@ class Runtime(ActorRuntime):
         """Run an async function on the trio thread and return its result."""
         return trio.from_thread.run(fn, *args, trio_token=self._trio_token)
 
+    def list_nodes(self) -> list[dict]:
+        """The cluster's nodes as the head sees them."""
+        conn = self.call_async(self._connect, self.head_address, "the cluster")
+        return self.call_async(conn.request, m.ListNodes())
+
     def soon(self, fn: Any, *args: Any) -> None:
         """Schedule a sync function on the trio thread without waiting."""
         self._trio_token.run_sync_soon(fn, *args)
