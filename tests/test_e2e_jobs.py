@@ -193,11 +193,17 @@ WORKING_DIR_MAIN = textwrap.dedent(
     def far(x):
         return helper.square(x), os.environ["CLUSTER_NODE_ID"]
 
+    @cluster.remote(resources={"b": 1})
+    def far_import():
+        import lazy  # imported by the worker only: the working dir is on its sys.path
+        return lazy.read_data()
+
     cluster.init()
     print("files:", sorted(os.listdir(".")))
-    print("data:", open("data.txt").read().strip())
+    print("data:", open("data.txt").read().strip(), os.environ["GREETING"])
     value, node = cluster.get(far.remote(7))
     print("far square:", value, "on", node)
+    print("far data:", cluster.get(far_import.remote()))
     """
 )
 
@@ -209,6 +215,9 @@ def test_a_job_runs_in_its_uploaded_working_dir_whose_code_reaches_other_nodes(m
     (work / "cache").mkdir(parents=True)
     (work / "main.py").write_text(WORKING_DIR_MAIN)
     (work / "helper.py").write_text("def square(x):\n    return x * x\n")
+    (work / "lazy.py").write_text(
+        "import os\n\ndef read_data():\n"
+        "    return open(os.path.join(os.path.dirname(__file__), 'data.txt')).read().strip()\n")
     (work / "data.txt").write_text("forty-two\n")
     (work / "secret.txt").write_text("not for the cluster\n")
     (work / ".gitignore").write_text("secret.txt\n")
@@ -218,12 +227,13 @@ def test_a_job_runs_in_its_uploaded_working_dir_whose_code_reaches_other_nodes(m
     def submit() -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "cluster", "job", "submit", "--working-dir", str(work), "--exclude", "cache/",
-             "--", "python", "main.py"], env=env, capture_output=True, text=True, timeout=120)
+             "--env", "GREETING=hi", "--", "python", "main.py"], env=env, capture_output=True, text=True, timeout=120)
 
     first = submit()
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "files: ['.gitignore', 'data.txt', 'helper.py', 'main.py']" in first.stdout  # excludes held
-    assert "data: forty-two" in first.stdout
+    assert "files: ['.gitignore', 'data.txt', 'helper.py', 'lazy.py', 'main.py']" in first.stdout  # excludes held
+    assert "data: forty-two hi" in first.stdout
+    assert "far data: forty-two" in first.stdout
     assert f"far square: 49 on {other['node_id']}" in first.stdout
     assert "Uploading working dir" in first.stderr and "100%" in first.stderr
     second = submit()

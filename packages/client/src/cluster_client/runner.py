@@ -63,8 +63,17 @@ class JobRunner:
                 if proc is not None:
                     self._nursery.start_soon(self._stop, proc)
             conn.reply(request_id, known)
+        elif op == "working_dir":  # a worker runs a task of a job with a working dir
+            self._nursery.start_soon(self._answer_working_dir, conn, payload.get("name", ""), request_id)
         else:
             conn.reply_error(request_id, "unexpected", f"the job runner does not know op {op!r}")
+
+    async def _answer_working_dir(self, conn: Any, name: str, request_id: int) -> None:
+        try:
+            conn.reply(request_id, await self._working_dir(name))
+        except (OSError, ValueError, ClusterConnectionError) as exc:
+            conn.reply_error(request_id, "working_dir", f"could not set up the working dir {name} on node "
+                                                        f"{self.node.node_id}: {exc}")
 
     async def _run_job(self, spec: dict) -> None:
         """Set up the working dir, start the entrypoint, ship its output; give back resources."""
@@ -101,6 +110,7 @@ class JobRunner:
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
         if cwd is not None:
             env["CLUSTER_WORKING_DIR"] = cwd
+            env["CLUSTER_JOB_PACKAGE"] = spec["working_dir"]
             env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH")) if p)
         return subprocess.Popen(
             ["/bin/sh", "-c", spec["entrypoint"]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -38,7 +38,13 @@ def pack_function(fn: Any) -> bytes:
         path = os.path.abspath(path or os.getcwd())
         if path not in paths:
             paths.append(path)
-    return cloudpickle.dumps((fn, filename, lines, paths), protocol=5)
+    # The function is pickled on its own, inside: a worker puts the paths (and the job's working
+    # dir) on sys.path first, so modules the function refers to import while it is loaded.
+    package = os.environ.get("CLUSTER_JOB_PACKAGE", "")
+    if package:  # the working dir reaches workers as the package, unpacked on their own node
+        inside = os.path.realpath(os.environ.get("CLUSTER_WORKING_DIR", "")) + os.sep
+        paths = [p for p in paths if not (os.path.realpath(p) + os.sep).startswith(inside)]
+    return cloudpickle.dumps((filename, lines, paths, package, cloudpickle.dumps(fn, protocol=5)), protocol=5)
 
 
 def _ship_working_dir_modules() -> None:
@@ -57,6 +63,7 @@ def _ship_working_dir_modules() -> None:
 
 
 _BY_VALUE: set[str] = set()
+_working_dirs: dict[str, str] = {}  # job package -> where it is unpacked on this node
 
 
 def pack_once(cache: dict, target: Any, what: str) -> tuple[bytes, bytes]:
@@ -73,10 +80,19 @@ def pack_once(cache: dict, target: Any, what: str) -> tuple[bytes, bytes]:
 
 def unpack_function(data: bytes) -> Any:
     """The function from :func:`pack_function`, with its file name and search paths restored."""
-    fn, filename, lines, paths = cloudpickle.loads(data)
+    filename, lines, paths, package, blob = cloudpickle.loads(data)
+    if package:
+        working_dir = _working_dirs.get(package)
+        if working_dir is None:
+            from cluster.plugins import working_dir_of
+
+            working_dir = _working_dirs[package] = working_dir_of(package)
+        if working_dir not in sys.path:
+            sys.path.insert(0, working_dir)
     for path in paths:
         if path not in sys.path and os.path.isdir(path):
             sys.path.append(path)
+    fn = cloudpickle.loads(blob)
     if filename:
         renamed = False
         for function in _functions_of(fn):

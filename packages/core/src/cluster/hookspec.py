@@ -104,6 +104,17 @@ def cluster_connect(address: str, token: str | None) -> Any:
 
 
 @hookspec(firstresult=True)
+def cluster_working_dir(package: str) -> str | None:
+    """The local directory of a job's working dir ``package`` (``pkg_<hash>.zip``), fetched and
+    unpacked on this node if need be; None if you don't provide working dirs.
+
+    Called in a worker, from its executing thread, the first time it loads a function or
+    actor class submitted by a job that has a working dir; the worker puts the path on
+    ``sys.path``. cluster-client implements it (it asks the node's job runner).
+    """
+
+
+@hookspec(firstresult=True)
 def cluster_make_metadata_store(url: str) -> MetadataStore | None:
     """Open the head's metadata store named by ``url`` (``cluster start --head
     --metadata-store URL``; default ``sqlite:///<session dir>/metadata.db``).

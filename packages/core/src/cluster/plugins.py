@@ -74,6 +74,15 @@ def make_metadata_store(url: str) -> object:
     return store
 
 
+def working_dir_of(package: str) -> str:
+    """Where the job package ``package`` is unpacked on this node (in a worker; see the hook)."""
+    path = get_plugin_manager().hook.cluster_working_dir(package=package)
+    if path is None:
+        raise ConfigError(f"this task comes from a job with the working dir {package}, and no installed "
+                          "plugin provides working dirs here; install cluster-client on every node")
+    return path
+
+
 def make_scheduler(node: object) -> object:
     """The scheduling policy for a node, from the first plugin that provides one."""
     policy = get_plugin_manager().hook.cluster_make_scheduler(node=node)
