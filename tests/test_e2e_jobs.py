@@ -236,6 +236,10 @@ def test_a_job_runs_in_its_uploaded_working_dir_whose_code_reaches_other_nodes(m
     assert "far data: forty-two" in first.stdout
     assert f"far square: 49 on {other['node_id']}" in first.stdout
     assert "Uploading working dir" in first.stderr and "100%" in first.stderr
+    with JobSubmissionClient(lc.dashboard_url, lc.token) as client:  # kept after the job ended
+        (done,) = client.list_jobs()
+        assert done.status == JobStatus.SUCCEEDED
+        assert "far square: 49" in client.get_job_logs(done.submission_id)
     second = submit()
     assert second.returncode == 0, second.stdout + second.stderr
     assert "the head has it already" in second.stderr and "Uploading" not in second.stderr
