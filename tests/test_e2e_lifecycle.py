@@ -42,7 +42,8 @@ def status_table(text: str) -> tuple[str, dict[str, dict[str, str]]]:
     """`cluster status` output -> (summary line, {node cell: {column: cell}})."""
     lines = text.strip().splitlines()
     header = re.split(r"\s{2,}", lines[1].strip())
-    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[2:]]
+    table = [line for line in lines[2:] if not line.startswith(("Pending demand", "  "))]
+    rows = [re.split(r"\s{2,}", line.strip()) for line in table]
     return lines[0], {row[0]: dict(zip(header, row, strict=True)) for row in rows}
 
 
@@ -71,7 +72,9 @@ def test_cluster_status_lists_the_head_and_two_nodes_with_their_resources(make_c
         assert (nodes[record["node_id"]]["address"], nodes[record["node_id"]]["pid"]) == (record["address"], record["pid"])
         assert not nodes[record["node_id"]]["is_head"]
 
-    summary, rows = status_table(lc.cli("status").stdout)
+    text = lc.cli("status").stdout
+    assert text.rstrip().endswith("Pending demand: none")
+    summary, rows = status_table(text)
     assert summary == f"Cluster at {lc.address}: 3 node(s) alive, 0 dead"
     assert set(rows) == {f"{head_id} (head)", one["node_id"], two["node_id"]}
     expected = {

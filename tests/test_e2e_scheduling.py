@@ -49,3 +49,34 @@ def test_a_task_no_node_fits_waits_until_a_node_that_fits_joins(make_cluster, ca
 
     joined = lc.add_node(num_cpus=1, resources={"special": 1})
     assert cluster.get(ref, timeout=60) == joined["node_id"]
+
+
+@cluster.remote
+def wait_for_file(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.01)
+
+
+def test_pending_demand_is_reported_to_the_head_and_shown_by_cluster_status(make_cluster, tmp_path, e2e):
+    lc = make_cluster(num_cpus=1)
+    lc.connect()
+    gate = str(tmp_path / "open")
+    blocked = [wait_for_file.remote(gate) for _ in range(30)]  # 1 runs, 29 wait for a CPU
+    stranded = node_of_worker.options(resources={"special": 2}).remote()  # fits no node
+
+    def demand() -> dict:
+        nodes = e2e.status_json(lc)
+        return {(tuple(sorted(d["shape"].items())), d["infeasible"]): d["count"]
+                for n in nodes for d in n["demand"]}
+
+    seen = e2e.wait_until(lambda: (d := demand()) and len(d) == 2 and d, timeout=30, what="both demands reported")
+    # The owner's whole backlog (it asks for at most 8 leases at a time), as of its newest request.
+    assert 20 <= seen[((("CPU", 1.0),), False)] <= 30
+    assert seen[((("CPU", 1.0), ("special", 2.0)), True)] == 1
+    text = lc.cli("status").stdout
+    assert "Pending demand" in text and "1 x {CPU: 1, special: 2}  (no node of the cluster can fit it)" in text
+    Path(gate).touch()
+    cluster.get(blocked, timeout=120)
+    cluster.cancel(stranded)
+    e2e.wait_until(lambda: demand() == {}, timeout=30, what="the demand to drain")
+    assert "Pending demand: none" in lc.cli("status").stdout

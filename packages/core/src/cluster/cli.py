@@ -34,6 +34,7 @@ def cli() -> None:
 @click.option("--num-cpus", type=float, help="CPUs this node offers [default: all].")
 @click.option("--num-gpus", type=float, help="GPUs this node offers [default: 0].")
 @click.option("--resources", default="{}", help='Custom resources as JSON, e.g. \'{"accel": 2}\'.')
+@click.option("--labels", default="{}", help='Labels of this node as JSON, e.g. \'{"zone": "a"}\'.')
 @click.option("--object-store-memory", help="Bytes of shared memory for this node's object store, e.g. 2GB [default: 30% of RAM].")
 @click.option("--object-spilling-dir", help="Where objects spill when the store is full [default: the session dir].")
 @click.option("--no-object-spilling", is_flag=True, help="Never spill: a full store raises ObjectStoreFullError.")
@@ -49,7 +50,7 @@ def cli() -> None:
 @click.option("--block", is_flag=True, help="Stay in the foreground until interrupted.")
 def start(
     head: bool, address: str | None, host: str, port: int | None, node_ip: str | None,
-    num_cpus: float | None, num_gpus: float | None, resources: str, object_store_memory: str | None,
+    num_cpus: float | None, num_gpus: float | None, resources: str, labels: str, object_store_memory: str | None,
     object_spilling_dir: str | None, no_object_spilling: bool, object_store: str,
     token: str | None, heartbeat_timeout: float, dashboard_host: str, dashboard_port: int | None,
     metadata_store: str | None, block: bool,
@@ -60,6 +61,10 @@ def start(
     if head == bool(address):
         raise click.UsageError("give exactly one of --head (new cluster) or --address HOST:PORT (join one)")
     resources_json = resources_arg(num_cpus, num_gpus, resources)
+    try:
+        labels_json = json.dumps(json.loads(labels))
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--labels") from None
     store_bytes = parse_size(object_store_memory, "--object-store-memory") if object_store_memory else None
     if address:
         from cluster.protocol import parse_address
@@ -76,7 +81,7 @@ def start(
     if head:
         token = token or session.new_token()
         token_file = str(session.write_token(session_dir, token))
-    args = ["--session-dir", str(session_dir), "--host", host, "--resources", resources_json,
+    args = ["--session-dir", str(session_dir), "--host", host, "--resources", resources_json, "--labels", labels_json,
             "--port", str(port if port is not None else (DEFAULT_HEAD_PORT if head else 0)),
             "--heartbeat-timeout", str(heartbeat_timeout)]
     args += ["--head"] if head else ["--address", address]
@@ -216,6 +221,29 @@ def status(address: str | None, token: str | None, as_json: bool) -> None:
         rows.append([n["node_id"] + (" (head)" if n["is_head"] else ""), n["address"], n["state"],
                      used("CPU"), used("GPU"), *(used(k) for k in names)])
     _print_table([[str(c) for c in row] for row in rows])
+    demand = cluster_demand(alive)
+    if not demand:
+        click.echo("Pending demand: none")
+        return
+    click.echo("Pending demand (work waiting for resources):")
+    for item in demand:
+        note = "  (no node of the cluster can fit it)" if item["infeasible"] else ""
+        click.echo(f"  {item['count']} x {_shape(item['shape'])}{note}")
+
+
+def cluster_demand(nodes: list[dict]) -> list[dict]:
+    """The pending demand of the whole cluster, by shape, from each node's report."""
+    total: dict[tuple, dict] = {}
+    for node in nodes:
+        for item in node.get("demand") or ():
+            key = (tuple(sorted(item["shape"].items())), item["infeasible"])
+            entry = total.setdefault(key, {"shape": item["shape"], "count": 0, "infeasible": item["infeasible"]})
+            entry["count"] += item["count"]
+    return sorted(total.values(), key=lambda e: (-e["count"], sorted(e["shape"].items())))
+
+
+def _shape(shape: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shape.items())) + "}"
 
 
 def _head_and_token(address: str | None, token: str | None) -> tuple[str, str]:

@@ -56,6 +56,7 @@ class DaemonConfig:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int | None = None
     metadata_store: str | None = None  # URL; None: sqlite:///<session dir>/metadata.db
+    labels: dict = attrs.Factory(dict)  # the node's labels (str -> str), e.g. from its node type
 
     def __attrs_post_init__(self) -> None:
         if not self.head and not self.head_address:
@@ -65,6 +66,9 @@ class DaemonConfig:
         for name, amount in self.resources.items():
             if not isinstance(amount, int | float) or amount < 0:
                 raise ConfigError(f"resource {name!r} must be a non-negative number, got {amount!r}")
+        if not isinstance(self.labels, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()):
+            raise ConfigError(f"labels must map names to strings, got {self.labels!r}")
 
 
 class Router:
@@ -169,6 +173,7 @@ async def run_daemon(
             head_address=address if config.head else config.head_address,
             token=token,
             resources=config.resources,
+            labels=config.labels,
             session_dir=config.session_dir,
             is_head=config.head,
             store_root=config.store_root,
@@ -258,6 +263,7 @@ def parse_args(argv: list[str]) -> DaemonConfig:
     parser.add_argument("--dashboard-host", default="127.0.0.1")
     parser.add_argument("--dashboard-port", type=int)
     parser.add_argument("--metadata-store")
+    parser.add_argument("--labels", default="{}")
     args = parser.parse_args(argv)
     return DaemonConfig(
         head=args.head,
@@ -276,6 +282,7 @@ def parse_args(argv: list[str]) -> DaemonConfig:
         dashboard_host=args.dashboard_host,
         dashboard_port=args.dashboard_port,
         metadata_store=args.metadata_store,
+        labels=json.loads(args.labels),
     )
 
 

@@ -37,6 +37,7 @@ class NodeRecord:
     conn: Connection | None
     object_store: str = "shared"
     store: dict = attrs.Factory(dict)
+    demand: list = attrs.Factory(list)  # what waits on this node (NodeService.demand)
     state: str = "alive"
     last_seen: float = attrs.Factory(time.monotonic)
     joined_at: float = attrs.Factory(time.time)
@@ -56,6 +57,7 @@ class NodeRecord:
             "spill_dir": self.spill_dir,
             "object_store": self.object_store,
             "store": self.store,
+            "demand": self.demand,
             "state": self.state,
         }
 
@@ -156,6 +158,7 @@ class HeadService:
             return
         node.last_seen = time.monotonic()
         node.store = msg.store
+        node.demand = msg.demand
         if node.available != msg.available:
             node.available = msg.available
             self.view_version += 1

@@ -94,6 +94,19 @@ def cluster_make_spill_target(node: dict[str, Any]) -> SpillTarget | None:
 
 
 @hookspec(firstresult=True)
+def cluster_make_provider(config: Any, context: Any) -> Any:
+    """Build the node provider for an autoscaled cluster (cluster-autoscaler's contract,
+    ``cluster_autoscaler.provider.Provider``).
+
+    ``config`` is the ``ClusterConfig``: answer only if ``config.provider.type`` is yours
+    (return None otherwise), reading your options from ``config.provider.options``.
+    ``context`` is a ``ProviderContext``: the cluster's name, the head address new nodes
+    join, the token, and a directory you may keep state in. cluster-autoscaler answers
+    ``local`` and ``fake``; cluster-k8s answers ``kubernetes``.
+    """
+
+
+@hookspec(firstresult=True)
 def cluster_connect(address: str, token: str | None) -> Any:
     """Connect this process to a cluster at an address with a scheme (``cluster://HOST:PORT``).
 

@@ -113,6 +113,7 @@ class Heartbeat:
     available: dict
     view_version: int
     store: dict  # {"used", "objects", "spilled", "copies", "pulled", ...}: bytes and counts
+    demand: list = attrs.Factory(list)  # [{"shape", "count", "infeasible"}]: work waiting here
 
 
 @message(27)
@@ -176,6 +177,7 @@ class RequestLease:
     owner: str
     spill_count: int
     detached: bool = False  # for a detached actor: the lease outlives its owner's connection
+    backlog: int = 0  # how many tasks of this shape the owner has waiting (the demand it stands for)
 
 
 @message(41)

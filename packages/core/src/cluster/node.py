@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from typing import Any
 
 import attrs
@@ -30,6 +31,7 @@ log = structlog.get_logger("cluster.node")
 
 HEARTBEAT_S = 0.25
 MAX_SPILLS = 2
+INFEASIBLE_STALE_S = 10.0  # an infeasible shape counts as demand this long after its owner last asked
 
 
 def _reap(pid: int) -> None:
@@ -70,6 +72,7 @@ class LeaseRequest:
     shape: dict
     spill_count: int
     detached: bool = False
+    backlog: int = 1  # the owner's tasks of this shape waiting when it asked
     told_busy: bool = False  # the owner heard it must wait (so it may pipeline meanwhile)
 
     def tell_busy(self) -> None:
@@ -117,6 +120,7 @@ class NodeService:
     zygote: Any = None
     _by_pid: dict = attrs.Factory(dict)
     services: Any = None  # the daemon's plugin services (cluster.daemon.Services)
+    _infeasible: dict = attrs.Factory(dict)  # shape -> (when last asked, backlog): fits no node now
 
     def __attrs_post_init__(self) -> None:
         from cluster_store import default_store_root
@@ -200,6 +204,32 @@ class NodeService:
             return
         conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
 
+    def demand(self) -> list[dict]:
+        """Work waiting here for resources, by shape: what the autoscaler sizes the cluster by.
+
+        Per owner and shape, the larger of its queued lease requests and the backlog its newest
+        request reported (an owner asks for a few leases at a time however many tasks wait);
+        shapes no node can fit count while their owners keep asking.
+        """
+        per_owner: dict[tuple, list[int]] = {}  # -> [queued requests, backlog of the newest]
+        for request in self._queue:
+            key = (id(request.conn), tuple(sorted(request.shape.items())))
+            entry = per_owner.setdefault(key, [0, 0])
+            entry[0] += 1
+            entry[1] = request.backlog
+        per_owner = {key: max(entry) for key, entry in per_owner.items()}
+        by_shape: dict[tuple, int] = {}
+        for (_, shape), count in per_owner.items():
+            by_shape[shape] = by_shape.get(shape, 0) + count
+        out = [{"shape": dict(shape), "count": count, "infeasible": False} for shape, count in by_shape.items()]
+        now = time.monotonic()
+        for shape, (when, backlog) in list(self._infeasible.items()):
+            if now - when > INFEASIBLE_STALE_S:
+                del self._infeasible[shape]
+            else:
+                out.append({"shape": dict(shape), "count": backlog, "infeasible": True})
+        return out
+
     def store_stats(self) -> dict[str, int]:
         if hasattr(self.store, "stats"):
             s = self.store.stats()
@@ -215,7 +245,7 @@ class NodeService:
         while True:
             await trio.sleep(HEARTBEAT_S)
             version, view = await self.head_conn.request(
-                m.Heartbeat(self.node_id, self.available, self.view_version, self.store_stats())
+                m.Heartbeat(self.node_id, self.available, self.view_version, self.store_stats(), self.demand())
             )
             if view is not None and version > self.view_version:
                 self.view, self.view_version = view, version
@@ -319,7 +349,7 @@ class NodeService:
 
     def _request_lease(self, conn: Connection, msg: m.RequestLease, request_id: int) -> None:
         request = LeaseRequest(conn, request_id, {k: float(v) for k, v in msg.shape.items()}, msg.spill_count,
-                               msg.detached)
+                               msg.detached, max(1, msg.backlog))
         if self._try_grant(request):
             return
         if not fits(request.shape, self.available) and request.spill_count < MAX_SPILLS:
@@ -333,6 +363,8 @@ class NodeService:
                     conn.reply(request_id, ["spill", target])
                     return
                 log.warning("lease_infeasible", shape=request.shape)
+                key = tuple(sorted(request.shape.items()))
+                self._infeasible[key] = (time.monotonic(), max(request.backlog, self._infeasible.get(key, (0, 0))[1]))
                 largest = max((n["resources"] for n in self.view if n["state"] == "alive"),
                               key=lambda r: r.get("CPU", 0.0), default=self.resources)
                 conn.reply(request_id, ["infeasible", f"no node of the cluster can ever fit "

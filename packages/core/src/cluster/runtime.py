@@ -809,7 +809,8 @@ class Runtime(ActorRuntime):
             try:
                 node_conn = await self._connect(address, "a node daemon")
                 answer = await node_conn.request(
-                    m.RequestLease(dict(queue.shape), self.address, spill_count, detached), on_pending=on_busy
+                    m.RequestLease(dict(queue.shape), self.address, spill_count, detached, len(queue.pending)),
+                    on_pending=on_busy
                 )
             except (ClusterConnectionError, RemoteCallError) as exc:
                 log.warning("lease_request_failed", node=address, error=str(exc))
