@@ -80,3 +80,19 @@ def test_pending_demand_is_reported_to_the_head_and_shown_by_cluster_status(make
     cluster.cancel(stranded)
     e2e.wait_until(lambda: demand() == {}, timeout=30, what="the demand to drain")
     assert "Pending demand: none" in lc.cli("status").stdout
+
+
+def test_a_task_queued_behind_a_running_one_moves_to_a_worker_that_joins_later(make_cluster, tmp_path):
+    lc = make_cluster(num_cpus=1)
+    lc.connect()
+    # Both must run at the same time, but there is one CPU: the second waits behind the first on
+    # the same worker (tasks are pipelined once the node says it is full)...
+    refs = [rendezvous.remote(str(tmp_path), "one", "two", 120), rendezvous.remote(str(tmp_path), "two", "one", 120)]
+    deadline = time.monotonic() + 30
+    while not Path(tmp_path, "one").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    # ...until a node joins: the waiting lease request goes there, and the queued task is taken
+    # back from the busy worker and run on the new one.
+    lc.add_node(num_cpus=1)
+    assert cluster.get(refs, timeout=120) == [True, True]

@@ -388,6 +388,15 @@ class KillActor:
     no_restart: bool
 
 
+@message(73)
+@attrs.frozen
+class StealTasks:
+    """An owner -> a worker it leased: give back up to ``max_tasks`` of my tasks you have not
+    started (the newest first), for an idle worker of mine to run (request; reply: their ids)."""
+
+    max_tasks: int
+
+
 @message(72)
 @attrs.frozen
 class ListActors:

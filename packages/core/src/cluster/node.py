@@ -462,7 +462,9 @@ class NodeService:
         for request in self._queue:
             if self._try_grant(request):
                 continue
-            if not fits(request.shape, self.available) and request.spill_count < MAX_SPILLS:
+            if not fits(request.shape, self.available):
+                # (No limit on spills here: the request waited, and a node with room is new, e.g.
+                # one the autoscaler just added; the limit only stops ping-pong on arrival.)
                 target = self.policy.spill_target(request.shape, self.view, self.node_id)
                 if target is not None:
                     request.conn.reply(request.request_id, ["spill", target])

@@ -92,6 +92,7 @@ class Lease:
     in_flight: dict = attrs.Factory(dict)
     idle_since: float | None = None
     returned: bool = False
+    stealing: bool = False  # a StealTasks request to its worker is out
 
 
 @attrs.define(slots=True, eq=False)
@@ -306,6 +307,8 @@ class Runtime(ActorRuntime):
                 self.log_sink(msg)
         elif kind is m.GetObject:
             self._nursery.start_soon(self._serve_get_object, conn, request_id, msg.object_id)
+        elif kind is m.StealTasks:
+            conn.reply(request_id, self.executor.steal(conn, msg.max_tasks) if self.executor is not None else [])
         elif kind is m.CancelTask:
             if self.executor is not None:
                 self.executor.cancel(conn, msg.task_id, msg.force)
@@ -779,6 +782,33 @@ class Runtime(ActorRuntime):
             queue.requesting += 1  # counted now, so the next dispatch does not ask again
             self._nursery.start_soon(self._request_lease, queue)
 
+    def _maybe_steal(self, queue: ShapeQueue, idle: Lease) -> None:
+        """``idle`` has nothing to do while another lease has tasks queued behind its running
+        one (pipelined, see _dispatch): ask that worker to give half of them back."""
+        if idle.returned or idle.in_flight or queue.pending:
+            return
+        victim = max((lease for lease in queue.leases if lease is not idle and not lease.returned),
+                     key=lambda lease: len(lease.in_flight), default=None)
+        if victim is not None and len(victim.in_flight) >= 2 and not victim.stealing:
+            victim.stealing = True
+            self._nursery.start_soon(self._steal, queue, victim)
+
+    async def _steal(self, queue: ShapeQueue, victim: Lease) -> None:
+        try:
+            stolen = await victim.conn.request(m.StealTasks(len(victim.in_flight) // 2))
+        except (ClusterConnectionError, RemoteCallError):
+            return
+        finally:
+            victim.stealing = False
+        for task_id in reversed(stolen):  # (newest first: back to the front in their order)
+            task = victim.in_flight.pop(task_id, None)
+            if task is not None:
+                task.lease = None
+                queue.pending.appendleft(task)
+        if stolen:
+            log.debug("tasks_stolen", count=len(stolen))
+            self._dispatch(queue)
+
     async def _request_lease(self, queue: ShapeQueue) -> None:
         """Get one more worker for ``queue``'s shape: ask, follow spillbacks, connect to it."""
         queue.fresh_requests += 1
@@ -801,6 +831,8 @@ class Runtime(ActorRuntime):
         if lease is not None:
             queue.leases.append(lease)
         self._dispatch(queue)
+        if lease is not None and not lease.in_flight:
+            self._maybe_steal(queue, lease)
 
     async def _lease_worker(self, queue: ShapeQueue, on_busy: Any, detached: bool = False) -> Lease | None:
         address = self.node_address
@@ -942,6 +974,8 @@ class Runtime(ActorRuntime):
             if not lease.in_flight:
                 lease.idle_since = time.monotonic()
             self._dispatch(queue)
+            if not lease.in_flight:
+                self._maybe_steal(queue, lease)
 
     def _on_results_fast(self, lease: Lease | ActorState, results: list) -> bool:
         """``_on_results`` from a reader thread, for results that need nothing of the trio
@@ -965,10 +999,13 @@ class Runtime(ActorRuntime):
         if done:
             self._finish_many(done, in_trio=False)
         if type(lease) is Lease:
+            queue = self._queues[lease.shape]
             if not in_flight:
                 lease.idle_since = time.monotonic()
-            if self._queues[lease.shape].pending:
-                self.soon(self._dispatch, self._queues[lease.shape])
+            if queue.pending:
+                self.soon(self._dispatch, queue)
+            elif not in_flight and len(queue.leases) > 1:
+                self.soon(self._maybe_steal, queue, lease)
         return True
 
     def _finish(self, task: PendingTask, entries: list) -> None:

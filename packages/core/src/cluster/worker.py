@@ -43,7 +43,7 @@ class Executor:
         self._lock = threading.Lock()
         self._current: tuple[Any, Any] | None = None
         self._cancelled: set[bytes] = set()  # running tasks being interrupted
-        self._queued: set[bytes] = set()  # pushed, not started
+        self._queued: dict[bytes, Any] = {}  # pushed, not started -> the owner's connection
         self._queued_names: dict[bytes, str] = {}
         self._skip: set[bytes] = set()  # cancelled before they started: already answered
         self._blocked_depth = 0
@@ -63,7 +63,7 @@ class Executor:
         put = self._queue.put
         with self._lock:
             for spec in tasks:
-                self._queued.add(spec.task_id)
+                self._queued[spec.task_id] = conn
                 self._queued_names[spec.task_id] = spec.name
                 put((conn, spec))
 
@@ -78,11 +78,22 @@ class Executor:
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             elif task_id in self._queued:
                 # Not started: answer now instead of after the tasks queued before it.
-                self._queued.discard(task_id)
+                self._queued.pop(task_id, None)
                 self._skip.add(task_id)
                 name = self._queued_names.pop(task_id, "task")
                 entry = v.serialize_error(TaskCancelledError(name))
                 conn.send(m.TaskResults([m.TaskResult(task_id, [entry], self.pid)]))
+
+    def steal(self, conn: Any, max_tasks: int) -> list[bytes]:
+        """Give back up to ``max_tasks`` of ``conn``'s tasks that have not started, newest first;
+        they will be skipped here (no result is sent for them)."""
+        with self._lock:
+            ids = [task_id for task_id, owner in reversed(self._queued.items()) if owner is conn][:max(0, max_tasks)]
+            for task_id in ids:
+                del self._queued[task_id]
+                self._queued_names.pop(task_id, None)
+                self._skip.add(task_id)
+        return ids
 
     def stop(self, *_: Any) -> None:
         self._queue.put(None)
@@ -138,7 +149,7 @@ class Executor:
                 if task_id in self._skip:
                     self._skip.discard(task_id)
                     return None
-                self._queued.discard(task_id)
+                self._queued.pop(task_id, None)
                 self._queued_names.pop(task_id, None)
                 self._current = (conn, spec)  # from here on, a cancel interrupts this task
             try:
@@ -210,7 +221,7 @@ class Executor:
 
     def _start_concurrent(self, conn: Any, spec: Any) -> None:
         with self._lock:
-            self._queued.discard(spec.task_id)
+            self._queued.pop(spec.task_id, None)
             self._queued_names.pop(spec.task_id, None)
             if spec.task_id in self._skip:
                 self._skip.discard(spec.task_id)
