@@ -1,4 +1,5 @@
-"""cluster-autoscaler's hooks: the built-in providers."""
+"""cluster-autoscaler's hooks: the built-in providers, the autoscaler head service, its lines in
+`cluster status`, and `cluster up` / `cluster down`."""
 
 from __future__ import annotations
 
@@ -14,3 +15,34 @@ def cluster_make_provider(config: Any, context: Any) -> Any:
     kinds = {"local": LocalProvider, "fake": FakeProvider}
     kind = kinds.get(config.provider.type)
     return None if kind is None else kind(context, dict(config.provider.options))
+
+
+@hookimpl
+def cluster_head_services(head: Any) -> list | None:
+    if not head.autoscaling_config:
+        return None
+    from cluster_autoscaler.service import AutoscalerService
+
+    return [AutoscalerService(head, head.autoscaling_config).run]
+
+
+@hookimpl
+def cluster_status_lines(request: Any, explain: bool) -> list[str] | None:
+    from cluster import messages as m
+    from cluster.errors import RemoteCallError
+
+    from cluster_autoscaler.service import SERVICE, status_lines
+
+    try:
+        report = request(m.ServiceRequest(SERVICE, {"op": "status"}))
+    except RemoteCallError:  # no autoscaler on this head
+        return None
+    return status_lines(report, explain)
+
+
+@hookimpl
+def cluster_add_commands(cli: Any) -> None:
+    from cluster_autoscaler.cli import down, up
+
+    cli.add_command(up)
+    cli.add_command(down)

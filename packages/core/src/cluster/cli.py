@@ -45,6 +45,8 @@ def cli() -> None:
 @click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True, help="Seconds before a silent node is declared dead.")
 @click.option("--dashboard-host", default="127.0.0.1", show_default=True, help="Head: interface of the HTTP API (jobs).")
 @click.option("--dashboard-port", type=int, help="Head: port of the HTTP API [default: 8265, or a free one if taken; 0 = any].")
+@click.option("--autoscaling-config", type=click.Path(exists=True, dir_okay=False),
+              help="Head: autoscale by this cluster config (YAML; needs cluster-autoscaler; `cluster up` sets it).")
 @click.option("--metadata-store", help="Head: where job records and other metadata are kept, as a URL "
                                        "[default: sqlite:///<session dir>/metadata.db]. Reuse one to keep records across restarts.")
 @click.option("--block", is_flag=True, help="Stay in the foreground until interrupted.")
@@ -53,7 +55,7 @@ def start(
     num_cpus: float | None, num_gpus: float | None, resources: str, labels: str, object_store_memory: str | None,
     object_spilling_dir: str | None, no_object_spilling: bool, object_store: str,
     token: str | None, heartbeat_timeout: float, dashboard_host: str, dashboard_port: int | None,
-    metadata_store: str | None, block: bool,
+    autoscaling_config: str | None, metadata_store: str | None, block: bool,
 ) -> None:
     """Start a head (--head) or a node that joins one (--address HOST:PORT)."""
     from cluster.launch import spawn_daemon
@@ -97,6 +99,8 @@ def start(
             args += ["--dashboard-port", str(dashboard_port)]
         if metadata_store:
             args += ["--metadata-store", metadata_store]
+        if autoscaling_config:
+            args += ["--autoscaling-config", os.path.abspath(autoscaling_config)]
     if no_object_spilling and object_spilling_dir:
         raise click.UsageError("--object-spilling-dir and --no-object-spilling contradict each other")
     if not no_object_spilling:
@@ -199,8 +203,10 @@ def _signal_group(pid: int, signum: int) -> None:
 @click.option("--address", help="Head address HOST:PORT [default: the cluster started on this machine].")
 @click.option("--token", envvar="CLUSTER_TOKEN", help="Cluster token [default: the local head's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
-def status(address: str | None, token: str | None, as_json: bool) -> None:
-    """List the cluster's nodes with their used and total resources."""
+@click.option("--explain", is_flag=True, help="Also say why each pending demand waits and each idle node stays "
+                                              "(with an autoscaler).")
+def status(address: str | None, token: str | None, as_json: bool, explain: bool) -> None:
+    """List the cluster's nodes with their used and total resources, and what waits."""
     nodes = _fetch_nodes(address, token)
     if as_json:
         click.echo(json.dumps(nodes, indent=2))
@@ -224,11 +230,23 @@ def status(address: str | None, token: str | None, as_json: bool) -> None:
     demand = cluster_demand(alive)
     if not demand:
         click.echo("Pending demand: none")
-        return
-    click.echo("Pending demand (work waiting for resources):")
-    for item in demand:
-        note = "  (no node of the cluster can fit it)" if item["infeasible"] else ""
-        click.echo(f"  {item['count']} x {_shape(item['shape'])}{note}")
+    else:
+        click.echo("Pending demand (work waiting for resources):")
+        for item in demand:
+            note = "  (no node of the cluster can fit it)" if item["infeasible"] else ""
+            click.echo(f"  {item['count']} x {_shape(item['shape'])}{note}")
+
+    def request(msg: Any) -> Any:
+        async def ask(connect: Any) -> Any:
+            return await (await connect()).request(msg)
+
+        return _ask_cluster(address, token, ask)
+
+    from cluster.plugins import get_plugin_manager
+
+    for lines in get_plugin_manager().hook.cluster_status_lines(request=request, explain=explain):
+        for line in lines or ():
+            click.echo(line)
 
 
 def cluster_demand(nodes: list[dict]) -> list[dict]:

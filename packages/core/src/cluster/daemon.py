@@ -57,6 +57,7 @@ class DaemonConfig:
     dashboard_port: int | None = None
     metadata_store: str | None = None  # URL; None: sqlite:///<session dir>/metadata.db
     labels: dict = attrs.Factory(dict)  # the node's labels (str -> str), e.g. from its node type
+    autoscaling_config: str | None = None  # head: a cluster config to autoscale by (a plugin does)
 
     def __attrs_post_init__(self) -> None:
         if not self.head and not self.head_address:
@@ -158,7 +159,7 @@ async def run_daemon(
             head = HeadService(session_dir=config.session_dir, address=address,
                                heartbeat_timeout_s=config.heartbeat_timeout_s,
                                dashboard_host=config.dashboard_host, dashboard_port=config.dashboard_port,
-                               token=token)
+                               token=token, autoscaling_config=config.autoscaling_config)
             head.metadata = make_metadata_store(
                 config.metadata_store or f"sqlite:///{os.path.join(config.session_dir, 'metadata.db')}")
             head.services = services
@@ -264,6 +265,7 @@ def parse_args(argv: list[str]) -> DaemonConfig:
     parser.add_argument("--dashboard-port", type=int)
     parser.add_argument("--metadata-store")
     parser.add_argument("--labels", default="{}")
+    parser.add_argument("--autoscaling-config")
     args = parser.parse_args(argv)
     return DaemonConfig(
         head=args.head,
@@ -283,6 +285,7 @@ def parse_args(argv: list[str]) -> DaemonConfig:
         dashboard_port=args.dashboard_port,
         metadata_store=args.metadata_store,
         labels=json.loads(args.labels),
+        autoscaling_config=args.autoscaling_config,
     )
 
 

@@ -79,6 +79,7 @@ class HeadService:
     dashboard_host: str = "127.0.0.1"  # where the head's HTTP service should listen ...
     dashboard_port: int | None = None  # ... (None: 8265, or any free port if that is taken)
     dashboard_url: str | None = None  # set by the HTTP service once it listens
+    autoscaling_config: str | None = None  # a cluster config (YAML) to autoscale by (cluster-autoscaler)
     # Called with each NodeRecord the head declares dead (plugins' head services add theirs).
     on_node_dead: list[Callable[[NodeRecord], None]] = attrs.Factory(list)
 

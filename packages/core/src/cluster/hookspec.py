@@ -43,6 +43,17 @@ def cluster_add_commands(cli: click.Group) -> None:
     """
 
 
+@hookspec
+def cluster_status_lines(request: Callable[[Any], Any], explain: bool) -> list[str] | None:
+    """Add lines to `cluster status` (``explain``: `cluster status --explain`).
+
+    ``request(msg)`` sends one message to the head and returns its reply (raising
+    ``cluster.errors.RemoteCallError`` if the head refuses it, e.g. for a ServiceRequest to
+    a service it does not run). Return the lines to print, or None. cluster-autoscaler adds
+    its instances, launches, demand and decisions.
+    """
+
+
 # --- daemons -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,209 @@
+"""The autoscaler, as a head service: observe, plan (policy.plan), apply through the provider.
+
+Runs in a head started with ``--autoscaling-config PATH`` (``cluster up`` does that). Each
+round is a reconciliation, with no event bookkeeping:
+- it reads the provider's instances and errors, the head's node table (resources, what is
+  free, how long each node has been idle, primary objects) and the cluster's pending demand
+  (from node heartbeats, plus ``request_resources``);
+- it asks the policy for a plan;
+- it starts the launches and terminations in the background, so a slow provider never
+  stalls the loop.
+
+Its latest report answers ``ServiceRequest("autoscaler", {"op": "status"})``, which
+`cluster status [--explain]` shows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any
+
+import structlog
+import trio
+from cluster import session
+from cluster.autoscaler import REQUESTED_KEY
+
+from cluster_autoscaler.config import ClusterConfig, load_config
+from cluster_autoscaler.policy import (
+    Demand,
+    LaunchError,
+    Memory,
+    NodeObservation,
+    Observation,
+    plan,
+)
+from cluster_autoscaler.provider import ProviderContext, make_provider
+
+log = structlog.get_logger("cluster.autoscaler")
+
+SERVICE = "autoscaler"
+ROUND_S = 1.0
+
+
+def state_dir(cluster_name: str) -> str:
+    """Where the providers of ``cluster_name`` keep their files on this machine."""
+    path = session.cluster_root() / "autoscaler" / cluster_name
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+class AutoscalerService:
+    def __init__(self, head: Any, config_path: str) -> None:
+        self.head = head
+        self.config: ClusterConfig = load_config(config_path)
+        context = ProviderContext(self.config.cluster_name, head.address, head.token,
+                                  state_dir(self.config.cluster_name))
+        self.provider = make_provider(self.config, context)
+        self.memory = Memory()
+        self.idle_since: dict[str, float] = {}
+        self.in_flight: dict[str, tuple[str, int]] = {}  # launch request id -> (node type, count)
+        self.errors: list[dict] = []  # the latest launch failures, for status
+        self.report: dict = {"state": "starting", "decisions": [], "instances": {}}
+        self._new_errors: list[LaunchError] = []  # since the last round
+        self._rounds = itertools.count(1)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.head.services.add(SERVICE, self._on_request)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            log.info("autoscaler_started", cluster=self.config.cluster_name, provider=self.config.provider.type)
+            while True:
+                try:
+                    await self._round(nursery)
+                except Exception as exc:  # a round that fails is logged and retried; the head lives on
+                    log.exception("autoscaler_round_failed", error=str(exc))
+                    self.report["error"] = f"the last round failed: {exc}"
+                await trio.sleep(ROUND_S)
+
+    def _on_request(self, conn: Any, payload: dict, request_id: int) -> None:
+        if payload.get("op") == "status":
+            conn.reply(request_id, self.report)
+        else:
+            conn.reply_error(request_id, "unexpected", f"the autoscaler does not know op {payload.get('op')!r}")
+
+    # ------------------------------------------------------------------ a round
+
+    async def _round(self, nursery: trio.Nursery) -> None:
+        now = time.monotonic()
+        instances = await self.provider.non_terminated()
+        for error in await self.provider.poll_errors():
+            self.errors = [*self.errors, {"node_type": error.node_type, "message": error.message, "at": error.at}][-10:]
+            self._new_errors.append(LaunchError(error.node_type or "?", error.message))
+        by_node = {i.node_id: i for i in instances.values() if i.node_id}
+        nodes = []
+        alive = [n for n in self.head.nodes.values() if n.state == "alive"]
+        for node in alive:
+            instance = by_node.get(node.node_id)
+            resources, available = dict(node.resources), dict(node.available)
+            if any(available.get(k, 0.0) < v - 1e-9 for k, v in resources.items()):
+                self.idle_since.pop(node.node_id, None)
+            else:
+                self.idle_since.setdefault(node.node_id, now)
+            store = node.store or {}
+            primaries = max(0, int(store.get("objects", 0)) - int(store.get("copies", 0)))
+            nodes.append(NodeObservation(
+                instance.instance_id if instance else node.node_id,
+                instance.node_type if instance else self.config.head_node_type,
+                "running", resources, available, now - self.idle_since.get(node.node_id, now), primaries,
+                is_head=instance is None,  # not the provider's: never removed by us
+            ))
+        joined = {n.node_id for n in alive}
+        for instance in instances.values():
+            if instance.node_id not in joined and instance.instance_id not in {n.instance_id for n in nodes}:
+                resources = dict(self.config.node_types[instance.node_type].resources) \
+                    if instance.node_type in self.config.node_types else {}
+                nodes.append(NodeObservation(instance.instance_id, instance.node_type, "launching", resources,
+                                             resources))
+        listed_requests = {i.request_id.rsplit("/", 1)[0] for i in instances.values()}
+        for request_id, (node_type, count) in self.in_flight.items():  # asked for, not listed yet
+            if request_id in listed_requests:
+                continue
+            resources = dict(self.config.node_types[node_type].resources)
+            for i in range(count):
+                nodes.append(NodeObservation(f"{request_id}/{i}", node_type, "launching", resources, resources))
+        demand = self._demand(alive)
+        observation = Observation(now=now, nodes=tuple(nodes), demand=tuple(demand),
+                                  requested=tuple(self._requested()),
+                                  launch_errors=tuple(self._new_errors))
+        self._new_errors = []
+        decision = plan(self.config, observation, self.memory)
+        self.memory = decision.memory
+        round_ = next(self._rounds)
+        for node_type, count in decision.launch.items():
+            request_id = f"{self.config.cluster_name}-{int(time.time())}-{round_}-{node_type}"
+            self.in_flight[request_id] = (node_type, count)
+            nursery.start_soon(self._launch, node_type, count, request_id)
+            log.info("autoscaler_launch", node_type=node_type, count=count, request_id=request_id)
+        if decision.terminate:
+            request_id = f"{self.config.cluster_name}-{int(time.time())}-{round_}-terminate"
+            nursery.start_soon(self.provider.terminate, list(decision.terminate), request_id)
+            log.info("autoscaler_terminate", instances=list(decision.terminate))
+        self.report = {
+            "state": "running",
+            "cluster_name": self.config.cluster_name,
+            "provider": self.config.provider.type,
+            "instances": {i.instance_id: {"node_type": i.node_type, "state": i.state, "node_id": i.node_id}
+                          for i in instances.values()},
+            "launching": {t: c for _, (t, c) in self.in_flight.items()},
+            "demand": [{"shape": dict(d.shape), "count": d.count} for d in demand],
+            "decisions": [{"kind": d.kind, "subject": d.subject, "reason": d.reason} for d in decision.decisions],
+            "errors": self.errors,
+            "min_workers": {t.name: t.min_workers for t in self.config.worker_types},
+        }
+
+    async def _launch(self, node_type: str, count: int, request_id: str) -> None:
+        try:
+            await self.provider.launch(self.config.node_types[node_type], count, request_id)
+        finally:
+            self.in_flight.pop(request_id, None)
+
+    def _demand(self, alive: list) -> list[Demand]:
+        total: dict[tuple, int] = {}
+        for node in alive:
+            for item in node.demand or ():
+                key = tuple(sorted(item["shape"].items()))
+                total[key] = total.get(key, 0) + int(item["count"])
+        return [Demand(dict(shape), count) for shape, count in total.items()]
+
+    def _requested(self) -> list[Demand]:
+        raw = self.head._kv.get(REQUESTED_KEY)
+        if not raw:
+            return []
+        try:
+            bundles = json.loads(raw)
+        except ValueError:
+            return []
+        return [Demand({k: float(v) for k, v in bundle.items()}, 1) for bundle in bundles]
+
+
+async def ask_status(connect: Any) -> dict:
+    """The autoscaler's latest report, asked of the head (for CLIs)."""
+    from cluster import messages as m
+
+    return await (await connect()).request(m.ServiceRequest(SERVICE, {"op": "status"}))
+
+
+def status_lines(report: dict, explain: bool) -> list[str]:
+    """`cluster status` lines for an autoscaler report."""
+    lines = [f"Autoscaler ({report.get('provider')} provider, cluster {report.get('cluster_name')!r}):"]
+    instances = report.get("instances") or {}
+    by_state: dict[str, int] = {}
+    for instance in instances.values():
+        key = f"{instance['node_type']} {instance['state']}"
+        by_state[key] = by_state.get(key, 0) + 1
+    lines.append("  nodes: " + (", ".join(f"{n} {k}" for k, n in sorted(by_state.items())) or "none launched"))
+    if report.get("launching"):
+        lines.append("  launching: " + ", ".join(f"{n} {t}" for t, n in sorted(report["launching"].items())))
+    for error in report.get("errors") or []:
+        lines.append(f"  launch failed ({error['node_type']}): {error['message']}")
+    if report.get("error"):
+        lines.append(f"  {report['error']}")
+    decisions = report.get("decisions") or []
+    shown = decisions if explain else [d for d in decisions if d["kind"] in ("launch", "terminate")]
+    for d in shown:
+        lines.append(f"  {d['kind']} {d['subject']}: {d['reason']}")
+    if not explain and len(shown) < len(decisions):
+        lines.append("  (cluster status --explain says why the rest waits or stays)")
+    return lines
