@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 
 import psutil
@@ -93,18 +92,7 @@ def alive_nodes(env: dict) -> list[dict]:
     return [n for n in nodes if n["state"] == "alive"]
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
-
-
-def test_the_local_provider_scales_up_by_type_down_after_idle_and_explains(env, tmp_path):
+def test_the_local_provider_scales_up_by_type_down_after_idle_and_explains(env, tmp_path, e2e):
     config = tmp_path / "cluster.yaml"
     config.write_text(CONFIG.format(name=f"t{uuid.uuid4().hex[:8]}"))
     try:
@@ -130,11 +118,24 @@ def test_the_local_provider_scales_up_by_type_down_after_idle_and_explains(env, 
         status = cli(env, "status", "--explain").stdout
         assert "Autoscaler (local provider" in status
         # Idle now: the launched nodes go after idle_timeout_s (and 3 rounds); the keeper stays.
-        remaining = wait_until(lambda: (ns := alive_nodes(env)) and len(ns) == 2 and ns, 90,
-                               "the idle nodes to be removed")
+        remaining = e2e.wait_until(lambda: (ns := alive_nodes(env)) and len(ns) == 2 and ns, timeout=90,
+                                   what="the idle nodes to be removed")
         assert sorted(n["resources"].get("keep", 0) for n in remaining) == [0, 1]
         explained = cli(env, "status", "--explain").stdout
         assert "idle, but keeper is at min_workers (1)" in explained
+
+        # Capacity asked for ahead of any work comes, and goes once the request is withdrawn.
+        def request(bundles: list) -> None:
+            code = f"import cluster, cluster.autoscaler; cluster.init({address!r}); " \
+                   f"cluster.autoscaler.request_resources(bundles={bundles!r})"
+            subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+
+        request([{"CPU": 1, "accel": 1}])
+        grown = e2e.wait_until(lambda: (ns := alive_nodes(env)) and len(ns) == 3 and ns, timeout=90,
+                               what="a node for the request")
+        assert sorted(n["labels"].get("kind", "") for n in grown) == ["", "", "accel"]
+        request([])
+        e2e.wait_until(lambda: len(alive_nodes(env)) == 2, timeout=90, what="the requested node to go once withdrawn")
 
         # A shape no node type fits, and one whose launches fail: both explained.
         stranded = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -151,7 +152,7 @@ def test_the_local_provider_scales_up_by_type_down_after_idle_and_explains(env, 
                     else None
 
             try:
-                text = wait_until(explained_both, 90, "status --explain to explain both")
+                text = e2e.wait_until(explained_both, timeout=90, what="status --explain to explain both")
             except AssertionError:
                 stranded.kill()
                 raise AssertionError(cli(env, "status", "--explain").stdout + stranded.communicate()[1]) from None
@@ -164,6 +165,6 @@ def test_the_local_provider_scales_up_by_type_down_after_idle_and_explains(env, 
         down = cli(env, "down", str(config), check=False)
     assert down.returncode == 0, down.stdout + down.stderr
     assert "is down" in down.stdout
-    wait_until(lambda: not our_processes(env), 30, "every process of the cluster to exit")
+    e2e.wait_until(lambda: not our_processes(env), timeout=30, what="every process of the cluster to exit")
     assert len(SEEN_STORES) >= 5  # head, keeper, 2 cpu_workers, accel_worker
     assert not [path for path in SEEN_STORES if os.path.exists(path)]

@@ -1004,8 +1004,8 @@ class Runtime(ActorRuntime):
                 lease.idle_since = time.monotonic()
             if queue.pending:
                 self.soon(self._dispatch, queue)
-            elif not in_flight and len(queue.leases) > 1:
-                self.soon(self._maybe_steal, queue, lease)
+            elif not in_flight and any(len(other.in_flight) >= 2 for other in queue.leases):
+                self.soon(self._maybe_steal, queue, lease)  # (checked here first: no trio trip per task)
         return True
 
     def _finish(self, task: PendingTask, entries: list) -> None:
