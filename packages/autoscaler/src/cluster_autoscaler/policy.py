@@ -29,6 +29,7 @@ import math
 from collections.abc import Mapping
 
 import attrs
+from cluster.scheduling import format_shape
 
 from cluster_autoscaler.config import ClusterConfig, NodeType
 
@@ -95,10 +96,6 @@ class Plan:
     terminate: tuple[str, ...]
     decisions: tuple[Decision, ...]
     memory: Memory
-
-
-def describe(shape: Mapping[str, float]) -> str:
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shape.items())) + "}"
 
 
 def _fits(shape: Mapping[str, float], room: Mapping[str, float]) -> bool:
@@ -201,14 +198,14 @@ def plan(config: ClusterConfig, obs: Observation, memory: Memory | None = None) 
         fitting = sorted((t for t in config.worker_types if _fits(shape, t.resources)), key=lambda t: _size(t.resources))
         if not fitting:
             unplaced.setdefault(tuple(sorted(shape.items())), []).append(
-                f"no node type can fit {describe(shape)} (node types: "
-                + "; ".join(f"{t.name} {describe(t.resources)}" for t in config.worker_types) + ")")
+                f"no node type can fit {format_shape(shape)} (node types: "
+                + "; ".join(f"{t.name} {format_shape(t.resources)}" for t in config.worker_types) + ")")
             continue
         reasons = []
         for node_type in fitting:
             why_not = can_launch(node_type)
             if why_not is None:
-                add_launch(node_type, f"pending demand {describe(shape)}")
+                add_launch(node_type, f"pending demand {format_shape(shape)}")
                 room = dict(node_type.resources)
                 _take(shape, room)
                 new_bins.append((node_type, room))
@@ -221,7 +218,7 @@ def plan(config: ClusterConfig, obs: Observation, memory: Memory | None = None) 
         decisions.append(Decision("launch", name, f"{launch[name]} node(s): {why}"))
     for key, reasons in unplaced.items():
         shape = dict(key)
-        decisions.append(Decision("pending", describe(shape), f"{len(reasons)} x {describe(shape)} wait: {reasons[0]}"))
+        decisions.append(Decision("pending", format_shape(shape), f"{len(reasons)} x {format_shape(shape)} wait: {reasons[0]}"))
 
     # 3. Scale down idle nodes, after several rounds of agreement.
     votes: dict[str, int] = {}

@@ -24,6 +24,7 @@ import structlog
 import trio
 from cluster import session
 from cluster.autoscaler import REQUESTED_KEY
+from cluster.scheduling import total_demand
 
 from cluster_autoscaler.config import ClusterConfig, load_config
 from cluster_autoscaler.policy import (
@@ -159,13 +160,9 @@ class AutoscalerService:
         finally:
             self.in_flight.pop(request_id, None)
 
-    def _demand(self, alive: list) -> list[Demand]:
-        total: dict[tuple, int] = {}
-        for node in alive:
-            for item in node.demand or ():
-                key = tuple(sorted(item["shape"].items()))
-                total[key] = total.get(key, 0) + int(item["count"])
-        return [Demand(dict(shape), count) for shape, count in total.items()]
+    @staticmethod
+    def _demand(alive: list) -> list[Demand]:
+        return [Demand(dict(item["shape"]), int(item["count"])) for item in total_demand(n.demand for n in alive)]
 
     def _requested(self) -> list[Demand]:
         raw = self.head._kv.get(REQUESTED_KEY)

@@ -12,7 +12,6 @@ While PENDING, ``message`` says what the job waits for.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 import time
@@ -24,7 +23,7 @@ import trio
 from cluster import messages as m
 from cluster.errors import ClusterConnectionError, RemoteCallError
 from cluster.protocol import Dialer
-from cluster.scheduling import fits
+from cluster.scheduling import fits, format_shape
 
 from cluster_client.packaging import valid_package_name
 
@@ -46,10 +45,6 @@ class JobError(Exception):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
-
-
-def describe_shape(shape: dict[str, float]) -> str:
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shape.items())) + "}" if shape else "{}"
 
 
 class JobManager:
@@ -247,7 +242,7 @@ class JobManager:
         if not able:
             largest = max((n.resources for n in alive), key=lambda r: r.get("CPU", 0.0), default={})
             self._set_message(record, f"waiting for resources: no node of the cluster can fit "
-                                      f"{describe_shape(shape)} (largest node: {describe_shape(largest)}); "
+                                      f"{format_shape(shape)} (largest node: {format_shape(largest)}); "
                                       "it starts when a node that fits joins")
             return
         free_now = [n for n in able if fits(shape, n.available)] or able
@@ -279,7 +274,7 @@ class JobManager:
                 self._finish(record, "STOPPED", "stopped before it started")
             if record["status"] != "PENDING":
                 return
-        self._set_message(record, f"waiting for resources: {describe_shape(shape)} is not free on any "
+        self._set_message(record, f"waiting for resources: {format_shape(shape)} is not free on any "
                                   "node yet")
 
     async def _ask_runner_to_stop(self, record: dict, address: str | None = None) -> None:
@@ -372,7 +367,3 @@ def public(record: dict) -> dict:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def job_log_path(session_dir: str, job_id: str) -> str:
-    return os.path.join(session_dir, "jobs", f"{job_id}.log")

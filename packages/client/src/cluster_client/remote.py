@@ -236,14 +236,18 @@ class ClientRuntime:
             self._counts[object_id] += 1
 
     def remove_local_ref(self, object_id: bytes) -> None:
+        self._drop(self._counts, self._grants, "refs", object_id)
+
+    def _drop(self, counts: collections.Counter, grants: collections.Counter, kind: str, key: bytes) -> None:
+        """One local copy of ``key`` went; at the last, give back what the proxy granted of it."""
         with self._lock:
-            self._counts[object_id] -= 1
-            if self._counts[object_id] > 0:
+            counts[key] -= 1
+            if counts[key] > 0:
                 return
-            del self._counts[object_id]
-            granted = self._grants.pop(object_id, 0)
+            del counts[key]
+            granted = grants.pop(key, 0)
             if granted:
-                self._released["refs"][object_id] += granted
+                self._released[kind][key] += granted
 
     def mark_escaped(self, object_id: bytes, owner: str) -> None:
         pass  # the proxy holds it for as long as this client does
@@ -256,14 +260,7 @@ class ClientRuntime:
             self._handle_counts[actor_id] += 1
 
     def actor_handle_dropped(self, actor_id: bytes) -> None:
-        with self._lock:
-            self._handle_counts[actor_id] -= 1
-            if self._handle_counts[actor_id] > 0:
-                return
-            del self._handle_counts[actor_id]
-            granted = self._handle_grants.pop(actor_id, 0)
-            if granted:
-                self._released["handles"][actor_id] += granted
+        self._drop(self._handle_counts, self._handle_grants, "handles", actor_id)
 
     def actor_handle_escaped(self, actor_id: bytes) -> None:
         if not self._lost:

@@ -14,7 +14,7 @@ import click
 
 from cluster import session
 from cluster.errors import ClusterError, ConfigError
-from cluster.scheduling import parse_size, resources_arg
+from cluster.scheduling import format_shape, parse_size, resources_arg, total_demand
 
 DEFAULT_HEAD_PORT = 6380
 
@@ -227,14 +227,14 @@ def status(address: str | None, token: str | None, as_json: bool, explain: bool)
         rows.append([n["node_id"] + (" (head)" if n["is_head"] else ""), n["address"], n["state"],
                      used("CPU"), used("GPU"), *(used(k) for k in names)])
     _print_table([[str(c) for c in row] for row in rows])
-    demand = cluster_demand(alive)
+    demand = total_demand(n.get("demand") for n in alive)
     if not demand:
         click.echo("Pending demand: none")
     else:
         click.echo("Pending demand (work waiting for resources):")
         for item in demand:
             note = "  (no node of the cluster can fit it)" if item["infeasible"] else ""
-            click.echo(f"  {item['count']} x {_shape(item['shape'])}{note}")
+            click.echo(f"  {item['count']} x {format_shape(item['shape'])}{note}")
 
     def request(msg: Any) -> Any:
         async def ask(connect: Any) -> Any:
@@ -247,21 +247,6 @@ def status(address: str | None, token: str | None, as_json: bool, explain: bool)
     for lines in get_plugin_manager().hook.cluster_status_lines(request=request, explain=explain):
         for line in lines or ():
             click.echo(line)
-
-
-def cluster_demand(nodes: list[dict]) -> list[dict]:
-    """The pending demand of the whole cluster, by shape, from each node's report."""
-    total: dict[tuple, dict] = {}
-    for node in nodes:
-        for item in node.get("demand") or ():
-            key = (tuple(sorted(item["shape"].items())), item["infeasible"])
-            entry = total.setdefault(key, {"shape": item["shape"], "count": 0, "infeasible": item["infeasible"]})
-            entry["count"] += item["count"]
-    return sorted(total.values(), key=lambda e: (-e["count"], sorted(e["shape"].items())))
-
-
-def _shape(shape: dict) -> str:
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shape.items())) + "}"
 
 
 def _head_and_token(address: str | None, token: str | None) -> tuple[str, str]:

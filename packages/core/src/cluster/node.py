@@ -24,7 +24,7 @@ import trio
 from cluster import messages as m
 from cluster.plugins import make_object_store, make_scheduler
 from cluster.protocol import Connection, Dialer, dial
-from cluster.scheduling import fits
+from cluster.scheduling import fits, format_shape
 from cluster.transfer import ChunkSource
 
 log = structlog.get_logger("cluster.node")
@@ -39,10 +39,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
-
-
-def _fmt(resources: dict) -> str:
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items()) if v) + "}"
 
 
 @attrs.define(eq=False)
@@ -368,7 +364,7 @@ class NodeService:
                 largest = max((n["resources"] for n in self.view if n["state"] == "alive"),
                               key=lambda r: r.get("CPU", 0.0), default=self.resources)
                 conn.reply(request_id, ["infeasible", f"no node of the cluster can ever fit "
-                                        f"{_fmt(request.shape)} (largest node: {_fmt(largest)})"])
+                                        f"{format_shape(request.shape)} (largest node: {format_shape(largest)})"])
                 return
         if conn not in self._watched_owners():
             conn.on_close.append(self._owner_lost)

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from cluster.errors import ConfigError
+
+
+def format_shape(shape: Mapping[str, float]) -> str:
+    """``{CPU: 1, accel: 2}``: a resource shape for messages (zero amounts left out)."""
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shape.items()) if v) + "}"
+
+
+def total_demand(reports: Iterable[list[dict] | None]) -> list[dict]:
+    """The cluster's pending demand by shape (largest first), from the nodes' reports
+    (``NodeService.demand``): [{"shape", "count", "infeasible"}]."""
+    total: dict[tuple, dict] = {}
+    for report in reports:
+        for item in report or ():
+            key = (tuple(sorted(item["shape"].items())), item["infeasible"])
+            entry = total.setdefault(key, {"shape": item["shape"], "count": 0, "infeasible": item["infeasible"]})
+            entry["count"] += item["count"]
+    return sorted(total.values(), key=lambda e: (-e["count"], sorted(e["shape"].items())))
 
 
 def fits(shape: Mapping[str, float], available: Mapping[str, float]) -> bool:
