@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -87,6 +88,8 @@ def start(
             "--port", str(port if port is not None else (DEFAULT_HEAD_PORT if head else 0)),
             "--heartbeat-timeout", str(heartbeat_timeout)]
     args += ["--head"] if head else ["--address", address]
+    if block:  # the daemon goes with this process, however it ends (in a container: PID 1)
+        args += ["--exit-with-stdin"]
     if node_ip:
         args += ["--node-ip", node_ip]
     if store_bytes:
@@ -129,18 +132,33 @@ def start(
         click.echo(f"Started node {info['node_id']} at {info['address']} ({cpus:g} CPUs), pid {info['pid']}, "
                    f"joined to the cluster at {address}.")
     if block:
-        _wait_in_foreground(proc)
+        _wait_in_foreground(proc, session_dir)
 
 
-def _wait_in_foreground(proc: Any) -> None:
+def _wait_in_foreground(proc: Any, session_dir: Path) -> None:
+    """Wait for the daemon; Ctrl-C or SIGTERM (how Kubernetes stops a container) stop it
+    gracefully. Exits with the daemon's code when it ends on its own with an error."""
     click.echo("Running in the foreground; press Ctrl-C to stop.", err=True)
-    try:
-        proc.wait()
-    except KeyboardInterrupt:
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
         proc.send_signal(signal.SIGTERM)
-        proc.wait()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while proc.poll() is None:
+            try:
+                proc.wait()
+            except KeyboardInterrupt:
+                stop()
     finally:
         session.remove_daemon_record(proc.pid)
+    if proc.returncode and not stopping:
+        click.echo(f"The daemon exited with code {proc.returncode}; see its log in {session_dir / 'logs'}.",
+                   err=True)
+        raise SystemExit(proc.returncode)
 
 
 def _local_token_for(address: str) -> str | None:
