@@ -168,3 +168,13 @@ def test_the_local_provider_scales_up_by_type_down_after_idle_and_explains(env, 
     e2e.wait_until(lambda: not our_processes(env), timeout=30, what="every process of the cluster to exit")
     assert len(SEEN_STORES) >= 5  # head, keeper, 2 cpu_workers, accel_worker
     assert not [path for path in SEEN_STORES if os.path.exists(path)]
+
+
+def test_up_and_down_for_a_provider_no_plugin_brings_up_say_what_to_install(env, tmp_path):
+    config = tmp_path / "cloud.yaml"
+    config.write_text("cluster_name: c\nprovider: {type: cloud9}\nhead_node_type: head\n"
+                      "node_types: {head: {resources: {CPU: 1}}}\n")
+    for command in ("up", "down"):
+        out = cli(env, command, str(config), check=False)
+        assert out.returncode == 1 and "no installed plugin" in out.stderr and "'cloud9'" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr

@@ -13,12 +13,8 @@ from cluster_autoscaler.testing import KitTarget, ProviderConformance
 @pytest.fixture
 def head(tmp_path, monkeypatch):
     monkeypatch.setenv("CLUSTER_TMPDIR", str(tmp_path / "root"))  # node daemons' records stay in here
-    lc = LocalCluster(tmp_path / "root", num_cpus=1)
-    lc.start()
-    try:
+    with LocalCluster(tmp_path / "root", num_cpus=1) as lc:
         yield lc
-    finally:
-        lc.stop()
 
 
 def _context(head: LocalCluster, tmp_path) -> ProviderContext:

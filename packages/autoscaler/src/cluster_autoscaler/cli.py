@@ -51,10 +51,14 @@ def up(config_path: str, timeout: float) -> None:
 
     config = _config(config_path)
     if config.provider.type not in LOCAL_TYPES:
+        from cluster.plugins import get_plugin_manager
+
+        if get_plugin_manager().hook.cluster_provider_up(config=config, config_path=config_path, timeout=timeout):
+            return
         raise click.ClickException(
-            f"cluster up starts the head on this machine, for provider types {', '.join(LOCAL_TYPES)}; for "
-            f"{config.provider.type!r}, start the head where it should run with "
-            f"`cluster start --head --autoscaling-config {config_path}`")
+            f"no installed plugin brings up provider type {config.provider.type!r} (cluster up starts "
+            f"{', '.join(LOCAL_TYPES)} itself; pip install cluster-k8s for 'kubernetes'); or start the head where "
+            f"it should run with `cluster start --head --autoscaling-config {config_path}`")
     folder = state_dir(config.cluster_name)
     record = _head_record(folder)
     if record is not None and _alive(record):
@@ -123,6 +127,13 @@ def down(config_path: str) -> None:
     from cluster_autoscaler.service import state_dir
 
     config = _config(config_path)
+    if config.provider.type not in LOCAL_TYPES:
+        from cluster.plugins import get_plugin_manager
+
+        if get_plugin_manager().hook.cluster_provider_down(config=config, config_path=config_path):
+            return
+        raise click.ClickException(f"no installed plugin takes down provider type {config.provider.type!r} "
+                                   "(pip install cluster-k8s for 'kubernetes')")
     folder = state_dir(config.cluster_name)
     record = _head_record(folder)
     if record is not None and _alive(record):

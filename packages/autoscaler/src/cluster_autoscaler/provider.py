@@ -10,6 +10,9 @@ What a provider may assume of its caller, and what the caller assumes of it:
 - **Unique ids.** Instance ids are never reused.
 - **Idempotent per request id.** The same ``request_id`` twice does the work once, so a
   caller that is not sure a request went through sends it again.
+- **Nodes are matched to instances** by ``Instance.node_id`` or, for a provider that cannot
+  learn node ids, by the node label ``cluster.dev/instance`` (``INSTANCE_LABEL``) set to the
+  instance id when the node is started.
 - **Failures are data.** A launch that fails does not raise. It shows up in ``poll_errors``,
   once, with the node type and a message a person can act on. Calls raise only when the
   provider itself cannot work (bad configuration, say).
@@ -27,6 +30,8 @@ from typing import Any, Protocol
 import attrs
 
 from cluster_autoscaler.config import ClusterConfig, NodeType
+
+INSTANCE_LABEL = "cluster.dev/instance"
 
 
 @attrs.frozen

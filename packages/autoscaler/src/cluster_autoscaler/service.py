@@ -35,7 +35,7 @@ from cluster_autoscaler.policy import (
     Observation,
     plan,
 )
-from cluster_autoscaler.provider import ProviderContext, make_provider
+from cluster_autoscaler.provider import INSTANCE_LABEL, ProviderContext, make_provider
 
 log = structlog.get_logger("cluster.autoscaler")
 
@@ -96,7 +96,7 @@ class AutoscalerService:
         nodes = []
         alive = [n for n in self.head.nodes.values() if n.state == "alive"]
         for node in alive:
-            instance = by_node.get(node.node_id)
+            instance = by_node.get(node.node_id) or instances.get(node.labels.get(INSTANCE_LABEL, ""))
             resources, available = dict(node.resources), dict(node.available)
             if any(available.get(k, 0.0) < v - 1e-9 for k, v in resources.items()):
                 self.idle_since.pop(node.node_id, None)

@@ -118,6 +118,23 @@ def cluster_make_provider(config: Any, context: Any) -> Any:
 
 
 @hookspec(firstresult=True)
+def cluster_provider_up(config: Any, config_path: str, timeout: float) -> bool | None:
+    """``cluster up CONFIG`` for a provider whose head does not run on this machine: create
+    the head where the provider runs things, wait for it (and ``min_workers``) with progress
+    on stderr, and say how to reach it. Return True, or None when ``config.provider.type``
+    is not yours; raise ``click.ClickException`` with what to do when it cannot be done.
+    cluster-autoscaler brings up ``local`` and ``fake`` itself; cluster-k8s answers
+    ``kubernetes``.
+    """
+
+
+@hookspec(firstresult=True)
+def cluster_provider_down(config: Any, config_path: str) -> bool | None:
+    """``cluster down CONFIG`` for the providers of ``cluster_provider_up``: remove the head,
+    every node and everything else ``up`` created. Return True, or None when not yours."""
+
+
+@hookspec(firstresult=True)
 def cluster_connect(address: str, token: str | None) -> Any:
     """Connect this process to a cluster at an address with a scheme (``cluster://HOST:PORT``).
 

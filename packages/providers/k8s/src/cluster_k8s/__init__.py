@@ -1,5 +1,8 @@
 """cluster on Kubernetes: Kubernetes runs the pods, cluster runs inside them.
 
-This step renders the head's manifests (``cluster k8s manifests CONFIG``); the provider that
-runs nodes as pods comes next.
+- ``manifests``: the head's Deployment, Service, RBAC and Secret, and worker pods, rendered
+  from a cluster config (``cluster k8s manifests CONFIG``);
+- ``provider``: provider type ``kubernetes``, worker nodes as pods, for the autoscaler;
+- ``up``: ``cluster up/down CONFIG`` for it;
+- ``kube``: reaching the API with the official client.
 """
