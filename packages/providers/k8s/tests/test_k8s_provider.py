@@ -173,3 +173,17 @@ def test_an_api_server_that_is_not_there_gets_a_clear_error(head, tmp_path):
     trio.run(provider.launch, make_config(target).node_types["small"], 1, "req-gone")  # failures are data
     (error,) = trio.run(provider.poll_errors)  # the launch's error, though listing fails too
     assert "creating pod" in error.message and "cannot reach the Kubernetes API" in error.message
+
+
+def test_in_a_pod_the_service_account_is_used_whatever_kubeconfig_the_config_names(tmp_path, monkeypatch):
+    from cluster_k8s.kube import api_client
+    from cluster_k8s.manifests import Options
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig_of_nowhere(kubeconfig)  # valid, on the machine that ran `cluster up`
+    options = Options(image="x", kubeconfig=str(kubeconfig))
+    assert api_client(options).configuration.host.startswith("http://127.0.0.1:")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # what a pod has; here no token file
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    with pytest.raises(ClusterConfigError, match="cannot use this pod's service account"):
+        api_client(options)

@@ -18,11 +18,13 @@ class KubernetesUnavailable(Exception):
 
 
 def api_client(options: Options) -> Any:
-    """An ApiClient: from ``provider.kubeconfig``/``context`` if set, else from the pod's service
-    account when running inside Kubernetes, else from ``KUBECONFIG`` or ~/.kube/config."""
+    """An ApiClient: inside a Kubernetes pod, from its service account (the head's, whatever
+    the config says: ``provider.kubeconfig`` names a file on the machine that ran `cluster
+    up`); elsewhere from ``provider.kubeconfig``/``context``, else ``KUBECONFIG`` or
+    ~/.kube/config."""
     from kubernetes import client, config
 
-    if options.kubeconfig or options.context or "KUBERNETES_SERVICE_HOST" not in os.environ:
+    if "KUBERNETES_SERVICE_HOST" not in os.environ:
         path = options.kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         try:
             return config.new_client_from_config(config_file=path, context=options.context,

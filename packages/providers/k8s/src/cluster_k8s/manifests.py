@@ -60,7 +60,7 @@ class Options:
     listen_host: str = "0.0.0.0"  # inside a pod, its own network; a test may say 127.0.0.1
     port: int = 6380  # the head's cluster port
     dashboard_port: int = 8265  # the head's HTTP API (jobs)
-    kubeconfig: str | None = None  # for cluster up/down, and a head outside Kubernetes
+    kubeconfig: str | None = None  # for cluster up/down, and a head outside Kubernetes (in a pod: its account)
     context: str | None = None
     unschedulable_timeout_s: float = 30.0  # a worker pod unschedulable this long is a launch error
 
