@@ -29,7 +29,6 @@ _APIS = {  # kind -> (the client's API class, its method suffix)
     "Role": ("RbacAuthorizationV1Api", "role"), "RoleBinding": ("RbacAuthorizationV1Api", "role_binding"),
     "Deployment": ("AppsV1Api", "deployment"),
 }
-_ORDER_DOWN = ["Deployment", "Service", "RoleBinding", "Role", "ServiceAccount", "ConfigMap", "Secret"]
 POLL_S = 0.5
 
 
@@ -70,14 +69,20 @@ def _options(config: ClusterConfig) -> Options:
         raise click.ClickException(str(exc)) from None
 
 
-def up(config: ClusterConfig, config_path: str, timeout: float) -> None:
-    options = _options(config)
+def _manifests(config: ClusterConfig, config_path: str) -> list[dict]:
+    """What up creates (and so what down removes), checked against the API's models."""
     try:
         docs = render(config, Path(config_path).read_text())
         for doc in docs:
             validate(doc)
     except (ClusterConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    return docs
+
+
+def up(config: ClusterConfig, config_path: str, timeout: float) -> None:
+    options = _options(config)
+    docs = _manifests(config, config_path)
     kube = _Kube(options)
     name = config.cluster_name
     _say(f"Creating cluster {name!r} in namespace {options.namespace} (Kubernetes API {kube.api.configuration.host})...")
@@ -190,11 +195,9 @@ def down(config: ClusterConfig, config_path: str, timeout: float = 120.0) -> Non
     kube = _Kube(options)
     name, ns = config.cluster_name, options.namespace
     _say(f"Removing cluster {name!r} from namespace {ns} (Kubernetes API {kube.api.configuration.host})...")
-    removed = 0
-    suffixes = {"Deployment": "head", "Service": "head", "RoleBinding": "head", "Role": "head",
-                "ServiceAccount": "head", "ConfigMap": "config", "Secret": "token"}
-    for kind in _ORDER_DOWN[:1]:  # the Deployment first: nothing starts the head again
-        removed += _delete(kube, kind, f"{name}-{suffixes[kind]}")
+    docs = _manifests(config, config_path)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    removed = _delete(kube, "Deployment", deployment["metadata"]["name"])  # first: nothing starts the head again
     pods = kube.pods(f"{NAME_LABEL}={name}")
     for pod in pods:
         try:
@@ -205,8 +208,9 @@ def down(config: ClusterConfig, config_path: str, timeout: float = 120.0) -> Non
                     from None
     if pods:
         _say(f"  deleting {len(pods)} pod(s): {', '.join(sorted(p.metadata.name for p in pods))}")
-    for kind in _ORDER_DOWN[1:]:
-        removed += _delete(kube, kind, f"{name}-{suffixes[kind]}")
+    for doc in reversed(docs):  # then the rest, in the reverse of the order up made them
+        if doc is not deployment:
+            removed += _delete(kube, doc["kind"], doc["metadata"]["name"])
     deadline = time.monotonic() + timeout
     said = None
     while left := kube.pods(f"{NAME_LABEL}={name}"):
