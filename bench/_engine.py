@@ -1,9 +1,8 @@
 """Load the benchmark engine shared with our own half.
 
-The loops, counts and clocks live in ``packages/core/src/cluster/microbenchmark.py`` (the
-module behind ``cluster microbenchmark``). The peers' halves load that file by path, so they
-run in an environment without ``cluster`` installed and are still measured by the very same
-code as ours.
+The loops, counts and clocks live in ``bench/peer_cluster.py``, next to our own half. The
+peers' halves load that file by path, so they run in an environment without ``cluster``
+installed and are still measured by the very same code as ours.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 REPO = Path(__file__).resolve().parent.parent
-ENGINE_PATH = REPO / "packages" / "core" / "src" / "cluster" / "microbenchmark.py"
+ENGINE_PATH = REPO / "bench" / "peer_cluster.py"
 _NAME = "_cluster_bench_engine"
 
 

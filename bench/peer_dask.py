@@ -1,4 +1,4 @@
-"""Dask's half of the benchmark: the same metrics as ``cluster microbenchmark``.
+"""Dask's half of the benchmark: the same metrics as ``bench/peer_cluster.py``.
 
     python bench/peer_dask.py [--json] [--quick] [--only NAME,...]
 

@@ -1,4 +1,4 @@
-"""Ray's half of the benchmark: the same metrics as ``cluster microbenchmark``.
+"""Ray's half of the benchmark: the same metrics as ``bench/peer_cluster.py``.
 
     python bench/peer_ray.py [--json] [--quick] [--only NAME,...]
 

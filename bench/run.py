@@ -38,8 +38,6 @@ TITLES = {"cluster": "cluster", "ray": "Ray", "dask": "Dask"}
 
 
 def half_command(framework: str) -> list[str]:
-    if framework == "cluster":
-        return [sys.executable, "-m", "cluster.microbenchmark", "--json"]
     return [sys.executable, str(BENCH / f"peer_{framework}.py"), "--json"]
 
 

@@ -516,17 +516,8 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def microbenchmark(args: tuple[str, ...]) -> None:
-    """Run cluster's microbenchmarks on a fresh local cluster (--json, --quick, --only NAMES)."""
-    from cluster.microbenchmark import main as bench_main
-
-    sys.exit(bench_main(list(args)))
-
-
 def builtin_commands() -> list[click.Command]:
-    return [start, stop, status, memory, list_group, microbenchmark]
+    return [start, stop, status, memory, list_group]
 
 
 def main(argv: list[str] | None = None) -> None:

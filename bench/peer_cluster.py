@@ -1,4 +1,6 @@
-"""Microbenchmarks for cluster (``cluster microbenchmark``).
+"""cluster's half of the benchmark, and the engine all three halves share.
+
+    python bench/peer_cluster.py [--json] [--quick] [--only NAME,...]
 
 Most metrics run on one shared single-node cluster of 2 worker CPUs; a few start a cluster of
 their own (two nodes on this machine, a node with a small object store, or a head serving the
@@ -16,8 +18,6 @@ The module has two layers:
 own backends, so all three frameworks are measured by the same loops, counts and clocks.  Keep
 this module importable with the standard library alone: ``cluster`` and ``numpy`` are imported
 lazily, inside the functions that need them.
-
-Run it as ``python -m cluster.microbenchmark [--json] [--quick] [--only NAME,...]``.
 """
 
 from __future__ import annotations
@@ -1606,14 +1606,8 @@ def run(*, quick: bool = False, only: list[str] | None = None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(ClusterBackend(), argv, prog="cluster microbenchmark")
+    return main_for(ClusterBackend(), argv, prog="peer_cluster.py")
 
 
 if __name__ == "__main__":
-    # Run the copy importable as ``cluster.microbenchmark`` so that the task functions pickle
-    # by reference (workers import them) rather than as ``__main__`` functions.
-    try:
-        from cluster import microbenchmark as _importable
-    except ImportError:
-        _importable = None  # type: ignore[assignment]
-    raise SystemExit((_importable.main if _importable is not None else main)())
+    raise SystemExit(main())
