@@ -1,29 +1,1455 @@
-"""Load the benchmark engine shared with our own half.
+"""The benchmark engine that all three halves share: the metrics, and how each is timed.
 
-The loops, counts and clocks live in ``bench/peer_cluster.py``, next to our own half. The
-peers' halves load that file by path, so they run in an environment without ``cluster``
-installed and are still measured by the very same code as ours.
+Most metrics run on one shared single-node cluster of 2 worker CPUs; a few start a cluster of
+their own (two nodes on this machine, a node with a small object store, or a head serving the
+job API) and stop it again.
+
+The engine (``METRICS``, ``run_backend``, ``main_for``) knows how to time each metric against
+any object implementing the small ``Backend`` protocol. Each half is a script next to this
+module that plugs in its framework's backend: ``peer_cluster.py`` (ours, public API only),
+``peer_ray.py`` and ``peer_dask.py``, so all three frameworks are measured by the same loops,
+counts and clocks. ``RayStyleBackend`` drives any framework with Ray's API: ours and Ray.
+
+Keep this module importable with the standard library alone (the peers run in environments
+without ``cluster``): ``numpy`` and ``psutil`` are imported lazily, inside the functions that
+need them.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import queue
+import re
+import shlex
+import signal
+import statistics
+import subprocess
 import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from typing import Any, Protocol
 
 REPO = Path(__file__).resolve().parent.parent
-ENGINE_PATH = REPO / "bench" / "peer_cluster.py"
-_NAME = "_cluster_bench_engine"
+
+MIB = 1 << 20
+BIG_BYTES = 100 * MIB  # the "100 MiB" array: 13,107,200 float64 values
+GB = 1e9  # throughput is reported in decimal GB/s (100 MiB = 0.105 GB)
+MB = 1e6
+SPILL_STORE_BYTES = 200 * 10**6  # the object store of spill_peak_mem_gb's node
+SPILL_OBJECT_BYTES = 100 * 10**6  # one object put by spill_peak_mem_gb
+MEMORY_SAMPLE_S = 0.05  # how often spill_peak_mem_gb samples the cluster's memory
+# Untimed pause after killing an actor in actor_create_ms, so that its teardown (a process
+# exiting, a worker pool refilling) does not run on the 2 cores during the next creation.
+ACTOR_SETTLE_S = 0.2
+# job_submit_to_succeeded_s: how often the client asks for a job's status (both frameworks).
+JOB_POLL_S = 0.02
+JOB_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+# Guards so that a framework that hangs turns into an error entry instead of a stuck run.
+GET_TIMEOUT_S = 120.0  # one get of one ref
+BULK_TIMEOUT_S = 900.0  # one get of a whole batch (10,000 tasks)
+WAIT_TIMEOUT_S = 120.0  # one wait() call on refs that are already finished
+COLD_START_TIMEOUT_S = 300.0  # spawn -> result line
+COLD_SHUTDOWN_TIMEOUT_S = 120.0  # result line -> child exited (not timed)
+JOB_TIMEOUT_S = 120.0  # one trivial job: submit -> terminal status
+
+RESULT_PREFIX = "RESULT "  # what the cold-start child prints in front of the task result
 
 
-def load_engine() -> ModuleType:
-    if _NAME in sys.modules:
-        return sys.modules[_NAME]
-    spec = importlib.util.spec_from_file_location(_NAME, ENGINE_PATH)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load the benchmark engine from {ENGINE_PATH}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_NAME] = module  # dataclasses look their module up while being created
-    spec.loader.exec_module(module)
-    return module
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    higher_is_better: bool
+    description: str
+    # False: measured outside the shared single-node cluster, in a child process or in a
+    # cluster the metric starts and stops itself (before the shared one exists).
+    in_cluster: bool = True
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric(
+        "cold_start_s",
+        "s",
+        False,
+        "cold start: spawn python, import, start a local 2-CPU cluster, first task result",
+        in_cluster=False,
+    ),
+    Metric("noop_sync_per_s", "tasks/s", True, "no-op tasks one at a time: get(f.remote())"),
+    Metric("noop_async_10k_per_s", "tasks/s", True, "10,000 no-op tasks submitted, then fetched"),
+    Metric("put_small_per_s", "ops/s", True, "put of a small int"),
+    Metric("get_small_per_s", "ops/s", True, "get of a small int (distinct refs, one at a time)"),
+    Metric("put_100mb_gbps", "GB/s", True, "put of a 100 MiB numpy array"),
+    Metric("get_100mb_gbps", "GB/s", True, "get of a 100 MiB numpy array, same node"),
+    Metric(
+        "task_100mb_arg_gbps", "GB/s", True, "task taking a 100 MiB array ref, returning its sum"
+    ),
+    Metric("wait_1000_ready_ms", "ms", False, "wait(num_returns=1000) on 1,000 finished refs"),
+    Metric("sleep_1ms_10k_per_s", "tasks/s", True, "10,000 tasks sleeping 1 ms (ideal: 2,000/s)"),
+    # The actor metrics come after the task metrics so that the processes actors start and
+    # leave behind cannot change the conditions the task metrics have always run under.
+    Metric("actor_calls_sync_per_s", "calls/s", True, "actor calls one at a time: get(a.noop())"),
+    Metric(
+        "actor_calls_async_10k_per_s",
+        "calls/s",
+        True,
+        "10,000 calls to one actor submitted, then fetched",
+    ),
+    Metric(
+        "actor_create_ms",
+        "ms",
+        False,
+        "create an actor and get its first call's result (one at a time, each killed after)",
+    ),
+    Metric(
+        "transfer_1gb_gbps",
+        "GB/s",
+        True,
+        "two nodes, one machine: a task on node b reading a 1 GB array made on node a",
+        in_cluster=False,
+    ),
+    Metric(
+        "spill_peak_mem_gb",
+        "GB",
+        False,
+        "peak memory of driver + cluster (PSS + shared memory) while 1 GB goes through a "
+        "200 MB store: put 10 x 100 MB, refs held, then get and check each",
+        in_cluster=False,
+    ),
+    Metric(
+        "job_submit_to_succeeded_s",
+        "s",
+        False,
+        "submit a trivial job (python -c \"print('ok')\") to a head's job API and poll its "
+        "status until SUCCEEDED (one job at a time)",
+        in_cluster=False,
+    ),
+)
+METRIC_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How much work each metric does. ``--quick`` divides the task counts by 10."""
+
+    cold_start_runs: int
+    noop_sync: int
+    noop_async: int
+    put_small: int
+    get_small: int
+    big_reps: int
+    wait_refs: int
+    wait_calls: int
+    sleep_tasks: int
+    actor_sync: int  # calls, one at a time
+    actor_async: int  # calls submitted at once
+    actor_creates: int  # fresh actors, one at a time
+    time_cap_s: float  # one-at-a-time loops stop early past this (and say so in the note)
+    transfer_bytes: int  # the object moved between nodes by transfer_1gb_gbps
+    transfer_reps: int
+    spill_objects: int  # how many SPILL_OBJECT_BYTES objects spill_peak_mem_gb puts
+    jobs: int  # trivial jobs submitted one at a time by job_submit_to_succeeded_s
+
+
+def counts_for(quick: bool) -> Counts:
+    """``--quick`` also shrinks the big objects: a 200 MB transfer, 400 MB through the store."""
+    if quick:
+        return Counts(
+            cold_start_runs=1,
+            noop_sync=100,
+            noop_async=1_000,
+            put_small=200,
+            get_small=200,
+            big_reps=3,
+            wait_refs=1_000,
+            wait_calls=10,
+            sleep_tasks=1_000,
+            actor_sync=100,
+            actor_async=1_000,
+            actor_creates=5,  # not 2: a median of 2 says little
+            time_cap_s=20.0,
+            transfer_bytes=200 * 10**6,
+            transfer_reps=3,
+            spill_objects=4,
+            jobs=3,
+        )
+    return Counts(
+        cold_start_runs=3,
+        noop_sync=1_000,
+        noop_async=10_000,
+        put_small=2_000,
+        get_small=2_000,
+        big_reps=10,
+        wait_refs=1_000,
+        wait_calls=100,
+        sleep_tasks=10_000,
+        actor_sync=1_000,
+        actor_async=10_000,
+        actor_creates=20,
+        time_cap_s=60.0,
+        transfer_bytes=10**9,
+        transfer_reps=5,
+        spill_objects=10,
+        jobs=5,
+    )
+
+
+class NotMeasured(Exception):
+    """Raised by a backend for a metric its framework has no natural equivalent of.
+
+    The metric is reported as n/a with the message as its note, not as an error.
+    """
+
+
+class Backend(Protocol):
+    """What the engine needs from a framework. Refs are opaque to the engine."""
+
+    framework: str
+    # False where a same-node get can never share memory (e.g. Dask's TCP transfer); the
+    # result is then never labelled zero-copy whatever its flags say.
+    zero_copy_possible: bool
+
+    def version(self) -> str: ...
+    def describe(self) -> str: ...
+    def cold_start_argv(self) -> list[str]: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def noop(self) -> Any: ...
+    def sleep_task(self, seconds: float) -> Any: ...
+    def sum_task(self, ref: Any) -> Any: ...
+    def put(self, value: Any) -> Any: ...
+    def get(self, ref: Any) -> Any: ...
+    def get_many(self, refs: list[Any]) -> list[Any]: ...
+    def wait_all(self, refs: list[Any]) -> int: ...
+
+    # Actors of one class with a method ``noop()`` that returns None.
+    def new_actor(self) -> Any:
+        """Create a fresh actor and return its handle (at once where the framework can)."""
+        ...
+
+    def actor_noop(self, actor: Any) -> Any:
+        """Call ``actor.noop()``; return a ref that ``get`` and ``get_many`` accept."""
+        ...
+
+    def kill_actor(self, actor: Any) -> None:
+        """Stop the actor (its process too, where it has one of its own); don't wait."""
+        ...
+
+    # Metrics with a cluster of their own. Each context manager starts that cluster and
+    # connects the driver to it on entry; on exit (also after an error) it disconnects and
+    # stops every process it started. In between, the methods above act on that cluster.
+    # ``scratch`` is an empty directory for the cluster's session files and spilled objects;
+    # the engine removes it afterwards.
+    def two_node_cluster(self, store_bytes: int, scratch: str) -> AbstractContextManager[None]:
+        """Two nodes on this machine, each with its own object store of ``store_bytes`` and
+        one CPU; one offers the custom resource ``"a"``, the other ``"b"``."""
+        ...
+
+    def small_store_cluster(self, store_bytes: int, scratch: str) -> AbstractContextManager[None]:
+        """One node with 2 CPUs whose object store holds ``store_bytes`` and spills to disk."""
+        ...
+
+    def fill_task(self, nbytes: int, fill: int, node: str) -> Any:
+        """A task on ``node`` ("a" or "b") returning ``np.full(nbytes, fill, np.uint8)``."""
+        ...
+
+    def probe_task(self, ref: Any, node: str) -> Any:
+        """A task on ``node`` taking the array ``ref``, returning ``(nbytes, first, last)``."""
+        ...
+
+    def wait_done(self, refs: list[Any]) -> None:
+        """Block until ``refs`` are finished, without fetching their values to the driver."""
+        ...
+
+    def store_paths(self) -> list[str]:
+        """Directories holding the object store's shared-memory files that no process may
+        map (our store keeps one file per object); empty where the store is one mapping."""
+        ...
+
+    def job_cluster(self, scratch: str) -> AbstractContextManager[Any]:
+        """A head with 2 CPUs whose job server answers, the driver not connected to it.
+
+        Yields a job client with the methods of Ray's ``JobSubmissionClient`` used here:
+        ``submit_job(entrypoint=...) -> id``, ``get_job_status(id)`` (a ``str`` enum, or
+        anything whose ``value`` is "PENDING", "RUNNING", "SUCCEEDED", "FAILED" or "STOPPED")
+        and ``get_job_logs(id) -> str``."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements. Each returns (value, note) and raises on any failure or wrong result.
+# --------------------------------------------------------------------------------------------
+
+
+def _big_array():
+    import numpy as np
+
+    return np.ones(BIG_BYTES // 8, dtype=np.float64)
+
+
+def _cap_note(done: int, wanted: int, what: str = "ops") -> str:
+    if done == wanted:
+        return f"{done:,} {what}"
+    return f"{done:,} of {wanted:,} {what} (time cap hit)"
+
+
+def _check_none(value: Any) -> None:
+    if value is not None:
+        raise RuntimeError(f"a no-op returned {value!r}, expected None")
+
+
+def _one_at_a_time(
+    b: Backend, call: Callable[[], Any], n: int, c: Counts, what: str = "ops"
+) -> tuple[float, str]:
+    """Rate of ``get(call())`` in a loop: ``n`` times, or fewer if the time cap passes."""
+    for _ in range(20):
+        _check_none(b.get(call()))
+    start = time.perf_counter()
+    deadline = start + c.time_cap_s
+    done = 0
+    while done < n:
+        _check_none(b.get(call()))
+        done += 1
+        if time.perf_counter() > deadline:
+            break
+    elapsed = time.perf_counter() - start
+    return done / elapsed, _cap_note(done, n, what)
+
+
+def _submit_then_get(b: Backend, call: Callable[[], Any], n: int, what: str) -> tuple[float, str]:
+    """Rate of ``n`` calls submitted at once and then fetched with one ``get_many``."""
+    b.get_many([call() for _ in range(min(200, n))])
+    start = time.perf_counter()
+    refs = [call() for _ in range(n)]
+    submitted = time.perf_counter()
+    values = b.get_many(refs)
+    elapsed = time.perf_counter() - start
+    if len(values) != n:
+        raise RuntimeError(f"got {len(values)} results for {n} {what}")
+    for value in values:
+        _check_none(value)
+    return n / elapsed, f"{n:,} {what}; submit {submitted - start:.2f} s of {elapsed:.2f} s"
+
+
+def _m_cold_start(b: Backend, c: Counts) -> tuple[float, str]:
+    argv = b.cold_start_argv()
+    times = [spawn_until_result(argv) for _ in range(c.cold_start_runs)]
+    value = statistics.median(times)
+    if len(times) == 1:
+        return value, "1 run"
+    return value, f"median of {len(times)} runs: " + ", ".join(f"{t:.2f}" for t in times)
+
+
+def _m_noop_sync(b: Backend, c: Counts) -> tuple[float, str]:
+    return _one_at_a_time(b, b.noop, c.noop_sync, c)
+
+
+def _m_noop_async(b: Backend, c: Counts) -> tuple[float, str]:
+    return _submit_then_get(b, b.noop, c.noop_async, "tasks")
+
+
+def _m_put_small(b: Backend, c: Counts) -> tuple[float, str]:
+    warm = [b.put(i) for i in range(20)]
+    del warm
+    n = c.put_small
+    refs = []
+    start = time.perf_counter()
+    deadline = start + c.time_cap_s
+    for i in range(n):
+        refs.append(b.put(i))
+        if time.perf_counter() > deadline:
+            break
+    elapsed = time.perf_counter() - start
+    done = len(refs)
+    del refs
+    return done / elapsed, _cap_note(done, n)
+
+
+def _m_get_small(b: Backend, c: Counts) -> tuple[float, str]:
+    n = c.get_small
+    offset = 1_000_000  # distinct values, not the ints put by other metrics
+    warm = [b.put(offset - 1 - i) for i in range(20)]
+    for ref in warm:
+        b.get(ref)
+    refs = [b.put(offset + i) for i in range(n)]
+    values = []
+    start = time.perf_counter()
+    deadline = start + c.time_cap_s
+    for ref in refs:
+        values.append(b.get(ref))
+        if time.perf_counter() > deadline:
+            break
+    elapsed = time.perf_counter() - start
+    done = len(values)
+    if values != list(range(offset, offset + done)):
+        raise RuntimeError("get returned wrong values")
+    return done / elapsed, _cap_note(done, n)
+
+
+def _m_put_big(b: Backend, c: Counts) -> tuple[float, str]:
+    arr = _big_array()
+    ref = b.put(arr)  # warm-up (first touch of the store's memory)
+    del ref
+    times = []
+    for _ in range(c.big_reps):
+        gc.collect()
+        start = time.perf_counter()
+        ref = b.put(arr)
+        times.append(time.perf_counter() - start)
+        del ref
+    med = statistics.median(times)
+    return BIG_BYTES / GB / med, f"median of {len(times)}: {med * 1e3:.1f} ms per put"
+
+
+def _m_get_big(b: Backend, c: Counts) -> tuple[float, str]:
+    arr = _big_array()
+    expected = float(arr.size)
+    ref = b.put(arr)
+    del arr
+    first = b.get(ref)
+    if first.nbytes != BIG_BYTES or float(first.sum()) != expected:
+        raise RuntimeError("get returned a wrong array")
+    owndata = bool(first.flags.owndata)
+    writeable = bool(first.flags.writeable)
+    zero_copy = b.zero_copy_possible and not owndata and not writeable
+    del first
+    times = []
+    for _ in range(c.big_reps):
+        gc.collect()
+        start = time.perf_counter()
+        got = b.get(ref)
+        times.append(time.perf_counter() - start)
+        del got
+    del ref
+    med = statistics.median(times)
+    kind = "zero-copy" if zero_copy else "copy"
+    note = (
+        f"{kind} (owndata={owndata}, writeable={writeable}); "
+        f"median of {len(times)}: {med * 1e3:.3f} ms per get"
+    )
+    return BIG_BYTES / GB / med, note
+
+
+def _m_task_big_arg(b: Backend, c: Counts) -> tuple[float, str]:
+    arr = _big_array()
+    expected = float(arr.size)
+    ref = b.put(arr)
+    del arr
+    if b.get(b.sum_task(ref)) != expected:  # warm-up; also checks the answer
+        raise RuntimeError("sum task returned a wrong value")
+    times = []
+    for _ in range(c.big_reps):
+        gc.collect()
+        start = time.perf_counter()
+        total = b.get(b.sum_task(ref))
+        times.append(time.perf_counter() - start)
+        if total != expected:
+            raise RuntimeError("sum task returned a wrong value")
+    del ref
+    med = statistics.median(times)
+    return BIG_BYTES / GB / med, f"median of {len(times)}: {med * 1e3:.1f} ms per call"
+
+
+def _m_wait_ready(b: Backend, c: Counts) -> tuple[float, str]:
+    refs = [b.noop() for _ in range(c.wait_refs)]
+    b.get_many(refs)
+    for _ in range(3):
+        b.wait_all(refs)
+    times = []
+    for _ in range(c.wait_calls):
+        start = time.perf_counter()
+        ready = b.wait_all(refs)
+        times.append(time.perf_counter() - start)
+        if ready != len(refs):
+            raise RuntimeError(f"wait returned {ready} of {len(refs)} finished refs as ready")
+    med = statistics.median(times)
+    return med * 1e3, f"{len(refs):,} refs; median of {len(times)} calls"
+
+
+def _m_sleep(b: Backend, c: Counts) -> tuple[float, str]:
+    b.get_many([b.sleep_task(0.001) for _ in range(20)])
+    n = c.sleep_tasks
+    start = time.perf_counter()
+    refs = [b.sleep_task(0.001) for _ in range(n)]
+    values = b.get_many(refs)
+    elapsed = time.perf_counter() - start
+    if len(values) != n:
+        raise RuntimeError(f"got {len(values)} results for {n} tasks")
+    rate = n / elapsed
+    return rate, f"{n:,} tasks; {rate / 2000:.0%} of the 2-CPU ideal"
+
+
+@contextlib.contextmanager
+def _actor(b: Backend) -> Iterator[Any]:
+    """A fresh actor, killed on exit."""
+    actor = b.new_actor()
+    try:
+        yield actor
+    finally:
+        b.kill_actor(actor)
+
+
+def _m_actor_sync(b: Backend, c: Counts) -> tuple[float, str]:
+    with _actor(b) as actor:
+        return _one_at_a_time(b, lambda: b.actor_noop(actor), c.actor_sync, c, "calls")
+
+
+def _m_actor_async(b: Backend, c: Counts) -> tuple[float, str]:
+    with _actor(b) as actor:
+        return _submit_then_get(b, lambda: b.actor_noop(actor), c.actor_async, "calls")
+
+
+def _actor_round_trip(b: Backend) -> float:
+    """Seconds from asking for a fresh actor until its first call's result is back."""
+    start = time.perf_counter()
+    with _actor(b) as actor:
+        _check_none(b.get(b.actor_noop(actor)))
+        elapsed = time.perf_counter() - start
+    time.sleep(ACTOR_SETTLE_S)
+    return elapsed
+
+
+def _m_actor_create(b: Backend, c: Counts) -> tuple[float, str]:
+    # One at a time, so the figure is a latency: creating many at once would measure how
+    # many processes the framework starts in parallel on 2 cores instead.
+    for _ in range(2):
+        _actor_round_trip(b)
+    times: list[float] = []
+    deadline = time.perf_counter() + c.time_cap_s
+    while len(times) < c.actor_creates:
+        times.append(_actor_round_trip(b))
+        if time.perf_counter() > deadline:
+            break
+    med = statistics.median(times)
+    note = (
+        f"{_cap_note(len(times), c.actor_creates, 'actors')}, one at a time, each killed "
+        f"after its first call and {ACTOR_SETTLE_S:g} s let pass (untimed); median "
+        f"{med * 1e3:.1f} ms, min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}"
+    )
+    return med * 1e3, note
+
+
+@contextlib.contextmanager
+def _own_cluster_scope(prefix: str) -> Iterator[tuple[str, ProcessTree]]:
+    """A scratch directory and this process's tree, for a metric with a cluster of its own.
+
+    On exit, whatever that cluster left running below this process is stopped by pid.
+    """
+    tree = ProcessTree()
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as scratch:
+        try:
+            yield scratch, tree
+        finally:
+            leftovers = tree.stop_leftovers()
+            if leftovers:
+                _log(f"killed processes that outlived the cluster: {', '.join(leftovers)}")
+
+
+def _check_probe(probed: Any, nbytes: int, fill: int) -> None:
+    if tuple(probed) != (nbytes, fill, fill):
+        raise RuntimeError(f"probe returned {probed!r}, expected {(nbytes, fill, fill)!r}")
+
+
+def _transfer_once(b: Backend, nbytes: int, fill: int) -> float:
+    """Seconds for a task on node b to read a fresh array made on node a (not timed: making it)."""
+    ref = b.fill_task(nbytes, fill, "a")
+    b.wait_done([ref])
+    start = time.perf_counter()
+    probed = b.get(b.probe_task(ref, "b"))
+    elapsed = time.perf_counter() - start
+    _check_probe(probed, nbytes, fill)
+    return elapsed
+
+
+def _m_transfer(b: Backend, c: Counts) -> tuple[float, str]:
+    n = c.transfer_bytes
+    # Room for three objects per store: a freed object may still be there when the next lands.
+    with _own_cluster_scope("bench-xfer-") as (scratch, tree), b.two_node_cluster(3 * n, scratch):
+        # Untimed: start the workers of both nodes, then move one full-size object, so the
+        # first timed read pays neither worker start-up nor the store's first touch of memory.
+        _transfer_once(b, 1 << 20, 255)
+        _transfer_once(b, n, 254)
+        tree.pids()  # remember the cluster's processes, for the teardown
+        times = []
+        for rep in range(c.transfer_reps):
+            gc.collect()
+            times.append(_transfer_once(b, n, rep))  # a fresh object: nothing cached on b
+    med = statistics.median(times)
+    note = (
+        f"{n / GB:g} GB uint8 array made by a task on node a, read by a task on node b "
+        f"(submit -> result); median of {len(times)}: "
+        + ", ".join(f"{t:.2f}" for t in times)
+        + " s"
+    )
+    return n / GB / med, note
+
+
+def _m_spill_peak_mem(b: Backend, c: Counts) -> tuple[float, str]:
+    import numpy as np
+
+    k, size = c.spill_objects, SPILL_OBJECT_BYTES
+    with (
+        _own_cluster_scope("bench-spill-") as (scratch, tree),
+        b.small_store_cluster(SPILL_STORE_BYTES, scratch),
+    ):
+        _warm_up(b)  # the cluster's workers are up, as in any cluster that has run a task
+        sampler = MemorySampler(tree, b.store_paths())
+        idle = sampler.read(full=True)
+        with sampler:
+            start = time.perf_counter()
+            refs = []
+            for i in range(k):
+                array = np.full(size, i, dtype=np.uint8)
+                refs.append(b.put(array))
+                del array
+            put_done = time.perf_counter()
+            for i, ref in enumerate(refs):
+                got = b.get(ref)
+                if got.nbytes != size or int(got.min()) != i or int(got.max()) != i:
+                    raise RuntimeError(f"object {i} came back wrong")
+                del got
+            end = time.perf_counter()
+        del refs
+    peak = sampler.peak
+    assert peak is not None
+    interval_ms = sampler.elapsed / max(sampler.samples - 1, 1) * 1e3
+    note = (
+        f"peak {peak.total / GB:.2f} GB = {peak.process / GB:.2f} GB PSS without shared memory "
+        f"of {peak.processes} processes (driver and its descendants; exact at every "
+        f"{FULL_READING_EVERY}th sample, RssAnon changes between) + {peak.shared / GB:.2f} GB "
+        "of distinct shared-memory "
+        "files they map or the store holds (allocated size); "
+        f"idle {idle.total / GB:.2f} GB; spill time {end - start:.1f} s (put {k} x "
+        f"{size / MB:.0f} MB {put_done - start:.1f} s, get + check {end - put_done:.1f} s); "
+        f"{sampler.samples} samples, one per {interval_ms:.0f} ms"
+    )
+    if sampler.unsized:
+        note += f"; {sampler.unsized} shared mappings could not be sized (not root?)"
+    return peak.total / GB, note
+
+
+def job_entrypoint() -> str:
+    """The trivial job, the same command line for every framework: this very Python."""
+    return f"{shlex.quote(sys.executable)} -c \"print('ok')\""
+
+
+def _job_status(client: Any, job_id: str) -> str:
+    status = client.get_job_status(job_id)
+    return str(getattr(status, "value", status))
+
+
+def _run_job(client: Any, entrypoint: str, timeout: float = JOB_TIMEOUT_S) -> float:
+    """Seconds from just before ``submit_job`` until the client sees the job SUCCEEDED.
+
+    The status is asked for right after the submit, then every ``JOB_POLL_S``. The log is
+    checked afterwards (untimed): the job must have printed "ok".
+    """
+    start = time.perf_counter()
+    job_id = client.submit_job(entrypoint=entrypoint)
+    deadline = start + timeout
+    while True:
+        status = _job_status(client, job_id)
+        if status in JOB_TERMINAL:
+            break
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"job {job_id} still {status} after {timeout:.0f} s")
+        time.sleep(JOB_POLL_S)
+    elapsed = time.perf_counter() - start
+    logs = client.get_job_logs(job_id)
+    if status != "SUCCEEDED":
+        tail = "\n".join(str(logs).strip().splitlines()[-10:])
+        raise RuntimeError(f"job {job_id} ended {status}; the end of its log:\n{tail}")
+    if "ok" not in str(logs).split():
+        raise RuntimeError(f"job {job_id} SUCCEEDED but its log lacks 'ok': {str(logs)[-300:]!r}")
+    return elapsed
+
+
+def _m_job_submit(b: Backend, c: Counts) -> tuple[float, str]:
+    entrypoint = job_entrypoint()
+    times: list[float] = []
+    with _own_cluster_scope("bench-job-") as (scratch, tree), b.job_cluster(scratch) as client:
+        try:
+            # Untimed: the first job pays for whatever the job server starts lazily.
+            _run_job(client, entrypoint, timeout=max(JOB_TIMEOUT_S, 300.0))
+            tree.pids()
+            deadline = time.perf_counter() + c.time_cap_s
+            while len(times) < c.jobs:
+                times.append(_run_job(client, entrypoint))
+                if time.perf_counter() > deadline:
+                    break
+        finally:
+            # Remember the cluster's processes (also after a failed job) before it is stopped:
+            # some (Ray's dashboard modules) leave this tree once their parent is gone.
+            tree.pids()
+    med = statistics.median(times)
+    note = (
+        f"{_cap_note(len(times), c.jobs, 'jobs')} of `python -c \"print('ok')\"`, one at a "
+        f"time, after 1 untimed; status polled every {JOB_POLL_S * 1e3:.0f} ms; "
+        f"median of {len(times)}: " + ", ".join(f"{t:.3f}" for t in times) + " s"
+    )
+    return med, note
+
+
+MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
+    "cold_start_s": _m_cold_start,
+    "noop_sync_per_s": _m_noop_sync,
+    "noop_async_10k_per_s": _m_noop_async,
+    "put_small_per_s": _m_put_small,
+    "get_small_per_s": _m_get_small,
+    "put_100mb_gbps": _m_put_big,
+    "get_100mb_gbps": _m_get_big,
+    "task_100mb_arg_gbps": _m_task_big_arg,
+    "wait_1000_ready_ms": _m_wait_ready,
+    "sleep_1ms_10k_per_s": _m_sleep,
+    "actor_calls_sync_per_s": _m_actor_sync,
+    "actor_calls_async_10k_per_s": _m_actor_async,
+    "actor_create_ms": _m_actor_create,
+    "transfer_1gb_gbps": _m_transfer,
+    "spill_peak_mem_gb": _m_spill_peak_mem,
+    "job_submit_to_succeeded_s": _m_job_submit,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Cold start: a child process, timed from spawn until its result line is read.
+# --------------------------------------------------------------------------------------------
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process_group(
+    proc: subprocess.Popen,
+    *,
+    first_signal: int = signal.SIGTERM,
+    grace_s: float = 15.0,
+    drain_s: float = 10.0,
+) -> bool:
+    """Stop a child started with ``start_new_session=True`` and what it left in its group.
+
+    The group id is the child's own pid, so only processes it started are reached. Returns
+    True if processes outlived the child and had to be signalled.
+    """
+    for sig, grace in ((first_signal, grace_s), (signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+    # What outlived the child (e.g. a helper still finishing its own shutdown): give it
+    # drain_s to go by itself, then stop it.
+    deadline = time.monotonic() + drain_s
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leftovers = False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _group_alive(proc.pid):
+            break
+        leftovers = True
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        time.sleep(3.0)
+    return leftovers
+
+
+def spawn_until_result(
+    argv: list[str],
+    *,
+    timeout: float = COLD_START_TIMEOUT_S,
+    shutdown_timeout: float = COLD_SHUTDOWN_TIMEOUT_S,
+) -> float:
+    """Seconds from spawning ``argv`` until it prints a ``RESULT ...`` line.
+
+    The child's shutdown afterwards is waited for (so it cannot steal CPU from what runs
+    next) but is not part of the figure.
+    """
+    lines: queue.Queue[bytes | None] = queue.Queue()
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+
+            def pump() -> None:
+                assert proc.stdout is not None
+                for raw in proc.stdout:
+                    lines.put(raw)
+                lines.put(None)
+
+            reader = threading.Thread(target=pump, daemon=True)
+            reader.start()
+            elapsed = None
+            deadline = start + timeout
+            while elapsed is None:
+                remaining = deadline - time.perf_counter()
+                try:
+                    line = lines.get(timeout=max(remaining, 0.0))
+                except queue.Empty:
+                    raise TimeoutError(f"no result line within {timeout:.0f} s") from None
+                if line is None:
+                    break
+                if line.startswith(RESULT_PREFIX.encode()):
+                    elapsed = time.perf_counter() - start
+            if elapsed is None:
+                rc = proc.wait(timeout=30)
+                err.seek(0)
+                tail = err.read().decode(errors="replace").strip().splitlines()[-15:]
+                raise RuntimeError(
+                    f"child exited with {rc} before printing a result; stderr tail:\n"
+                    + "\n".join(tail)
+                )
+            try:
+                proc.wait(timeout=shutdown_timeout)
+            except subprocess.TimeoutExpired:
+                _log(f"cold-start child {proc.pid} did not exit within {shutdown_timeout:.0f} s")
+            reader.join(timeout=5)
+            return elapsed
+        finally:
+            if stop_process_group(proc):
+                _log(f"stopped processes that outlived cold-start child {proc.pid}")
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and memory of a cluster started by this process (needs psutil).
+# --------------------------------------------------------------------------------------------
+
+
+def _helpers_of_this_process() -> set[int]:
+    """Children that serve this process for its whole life, not a cluster: multiprocessing's
+    resource tracker (started by Dask's LocalCluster, reused by the next one)."""
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    pid = getattr(getattr(tracker, "_resource_tracker", None), "_pid", None)
+    return {pid} if isinstance(pid, int) else set()
+
+
+class ProcessTree:
+    """This process and its descendants; remembers every descendant it has seen."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._root = psutil.Process()
+        self._before = {self._key(p) for p in self._children()}
+        self._seen: dict[tuple[int, float], Any] = {}
+        self._lock = threading.Lock()
+
+    def _key(self, proc: Any) -> tuple[int, float]:
+        try:
+            return proc.pid, proc.create_time()
+        except self._psutil.Error:
+            return proc.pid, 0.0
+
+    def _children(self) -> list[Any]:
+        try:
+            return self._root.children(recursive=True)
+        except self._psutil.Error:
+            return []
+
+    def pids(self) -> list[int]:
+        """The root and its live descendants (those started since are remembered)."""
+        children = self._children()
+        with self._lock:
+            for proc in children:
+                key = self._key(proc)
+                if key not in self._before:
+                    self._seen.setdefault(key, proc)
+        return [self._root.pid, *(p.pid for p in children)]
+
+    def stop_leftovers(self, grace_s: float = 15.0) -> list[str]:
+        """Kill, by pid, the descendants seen since creation still alive after ``grace_s``.
+
+        A cluster's processes may leave this tree when their parent exits first, so the ones
+        seen earlier are checked too. Returns "pid (command line)" of those it killed.
+        """
+        self.pids()
+        helpers = _helpers_of_this_process()
+        deadline = time.monotonic() + grace_s
+        while True:
+            alive = [p for p in self._seen.values() if p.pid not in helpers and self._running(p)]
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        killed = []
+        for proc in alive:
+            with contextlib.suppress(self._psutil.Error):
+                killed.append(f"{proc.pid} ({' '.join(proc.cmdline())[:80]})")
+                proc.kill()  # psutil checks the pid still names the same process
+        return killed
+
+    def _running(self, proc: Any) -> bool:
+        try:
+            return proc.is_running() and proc.status() != self._psutil.STATUS_ZOMBIE
+        except self._psutil.Error:
+            return False
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    """The memory of a process tree and its shared-memory object store, in bytes.
+
+    ``process``: the sum over the processes of their PSS (proportional set size, from
+    /proc/PID/smaps_rollup) minus its shared-memory part (``Pss_Shmem``). ``shared``: the
+    allocated size (st_blocks) of each distinct tmpfs / memfd / SysV file that one of the
+    processes maps or that lies in the store's directories, counted once whether mapped or not
+    (a store's pages stay in RAM when nobody maps them). Page cache of spill files on disk
+    is not counted.
+    """
+
+    process: int
+    shared: int
+    processes: int
+
+    @property
+    def total(self) -> int:
+        return self.process + self.shared
+
+
+_ROLLUP_RE = re.compile(rb"^(Pss|Pss_Shmem):\s+(\d+) kB", re.M)
+_RSS_ANON_RE = re.compile(rb"^RssAnon:\s+(\d+) kB", re.M)
+_SHM_NAMES = ("/memfd:", "/dev/zero", "/SYSV")  # shmem without a mounted tmpfs path
+FULL_READING_EVERY = 10  # readings; at 50 ms intervals, an exact PSS every 0.5 s
+
+
+def _tmpfs_mounts() -> tuple[set[tuple[int, int]], list[str]]:
+    """(device numbers, mount points) of the tmpfs file systems, from /proc/self/mountinfo."""
+    devices, points = set(), []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields, _, rest = line.partition(" - ")
+            parts = fields.split()
+            if rest.split()[0] == "tmpfs":
+                major, minor = parts[2].split(":")
+                devices.add((int(major), int(minor)))
+                points.append(parts[4].replace("\\040", " "))
+    return devices, points
+
+
+def _pss_without_shmem(pid: int) -> int | None:
+    """PSS minus its shared-memory part, in bytes; None for a zombie (no memory left)."""
+    with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+        fields = dict(_ROLLUP_RE.findall(f.read()))
+    if b"Pss" not in fields:
+        return None
+    if b"Pss_Shmem" not in fields:
+        raise RuntimeError("needs a Linux kernel whose smaps_rollup reports Pss_Shmem")
+    return (int(fields[b"Pss"]) - int(fields[b"Pss_Shmem"])) * 1024
+
+
+def _rss_anon(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        found = _RSS_ANON_RE.search(f.read())
+    return int(found.group(1)) * 1024 if found else 0
+
+
+class MemoryMeter:
+    """Reads the memory of a ``ProcessTree`` (see ``MemoryReading`` for what is counted).
+
+    smaps_rollup costs the kernel a walk of the page tables (1-7 ms per process of a Ray
+    cluster), too much for every 50 ms. So a *full* reading, every ``FULL_READING_EVERY``
+    readings, looks at the tree again, reads each process's PSS and finds the shared-memory
+    files it maps (/proc/PID/maps); a *light* reading in between takes each process's last
+    PSS plus the change of its RssAnon since (the private memory it touched or freed; a
+    cheap counter in /proc/PID/status), and stats the shared-memory files already found and
+    the store directories again.
+    """
+
+    def __init__(self, tree: ProcessTree, store_paths: Sequence[str]) -> None:
+        self.tree = tree
+        self.store_paths = list(store_paths)
+        self._devices, points = _tmpfs_mounts()
+        self._markers = [(p.rstrip("/") + "/").encode() for p in points] + [
+            n.encode() for n in _SHM_NAMES
+        ]
+        # pid -> (PSS without shmem, RssAnon) at the last full reading
+        self._base: dict[int, tuple[int, int]] = {}
+        # (major, minor, inode) of each mapped shared-memory file -> paths that stat it
+        self._mapped: dict[tuple[int, int, int], list[str]] = {}
+        self._readings = 0
+        self.unsized = 0  # mapped files that could not be stat'ed (map_files needs root)
+
+    def read(self, *, full: bool = False) -> MemoryReading:
+        full = full or self._readings % FULL_READING_EVERY == 0
+        self._readings += 1
+        process = self._read_full() if full else self._read_light()
+        files: dict[tuple[int, int, int], int] = {}
+        for key, candidates in self._mapped.items():
+            size = self._allocated(candidates, count_unsized=full)
+            if size is not None:
+                files[key] = size
+        for folder in self.store_paths:
+            for dirpath, _, names in os.walk(folder):
+                for name in names:
+                    with contextlib.suppress(OSError):
+                        st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+                        key = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+                        files.setdefault(key, st.st_blocks * 512)
+        return MemoryReading(process, sum(files.values()), len(self._base))
+
+    def _read_full(self) -> int:
+        self._base = {}
+        self._mapped = {}
+        for pid in self.tree.pids():
+            try:
+                pss = _pss_without_shmem(pid)
+                anon = _rss_anon(pid)
+                self._scan_maps(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # exited meanwhile
+            if pss is not None:
+                self._base[pid] = (pss, anon)
+        return sum(pss for pss, _ in self._base.values())
+
+    def _read_light(self) -> int:
+        total = 0
+        for pid, (pss, anon_then) in list(self._base.items()):
+            try:
+                anon = _rss_anon(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                del self._base[pid]  # exited
+                continue
+            total += max(0, pss + anon - anon_then)
+        return total
+
+    def _scan_maps(self, pid: int) -> None:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            maps = f.read()
+        if not any(marker in maps for marker in self._markers):
+            return  # most processes map no shared-memory file at all
+        for line in maps.splitlines():
+            # address perms offset major:minor inode path
+            parts = line.split(maxsplit=5)
+            if len(parts) < 6 or not any(parts[5].startswith(m) for m in self._markers):
+                continue
+            major, minor = (int(x, 16) for x in parts[3].split(b":"))
+            key = (major, minor, int(parts[4]))
+            name = parts[5].decode(errors="replace")
+            if (major, minor) not in self._devices and not name.startswith(_SHM_NAMES):
+                continue
+            paths = self._mapped.setdefault(key, [])
+            if not name.endswith(" (deleted)") and name not in paths:
+                paths.insert(0, name)
+            paths.append(f"/proc/{pid}/map_files/{parts[0].decode()}")
+
+    def _allocated(self, candidates: Sequence[str], *, count_unsized: bool) -> int | None:
+        """Bytes allocated to a file (st_blocks), by the first of its paths that stats."""
+        denied = False
+        for path in candidates:
+            try:
+                return os.stat(path).st_blocks * 512
+            except PermissionError:
+                denied = True
+            except OSError:
+                continue  # unmapped or removed meanwhile
+        if denied and count_unsized:
+            self.unsized += 1
+        return None
+
+
+class MemorySampler(MemoryMeter):
+    """Reads the memory every ``MEMORY_SAMPLE_S`` in a background thread while in a ``with``
+    block, keeping the reading with the largest total."""
+
+    def __init__(self, tree: ProcessTree, store_paths: Sequence[str]) -> None:
+        super().__init__(tree, store_paths)
+        self.peak: MemoryReading | None = None
+        self.samples = 0
+        self.elapsed = 0.0  # from the first sample to the last
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+        self._error: BaseException | None = None
+
+    def _sample(self, full: bool = False) -> None:
+        reading = self.read(full=full)
+        self.samples += 1
+        if self.peak is None or reading.total > self.peak.total:
+            self.peak = reading
+
+    def _run(self) -> None:
+        try:
+            while True:
+                started = time.monotonic()
+                self._sample()
+                if self._stop.wait(max(0.0, MEMORY_SAMPLE_S - (time.monotonic() - started))):
+                    return
+        except BaseException as exc:
+            self._error = exc
+
+    def __enter__(self) -> MemorySampler:
+        self._started = time.monotonic()
+        self._sample(full=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"memory sampling failed: {self._error!r}") from self._error
+        self._sample(full=True)
+        self.elapsed = time.monotonic() - self._started
+
+
+@contextlib.contextmanager
+def scoped_env(**values: str | None) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for the block; restore them after."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# --------------------------------------------------------------------------------------------
+# The engine.
+# --------------------------------------------------------------------------------------------
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def parse_only(text: str | Sequence[str] | None) -> list[str] | None:
+    """``"a,b"`` or ``["a", "b"]`` -> validated names; None -> all metrics."""
+    if text is None:
+        return None
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names = [p.strip() for p in parts if p.strip()]
+    unknown = [n for n in names if n not in METRIC_BY_NAME]
+    if unknown:
+        raise ValueError(
+            f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRIC_BY_NAME)}"
+        )
+    return names
+
+
+def _entry(metric: Metric, value: float | None, note: str, error: str | None = None) -> dict:
+    out: dict[str, Any] = {
+        "name": metric.name,
+        "value": value,
+        "unit": metric.unit,
+        "higher_is_better": metric.higher_is_better,
+        "note": note,
+    }
+    if error is not None:
+        out["error"] = error
+    return out
+
+
+def _measure(backend: Backend, metric: Metric, counts: Counts) -> dict:
+    tag = f"{backend.framework}: {metric.name}"
+    _log(f"{tag} ...")
+    start = time.perf_counter()
+    try:
+        value, note = MEASURE[metric.name](backend, counts)
+    except NotMeasured as exc:
+        _log(f"{tag} = n/a ({exc})")
+        return _entry(metric, None, f"n/a: {exc}")
+    except Exception as exc:
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        _log(f"{tag} FAILED after {time.perf_counter() - start:.1f} s: {detail}")
+        traceback.print_exc(file=sys.stderr)
+        return _entry(metric, None, "", error=detail)
+    finally:
+        gc.collect()
+    _log(
+        f"{tag} = {format_value(value)} {metric.unit} ({note}) "
+        f"[{time.perf_counter() - start:.1f} s]"
+    )
+    return _entry(metric, float(value), note)
+
+
+def _warm_up(backend: Backend) -> None:
+    """Untimed: bring the workers up before anything is measured."""
+    backend.get_many([backend.noop() for _ in range(100)])
+    for _ in range(10):
+        backend.get(backend.noop())
+
+
+def _run_in_cluster(
+    backend: Backend, metrics: list[Metric], counts: Counts, results: dict[str, dict]
+) -> None:
+    try:
+        try:
+            _log(f"{backend.framework}: starting a local cluster")
+            t0 = time.perf_counter()
+            backend.start()
+            _warm_up(backend)
+            _log(f"{backend.framework}: up and warm in {time.perf_counter() - t0:.1f} s")
+        except Exception as exc:
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            traceback.print_exc(file=sys.stderr)
+            for metric in metrics:
+                results[metric.name] = _entry(
+                    metric, None, "", error=f"cluster failed to start: {detail}"
+                )
+            return
+        for metric in metrics:
+            results[metric.name] = _measure(backend, metric, counts)
+    finally:  # also after a failed start: init may have half-started
+        try:
+            backend.stop()
+        except Exception:
+            _log(f"{backend.framework}: shutdown raised")
+            traceback.print_exc(file=sys.stderr)
+
+
+def run_backend(
+    backend: Backend, *, quick: bool = False, only: Sequence[str] | None = None
+) -> list[dict]:
+    """Measure the selected metrics (all by default) and return one dict per metric.
+
+    A metric that raises becomes an entry with ``value: None`` and an ``error`` string.
+    Cold start runs first, before the driver's own cluster exists, so nothing competes with
+    it for the CPUs. On SIGINT (Ctrl-C, or bench/run.py's time limit) the cluster is shut
+    down and the metrics measured so far are still returned.
+    """
+    names = set(METRIC_BY_NAME if only is None else only)
+    selected = [m for m in METRICS if m.name in names]
+    counts = counts_for(quick)
+    results: dict[str, dict] = {}
+    try:
+        for metric in selected:
+            if not metric.in_cluster:
+                results[metric.name] = _measure(backend, metric, counts)
+        in_cluster = [m for m in selected if m.in_cluster]
+        if in_cluster:
+            _run_in_cluster(backend, in_cluster, counts, results)
+    except KeyboardInterrupt:
+        _log(f"{backend.framework}: interrupted; reporting what was measured so far")
+    for metric in selected:
+        if metric.name not in results:
+            results[metric.name] = _entry(metric, None, "", error="interrupted")
+    return [results[m.name] for m in selected]
+
+
+def format_value(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value != value:  # NaN
+        return "nan"
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def format_table(payload: dict) -> str:
+    rows = [("metric", "value", "unit", "note")]
+    for r in payload["results"]:
+        if r.get("error"):
+            rows.append((r["name"], "ERROR", r["unit"], r["error"].splitlines()[-1][:120]))
+        else:
+            rows.append((r["name"], format_value(r["value"]), r["unit"], r["note"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    head = f"{payload['framework']} {payload['version']} (python {payload['python']})"
+    lines = [head, ""]
+    for i, row in enumerate(rows):
+        lines.append(
+            f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}"
+        )
+        if i == 0:
+            lines.append("-" * (sum(widths) + 6 + len("note")))
+    return "\n".join(lines)
+
+
+def _numpy_version() -> str | None:
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy.__version__
+
+
+def build_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            f"Microbenchmarks of {framework}: a single-node cluster of 2 worker CPUs, plus "
+            "clusters of their own for the two-node transfer, the small-store spill and the "
+            "job API."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="divide task counts by 10; 200 MB transfer, 400 MB spilled (smoke test)",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="NAME,...",
+        help="comma-separated metric names; known: " + ", ".join(METRIC_BY_NAME),
+    )
+    return parser
+
+
+def main_for(backend: Backend, argv: list[str] | None, prog: str) -> int:
+    """Command-line entry shared by our half and the peers' halves."""
+    parser = build_arg_parser(prog, backend.framework)
+    args = parser.parse_args(argv)
+    try:
+        only = parse_only(args.only)
+    except ValueError as exc:
+        parser.error(str(exc))
+    results = run_backend(backend, quick=args.quick, only=only)
+    try:
+        version = backend.version()
+    except Exception as exc:
+        version = f"unknown ({exc!r})"
+    try:
+        details = backend.describe()
+    except Exception as exc:
+        details = f"unknown ({exc!r})"
+    payload = {
+        "framework": backend.framework,
+        "version": version,
+        "python": platform.python_version(),
+        "numpy": _numpy_version(),
+        "quick": args.quick,
+        "details": details,
+        "results": results,
+    }
+    if args.json:
+        # One line, so a reader can pick it out even if a worker printed to stdout too.
+        print(json.dumps(payload), flush=True)
+    else:
+        print(format_table(payload), flush=True)
+    return 1 if any(r.get("error") for r in results) else 0
+
+
+# --------------------------------------------------------------------------------------------
+# Backends for frameworks with Ray's API (ours and Ray).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskFunctions:
+    """The plain functions, and the actor class, that a Ray-style backend runs remotely.
+
+    Each half passes its own, defined in its ``__main__``: the framework ships them by value
+    (Ray's workers could not import them from this module, which is not installed).
+    """
+
+    noop: Callable[[], None]
+    sleep: Callable[[float], None]
+    total: Callable[[Any], float]  # the sum of an array
+    fill: Callable[[int, int], Any]  # np.full(nbytes, fill, dtype=np.uint8)
+    probe: Callable[[Any], tuple[int, int, int]]  # (nbytes, first, last) of a uint8 array
+    actor: type  # a class with no constructor arguments whose method noop() returns None
+
+
+class RayStyleBackend:
+    """Drives any framework with Ray's API (``remote``, ``get``, ``wait``, ``kill``...): ours, Ray."""
+
+    framework = ""
+    zero_copy_possible = True
+    # Extra keyword arguments for ``wait`` in ``wait_done`` (Ray: don't pull to the driver).
+    wait_done_options: dict[str, Any] = {}
+
+    def __init__(self, tasks: TaskFunctions) -> None:
+        self._tasks = tasks
+        self._api: Any = None
+
+    def _bind(self, api: Any) -> None:
+        self._api = api
+        self._noop = api.remote(self._tasks.noop)
+        self._sleep = api.remote(self._tasks.sleep)
+        self._sum = api.remote(self._tasks.total)
+        self._fill = api.remote(self._tasks.fill)
+        self._probe = api.remote(self._tasks.probe)
+        self._actor_class = api.remote(self._tasks.actor)
+
+    def stop(self) -> None:
+        if self._api is not None:
+            self._api.shutdown()
+            self._api = None
+
+    def noop(self) -> Any:
+        return self._noop.remote()
+
+    def sleep_task(self, seconds: float) -> Any:
+        return self._sleep.remote(seconds)
+
+    def sum_task(self, ref: Any) -> Any:
+        return self._sum.remote(ref)
+
+    def fill_task(self, nbytes: int, fill: int, node: str) -> Any:
+        return self._fill.options(resources={node: 1}).remote(nbytes, fill)
+
+    def probe_task(self, ref: Any, node: str) -> Any:
+        return self._probe.options(resources={node: 1}).remote(ref)
+
+    def new_actor(self) -> Any:
+        return self._actor_class.remote()
+
+    def actor_noop(self, actor: Any) -> Any:
+        return actor.noop.remote()
+
+    def kill_actor(self, actor: Any) -> None:
+        self._api.kill(actor)
+
+    def put(self, value: Any) -> Any:
+        return self._api.put(value)
+
+    def get(self, ref: Any) -> Any:
+        return self._api.get(ref, timeout=GET_TIMEOUT_S)
+
+    def get_many(self, refs: list[Any]) -> list[Any]:
+        return self._api.get(refs, timeout=BULK_TIMEOUT_S)
+
+    def wait_all(self, refs: list[Any]) -> int:
+        ready, _ = self._api.wait(refs, num_returns=len(refs), timeout=WAIT_TIMEOUT_S)
+        return len(ready)
+
+    def wait_done(self, refs: list[Any]) -> None:
+        ready, _ = self._api.wait(
+            refs, num_returns=len(refs), timeout=GET_TIMEOUT_S, **self.wait_done_options
+        )
+        if len(ready) != len(refs):
+            raise TimeoutError(f"{len(refs) - len(ready)} tasks unfinished after {GET_TIMEOUT_S} s")

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from _engine import load_engine
+from _engine import BULK_TIMEOUT_S, GET_TIMEOUT_S, NotMeasured, main_for
 
 HOST = "127.0.0.1"
 CLUSTER_KWARGS: dict[str, Any] = {
@@ -95,7 +95,6 @@ class DaskBackend:
     zero_copy_possible = False
 
     def __init__(self) -> None:
-        self._engine = load_engine()
         self._cluster: Any = None
         self._client: Any = None
         self._workers: dict[str, str] = {}  # "a" / "b" -> worker address
@@ -148,7 +147,7 @@ class DaskBackend:
             self.stop()
 
     def small_store_cluster(self, store_bytes: int, scratch: str) -> Any:
-        raise load_engine().NotMeasured(
+        raise NotMeasured(
             "Dask has no fixed-size object store: a worker keeps objects in its own memory "
             "and spills by thresholds on its whole process memory (memory_limit), so 200 MB "
             "would pause or restart the worker rather than spill"
@@ -158,7 +157,7 @@ class DaskBackend:
         return []
 
     def job_cluster(self, scratch: str) -> Any:
-        raise load_engine().NotMeasured(
+        raise NotMeasured(
             "Dask has no job API: nothing takes a command line to run on the cluster and "
             "reports its status (a client program connects to the scheduler itself)"
         )
@@ -199,7 +198,7 @@ class DaskBackend:
     def new_actor(self) -> DaskActor:
         # The proxy only exists once the worker has built the instance: this waits for it.
         future = self._client.submit(_NoopActor, actor=True, pure=False)
-        return DaskActor(future, future.result(timeout=self._engine.GET_TIMEOUT_S))
+        return DaskActor(future, future.result(timeout=GET_TIMEOUT_S))
 
     def actor_noop(self, actor: DaskActor) -> Any:
         return actor.proxy.noop()
@@ -213,14 +212,12 @@ class DaskBackend:
     # Refs are Futures, except the ActorFutures of actor calls: those have no gather.
     def get(self, ref: Any) -> Any:
         if isinstance(ref, self._actor_future):
-            return ref.result(timeout=self._engine.GET_TIMEOUT_S)
+            return ref.result(timeout=GET_TIMEOUT_S)
         return self._client.gather(ref)
 
     def get_many(self, refs: list[Any]) -> list[Any]:
         if refs and isinstance(refs[0], self._actor_future):
-            return self._client.sync(
-                _call_results, refs, callback_timeout=self._engine.BULK_TIMEOUT_S
-            )
+            return self._client.sync(_call_results, refs, callback_timeout=BULK_TIMEOUT_S)
         return self._client.gather(refs)
 
     def wait_all(self, refs: list[Any]) -> int:
@@ -232,7 +229,7 @@ class DaskBackend:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return load_engine().main_for(DaskBackend(), argv, prog="peer_dask.py")
+    return main_for(DaskBackend(), argv, prog="peer_dask.py")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from _engine import load_engine
+from _engine import RayStyleBackend, TaskFunctions, main_for, scoped_env
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
@@ -105,11 +105,10 @@ def _job_client(address: str, timeout: float = DASHBOARD_WAIT_S) -> Any:
             time.sleep(0.5)
 
 
-ENGINE = load_engine()
-TASKS = ENGINE.TaskFunctions(_noop, _sleep, _sum, _fill, _probe, _NoopActor)
+TASKS = TaskFunctions(_noop, _sleep, _sum, _fill, _probe, _NoopActor)
 
 
-class RayBackend(ENGINE.RayStyleBackend):
+class RayBackend(RayStyleBackend):
     framework = "ray"
     # ray.wait pulls finished objects to the driver's node unless told not to.
     wait_done_options = {"fetch_local": False}
@@ -164,7 +163,7 @@ class RayBackend(ENGINE.RayStyleBackend):
         from ray.cluster_utils import Cluster
 
         node = {"num_cpus": 1, "object_store_memory": store_bytes, "node_ip_address": NODE_IP}
-        with ENGINE.scoped_env(RAY_TMPDIR=scratch):
+        with scoped_env(RAY_TMPDIR=scratch):
             nodes = Cluster()
             try:
                 # The first node is the head; the driver attaches to it (node "a").
@@ -184,7 +183,7 @@ class RayBackend(ENGINE.RayStyleBackend):
     def small_store_cluster(self, store_bytes: int, scratch: str) -> Iterator[None]:
         import ray
 
-        with ENGINE.scoped_env(RAY_TMPDIR=scratch):
+        with scoped_env(RAY_TMPDIR=scratch):
             try:
                 self.start(
                     object_store_memory=store_bytes,
@@ -206,7 +205,7 @@ class RayBackend(ENGINE.RayStyleBackend):
         # as children of this process (stopped by pid), on free ports of 127.0.0.1 only (the
         # agent's default port, 52365, is fixed). The driver does not connect to it.
         dashboard_port, agent_port = _free_ports(2)
-        with ENGINE.scoped_env(RAY_TMPDIR=scratch):
+        with scoped_env(RAY_TMPDIR=scratch):
             nodes = Cluster()
             try:
                 nodes.add_node(
@@ -223,7 +222,7 @@ class RayBackend(ENGINE.RayStyleBackend):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return ENGINE.main_for(RayBackend(), argv, prog="peer_ray.py")
+    return main_for(RayBackend(), argv, prog="peer_ray.py")
 
 
 if __name__ == "__main__":

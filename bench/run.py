@@ -27,12 +27,11 @@ import threading
 import time
 from pathlib import Path
 
-from _engine import REPO, load_engine
+from _engine import METRIC_BY_NAME, REPO, format_value, parse_only, stop_process_group
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"
 
-ENGINE = load_engine()  # metric names, units, directions and number formatting
 FRAMEWORKS = ("cluster", "ray", "dask")
 TITLES = {"cluster": "cluster", "ray": "Ray", "dask": "Dask"}
 
@@ -98,7 +97,7 @@ def run_half(
             timed_out = True
         finally:
             # SIGINT first, so that the half's finally blocks (ray.shutdown(), ...) run.
-            if ENGINE.stop_process_group(proc, first_signal=signal.SIGINT, grace_s=30.0):
+            if stop_process_group(proc, first_signal=signal.SIGINT, grace_s=30.0):
                 print(f"{tag} stopped processes that outlived the half", file=sys.stderr)
             reader.join(timeout=10)
             if proc.stderr is not None:
@@ -170,7 +169,7 @@ class Summary:
         key = (fw, name)
         if key not in self.median:
             return "n/a"
-        text = ENGINE.format_value(self.median[key])
+        text = format_value(self.median[key])
         if self.note.get(key, "").startswith("zero-copy"):
             return f"zero-copy ({text})"
         return text
@@ -179,7 +178,7 @@ class Summary:
         ours, theirs = self.median.get(("cluster", name)), self.median.get((fw, name))
         if ours is None or theirs is None or ours <= 0 or theirs <= 0:
             return "n/a"
-        better_high = ENGINE.METRIC_BY_NAME[name].higher_is_better
+        better_high = METRIC_BY_NAME[name].higher_is_better
         value = ours / theirs if better_high else theirs / ours
         if value >= 100:
             return f"{value:,.0f}x"
@@ -192,7 +191,7 @@ def build_rows(summary: Summary, frameworks: list[str]) -> list[list[str]]:
     header += [f"cluster/{TITLES[fw]}" for fw in peers]
     rows = [header]
     for name in summary.names:
-        metric = ENGINE.METRIC_BY_NAME[name]
+        metric = METRIC_BY_NAME[name]
         row = [f"{name} ({metric.unit}, {'higher' if metric.higher_is_better else 'lower'} better)"]
         row += [summary.cell(fw, name) for fw in frameworks]
         row += [summary.ratio(fw, name) for fw in peers]
@@ -303,7 +302,7 @@ def render_markdown(
                 continue
             spread = ""
             if len(samples) > 1:
-                spread = " — runs: " + ", ".join(ENGINE.format_value(s) for s in samples)
+                spread = " — runs: " + ", ".join(format_value(s) for s in samples)
             lines.append(f"  - {name}: {note}{spread}")
     if summary.errors:
         lines += ["", "## Errors", ""]
@@ -346,7 +345,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
     try:
-        args.only_names = ENGINE.parse_only(args.only)
+        args.only_names = parse_only(args.only)
     except ValueError as exc:
         parser.error(str(exc))
     if args.timeout is None:
@@ -372,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             (out_dir / f"{fw}-{rep + 1}.json").write_text(json.dumps(payload, indent=2) + "\n")
             runs[fw].append(payload)
-    names = args.only_names or list(ENGINE.METRIC_BY_NAME)
+    names = args.only_names or list(METRIC_BY_NAME)
     summary = Summary(runs, names)
     print()
     print(render_table(build_rows(summary, frameworks)))
