@@ -19,8 +19,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import cluster
 import numpy as np
+
+import cluster
 
 
 def cli(*args: str) -> str:

@@ -30,9 +30,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import cluster
 import psutil
 import pytest
+
+import cluster
 from cluster.testing import LocalCluster
 
 GONE_TIMEOUT_S = 30.0  # a bound, not an expectation: only reached when something is left running

@@ -10,8 +10,9 @@ import os
 import signal
 import time
 
-import cluster
 import pytest
+
+import cluster
 from cluster.exceptions import ActorDiedError
 from cluster.session import pid_alive
 

@@ -11,8 +11,9 @@ import os
 import time
 from pathlib import Path
 
-import cluster
 import pytest
+
+import cluster
 from cluster.exceptions import TaskCancelledError
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cluster
 import pytest
+
+import cluster
 
 THIS_FILE = os.path.basename(__file__)
 

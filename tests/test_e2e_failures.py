@@ -8,8 +8,9 @@ import socket
 import time
 from pathlib import Path
 
-import cluster
 import pytest
+
+import cluster
 from cluster.exceptions import (
     AuthenticationError,
     ClusterConnectionError,

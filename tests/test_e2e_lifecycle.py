@@ -12,8 +12,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import cluster
 import psutil
+
+import cluster
 
 
 @cluster.remote

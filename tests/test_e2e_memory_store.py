@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 
-import cluster
 import numpy as np
+
+import cluster
 
 MB = 1_000_000
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import cluster
 import numpy as np
 import pytest
+
+import cluster
 from cluster.exceptions import ObjectStoreFullError
 
 MB = 1_000_000

@@ -9,8 +9,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import cluster
 import pytest
+
+import cluster
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cluster-plugin-hello"
 GREETING = "cluster-plugin-hello says: hello"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import gc
 import time
 
-import cluster
 import numpy as np
 import pytest
+
+import cluster
 
 MB = 1_000_000
 

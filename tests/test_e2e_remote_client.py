@@ -116,7 +116,7 @@ HOLD = textwrap.dedent(
     cluster.init(sys.argv[1], token=sys.argv[2])
     from cluster import api
     assert cluster.get(one.remote()) == 1
-    print("PROXY", api._rt().proxy_pid, flush=True)
+    print("PROXY", api.current_runtime().proxy_pid, flush=True)
     sys.stdin.readline()  # the test kills the proxy meanwhile
     try:
         cluster.get(one.remote())

@@ -6,8 +6,9 @@ import os
 import time
 from pathlib import Path
 
-import cluster
 import pytest
+
+import cluster
 
 
 @cluster.remote

@@ -14,8 +14,9 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-import cluster
 import pytest
+
+import cluster
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cluster-plugin-spillbox"
 MB = 1_000_000
@@ -140,8 +141,9 @@ def put_past_the_store_in_worker(count: int, size: int, spill_dir: str) -> tuple
     returns their first values and how many files the spill directory had meanwhile."""
     import os
 
-    import cluster
     import numpy as np
+
+    import cluster
 
     refs = [cluster.put(np.full(size // 8, i, dtype=np.int64)) for i in range(count)]
     spilled = len(os.listdir(spill_dir))

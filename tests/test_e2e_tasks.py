@@ -13,10 +13,11 @@ import sys
 import textwrap
 import time
 
-import cluster
 import numpy as np
 import psutil
 import pytest
+
+import cluster
 
 MIB = 1024 * 1024
 N_100MB = 100 * MIB // 8  # int64 elements in 100 MiB
@@ -271,7 +272,7 @@ TCP_ONLY_DRIVER = textwrap.dedent(
     for i in range(100):
         total.add.remote(i)
     assert cluster.get(total.add.remote(0), timeout=60) == sum(range(100))
-    families = {conn.stream.socket.family for conn in api._rt()._dialer.conns.values()}
+    families = {conn.stream.socket.family for conn in api.current_runtime()._dialer.conns.values()}
     print("FAMILIES", sorted(f.name for f in families), flush=True)
     cluster.shutdown()
     """
@@ -292,10 +293,10 @@ def test_the_driver_reaches_workers_on_its_host_over_unix_sockets(shared_cluster
     import socket
 
     from cluster import api
-    from cluster.protocol import LOCAL_SOCKETS
+    from cluster.wire.streams import LOCAL_SOCKETS
 
     if not LOCAL_SOCKETS:
         pytest.skip("same-host sockets are off or not available here")
     cluster.get([node_of_worker.remote() for _ in range(4)], timeout=60)
-    families = {conn.peer: conn.stream.socket.family for conn in api._rt()._dialer.conns.values()}
+    families = {conn.peer: conn.stream.socket.family for conn in api.current_runtime()._dialer.conns.values()}
     assert socket.AF_UNIX in families.values(), families

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gc
 
-import cluster
 import numpy as np
+
+import cluster
 
 MB = 1_000_000
 

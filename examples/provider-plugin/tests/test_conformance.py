@@ -10,12 +10,13 @@ import json
 
 import pytest
 import trio
-from cluster.testing import LocalCluster
 from cluster_autoscaler.config import ClusterConfig, NodeType, ProviderConfig
 from cluster_autoscaler.errors import ClusterConfigError
 from cluster_autoscaler.provider import ProviderContext, make_provider
 from cluster_autoscaler.testing import KitTarget, ProviderConformance
 from cluster_provider_shell.provider import ShellProvider
+
+from cluster.testing import LocalCluster
 
 # Small object stores: the checks start a few nodes side by side.
 SMALL = NodeType("small", {"CPU": 1}, {"kind": "cpu"}, node_config={"extra_args": ["--object-store-memory", "64MB"]})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from cluster.testing import LocalCluster
 from cluster_autoscaler.config import NodeType, ProviderConfig
 from cluster_autoscaler.local import FakeProvider, LocalProvider
 from cluster_autoscaler.provider import ProviderContext
 from cluster_autoscaler.testing import KitTarget, ProviderConformance
+
+from cluster.testing import LocalCluster
 
 
 @pytest.fixture

@@ -10,26 +10,27 @@ import time
 import pytest
 import trio
 import trio.testing
-from cluster import messages as m
-from cluster import protocol
+
 from cluster.errors import AuthenticationError, ProtocolError, ProtocolVersionError
+from cluster.wire import codec, connection, handshake, streams
+from cluster.wire import messages as m
 
 
 def test_codec_round_trip_with_nested_messages() -> None:
     spec = m.TaskSpec(b"t" * 16, "f", b"i" * 16, None, b"args", [[0, b"", b"x", []]], 1, "127.0.0.1:1")
-    frame = protocol.encode(m.PushTasks([spec, spec]), request_id=7)
+    frame = codec.encode(m.PushTasks([spec, spec]), request_id=7)
     size = int.from_bytes(frame[:4], "little")
     assert size == len(frame) - 4
-    msg, request_id = protocol.decode(frame[4:])
+    msg, request_id = codec.decode(frame[4:])
     assert request_id == 7
     assert msg == m.PushTasks([spec, spec])
 
 
 def test_decode_rejects_garbage_with_a_clear_error() -> None:
     with pytest.raises(ProtocolError, match="malformed"):
-        protocol.decode(b"\xc1\xc1\xc1")
+        codec.decode(b"\xc1\xc1\xc1")
     with pytest.raises(ProtocolError, match="malformed"):
-        protocol.decode(protocol.encode(m.Ok(1))[4:][:-1] + b"")  # truncated
+        codec.decode(codec.encode(m.Ok(1))[4:][:-1] + b"")  # truncated
 
 
 async def _handshake(server_token: str, client_token: str) -> tuple[object, object]:
@@ -43,8 +44,8 @@ async def _handshake(server_token: str, client_token: str) -> tuple[object, obje
             results[name] = exc
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run, "server", protocol.server_handshake, server_stream, server_token, "head")
-        nursery.start_soon(run, "client", protocol.client_handshake, client_stream, client_token, "driver", "the head")
+        nursery.start_soon(run, "server", handshake.server_handshake, server_stream, server_token, "head")
+        nursery.start_soon(run, "client", handshake.client_handshake, client_stream, client_token, "driver", "the head")
     return results["server"], results["client"]
 
 
@@ -69,17 +70,17 @@ def test_version_mismatch_names_both_versions(monkeypatch: pytest.MonkeyPatch) -
 
         async def server() -> None:
             # A server from the future: speaks version 99.
-            monkeypatch.setattr(protocol, "PROTOCOL_VERSION", 99)
+            monkeypatch.setattr(handshake, "PROTOCOL_VERSION", 99)
             try:
-                await protocol.server_handshake(server_stream, "t", "head")
+                await handshake.server_handshake(server_stream, "t", "head")
             except Exception as exc:
                 out["server"] = exc
 
         async def client() -> None:
             await trio.sleep(0.01)
-            monkeypatch.setattr(protocol, "PROTOCOL_VERSION", 1)
+            monkeypatch.setattr(handshake, "PROTOCOL_VERSION", 1)
             try:
-                await protocol.client_handshake(client_stream, "t", "driver", "the head")
+                await handshake.client_handshake(client_stream, "t", "driver", "the head")
             except Exception as exc:
                 out["client"] = exc
 
@@ -100,7 +101,7 @@ def test_a_stranger_speaking_http_is_refused_before_anything_is_decoded() -> Non
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client_stream.send_all, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             try:
-                await protocol.server_handshake(server_stream, "t", "head")
+                await handshake.server_handshake(server_stream, "t", "head")
             except Exception as exc:
                 return exc
         raise AssertionError("the handshake accepted an HTTP request")
@@ -113,33 +114,33 @@ def test_a_stranger_speaking_http_is_refused_before_anything_is_decoded() -> Non
 def test_parse_address_errors_name_the_problem() -> None:
     from cluster.errors import ConfigError
 
-    assert protocol.parse_address("127.0.0.1:6380") == ("127.0.0.1", 6380)
+    assert streams.parse_address("127.0.0.1:6380") == ("127.0.0.1", 6380)
     for bad in ("localhost", "host:notaport", ":80", "h:70000"):
         with pytest.raises(ConfigError, match="HOST:PORT"):
-            protocol.parse_address(bad)
+            streams.parse_address(bad)
 
 
 async def _serve_and_dial(nursery: trio.Nursery, on_message: object, fast: object = None,
-                          local: bool = False) -> protocol.Connection:
+                          local: bool = False) -> connection.Connection:
     """A server on a free port whose connections call ``on_message`` (and ``fast`` in their
     reader thread), and a client dialled to it; ``local``: also serve the same-host socket."""
 
     async def serve(stream: trio.SocketStream) -> None:
-        role = await protocol.server_handshake(stream, "tok", "node")
-        await protocol.run_connection(stream, "peer", role, on_message, fast)
+        role = await handshake.server_handshake(stream, "tok", "node")
+        await connection.run_connection(stream, "peer", role, on_message, fast)
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
     address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
     if local:
-        local_listener = protocol.open_local_listener(address)
+        local_listener = streams.open_local_listener(address)
         if local_listener is not None:
             nursery.start_soon(trio.serve_listeners, serve, [local_listener])
-    return await protocol.dial(nursery, address, "tok", "driver", lambda *a: None)
+    return await connection.dial(nursery, address, "tok", "driver", lambda *a: None)
 
 
 def test_connection_request_reply_over_a_real_socket() -> None:
     async def scenario() -> list:
-        def on_message(conn: protocol.Connection, msg: object, request_id: int) -> None:
+        def on_message(conn: connection.Connection, msg: object, request_id: int) -> None:
             conn.reply(request_id, ["echo", msg.key])
 
         async with trio.open_nursery() as nursery:
@@ -155,7 +156,7 @@ def test_raw_replies_land_in_their_destination_between_ordinary_frames() -> None
     payload = bytes(range(256)) * (40_000)  # 10 MB: arrives over many reads
 
     async def scenario() -> tuple:
-        def on_message(conn: protocol.Connection, msg: object, request_id: int) -> None:
+        def on_message(conn: connection.Connection, msg: object, request_id: int) -> None:
             if msg.key == "raw":
                 conn.reply_raw(request_id, memoryview(payload))
             elif msg.key == "raw-unasked":  # answered raw although the asker wants a value
@@ -193,14 +194,14 @@ def test_raw_replies_land_in_their_destination_between_ordinary_frames() -> None
 def test_a_fast_handler_runs_in_the_reader_thread_and_every_message_keeps_its_order() -> None:
     seen: list[tuple[str, str]] = []
 
-    def on_message(conn: protocol.Connection, msg: object, request_id: int) -> None:
+    def on_message(conn: connection.Connection, msg: object, request_id: int) -> None:
         if msg.key == "sync":
             conn.reply(request_id, len(seen))
         else:
             seen.append((msg.key, threading.current_thread().name))
             time.sleep(0.001)  # a slow trio handler: fast messages behind it must wait their turn
 
-    def fast(conn: protocol.Connection, msg: object, request_id: int) -> bool:
+    def fast(conn: connection.Connection, msg: object, request_id: int) -> bool:
         if not msg.key.startswith("f"):
             return False
         seen.append((msg.key, threading.current_thread().name))
@@ -224,11 +225,11 @@ def test_a_fast_handler_runs_in_the_reader_thread_and_every_message_keeps_its_or
     assert all(not thread.startswith("cluster-reader") for key, thread in seen if key.startswith("s"))
 
 
-@pytest.mark.skipif(not protocol.LOCAL_SOCKETS, reason="abstract Unix sockets are Linux-only")
+@pytest.mark.skipif(not streams.LOCAL_SOCKETS, reason="abstract Unix sockets are Linux-only")
 def test_a_peer_on_the_same_host_is_dialled_over_its_unix_socket_and_tcp_still_works(
         monkeypatch: pytest.MonkeyPatch) -> None:
     async def family(local: bool) -> tuple[int, object]:
-        def on_message(conn: protocol.Connection, msg: object, request_id: int) -> None:
+        def on_message(conn: connection.Connection, msg: object, request_id: int) -> None:
             conn.reply(request_id, msg.key)
 
         async with trio.open_nursery() as nursery:
@@ -239,5 +240,5 @@ def test_a_peer_on_the_same_host_is_dialled_over_its_unix_socket_and_tcp_still_w
 
     assert trio.run(family, True) == (socket.AF_UNIX, "hello")
     assert trio.run(family, False) == (socket.AF_INET, "hello")  # nobody serves the local name
-    monkeypatch.setattr(protocol, "LOCAL_SOCKETS", False)
+    monkeypatch.setattr(streams, "LOCAL_SOCKETS", False)
     assert trio.run(family, True) == (socket.AF_INET, "hello")  # turned off

@@ -46,7 +46,6 @@ def _alive(record: dict) -> bool:
 def up(config_path: str, timeout: float) -> None:
     """Start the cluster CONFIG describes: its head, with the autoscaler, then its min_workers."""
     from cluster import session
-
     from cluster_autoscaler.service import state_dir
 
     config = _config(config_path)
@@ -87,8 +86,7 @@ def up(config_path: str, timeout: float) -> None:
 
 
 def _wait_for_min_workers(config: Any, record: dict, timeout: float) -> None:
-    from cluster.cli import _ask_cluster
-
+    from cluster.cli.commands import _ask_cluster
     from cluster_autoscaler.service import ask_status
 
     wanted = {t.name: t.min_workers for t in config.worker_types if t.min_workers}
@@ -121,8 +119,8 @@ def _wait_for_min_workers(config: Any, record: dict, timeout: float) -> None:
 def down(config_path: str) -> None:
     """Stop the cluster CONFIG describes: its head first (so nothing relaunches), then every node."""
     import trio
-    from cluster import session
 
+    from cluster import session
     from cluster_autoscaler.provider import ProviderContext, make_provider
     from cluster_autoscaler.service import state_dir
 

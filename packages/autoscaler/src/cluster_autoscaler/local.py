@@ -21,8 +21,8 @@ from typing import Any
 
 import structlog
 import trio
-from cluster import session
 
+from cluster import session
 from cluster_autoscaler.config import NodeType
 from cluster_autoscaler.provider import Instance, ProviderContext, ProviderError
 

@@ -28,9 +28,8 @@ def cluster_head_services(head: Any) -> list | None:
 
 @hookimpl
 def cluster_status_lines(request: Any, explain: bool) -> list[str] | None:
-    from cluster import messages as m
     from cluster.errors import RemoteCallError
-
+    from cluster.wire import messages as m
     from cluster_autoscaler.service import SERVICE, status_lines
 
     try:

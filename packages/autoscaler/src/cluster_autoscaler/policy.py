@@ -29,8 +29,8 @@ import math
 from collections.abc import Mapping
 
 import attrs
-from cluster.scheduling import format_shape
 
+from cluster.resources import format_shape
 from cluster_autoscaler.config import ClusterConfig, NodeType
 
 REMOVE_AFTER_ROUNDS = 3

@@ -22,10 +22,10 @@ from typing import Any
 
 import structlog
 import trio
+
 from cluster import session
 from cluster.autoscaler import REQUESTED_KEY
-from cluster.scheduling import total_demand
-
+from cluster.resources import total_demand
 from cluster_autoscaler.config import ClusterConfig, load_config
 from cluster_autoscaler.policy import (
     Demand,
@@ -165,7 +165,7 @@ class AutoscalerService:
         return [Demand(dict(item["shape"]), int(item["count"])) for item in total_demand(n.demand for n in alive)]
 
     def _requested(self) -> list[Demand]:
-        raw = self.head._kv.get(REQUESTED_KEY)
+        raw = self.head.kv_get(REQUESTED_KEY)
         if not raw:
             return []
         try:
@@ -177,7 +177,7 @@ class AutoscalerService:
 
 async def ask_status(connect: Any) -> dict:
     """The autoscaler's latest report, asked of the head (for CLIs)."""
-    from cluster import messages as m
+    from cluster.wire import messages as m
 
     return await (await connect()).request(m.ServiceRequest(SERVICE, {"op": "status"}))
 

@@ -74,7 +74,7 @@ def submit(address: str | None, token: str | None, submission_id: str | None, wo
         extra = json.loads(resources) if resources else None
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--resources") from None
-    from cluster.scheduling import parse_size
+    from cluster.resources import parse_size
 
     client = _client(address, token)
     client.max_working_dir_bytes = parse_size(max_working_dir_size, "--max-working-dir-size")

@@ -14,8 +14,8 @@ from typing import Any
 
 import structlog
 import trio
-from cluster.errors import ConfigError
 
+from cluster.errors import ConfigError
 from cluster_client.jobs import JobError, JobManager, public
 from cluster_client.packaging import valid_package_name
 

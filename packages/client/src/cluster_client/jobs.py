@@ -20,11 +20,11 @@ from typing import Any
 
 import structlog
 import trio
-from cluster import messages as m
-from cluster.errors import ClusterConnectionError, RemoteCallError
-from cluster.protocol import Dialer
-from cluster.scheduling import fits, format_shape
 
+from cluster.errors import ClusterConnectionError, RemoteCallError
+from cluster.resources import fits, format_shape
+from cluster.wire import messages as m
+from cluster.wire.connection import Dialer
 from cluster_client.packaging import valid_package_name
 
 log = structlog.get_logger("cluster.jobs")

@@ -45,10 +45,9 @@ def cluster_connect(address: str, token: str | None) -> Any:
 @hookimpl
 def cluster_working_dir(package: str) -> str | None:
     from cluster import api
-    from cluster import messages as m
-
+    from cluster.wire import messages as m
     from cluster_client.jobs import RUNNER_SERVICE
 
-    runtime = api._rt()
+    runtime = api.current_runtime()
     return runtime.call_async(runtime.node_conn.request,
                               m.ServiceRequest(RUNNER_SERVICE, {"op": "working_dir", "name": package}))

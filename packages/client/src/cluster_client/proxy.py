@@ -19,12 +19,13 @@ from typing import Any
 import cloudpickle
 import structlog
 import trio
+
 from cluster import api
-from cluster import messages as m
-from cluster.actor import ActorHandle
-from cluster.object_ref import ObjectRef, _rebuild_ref, collect_outgoing
-from cluster.protocol import dial
-from cluster.runtime import PendingTask
+from cluster.api.actors import ActorHandle
+from cluster.objects.refs import ObjectRef, _rebuild_ref, collect_outgoing
+from cluster.owner.runtime import PendingTask
+from cluster.wire import messages as m
+from cluster.wire.connection import dial
 
 log = structlog.get_logger("cluster.client.proxy")
 
@@ -43,7 +44,7 @@ class _ActorClassShim:
 
 class Proxy:
     def __init__(self) -> None:
-        self.rt = api._rt()
+        self.rt = api.current_runtime()
         self.lock = threading.Lock()
         self.refs: dict[bytes, ObjectRef] = {}  # what the client holds, kept alive here
         self.ref_grants: collections.Counter = collections.Counter()
@@ -119,9 +120,9 @@ class Proxy:
 
     def op_create_actor(self, grants: dict, name: str, methods: dict, options: dict, blob: bytes,
                         payload: bytes, deps: list, held: list) -> tuple:
-        handle = self.rt.create_actor(_ActorClassShim(name, methods, options), blob, payload,
+        fields = self.rt.create_actor(_ActorClassShim(name, methods, options), blob, payload,
                                       [self._ref(*r) for r in deps], [self._ref(*r) for r in held])
-        return self._grant_handle(handle, grants)
+        return self._grant_handle(ActorHandle(*fields), grants)
 
     def op_actor_call(self, grants: dict, spec: tuple, method: str, num_returns: int, payload: bytes,
                       deps: list, held: list) -> list[bytes]:
@@ -148,8 +149,8 @@ class Proxy:
         self.rt.kill_actor(self._handle(spec), no_restart)
 
     def op_named_actor(self, grants: dict, name: str, namespace: str | None) -> tuple | None:
-        handle = self.rt.named_actor(name, namespace)
-        return None if handle is None else self._grant_handle(handle, grants)
+        fields = self.rt.named_actor(name, namespace)
+        return None if fields is None else self._grant_handle(ActorHandle(*fields), grants)
 
     def op_handle_escaped(self, grants: dict, actor_id: bytes) -> None:
         self.rt.actor_handle_escaped(actor_id)

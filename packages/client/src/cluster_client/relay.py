@@ -18,9 +18,10 @@ from typing import Any
 
 import structlog
 import trio
-from cluster import messages as m
+
 from cluster.errors import ClusterConnectionError, RemoteCallError
 from cluster.session import die_with_parent
+from cluster.wire import messages as m
 
 log = structlog.get_logger("cluster.client.relay")
 

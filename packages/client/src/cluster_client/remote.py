@@ -17,13 +17,13 @@ from typing import Any
 
 import cloudpickle
 import trio
-from cluster import messages as m
-from cluster import object_ref as object_ref_module
-from cluster.actor import ActorHandle
-from cluster.errors import ClusterConnectionError, ConfigError, RemoteCallError
-from cluster.object_ref import ObjectRef
-from cluster.protocol import dial, parse_address
 
+from cluster.errors import ClusterConnectionError, ConfigError, RemoteCallError
+from cluster.objects import refs as object_ref_module
+from cluster.objects.refs import ObjectRef
+from cluster.wire import messages as m
+from cluster.wire.connection import dial
+from cluster.wire.streams import parse_address
 from cluster_client.relay import END_SERVICE, OUTPUT_SERVICE, RELAY_SERVICE
 
 RELEASE_EVERY_S = 0.1
@@ -48,7 +48,7 @@ class ClientRuntime:
         self.session_dir = ""
         self.session = ""
         self.proxy_pid = 0  # the proxy driver's, on the head's machine
-        from cluster.runtime import print_worker_output
+        from cluster.owner.runtime import print_worker_output
 
         self.log_sink: Any = print_worker_output
         self._lock = threading.Lock()
@@ -174,9 +174,6 @@ class ClientRuntime:
     def _refs(self, ids: list[bytes]) -> list[ObjectRef]:
         return [ObjectRef(oid, self.address) for oid in ids]
 
-    def _handle(self, spec: tuple) -> ActorHandle:
-        return ActorHandle(*spec)
-
     @staticmethod
     def _wire(refs: list[ObjectRef]) -> list[tuple[bytes, str]]:
         return [(ref.id, ref.owner) for ref in refs]
@@ -198,7 +195,7 @@ class ClientRuntime:
 
     def create_actor(self, actor_class: Any, blob: bytes, payload: bytes, dep_refs: list, held: list) -> Any:
         return self._call("create_actor", actor_class.__name__, actor_class._methods, dict(actor_class._options),
-                          blob, payload, self._wire(dep_refs), self._wire(held), build=self._handle)
+                          blob, payload, self._wire(dep_refs), self._wire(held), build=tuple)
 
     def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes, dep_refs: list,
                           held: list) -> list[ObjectRef]:
@@ -224,7 +221,7 @@ class ClientRuntime:
         self._call("kill_actor", spec, no_restart)
 
     def named_actor(self, name: str, namespace: str | None) -> Any:
-        return self._call("named_actor", name, namespace, build=lambda spec: spec and self._handle(spec))
+        return self._call("named_actor", name, namespace, build=lambda spec: spec and tuple(spec))
 
     def list_nodes(self) -> list[dict]:
         return self._call("nodes")

@@ -11,10 +11,10 @@ from typing import Any
 
 import structlog
 import trio
-from cluster import messages as m
+
 from cluster.errors import ClusterConnectionError
 from cluster.session import die_with_parent
-
+from cluster.wire import messages as m
 from cluster_client.jobs import MANAGER_SERVICE, RUNNER_SERVICE
 from cluster_client.packaging import extract_package, valid_package_name
 

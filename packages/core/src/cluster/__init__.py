@@ -11,8 +11,9 @@
 """
 
 from cluster import exceptions
-from cluster.actor import ActorClass, ActorHandle, method
 from cluster.api import (
+    ActorClass,
+    ActorHandle,
     RemoteFunction,
     cancel,
     get,
@@ -20,6 +21,7 @@ from cluster.api import (
     init,
     is_initialized,
     kill,
+    method,
     nodes,
     put,
     remote,
@@ -28,7 +30,7 @@ from cluster.api import (
 )
 from cluster.errors import TaskError
 from cluster.hookspec import hookimpl
-from cluster.object_ref import ObjectRef
+from cluster.objects.refs import ObjectRef
 
 __version__ = "0.1.0"
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+from cluster import api
+from cluster.errors import ConfigError
+from cluster.wire import messages as m
+
 REQUESTED_KEY = "autoscaler/requested_resources"
 
 
 def request_resources(num_cpus: int | None = None, bundles: Sequence[Mapping[str, float]] | None = None) -> None:
     """Keep room for ``num_cpus`` 1-CPU bundles plus ``bundles`` (each a resource shape, e.g.
     ``{"CPU": 4, "accel": 1}``); ``request_resources()`` withdraws the request."""
-    from cluster import api
-    from cluster import messages as m
-    from cluster.errors import ConfigError
 
     wanted = [dict(b) for b in bundles or ()]
     for bundle in wanted:
@@ -28,5 +29,5 @@ def request_resources(num_cpus: int | None = None, bundles: Sequence[Mapping[str
         if not isinstance(num_cpus, int) or num_cpus < 0:
             raise ConfigError(f"num_cpus must be a non-negative integer, got {num_cpus!r}")
         wanted += [{"CPU": 1}] * num_cpus
-    runtime = api._rt()
+    runtime = api.current_runtime()
     runtime.call_async(runtime._kv_request, m.KvPut(REQUESTED_KEY, json.dumps(wanted).encode(), True))

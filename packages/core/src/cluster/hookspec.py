@@ -2,7 +2,7 @@
 
 Plugins are modules or objects with functions marked ``@cluster.hookimpl`` and are found
 through the entry-point group ``cluster.plugins``. Everything built in is a plugin too
-(``cluster.plugin``), registered the same way, and any plugin can be switched off by name
+(``cluster.builtins``: store, spilling, metadata, scheduler, cli), registered the same way, and any plugin can be switched off by name
 with ``CLUSTER_DISABLE_PLUGINS=name1,name2``.
 
 Hooks are synchronous. Where a hook contributes something long-running, it returns an async
@@ -21,10 +21,7 @@ if TYPE_CHECKING:
     import click
     from cluster_store import ObjectStore, SpillTarget
 
-    from cluster.head import HeadService
-    from cluster.metadata import MetadataStore
-    from cluster.node import NodeService
-    from cluster.scheduling import SchedulingPolicy
+    from cluster.contracts import Head, MetadataStore, Node, SchedulingPolicy
 
 hookspec = pluggy.HookspecMarker("cluster")
 hookimpl = pluggy.HookimplMarker("cluster")
@@ -58,7 +55,7 @@ def cluster_status_lines(request: Callable[[Any], Any], explain: bool) -> list[s
 
 
 @hookspec
-def cluster_head_services(head: HeadService) -> list[Service] | None:
+def cluster_head_services(head: Head) -> list[Service] | None:
     """Return services to run in the head daemon (e.g. an HTTP API, the autoscaler).
 
     Each is ``async def service(*, task_status)``, started with ``nursery.start`` after the
@@ -67,7 +64,7 @@ def cluster_head_services(head: HeadService) -> list[Service] | None:
 
 
 @hookspec
-def cluster_node_services(node: NodeService) -> list[Service] | None:
+def cluster_node_services(node: Node) -> list[Service] | None:
     """Return services to run in every node daemon (same contract as head services)."""
 
 
@@ -139,7 +136,7 @@ def cluster_connect(address: str, token: str | None) -> Any:
     """Connect this process to a cluster at an address with a scheme (``cluster://HOST:PORT``).
 
     Return a started runtime (an object with the methods ``cluster.api`` calls on
-    ``cluster.runtime.Runtime``), or None when the scheme is not yours; the first answer
+    ``cluster.owner.runtime.Runtime``), or None when the scheme is not yours; the first answer
     wins. cluster-client answers ``cluster://``: remote client mode, through the head.
     """
 
@@ -160,17 +157,17 @@ def cluster_make_metadata_store(url: str) -> MetadataStore | None:
     """Open the head's metadata store named by ``url`` (``cluster start --head
     --metadata-store URL``; default ``sqlite:///<session dir>/metadata.db``).
 
-    Return an object with :class:`cluster.metadata.MetadataStore`'s methods, or None when the
+    Return an object with :class:`cluster.contracts.MetadataStore`'s methods, or None when the
     URL's scheme is not yours; the first answer wins. Core answers ``sqlite:///PATH``.
     Called once, in the head daemon, before head services start.
     """
 
 
 @hookspec(firstresult=True)
-def cluster_make_scheduler(node: NodeService) -> SchedulingPolicy | None:
+def cluster_make_scheduler(node: Node) -> SchedulingPolicy | None:
     """Build the policy a node daemon uses to place lease requests it cannot grant itself.
 
-    Return a :class:`cluster.scheduling.SchedulingPolicy`, or None to let the next plugin
+    Return a :class:`cluster.contracts.SchedulingPolicy` (core's: :class:`cluster.node.policy.SchedulingPolicy`), or None to let the next plugin
     answer. The built-in plugin returns the default (pack locally, spill to the node with
     the most room).
     """

@@ -19,7 +19,13 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "cluster.plugins"
 # name -> module; registered exactly like a third party's plugin, and can be disabled the same way.
-BUILTIN_PLUGINS = {"core": "cluster.plugin"}
+BUILTIN_PLUGINS = {
+    "store": "cluster.builtins.objectstore",
+    "spilling": "cluster.builtins.spilling",
+    "metadata": "cluster.builtins.metadata",
+    "scheduler": "cluster.builtins.scheduler",
+    "cli": "cluster.builtins.cli",
+}
 
 log = structlog.get_logger("cluster.plugins")
 
@@ -95,5 +101,5 @@ def _nobody_answered(hook: str, what: str) -> str:
     off = ", ".join(sorted(disabled_plugins())) or "none"
     return (
         f"no plugin provides {what} (hook {hook}); disabled plugins: {off}. Re-enable the "
-        "built-in 'core' plugin or install a plugin that implements the hook."
+        "built-in plugin or install a plugin that implements the hook."
     )

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cluster
+
 
 class LocalCluster:
     """A head (and optionally more node daemons) started with ``cluster start``."""
@@ -81,8 +83,6 @@ class LocalCluster:
 
     def connect(self) -> Any:
         """``cluster.init`` this process to the cluster."""
-        import cluster
-
         return cluster.init(self.address, token=self.token)
 
     def process_tree(self) -> list[int]:
@@ -100,8 +100,6 @@ class LocalCluster:
         return found
 
     def stop(self) -> None:
-        import cluster
-
         if cluster.is_initialized():
             cluster.shutdown()
         leftovers = self.process_tree()

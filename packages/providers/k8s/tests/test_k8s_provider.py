@@ -10,7 +10,6 @@ import json
 import pytest
 import trio
 import yaml
-from cluster.testing import LocalCluster
 from cluster_autoscaler.config import ClusterConfig, parse_config
 from cluster_autoscaler.errors import ClusterConfigError
 from cluster_autoscaler.provider import ProviderContext, make_provider
@@ -19,6 +18,8 @@ from cluster_k8s.kube import KubernetesUnavailable
 from cluster_k8s.provider import KubernetesProvider
 from kubernetes import client
 from kubetarget import KubeTarget, kubeconfig_of_nowhere, wait_until
+
+from cluster.testing import LocalCluster
 
 NODE_TYPES = {
     "head": {"resources": {"CPU": 1}},

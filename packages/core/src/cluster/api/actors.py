@@ -1,0 +1,171 @@
+"""Actors: ``@cluster.remote`` on a class, handles, and method calls (DESIGN.md §6).
+
+``C.remote(*args)`` asks the caller's runtime (the actor's *owner*) to lease a worker for the
+actor's whole life and build the instance there; it returns an :class:`ActorHandle` at once.
+``handle.method.remote(...)`` sends the call straight to that worker, in submission order per
+caller, and returns ObjectRefs like a task. Handles pickle: a process that receives one asks
+the owner where the actor lives, then talks to its worker directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from cluster.api.args import pack_args
+from cluster.api.lifecycle import current_runtime
+from cluster.api.options import ACTOR_DEFAULTS, check_actor_options
+from cluster.errors import ConfigError
+from cluster.objects import refs as object_ref
+from cluster.objects.functions import pack_once
+from cluster.owner.tasks import DEFAULT_NAMESPACE
+
+
+def _method_names(cls: type) -> dict[str, int]:
+    """Public methods callable remotely -> their num_returns (from @cluster.method)."""
+    names = {}
+    for name, member in inspect.getmembers(cls, callable):
+        if name.startswith("_") and name != "__call__":
+            continue
+        names[name] = getattr(member, "_cluster_num_returns", 1)
+    return names
+
+
+def method(*, num_returns: int = 1) -> Any:
+    """Decorate an actor method with call options: ``@cluster.method(num_returns=2)``."""
+    if not isinstance(num_returns, int) or num_returns < 1:
+        raise ConfigError(f"num_returns must be a positive integer, got {num_returns!r}")
+
+    def wrap(fn: Any) -> Any:
+        fn._cluster_num_returns = num_returns
+        return fn
+
+    return wrap
+
+
+class ActorClass:
+    """A class made remote: ``C.remote(*args)`` starts an actor and returns its handle."""
+
+    def __init__(self, cls: type, options: Mapping[str, Any], _shared: dict | None = None) -> None:
+        self._cls = cls
+        self._options = {**ACTOR_DEFAULTS, **check_actor_options(options)}
+        self._shared = _shared if _shared is not None else {}
+        self._methods = _method_names(cls)
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__doc__ = cls.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actor class {self.__name__} cannot be instantiated directly; use {self.__name__}.remote(...)")
+
+    def options(self, **options: Any) -> ActorClass:
+        """A copy with some options changed (``name``, ``num_cpus``, ``max_restarts``...)."""
+        return ActorClass(self._cls, {**self._options, **options}, self._shared)
+
+    def _pickled(self) -> tuple[bytes, bytes]:
+        return pack_once(self._shared, self._cls, f"actor class {self.__name__}")
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        runtime = current_runtime()
+        _, blob = self._pickled()
+        payload, dep_refs, held = pack_args(runtime, args, kwargs)
+        return ActorHandle(*runtime.create_actor(self, blob, payload, dep_refs, held))
+
+
+class ActorHandle:
+    """A reference to a running actor: ``handle.method.remote(...)`` calls it.
+
+    Cheap to copy and safe to pass to tasks and other actors; every copy reaches the same
+    actor.
+    """
+
+    __slots__ = ("__weakref__", "_actor_id", "_class_name", "_methods", "_name_key", "_owner")
+
+    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int], owner: str,
+                 name_key: str = "") -> None:
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._methods = methods
+        self._owner = owner  # "" for a detached actor: it is found through its name
+        self._name_key = name_key
+        runtime = object_ref._runtime
+        if runtime is not None and owner == runtime.address:
+            runtime.actor_handle_added(actor_id)
+
+    def __del__(self) -> None:
+        runtime = object_ref._runtime
+        if runtime is not None and self._owner == runtime.address:
+            try:
+                runtime.actor_handle_dropped(self._actor_id)
+            except Exception:  # interpreter shutdown
+                pass
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name not in self._methods:
+            known = ", ".join(sorted(self._methods)) or "none"
+            raise AttributeError(f"actor {self._class_name} has no method {name!r} (its methods: {known})")
+        return ActorMethod(self, name, self._methods[name])
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self._class_name}, {self._actor_id.hex()})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __reduce__(self) -> Any:
+        runtime = object_ref._runtime
+        if runtime is not None and self._owner == runtime.address:
+            runtime.actor_handle_escaped(self._actor_id)  # it lives on elsewhere: keep the actor
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._owner, self._name_key))
+
+
+class ActorMethod:
+    """``handle.method``: call it with ``.remote(...)``."""
+
+    __slots__ = ("_handle", "_name", "_num_returns")
+
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actor methods are called with .remote(): use handle.{self._name}.remote(...)")
+
+    def options(self, *, num_returns: int | None = None) -> ActorMethod:
+        if num_returns is not None and (not isinstance(num_returns, int) or num_returns < 1):
+            raise ConfigError(f"num_returns must be a positive integer, got {num_returns!r}")
+        return ActorMethod(self._handle, self._name, num_returns or self._num_returns)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        runtime = current_runtime()
+        payload, dep_refs, held = pack_args(runtime, args, kwargs)
+        refs = runtime.submit_actor_call(self._handle, self._name, self._num_returns, payload, dep_refs, held)
+        return refs[0] if self._num_returns == 1 else refs
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    """Stop an actor at once: its pending and running calls fail with ActorDiedError.
+
+    With ``no_restart=False`` it is restarted if its ``max_restarts`` allows.
+    """
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
+    current_runtime().kill_actor(actor, no_restart)
+
+
+def get_actor(name: str, namespace: str | None = None) -> Any:
+    """The handle of the live actor named ``name`` (created with ``C.options(name=...)``)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"get_actor() takes an actor name, got {name!r}")
+    fields = current_runtime().named_actor(name, namespace)
+    if fields is None:
+        raise ValueError(f"no actor named {name!r} in namespace {namespace or DEFAULT_NAMESPACE!r}")
+    return ActorHandle(*fields)
+

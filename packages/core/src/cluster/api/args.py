@@ -1,0 +1,48 @@
+"""Task arguments: pickled once, with top-level ObjectRefs replaced by dependency markers.
+
+Owns: how ``f.remote(*args, **kwargs)`` becomes a payload. Imports: objects (refs, values).
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import cloudpickle
+
+from cluster.objects import values as v
+from cluster.objects.refs import ObjectRef, collect_outgoing
+
+
+def pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[bytes, list, list]:
+    """Pickle the arguments: (payload, top-level refs, refs nested inside arguments)."""
+    if not args and not kwargs:
+        return v.EMPTY_ARGS, [], []
+    dep_refs: list[ObjectRef] = []
+
+    def mark(value: Any) -> Any:
+        if type(value) is ObjectRef:
+            dep_refs.append(value)
+            return v.Dep(len(dep_refs) - 1)
+        return value
+
+    args = tuple(mark(a) for a in args)
+    kwargs = {k: mark(x) for k, x in kwargs.items()}
+    try:
+        with collect_outgoing() as held:
+            payload = cloudpickle.dumps((args, kwargs), protocol=5)
+    except Exception as exc:
+        raise TypeError(f"could not serialize the task's arguments: {exc}") from exc
+    if len(payload) > v.INLINE_LIMIT:
+        # Large arguments travel through the object store, like cluster.put values.
+        def spill(value: Any) -> Any:
+            if type(value) is v.Dep or len(pickle.dumps(value, protocol=5, buffer_callback=lambda b: None)) < 1024:
+                return value
+            return mark(rt.put(value))
+
+        args = tuple(spill(a) for a in args)
+        kwargs = {k: spill(x) for k, x in kwargs.items()}
+        with collect_outgoing() as held:
+            payload = cloudpickle.dumps((args, kwargs), protocol=5)
+    return payload, dep_refs, held
+

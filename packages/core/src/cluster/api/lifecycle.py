@@ -1,0 +1,275 @@
+"""Connecting a process to a cluster: ``init``, ``shutdown``, ``is_initialized``, ``nodes``.
+
+Owns: the process's current runtime (a driver's, a worker's, or a plugin's client runtime)
+and the local cluster ``init()`` may start. Imports: owner (lazily), wire.streams, leaves.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cluster import session
+from cluster.errors import (
+    ClusterConnectionError,
+    ClusterError,
+    ConfigError,
+    NotInitializedError,
+)
+from cluster.launch import start_daemon
+from cluster.plugins import get_plugin_manager
+from cluster.resources import parse_size, resources_arg
+from cluster.wire.streams import parse_address
+
+_lock = threading.RLock()
+_runtime: Any = None
+_local_cluster: subprocess.Popen | None = None
+_local_session: Path | None = None
+
+
+# ------------------------------------------------------------------------------ init/shutdown
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: Mapping[str, float] | None = None,
+    object_store_memory: int | str | None = None,
+    object_spilling: bool = True,
+    object_store: str | None = None,
+    token: str | None = None,
+    ignore_reinit_error: bool = False,
+    log_to_driver: bool = True,
+) -> dict[str, Any]:
+    """Connect this process to a cluster, starting a local one if there is none.
+
+    ``address``:
+      - ``None``: ``$CLUSTER_ADDRESS``, else the cluster last started on this machine with
+        ``cluster start``, else a new local cluster that goes away when this process exits;
+      - ``"auto"``: like None, but raise instead of starting a local cluster;
+      - ``"HOST:PORT"``: that cluster's head.
+
+    ``num_cpus``, ``num_gpus``, ``resources`` and ``object_store_memory`` (bytes, or a string
+    like ``"2GB"``) size a new local cluster (default: all CPUs, 30% of RAM for objects);
+    ``object_spilling=False`` makes its full store raise instead of spilling to disk, and
+    ``object_store="memory"`` keeps each process's objects in its own memory instead of a
+    shared-memory store per node (for machines whose /dev/shm is tiny; no zero-copy sharing).
+    ``token`` is the cluster token; by default it is found in ``$CLUSTER_TOKEN`` or in the
+    session directory of a cluster started on this machine.
+    """
+    try:
+        return _init(address, num_cpus, num_gpus, resources, object_store_memory, object_spilling,
+                     object_store, token, ignore_reinit_error, log_to_driver)
+    except ClusterError as exc:
+        # The message says what went wrong and what to do; our frames would only be noise.
+        raise exc.with_traceback(None) from None
+
+
+def _init(
+    address: str | None,
+    num_cpus: float | None,
+    num_gpus: float | None,
+    resources: Mapping[str, float] | None,
+    object_store_memory: int | str | None,
+    object_spilling: bool,
+    object_store: str | None,
+    token: str | None,
+    ignore_reinit_error: bool,
+    log_to_driver: bool,
+) -> dict[str, Any]:
+    global _runtime, _local_cluster, _local_session
+    with _lock:
+        if _runtime is not None:
+            if ignore_reinit_error:
+                return _context()
+            raise ClusterError(
+                "cluster.init() was already called in this process; call cluster.shutdown() "
+                "first, or pass ignore_reinit_error=True"
+            )
+        if address is not None and "://" in address:
+            return _connect_by_scheme(address, token, num_cpus, num_gpus, resources, object_store_memory,
+                                      object_store, log_to_driver)
+        resolved, token = _resolve_address(address, token)
+        sizing = num_cpus is not None or num_gpus is not None or resources or object_store_memory or object_store
+        if object_store not in (None, "shared", "memory"):
+            raise ConfigError(f'object_store must be "shared" or "memory", got {object_store!r}')
+        if resolved is not None and sizing:
+            raise ConfigError(
+                "num_cpus, num_gpus, resources, object_store_memory and object_store set up a new "
+                "local cluster; "
+                "they can't be given "
+                f"when connecting to an existing one ({resolved})"
+            )
+        if resolved is None:
+            resources_json = resources_arg(num_cpus, num_gpus, resources)  # validate first
+            store_args = []
+            if object_store_memory is not None:
+                store_args = ["--object-store-memory", str(parse_size(object_store_memory, "object_store_memory"))]
+            _local_session = session.new_session_dir()
+            token = session.new_token()
+            session.write_token(_local_session, token)
+            args = [
+                "--head",
+                "--session-dir", str(_local_session),
+                "--resources", resources_json,
+                "--exit-with-stdin",
+                *store_args,
+            ]
+            if object_spilling:
+                args += ["--spill-dir", str(_local_session / "spill")]
+            if object_store:
+                args += ["--object-store", object_store]
+            starting = start_daemon(args, token, _local_session, keep_stdin=True)
+            _local_cluster = starting.proc
+            # Import the runtime while the daemon boots: the two overlap on a multi-core machine.
+            from cluster.owner.runtime import Runtime, print_worker_output  # (start-up cost)
+
+            try:
+                _, info = starting.wait_ready()
+            except BaseException:
+                _stop_local_cluster()
+                raise
+            resolved = info["address"]
+        # Loaded here, not with `import cluster`: they cost start-up time a script that never
+        # calls init() should not pay.
+        from cluster import log as cluster_log
+        from cluster.owner.runtime import Runtime, print_worker_output
+
+        if _local_session is not None:
+            cluster_log.configure(_local_session / "logs", f"driver-{os.getpid()}")
+        else:
+            cluster_log.configure(None, "driver")
+        runtime = Runtime(token=token, head_address=resolved, node=None, role="driver")
+        if log_to_driver:
+            runtime.log_sink = print_worker_output
+        try:
+            runtime.start()
+        except BaseException:
+            runtime.stop()
+            _stop_local_cluster()
+            raise
+        _runtime = runtime
+        atexit.register(shutdown)
+        return _context()
+
+
+def _resolve_address(address: str | None, token: str | None) -> tuple[str | None, str]:
+    """(head address or None for "start a local cluster", token)."""
+    token = token or os.environ.get("CLUSTER_TOKEN")
+    if address not in (None, "auto"):
+        if not isinstance(address, str):
+            raise ConfigError(f"address must be a string like 'HOST:PORT', got {type(address).__name__}")
+        parse_address(address)
+        if token is None:
+            current = session.read_current()
+            if current is not None and current["address"] == address:
+                token = session.read_token(current["token_file"])
+            else:
+                token = _token_of_local_head(address)
+        if token is None:
+            raise ConfigError(
+                f"no token for the cluster at {address}: pass token=..., or set CLUSTER_TOKEN "
+                "(`cluster start --head` printed it, and it is in the head's session directory)"
+            )
+        return address, token
+    env_address = os.environ.get("CLUSTER_ADDRESS")
+    if env_address:
+        return _resolve_address(env_address, token)
+    current = session.read_current()
+    if current is not None:
+        return current["address"], token or session.read_token(current["token_file"])
+    if address == "auto":
+        raise ClusterConnectionError(
+            "no running cluster found on this machine (init('auto') looks at $CLUSTER_ADDRESS and "
+            "the cluster started with `cluster start`). Start one with `cluster start --head`, or "
+            "call cluster.init() with no address to start a local one."
+        )
+    return None, token or ""
+
+
+def _token_of_local_head(address: str) -> str | None:
+    for record in session.list_daemons():
+        if record.get("address") == address and record.get("token_file"):
+            return session.read_token(record["token_file"])
+    return None
+
+
+def _connect_by_scheme(address: str, token: str | None, *sizing: Any) -> dict[str, Any]:
+    """``scheme://...``: a plugin connects (cluster-client: ``cluster://HOST:PORT``)."""
+    global _runtime
+    *sizes, log_to_driver = sizing
+    if any(sizes):
+        raise ConfigError(f"num_cpus, num_gpus, resources, object_store_memory and object_store set up a "
+                          f"new local cluster; they can't be given when connecting to {address}")
+    runtime = get_plugin_manager().hook.cluster_connect(address=address, token=token or os.environ.get("CLUSTER_TOKEN"))
+    if runtime is None:
+        scheme = address.split("://", 1)[0]
+        hint = " (pip install cluster-client)" if scheme == "cluster" else ""
+        raise ConfigError(f"no installed plugin connects to {scheme}:// addresses{hint}; "
+                          "a plain HOST:PORT connects directly")
+    if not log_to_driver:
+        runtime.log_sink = None
+    _runtime = runtime
+    atexit.register(shutdown)
+    return _context()
+
+
+def _context() -> dict[str, Any]:
+    rt = _runtime
+    return {"address": rt.head_address, "node_id": rt.node_id, "session_dir": rt.session_dir}
+
+
+def shutdown() -> None:
+    """Disconnect from the cluster; stop the local cluster if ``init`` started one."""
+    global _runtime
+    with _lock:
+        runtime, _runtime = _runtime, None
+        if runtime is not None:
+            runtime.stop()
+        _stop_local_cluster()
+
+
+def _stop_local_cluster() -> None:
+    global _local_cluster, _local_session
+    proc, _local_cluster = _local_cluster, None
+    _local_session = None
+    if proc is None:
+        return
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def is_initialized() -> bool:
+    return _runtime is not None
+
+
+def current_runtime() -> Any:
+    runtime = _runtime
+    if runtime is None:
+        raise NotInitializedError("call cluster.init() before using the cluster")
+    return runtime
+
+
+def set_worker_runtime(runtime: Any) -> None:
+    """Used by worker processes: tasks that submit tasks use the worker's own runtime."""
+    global _runtime
+    _runtime = runtime
+
+
+def nodes() -> list[dict[str, Any]]:
+    """The cluster's nodes, with their total and available resources."""
+    return current_runtime().list_nodes()

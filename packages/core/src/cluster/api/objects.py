@@ -1,0 +1,75 @@
+"""Objects: ``get``, ``put``, ``wait`` and ``cancel`` (Ray's names, arguments and errors).
+
+Imports: lifecycle (the process's runtime), objects (ObjectRef), errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from cluster.api.lifecycle import current_runtime
+from cluster.errors import ClusterError, ConfigError
+from cluster.objects.refs import ObjectRef
+
+
+def get(refs: ObjectRef | Iterable[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The value(s) of ObjectRef(s), waiting up to ``timeout`` seconds (None: forever).
+
+    Raises the task's error (a :class:`cluster.TaskError`, also an instance of the original
+    exception's type) if it failed, and :class:`cluster.exceptions.GetTimeoutError` on timeout.
+    """
+    single = isinstance(refs, ObjectRef)
+    ref_list = [refs] if single else _ref_list(refs, "get")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
+        raise ConfigError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
+    runtime = current_runtime()
+    try:
+        values = runtime.get(ref_list, timeout)
+    except ClusterError as exc:
+        # The remote traceback is in the message; our own frames would only be noise.
+        raise exc.with_traceback(None) from None
+    return values[0] if single else values
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the cluster and return a reference to it."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("put() of an ObjectRef is not allowed; pass the ObjectRef itself instead")
+    return current_runtime().put(value)
+
+
+def wait(
+    refs: Iterable[ObjectRef], *, num_returns: int = 1, timeout: float | None = None
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` of ``refs`` are ready or ``timeout`` passes: (ready, not_ready)."""
+    ref_list = _ref_list(refs, "wait")
+    if len({ref._id for ref in ref_list}) != len(ref_list):
+        raise ValueError("wait() got the same ObjectRef more than once")
+    if not isinstance(num_returns, int) or not 0 <= num_returns <= len(ref_list):
+        raise ValueError(f"num_returns must be between 0 and len(refs)={len(ref_list)}, got {num_returns!r}")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
+        raise ConfigError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
+    return current_runtime().wait(ref_list, num_returns, timeout)
+
+
+def cancel(ref: ObjectRef, *, force: bool = False) -> None:
+    """Cancel the task that produces ``ref``; ``get`` then raises TaskCancelledError.
+
+    A queued task is dropped; a running one is interrupted (``force=True`` kills its worker).
+    """
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+    current_runtime().cancel(ref, force)
+
+
+def _ref_list(refs: Any, what: str) -> list[ObjectRef]:
+    if isinstance(refs, str | bytes) or not isinstance(refs, Iterable):
+        raise TypeError(f"{what}() takes an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
+    out = list(refs)
+    if not all(type(ref) is ObjectRef for ref in out):
+        for ref in out:
+            if not isinstance(ref, ObjectRef):
+                raise TypeError(f"{what}() takes ObjectRefs, got an item of type {type(ref).__name__}")
+    return out
+

@@ -1,0 +1,92 @@
+"""Remote functions: ``@cluster.remote`` on a function, ``f.options(...)``, ``f.remote(...)``.
+
+Owns: :class:`RemoteFunction` and the ``remote`` decorator. Imports: the other api modules,
+owner (the task record it submits), objects.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cluster.api.actors import ActorClass
+from cluster.api.args import pack_args
+from cluster.api.lifecycle import current_runtime
+from cluster.api.options import TASK_DEFAULTS, check_task_options
+from cluster.objects.functions import pack_once
+from cluster.owner.tasks import PendingTask
+
+
+class RemoteFunction:
+    """A function that runs as a task on the cluster: ``f.remote(...)`` returns ObjectRef(s)."""
+
+    def __init__(self, function: Callable, options: Mapping[str, Any], _shared: dict | None = None) -> None:
+        self._function = function
+        self._options = {**TASK_DEFAULTS, **check_task_options(options)}
+        self._shared = _shared if _shared is not None else {}  # the pickled function, shared by .options() copies
+        opts = self._options
+        shape = {"CPU": float(opts["num_cpus"]), "GPU": float(opts["num_gpus"]), **(opts["resources"] or {})}
+        self._shape = tuple(sorted((k, float(x)) for k, x in shape.items() if x))
+        self._name = opts["name"] or getattr(function, "__qualname__", repr(function))
+        retries = opts["max_retries"]
+        self._retries = 1 << 30 if retries == -1 else retries
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"remote function {self._name} cannot be called directly; use {self._name}.remote(...)"
+        )
+
+    def options(self, **options: Any) -> RemoteFunction:
+        """A copy with some options changed (``num_cpus``, ``num_returns``, ``max_retries``...)."""
+        return RemoteFunction(self._function, {**self._options, **options}, self._shared)
+
+    def _pickled(self) -> tuple[bytes, bytes]:
+        return pack_once(self._shared, self._function, f"remote function {self._name}")
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        rt = current_runtime()
+        fid, data = self._pickled()
+        payload, dep_refs, held = pack_args(rt, args, kwargs)
+        task_id = rt.new_task_id()
+        num_returns = self._options["num_returns"]
+        task = PendingTask(
+            task_id=task_id,
+            name=self._name,
+            function_id=fid,
+            function=data,
+            args=payload,
+            dep_refs=dep_refs,
+            num_returns=num_returns,
+            return_ids=[task_id + i.to_bytes(4, "little") for i in range(num_returns)],
+            shape=self._shape,
+            retries_left=self._retries,
+            retry_exceptions=bool(self._options["retry_exceptions"]),
+            held=held,
+        )
+        refs = rt.submit(task)
+        return refs[0] if num_returns == 1 else refs
+
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a remote function, or a class an actor class: ``@cluster.remote`` or
+    ``@cluster.remote(num_cpus=2)``."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("use @cluster.remote or @cluster.remote(option=value, ...)")
+    # Check what functions and actors share now; the rest once we see which it decorates.
+    check_task_options({k: x for k, x in options.items() if k in ("num_cpus", "num_gpus", "resources")})
+    return lambda fn: _make_remote(fn, options)
+
+
+def _make_remote(target: Any, options: Mapping[str, Any]) -> Any:
+    if inspect.isclass(target):
+        return ActorClass(target, options)
+    if not callable(target):
+        raise TypeError(f"@cluster.remote needs a function, got {type(target).__name__}")
+    return RemoteFunction(target, options)
+

@@ -1,0 +1,99 @@
+"""What plugins may rely on: Protocols of the services that hooks hand them and that they make.
+
+Hook specs (:mod:`cluster.hookspec`) name these, not the concrete classes, so a plugin depends
+on a small stable surface and the leaf modules never import the daemons. The concrete classes
+(``HeadService``, ``NodeService``, ``SqliteMetadataStore``, ``SchedulingPolicy``, the daemon's
+``Services``) satisfy them; a plugin may make its own.
+
+A leaf module: imports nothing of cluster at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+
+class Peer(Protocol):
+    """The side of a connection a service handler answers (a :class:`cluster.wire.connection.Connection`)."""
+
+    def reply(self, request_id: int, value: Any) -> None: ...
+    def reply_error(self, request_id: int, kind: str, message: str) -> None: ...
+
+
+# A plugin service's message handler: handler(peer, payload, request_id); it answers with
+# peer.reply / peer.reply_error (or not at all, for one-way messages).
+ServiceHandler = Callable[[Peer, Any, int], None]
+
+
+class ServiceRegistry(Protocol):
+    """The daemon's plugin services by name: peers reach one with ``ServiceRequest(name, ...)``."""
+
+    def add(self, name: str, handler: ServiceHandler) -> None: ...
+
+
+class MetadataStore(Protocol):
+    """Small tables that outlive the head process; values are JSON documents. Synchronous and
+    quick: the head calls them on its event loop."""
+
+    def put(self, table: str, key: str, value: Any) -> None: ...
+    def get(self, table: str, key: str) -> Any | None: ...
+    def delete(self, table: str, key: str) -> bool: ...
+    def items(self, table: str) -> list[tuple[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+class SchedulingPolicy(Protocol):
+    """Where a node sends work it cannot fit, from the head's resource view (a list of node
+    dicts with ``node_id``, ``address``, ``state``, ``resources`` and ``available``)."""
+
+    def spill_target(self, shape: Mapping[str, float], nodes: list[dict[str, Any]], self_id: str) -> str | None: ...
+    def feasible_somewhere(self, shape: Mapping[str, float], nodes: list[dict[str, Any]]) -> bool: ...
+
+
+class NodeRecordView(Protocol):
+    """What the head knows of one node."""
+
+    node_id: str
+    address: str
+    state: str  # "alive" | "dead"
+    resources: dict[str, float]
+    labels: dict[str, str]
+
+
+class Head(Protocol):
+    """The head service as head plugins see it (``cluster_head_services``)."""
+
+    address: str
+    token: str  # the cluster token (services that accept other protocols check it)
+    session_dir: str
+    nodes: Mapping[str, Any]  # node id -> NodeRecordView
+    services: ServiceRegistry
+    metadata: MetadataStore
+    dashboard_host: str
+    dashboard_port: int | None
+    dashboard_url: str | None
+    autoscaling_config: str | None
+    on_node_dead: list[Callable[[Any], None]]
+
+    def kv_get(self, key: str) -> bytes | None:
+        """The head's KV entry ``key`` (``cluster.autoscaler.request_resources`` writes one)."""
+        ...
+
+
+class Node(Protocol):
+    """The node service as node plugins see it (``cluster_node_services``)."""
+
+    node_id: str
+    address: str
+    head_address: str
+    token: str
+    session_dir: str
+    services: ServiceRegistry
+    head_conn: Any  # the node's Connection to the head
+
+    def reserve(self, shape: dict[str, float]) -> bool:
+        """Hold ``shape`` of this node's resources for a plugin's own work; False if it does not fit."""
+        ...
+
+    def unreserve(self, shape: dict[str, float]) -> None: ...

@@ -1,0 +1,316 @@
+"""A daemon process: the head (with the node role for its own machine) or a node.
+
+Run as ``python -m cluster.daemon`` by ``cluster start`` and ``cluster.init()``, never by hand.
+It reads the cluster token as the first line of stdin, and once it accepts connections prints
+one JSON line on stdout (its address, node id, pid, session dir); then stdout and stderr go to
+its log file. With ``--exit-with-stdin`` it stops when stdin closes: a driver that started a
+local cluster holds that pipe, so the cluster goes away with the driver, however it dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from cluster import log as cluster_log
+from cluster import session
+from cluster.errors import ClusterError, ConfigError
+from cluster.head.service import HeadService
+from cluster.node.service import NodeService
+from cluster.plugins import get_plugin_manager, make_metadata_store
+from cluster.wire import messages as m
+from cluster.wire.connection import Connection, run_connection
+from cluster.wire.handshake import server_handshake
+from cluster.worker.zygote import Zygote, start_zygote
+
+log = structlog.get_logger("cluster.daemon")
+SHUTDOWN_GRACE_S = 5.0
+
+
+@attrs.frozen(kw_only=True)
+class DaemonConfig:
+    head: bool
+    head_address: str | None
+    host: str
+    port: int
+    resources: dict
+    session_dir: str
+    node_ip: str | None = None
+    heartbeat_timeout_s: float = 10.0
+    exit_with_stdin: bool = False
+    store_root: str | None = None
+    object_store_memory: int | None = None
+    spill_dir: str | None = None  # where this node spills; None: spilling off
+    object_store: str = "shared"  # or "memory": each process keeps its objects
+    # The head's HTTP endpoint (job API, ...; served by plugins): None = 8265, or a free port
+    # if that one is taken; 0 = any free port; N = exactly N.
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int | None = None
+    metadata_store: str | None = None  # URL; None: sqlite:///<session dir>/metadata.db
+    labels: dict = attrs.Factory(dict)  # the node's labels (str -> str), e.g. from its node type
+    autoscaling_config: str | None = None  # head: a cluster config to autoscale by (a plugin does)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.head and not self.head_address:
+            raise ConfigError("a node needs the head's address (--address HOST:PORT)")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port {self.port} is out of range (0-65535; 0 picks a free port)")
+        for name, amount in self.resources.items():
+            if not isinstance(amount, int | float) or amount < 0:
+                raise ConfigError(f"resource {name!r} must be a non-negative number, got {amount!r}")
+        if not isinstance(self.labels, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()):
+            raise ConfigError(f"labels must map names to strings, got {self.labels!r}")
+
+
+class Router:
+    """Dispatches each message to the service that handles its type."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[type, Any] = {}
+
+    def add(self, handlers: dict[type, Any]) -> None:
+        self.handlers.update(handlers)
+
+    def __call__(self, conn: Connection, msg: Any, request_id: int) -> None:
+        handler = self.handlers.get(type(msg))
+        if handler is None:
+            conn.reply_error(request_id, "unexpected", f"this daemon does not handle {type(msg).__name__}")
+            return
+        handler(conn, msg, request_id)
+
+
+class Services:
+    """Plugin services' message handlers by name, shared by the head and node roles of a
+    daemon (``head.services`` / ``node.services``): ``services.add("jobs", handler)``, then
+    peers send ``ServiceRequest("jobs", payload)``. A handler is called on the trio thread
+    as ``handler(conn, payload, request_id)`` and answers with ``conn.reply``/``reply_error``
+    (or not at all, for one-way messages)."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add(self, name: str, handler: Any) -> None:
+        if name in self.handlers:
+            raise ValueError(f"a service named {name!r} is already registered in this daemon")
+        self.handlers[name] = handler
+
+    def __call__(self, conn: Connection, msg: m.ServiceRequest, request_id: int) -> None:
+        handler = self.handlers.get(msg.service)
+        if handler is None:
+            conn.reply_error(request_id, "unexpected", f"this daemon runs no service {msg.service!r}; "
+                             "is the plugin that provides it installed here?")
+            return
+        handler(conn, msg.payload, request_id)
+
+
+def bind(config: DaemonConfig) -> socket.socket:
+    """The daemon's listening socket, bound before anything else starts."""
+    try:
+        sock = socket.create_server((config.host, config.port), backlog=1024)
+    except OSError as exc:
+        raise ConfigError(
+            f"could not listen on {config.host}:{config.port}: {exc.strerror}. Choose another "
+            "port with --port (0 picks a free one)."
+        ) from None
+    return sock
+
+
+async def run_daemon(
+    config: DaemonConfig,
+    token: str,
+    sock: socket.socket,
+    zygote: Zygote,
+    *,
+    task_status: trio.TaskStatus[dict] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the head and/or node role on ``sock`` until cancelled."""
+    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+    port = sock.getsockname()[1]
+    advertised = config.node_ip or (config.host if config.host not in ("0.0.0.0", "::", "") else _own_ip())
+    address = f"{advertised}:{port}"
+    router = Router()
+    services = Services()
+    router.add({m.ServiceRequest: services})
+    pm = get_plugin_manager()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        try:
+            peer_role = await server_handshake(stream, token, "head" if config.head else "node")
+        except Exception as exc:  # a stranger, a wrong token, a version mismatch: refuse, log, go on
+            log.warning("refused_connection", error=str(exc))
+            await trio.aclose_forcefully(stream)
+            return
+        await run_connection(stream, "peer", peer_role, router)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, serve, listeners)
+        head = None
+        if config.head:
+            head = HeadService(session_dir=config.session_dir, address=address,
+                               heartbeat_timeout_s=config.heartbeat_timeout_s,
+                               dashboard_host=config.dashboard_host, dashboard_port=config.dashboard_port,
+                               token=token, autoscaling_config=config.autoscaling_config)
+            head.metadata = make_metadata_store(
+                config.metadata_store or f"sqlite:///{os.path.join(config.session_dir, 'metadata.db')}")
+            head.services = services
+            router.add(head.handlers())
+            await nursery.start(head.run)
+            for started in pm.hook.cluster_head_services(head=head):
+                for service in started or ():
+                    await nursery.start(service)
+        node = NodeService(
+            node_id=secrets.token_hex(8),
+            address=address,
+            head_address=address if config.head else config.head_address,
+            token=token,
+            resources=config.resources,
+            labels=config.labels,
+            session_dir=config.session_dir,
+            is_head=config.head,
+            store_root=config.store_root,
+            store_capacity=config.object_store_memory,
+            spill_dir=config.spill_dir,
+            object_store=config.object_store,
+            zygote=zygote,
+        )
+        node.services = services
+        router.add(node.handlers())
+        await nursery.start(node.run)
+        for started in pm.hook.cluster_node_services(node=node):
+            for service in started or ():
+                await nursery.start(service)
+        task_status.started({"address": address, "node_id": node.node_id, "pid": os.getpid(),
+                             "session_dir": config.session_dir, "store_path": node.store_path,
+                             "dashboard_url": head.dashboard_url if head is not None else None})
+
+
+def _own_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+async def _main(config: DaemonConfig, token: str, sock: socket.socket, zygote: Zygote) -> None:
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(run_daemon, config, token, sock, zygote)
+        os.write(1, (json.dumps(info) + "\n").encode())
+        log_path = os.path.join(config.session_dir, "logs", f"{'head' if config.head else 'node'}-{os.getpid()}.out")
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        log.info("daemon_ready", **info)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            if config.exit_with_stdin:
+                nursery.start_soon(_watch_stdin, nursery.cancel_scope)
+            async for signum in signals:
+                log.info("daemon_stopping", signal=signal.Signals(signum).name)
+                break
+        nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_stdin(scope: trio.CancelScope) -> None:
+    stdin = trio.lowlevel.FdStream(os.dup(0))
+    while await stdin.receive_some(1024):
+        pass
+    log.info("daemon_stopping", reason="the driver that started this cluster exited")
+    scope.cancel()
+
+
+def _raise_open_file_limit() -> None:
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def parse_args(argv: list[str]) -> DaemonConfig:
+    parser = argparse.ArgumentParser(prog="python -m cluster.daemon")
+    parser.add_argument("--head", action="store_true")
+    parser.add_argument("--address")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--node-ip")
+    parser.add_argument("--resources", default="{}")
+    parser.add_argument("--session-dir", required=True)
+    parser.add_argument("--heartbeat-timeout", type=float, default=10.0)
+    parser.add_argument("--exit-with-stdin", action="store_true")
+    parser.add_argument("--store-root")
+    parser.add_argument("--object-store-memory", type=int)
+    parser.add_argument("--spill-dir")
+    parser.add_argument("--object-store", choices=("shared", "memory"), default="shared")
+    parser.add_argument("--dashboard-host", default="127.0.0.1")
+    parser.add_argument("--dashboard-port", type=int)
+    parser.add_argument("--metadata-store")
+    parser.add_argument("--labels", default="{}")
+    parser.add_argument("--autoscaling-config")
+    args = parser.parse_args(argv)
+    return DaemonConfig(
+        head=args.head,
+        head_address=args.address,
+        host=args.host,
+        port=args.port,
+        node_ip=args.node_ip,
+        resources=json.loads(args.resources),
+        session_dir=args.session_dir,
+        heartbeat_timeout_s=args.heartbeat_timeout,
+        exit_with_stdin=args.exit_with_stdin,
+        store_root=args.store_root,
+        object_store_memory=args.object_store_memory,
+        spill_dir=args.spill_dir,
+        object_store=args.object_store,
+        dashboard_host=args.dashboard_host,
+        dashboard_port=args.dashboard_port,
+        metadata_store=args.metadata_store,
+        labels=json.loads(args.labels),
+        autoscaling_config=args.autoscaling_config,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(sys.argv[1:] if argv is None else argv)
+    token = sys.stdin.readline().strip()
+    role = "head" if config.head else "node"
+    _raise_open_file_limit()  # every zero-copy object a worker holds keeps a mapping (and fd) open
+    try:
+        sock = bind(config)
+        zygote = start_zygote(close_in_workers=[sock.fileno()])
+        cluster_log.configure(os.path.join(config.session_dir, "logs"), f"{role}-{os.getpid()}")
+        trio.run(_main, config, token, sock, zygote)
+    except BaseException as exc:
+        errors = [e for e in _leaves(exc) if isinstance(e, ClusterError)]
+        if not errors:
+            raise
+        for exc in errors:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        session.remove_daemon_record(os.getpid())
+        session.clear_current(os.getpid())
+
+
+if __name__ == "__main__":
+    main()

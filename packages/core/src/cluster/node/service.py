@@ -1,0 +1,574 @@
+"""The node service: owns a node's resources, its worker pool, its store; grants worker leases.
+
+An owner asks for a lease for a resource shape. The node grants one when the shape fits its
+available resources and a worker is idle; when it does not fit now but fits elsewhere in the
+head's resource view, the answer is "spill back to node X"; otherwise the request waits here.
+Workers are pre-started (one per CPU), replaced when they die, and added on demand.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import secrets
+import signal
+import socket
+import time
+from typing import Any
+
+import attrs
+import structlog
+import trio
+from cluster_store import default_store_root
+
+from cluster.errors import ClusterConnectionError, ObjectLostError, RemoteCallError
+from cluster.objects.transfer import ChunkSource, pull_object
+from cluster.plugins import make_object_store, make_scheduler
+from cluster.resources import default_object_store_memory, fits, format_shape
+from cluster.wire import messages as m
+from cluster.wire.connection import Connection, Dialer, dial
+
+log = structlog.get_logger("cluster.node")
+
+HEARTBEAT_S = 0.25
+MAX_SPILLS = 2
+INFEASIBLE_STALE_S = 10.0  # an infeasible shape counts as demand this long after its owner last asked
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+@attrs.define(eq=False)
+class WorkerProc:
+    worker_id: str
+    pid: int | None = None
+    address: str | None = None
+    conn: Connection | None = None
+    state: str = "starting"  # starting | idle | leased | dead
+    lease_id: int | None = None
+
+
+@attrs.define(eq=False)
+class Lease:
+    lease_id: int
+    worker: WorkerProc
+    shape: dict
+    owner_conn: Connection
+    released_cpu: float = 0.0  # CPU handed back while the worker waits in get
+    detached: bool = False  # a detached actor's: kept when its owner goes
+
+
+@attrs.define(eq=False)
+class LeaseRequest:
+    conn: Connection
+    request_id: int
+    shape: dict
+    spill_count: int
+    detached: bool = False
+    backlog: int = 1  # the owner's tasks of this shape waiting when it asked
+    told_busy: bool = False  # the owner heard it must wait (so it may pipeline meanwhile)
+
+    def tell_busy(self) -> None:
+        if not self.told_busy:
+            self.told_busy = True
+            self.conn.send(m.Pending("busy"), self.request_id)
+
+
+@attrs.define(eq=False)
+class NodeService:
+    """One node's resources, workers and store."""
+
+    node_id: str
+    address: str
+    head_address: str
+    token: str
+    resources: dict
+    session_dir: str
+    is_head: bool = False
+    labels: dict = attrs.Factory(dict)
+    store_root: str | None = None
+    store_capacity: int | None = None
+    spill_dir: str | None = None  # None: spilling off
+    object_store: str = "shared"  # "memory": every process keeps its objects (cluster_store.MemoryStore)
+    available: dict = attrs.field(init=False)
+    store: Any = attrs.field(init=False)
+    store_path: str = attrs.field(init=False)
+    policy: Any = attrs.field(init=False)
+    pool_size: int = attrs.field(init=False)
+    max_workers: int = attrs.field(init=False)
+    view: list = attrs.Factory(list)
+    view_version: int = 0
+    head_conn: Connection | None = None
+    workers: dict[str, WorkerProc] = attrs.Factory(dict)
+    leases: dict[int, Lease] = attrs.Factory(dict)
+    _queue: collections.deque = attrs.Factory(collections.deque)
+    _lease_ids: Any = attrs.Factory(lambda: itertools.count(1))
+    _nursery: trio.Nursery | None = None
+    _shutting_down: bool = False
+    chunks: Any = attrs.field(init=False)  # serves our objects' chunks to pulling nodes
+    _dialer: Any = None  # the connections we dial (other nodes, owners)
+    _fetches: dict = attrs.Factory(dict)  # object id -> [trio.Event, error message or None]
+    transfers: dict = attrs.Factory(lambda: {"pulled": 0, "pulled_bytes": 0, "served_chunks": 0})
+    _drop_every: int = attrs.field(init=False, default=0)
+    zygote: Any = None
+    _by_pid: dict = attrs.Factory(dict)
+    services: Any = None  # the daemon's plugin services (cluster.contracts.ServiceRegistry)
+    _infeasible: dict = attrs.Factory(dict)  # shape -> (when last asked, backlog): fits no node now
+
+    def __attrs_post_init__(self) -> None:
+
+        self.available = dict(self.resources)
+        root = self.store_root or str(default_store_root())
+        if self.store_capacity is None:
+            self.store_capacity = default_object_store_memory(root)
+        self.store_path = os.path.join(root, f"cluster-{self.node_id}")
+        self.store = make_object_store(self.store_path, self.info())
+        self.chunks = ChunkSource(self.store)
+        self.policy = make_scheduler(self)
+        self.pool_size = max(1, int(self.resources.get("CPU", 1)))
+        self.max_workers = self.pool_size * 4 + 8
+        # Testing only: drop the connection of a pulling node after every N chunks served.
+        self._drop_every = int(os.environ.get("CLUSTER_TESTING_DROP_PULL_EVERY", "0") or 0)
+
+    def info(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "address": self.address, "store_path": self.store_path,
+                "store_capacity": self.store_capacity, "spill_dir": self.spill_dir,
+                "object_store": self.object_store}
+
+    def handlers(self) -> dict[type, Any]:
+        return {
+            m.RequestLease: self._request_lease,
+            m.ReturnLease: self._return_lease,
+            m.RegisterWorker: self._register_worker,
+            m.PullObject: self._pull_object,
+            m.PullChunk: self._pull_chunk,
+            m.FetchObject: self._fetch_object,
+            m.ListWorkers: self._list_workers,
+            m.DeleteObjects: self._delete_objects,
+            m.WorkerBlocked: self._worker_blocked,
+        }
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._dialer = Dialer(self.token, "node", self._on_peer_message)
+                self._dialer.nursery = nursery
+                self.head_conn = await dial(
+                    nursery, self.head_address, self.token, "node", self._on_head_message, what="the head"
+                )
+                reply = await self.head_conn.request(
+                    m.RegisterNode(
+                        self.node_id, self.address, self.resources, self.labels,
+                        socket.gethostname(), os.getpid(), self.store_path, self.is_head,
+                        self.store_capacity, self.spill_dir, self.object_store,
+                    )
+                )
+                self.view, self.view_version = reply["view"], reply["version"]
+                self.head_conn.on_close.append(self._head_lost)
+                nursery.start_soon(self._zygote_events)
+                for _ in range(self.pool_size):
+                    self._spawn_worker()
+                nursery.start_soon(self._heartbeat_loop)
+                log.info("node_started", node_id=self.node_id, address=self.address, resources=self.resources)
+                task_status.started()
+        finally:
+            self._shutting_down = True
+            with trio.CancelScope(shield=True):
+                await self._stop_workers()
+                self.store.destroy()
+
+    def _head_lost(self, _conn: Connection) -> None:
+        if not self._shutting_down:
+            log.error("head_lost", head=self.head_address)
+            self._shutting_down = True
+            self._nursery.cancel_scope.cancel()
+
+    def _on_head_message(self, conn: Connection, msg: Any, request_id: int) -> None:
+        if isinstance(msg, m.ViewUpdate):
+            if msg.version > self.view_version:
+                self.view, self.view_version = msg.view, msg.version
+                self._pump()
+            return
+        conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
+
+    def demand(self) -> list[dict]:
+        """Work waiting here for resources, by shape: what the autoscaler sizes the cluster by.
+
+        Per owner and shape, the larger of its queued lease requests and the backlog its newest
+        request reported (an owner asks for a few leases at a time however many tasks wait);
+        shapes no node can fit count while their owners keep asking.
+        """
+        per_owner: dict[tuple, list[int]] = {}  # -> [queued requests, backlog of the newest]
+        for request in self._queue:
+            key = (id(request.conn), tuple(sorted(request.shape.items())))
+            entry = per_owner.setdefault(key, [0, 0])
+            entry[0] += 1
+            entry[1] = request.backlog
+        per_owner = {key: max(entry) for key, entry in per_owner.items()}
+        by_shape: dict[tuple, int] = {}
+        for (_, shape), count in per_owner.items():
+            by_shape[shape] = by_shape.get(shape, 0) + count
+        out = [{"shape": dict(shape), "count": count, "infeasible": False} for shape, count in by_shape.items()]
+        now = time.monotonic()
+        for shape, (when, backlog) in list(self._infeasible.items()):
+            if now - when > INFEASIBLE_STALE_S:
+                del self._infeasible[shape]
+            else:
+                out.append({"shape": dict(shape), "count": backlog, "infeasible": True})
+        return out
+
+    def store_stats(self) -> dict[str, int]:
+        if hasattr(self.store, "stats"):
+            s = self.store.stats()
+            return {"used": s.bytes, "objects": s.objects, "spilled": s.spilled_bytes,
+                    "spilled_objects": s.spilled_objects, "copies": s.secondary_objects,
+                    "copies_bytes": s.secondary_bytes, "pooled_bytes": s.pooled_bytes, **self.transfers}
+        objects, used = self.store.usage()  # a third-party store with the basic interface
+        spilled_objects, spilled = self.store.spilled() if hasattr(self.store, "spilled") else (0, 0)
+        return {"used": used, "objects": objects, "spilled": spilled, "spilled_objects": spilled_objects,
+                **self.transfers}
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await trio.sleep(HEARTBEAT_S)
+            version, view = await self.head_conn.request(
+                m.Heartbeat(self.node_id, self.available, self.view_version, self.store_stats(), self.demand())
+            )
+            if view is not None and version > self.view_version:
+                self.view, self.view_version = view, version
+                self._pump()
+
+    # -------------------------------------------------------------------------- workers
+
+    def _spawn_worker(self) -> None:
+        worker_id = secrets.token_hex(8)
+        config = {
+            "token": self.token,
+            "head_address": self.head_address,
+            "node": self.info(),
+            "worker_id": worker_id,
+            "log_dir": os.path.join(self.session_dir, "logs"),
+        }
+        self.workers[worker_id] = WorkerProc(worker_id)
+        log_path = os.path.join(self.session_dir, "logs", f"worker-{worker_id}.out")
+        self.zygote.spawn(worker_id, config, log_path)
+
+    async def _zygote_events(self) -> None:
+        async for event in self.zygote.events():
+            if event[0] == "spawned":
+                worker = self.workers.get(event[1])
+                if worker is not None:
+                    worker.pid = event[2]
+                    self._by_pid[event[2]] = worker
+            elif event[0] == "exited":
+                worker = self._by_pid.pop(event[1], None)
+                if worker is not None:
+                    self._worker_exited(worker, event[2])
+        if not self._shutting_down:
+            log.error("zygote_exited")
+            self._nursery.cancel_scope.cancel()
+
+    def _kill(self, worker: WorkerProc) -> None:
+        worker.state = "dead"
+        if worker.pid is not None:
+            try:
+                os.kill(worker.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _worker_exited(self, worker: WorkerProc, code: int) -> None:
+        self.workers.pop(worker.worker_id, None)
+        previous = worker.state
+        worker.state = "dead"
+        if self._shutting_down:
+            return
+        log.warning("worker_exited", worker_id=worker.worker_id, pid=worker.pid, code=code, state=previous)
+        if worker.lease_id is not None:
+            lease = self.leases.pop(worker.lease_id, None)
+            if lease is not None:
+                self._release(lease)
+        if len(self.workers) < self.pool_size:
+            self._spawn_worker()
+        self._pump()
+
+    def _register_worker(self, conn: Connection, msg: m.RegisterWorker, request_id: int) -> None:
+        worker = self.workers.get(msg.worker_id)
+        if worker is None:
+            conn.reply_error(request_id, "unknown", "this node did not start that worker")
+            return
+        worker.address = msg.address
+        worker.conn = conn
+        worker.state = "idle"
+        conn.context = worker
+        conn.reply(request_id, None)
+        log.info("worker_ready", worker_id=msg.worker_id, pid=msg.pid, address=msg.address)
+        self._pump()
+
+    async def _stop_workers(self) -> None:
+        """SIGTERM the workers; the zygote, seeing its pipe close, kills any that linger."""
+        for worker in self.workers.values():
+            if worker.pid is not None:
+                try:
+                    os.kill(worker.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        self.zygote.close()
+        with trio.move_on_after(5):
+            await trio.to_thread.run_sync(_reap, self.zygote.pid, abandon_on_cancel=True)
+
+    def _worker_blocked(self, conn: Connection, msg: m.WorkerBlocked, request_id: int) -> None:
+        worker = self.workers.get(msg.worker_id)
+        if worker is None or worker.lease_id is None:
+            return
+        lease = self.leases.get(worker.lease_id)
+        if lease is None:
+            return
+        cpu = lease.shape.get("CPU", 0.0)
+        if msg.blocked and not lease.released_cpu and cpu:
+            lease.released_cpu = cpu
+            self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
+            self._pump()
+        elif not msg.blocked and lease.released_cpu:
+            self.available["CPU"] -= lease.released_cpu
+            lease.released_cpu = 0.0
+
+    # --------------------------------------------------------------------------- leases
+
+    def _request_lease(self, conn: Connection, msg: m.RequestLease, request_id: int) -> None:
+        request = LeaseRequest(conn, request_id, {k: float(v) for k, v in msg.shape.items()}, msg.spill_count,
+                               msg.detached, max(1, msg.backlog))
+        if self._try_grant(request):
+            return
+        if not fits(request.shape, self.available) and request.spill_count < MAX_SPILLS:
+            target = self.policy.spill_target(request.shape, self.view, self.node_id)
+            if target is not None:
+                conn.reply(request_id, ["spill", target])
+                return
+            if not fits(request.shape, self.resources):
+                target = self._feasible_node(request.shape)
+                if target is not None:
+                    conn.reply(request_id, ["spill", target])
+                    return
+                log.warning("lease_infeasible", shape=request.shape)
+                key = tuple(sorted(request.shape.items()))
+                self._infeasible[key] = (time.monotonic(), max(request.backlog, self._infeasible.get(key, (0, 0))[1]))
+                largest = max((n["resources"] for n in self.view if n["state"] == "alive"),
+                              key=lambda r: r.get("CPU", 0.0), default=self.resources)
+                conn.reply(request_id, ["infeasible", f"no node of the cluster can ever fit "
+                                        f"{format_shape(request.shape)} (largest node: {format_shape(largest)})"])
+                return
+        if conn not in self._watched_owners():
+            conn.on_close.append(self._owner_lost)
+        if not fits(request.shape, self.available):
+            request.tell_busy()
+        self._queue.append(request)
+        self._maybe_spawn()
+
+    def _feasible_node(self, shape: dict) -> str | None:
+        for node in self.view:
+            if node["node_id"] != self.node_id and node["state"] == "alive" and fits(shape, node["resources"]):
+                return node["address"]
+        return None
+
+    def _watched_owners(self) -> set[Connection]:
+        return {lease.owner_conn for lease in self.leases.values()} | {r.conn for r in self._queue}
+
+    def _try_grant(self, request: LeaseRequest) -> bool:
+        if request.conn.closed:
+            return True  # nobody to grant to; drop it
+        if not fits(request.shape, self.available):
+            return False
+        worker = next((w for w in self.workers.values() if w.state == "idle"), None)
+        if worker is None:
+            return False
+        lease_id = next(self._lease_ids)
+        for name, amount in request.shape.items():
+            self.available[name] = self.available.get(name, 0.0) - amount
+        lease = Lease(lease_id, worker, request.shape, request.conn, detached=request.detached)
+        self.leases[lease_id] = lease
+        worker.state = "leased"
+        worker.lease_id = lease_id
+        if self._owner_lost not in request.conn.on_close:
+            request.conn.on_close.append(self._owner_lost)
+        request.conn.reply(request.request_id, ["granted", lease_id, worker.address, worker.worker_id, self.node_id])
+        return True
+
+    def _return_lease(self, conn: Connection, msg: m.ReturnLease, request_id: int) -> None:
+        lease = self.leases.pop(msg.lease_id, None)
+        if lease is None:
+            return
+        self._release(lease)
+        worker = lease.worker
+        worker.lease_id = None
+        if worker.state == "leased":
+            if msg.worker_ok:
+                worker.state = "idle"
+            else:
+                self._kill(worker)
+        self._pump()
+
+    # -- resources held by plugin services (a job's entrypoint, say) rather than a lease --
+
+    def reserve(self, shape: dict[str, float]) -> bool:
+        """Take ``shape`` out of this node's available resources if it fits now."""
+        if not fits(shape, self.available):
+            return False
+        for name, amount in shape.items():
+            self.available[name] = self.available.get(name, 0.0) - amount
+        return True
+
+    def unreserve(self, shape: dict[str, float]) -> None:
+        """Give back what ``reserve`` took; queued lease requests may now be granted."""
+        for name, amount in shape.items():
+            self.available[name] = self.available.get(name, 0.0) + amount
+        self._pump()
+
+    def _release(self, lease: Lease) -> None:
+        for name, amount in lease.shape.items():
+            if name == "CPU":
+                amount -= lease.released_cpu
+            self.available[name] = self.available.get(name, 0.0) + amount
+
+    def _owner_lost(self, conn: Connection) -> None:
+        """An owner went away: take back its leases (killing workers that may still run its tasks)."""
+        if self._shutting_down:
+            return
+        for lease in [lease for lease in self.leases.values() if lease.owner_conn is conn and not lease.detached]:
+            del self.leases[lease.lease_id]
+            self._release(lease)
+            lease.worker.lease_id = None
+            self._kill(lease.worker)
+        self._queue = collections.deque(r for r in self._queue if r.conn is not conn)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Grant queued requests that fit now; spill those another node can take."""
+        if not self._queue:
+            return
+        still = collections.deque()
+        for request in self._queue:
+            if self._try_grant(request):
+                continue
+            if not fits(request.shape, self.available):
+                # (No limit on spills here: the request waited, and a node with room is new, e.g.
+                # one the autoscaler just added; the limit only stops ping-pong on arrival.)
+                target = self.policy.spill_target(request.shape, self.view, self.node_id)
+                if target is not None:
+                    request.conn.reply(request.request_id, ["spill", target])
+                    continue
+            if not fits(request.shape, self.available) and not request.conn.closed:
+                request.tell_busy()  # the grants before it took what it was waiting for
+            still.append(request)
+        self._queue = still
+        self._maybe_spawn()
+
+    def _maybe_spawn(self) -> None:
+        starting = sum(1 for w in self.workers.values() if w.state == "starting")
+        idle = sum(1 for w in self.workers.values() if w.state == "idle")
+        # Workers for the queued requests that fit in what is free, all together (not each on
+        # its own: eight 1-CPU requests on a 2-CPU node need two workers, not eight).
+        room = dict(self.available)
+        waiting = 0
+        for request in self._queue:
+            if fits(request.shape, room):
+                waiting += 1
+                for name, amount in request.shape.items():
+                    room[name] = room.get(name, 0.0) - amount
+        need = waiting - idle - starting
+        while need > 0 and len(self.workers) < self.max_workers:
+            self._spawn_worker()
+            need -= 1
+            starting += 1
+
+    # -------------------------------------------------------------------------- objects
+
+    def _pull_object(self, conn: Connection, msg: m.PullObject, request_id: int) -> None:
+        self.chunks.size(conn, msg, request_id)
+
+    def _pull_chunk(self, conn: Connection, msg: m.PullChunk, request_id: int) -> None:
+        self.transfers["served_chunks"] += 1
+        if self._drop_every and self.transfers["served_chunks"] % self._drop_every == 0:
+            self._nursery.start_soon(self._drop_when_flushed, conn)  # and never answer this one
+            return
+        self.chunks.chunk(conn, msg, request_id)
+
+    @staticmethod
+    async def _drop_when_flushed(conn: Connection) -> None:
+        """Testing only: drop a connection once what it has queued has gone out."""
+        while conn.sending:
+            await trio.sleep(0.001)
+        conn.abort()
+
+    async def _connect(self, address: str, what: str) -> Connection:
+        return await self._dialer.connect(address, what)
+
+    def _on_peer_message(self, conn: Connection, msg: Any, request_id: int) -> None:
+        conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} here")
+
+    def _list_workers(self, conn: Connection, msg: m.ListWorkers, request_id: int) -> None:
+        conn.reply(request_id, [
+            {"kind": "worker", "pid": w.pid, "address": w.address, "node_id": self.node_id, "state": w.state}
+            for w in self.workers.values() if w.address and w.state != "dead"
+        ])
+
+    def _fetch_object(self, conn: Connection, msg: m.FetchObject, request_id: int) -> None:
+        """Copy an object from another node into this node's store, once however many ask."""
+        if self.store.contains(msg.object_id):
+            conn.reply(request_id, None)
+            return
+        fetch = self._fetches.get(msg.object_id)
+        if fetch is None:
+            fetch = self._fetches[msg.object_id] = [trio.Event(), None]
+            self._nursery.start_soon(self._run_fetch, msg, fetch)
+        self._nursery.start_soon(self._answer_fetch, conn, request_id, fetch)
+
+    async def _answer_fetch(self, conn: Connection, request_id: int, fetch: list) -> None:
+        await fetch[0].wait()
+        if fetch[1] is None:
+            conn.reply(request_id, None)
+        else:
+            conn.reply_error(request_id, "lost", fetch[1])
+
+    async def _run_fetch(self, msg: m.FetchObject, fetch: list) -> None:
+        started = trio.current_time()
+        try:
+            size = await pull_object(self._connect, self.store, msg.object_id, msg.source, secondary=True)
+            log.info("object_fetched", object_id=msg.object_id.hex(), size=size,
+                     seconds=round(trio.current_time() - started, 3))
+        except ObjectLostError as exc:
+            fetch[1] = str(exc)
+        except Exception as exc:  # e.g. the store is full: the asker gets the reason
+            log.warning("fetch_failed", object_id=msg.object_id.hex(), source=msg.source, error=repr(exc))
+            fetch[1] = f"could not copy object {msg.object_id.hex()} to node {self.node_id}: {exc}"
+        else:
+            self.transfers["pulled"] += 1
+            self.transfers["pulled_bytes"] += size
+        finally:
+            del self._fetches[msg.object_id]
+            fetch[0].set()
+        if fetch[1] is None and msg.owner:
+            await self._tell_owner(msg.object_id, msg.owner)
+
+    async def _tell_owner(self, object_id: bytes, owner: str) -> None:
+        """Register our copy with the object's owner, who deletes it with the object."""
+        try:
+            conn = await self._connect(owner, "the object's owner")
+            still_owned = await conn.request(m.AddObjectLocation(object_id, self.address))
+        except (ClusterConnectionError, RemoteCallError):
+            still_owned = False  # the owner is gone, and its objects with it
+        if not still_owned:
+            self.chunks.forget(object_id)
+            self.store.delete(object_id)
+
+    def _delete_objects(self, conn: Connection, msg: m.DeleteObjects, request_id: int) -> None:
+        for object_id in msg.object_ids:
+            self.chunks.forget(object_id)
+            self.store.delete(object_id)

@@ -1,0 +1,10 @@
+"""The owner: what the runtime of a driver or a worker does for the work it submits (DESIGN.md §4).
+
+- :mod:`.runtime`: :class:`~cluster.owner.runtime.Runtime`, the process's trio thread and its
+  entry points for the user's thread (submit, get, wait, put, cancel); leases, dispatch,
+  results, reference counts;
+- :mod:`.actors`: the actor half of the runtime: creation, ordered calls, restarts, names;
+- :mod:`.tasks`: the records it keeps (tasks, leases, queues by shape), plain values.
+
+May import: objects, wire, the leaf modules. Never api, node, head, worker or daemon.
+"""

@@ -1,0 +1,566 @@
+"""The actor half of the owner runtime (mixed into :class:`cluster.owner.runtime.Runtime`).
+
+The process that calls ``C.remote()`` owns the actor: it leases a worker for the actor's
+lifetime (the lease is never returned while the actor lives, so the node keeps the worker and
+its resources), sends it ``CreateActor``, and restarts it on a new worker if the process dies
+and ``max_restarts`` allows. Every caller, owner or not, keeps one :class:`ActorState` per
+actor: the calls not sent yet (in submission order) and those in flight on the connection to
+the actor's worker. A caller that is not the owner learns the worker's address from the
+owner (``GetActorInfo``), also after a restart.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import threading
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from cluster.errors import (
+    ActorDiedError,
+    ClusterConnectionError,
+    ConfigError,
+    RemoteCallError,
+    TaskCancelledError,
+)
+from cluster.objects import values as v
+from cluster.objects.refs import ObjectRef
+from cluster.owner.tasks import DEFAULT_NAMESPACE, PendingTask, ShapeQueue
+from cluster.wire import messages as m
+
+log = structlog.get_logger("cluster.actors")
+
+UNLIMITED = 1 << 30
+
+
+# What an ActorHandle is made of: (actor_id, class_name, methods, owner, name_key).
+HandleFields = tuple[bytes, str, dict[str, int], str, str]
+
+
+@attrs.define(slots=True, eq=False)
+class ActorState:
+    actor_id: bytes
+    class_name: str
+    owner: str
+    owned: bool
+    detached: bool = False
+    create: m.CreateActor | None = None  # owner only: how to build it (again)
+    shape: tuple = ()
+    name_key: str | None = None
+    state: str = "pending"  # pending | alive | dead
+    cause: str = ""
+    address: str = ""
+    conn: Any = None
+    lease: Any = None
+    pending: collections.deque = attrs.Factory(collections.deque)
+    in_flight: dict = attrs.Factory(dict)
+    resolving: bool = False
+    restarts_left: int = 0
+    restarts: int = 0
+    task_retries: int = 0
+    ready: trio.Event = attrs.Factory(trio.Event)
+    error_entry: list | None = None  # the constructor's error, answered to every call
+    held: list = attrs.Factory(list)  # refs in the constructor's arguments
+    # Guards state, pending and sending: user threads send calls straight to the worker when
+    # nothing is ahead of them (unsent: calls submitted but not yet in pending).
+    lock: threading.RLock = attrs.Factory(threading.RLock)
+    unsent: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.class_name
+
+
+class ActorRuntime:
+    """Actor creation, calls, failures and kills; needs the rest of Runtime."""
+
+    _actors: dict[bytes, ActorState]
+
+    # ------------------------------------------------------------------ user thread
+
+    def create_actor(self, actor_class: Any, blob: bytes, payload: bytes, dep_refs: list, held: list) -> HandleFields:
+        """Start an actor of ``actor_class`` (or find the live one, with ``get_if_exists``);
+        return the fields of its handle (the API layer makes the handle)."""
+        opts = actor_class._options
+        actor_id = self.new_task_id()
+        detached = opts["lifetime"] == "detached"
+        name_key = None
+        if opts["name"]:
+            name_key = f"actor/{opts['namespace'] or DEFAULT_NAMESPACE}/{opts['name']}"
+        if detached:  # no owner to ask after we exit: holders find it by name
+            handle = (actor_id, actor_class.__name__, actor_class._methods, "", name_key)
+        else:
+            handle = (actor_id, actor_class.__name__, actor_class._methods, self.address, "")
+        if name_key:
+            record = self._name_record(actor_id, actor_class.__name__, actor_class._methods, detached, "")
+            if not self.call_async(self._claim_name, name_key, record):
+                if opts["get_if_exists"]:
+                    existing = self.named_actor(opts["name"], opts["namespace"])
+                    if existing is not None:
+                        return existing
+                raise ConfigError(
+                    f"an actor named {opts['name']!r} already exists in namespace "
+                    f"{opts['namespace'] or DEFAULT_NAMESPACE!r}; pick another name, kill that actor, "
+                    "or pass get_if_exists=True to get its handle"
+                )
+        shape = {"CPU": float(opts["num_cpus"]), "GPU": float(opts["num_gpus"]), **(opts["resources"] or {})}
+        restarts = opts["max_restarts"]
+        retries = opts["max_task_retries"]
+        state = ActorState(
+            actor_id, actor_class.__name__, self.address, True, detached,
+            create=m.CreateActor(actor_id, actor_class.__name__, blob, payload, [], self.address,
+                                 opts["max_concurrency"]),
+            shape=tuple(sorted((k, float(x)) for k, x in shape.items() if x)),
+            name_key=name_key,
+            restarts_left=UNLIMITED if restarts == -1 else restarts,
+            task_retries=UNLIMITED if retries == -1 else retries,
+            held=[*dep_refs, *held],
+        )
+        self._actors[actor_id] = state
+        if name_key:
+            self._actors_escaped.add(actor_id)  # reachable by name: lives as long as its owner
+        self.soon(self._nursery.start_soon, self._start_actor, state, dep_refs)
+        return handle
+
+    def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes,
+                          dep_refs: list, held: list) -> list[ObjectRef]:
+        task_id = self.new_task_id()
+        task = PendingTask(
+            task_id=task_id,
+            name=f"{handle._class_name}.{method}",
+            function_id=handle._actor_id,
+            function=b"",
+            args=payload,
+            dep_refs=dep_refs,
+            num_returns=num_returns,
+            return_ids=[task_id + i.to_bytes(4, "little") for i in range(num_returns)],
+            shape=(),
+            retries_left=0,
+            retry_exceptions=False,
+            held=held,
+        )
+        task.method = method
+        task.actor = handle
+        state = self._actors.get(handle._actor_id)
+        refs = [ObjectRef(oid, self.address) for oid in task.return_ids]  # before a reply can come
+        if state is not None:
+            with state.lock:
+                if not dep_refs and self._send_call_now(state, task):
+                    return refs
+                state.unsent += 1
+                task.counted = True
+        return self.submit(task, refs)
+
+    def _send_call_now(self, state: ActorState, task: Any) -> bool:
+        """From the caller's thread: send the call at once if nothing is ahead of it (the
+        common case), skipping the hop through the trio thread. Holds state.lock."""
+        conn = state.conn
+        if state.state != "alive" or state.unsent or state.pending or conn is None or conn.closed:
+            return False
+        with self._cv:
+            self._tasks[task.task_id] = task
+            self._owned.update(task.return_ids)
+        task.actor = task.lease = state
+        state.in_flight[task.task_id] = task
+        spec = m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, [], task.num_returns,
+                          self.address, task.method)
+        try:
+            conn.send_threadsafe(m.PushTasks([spec]))
+        except ClusterConnectionError:
+            pass  # the close callback fails or retries it
+        return True
+
+    def named_actor(self, name: str, namespace: str | None) -> HandleFields | None:
+        """The handle fields of the live actor ``name`` in ``namespace``, or None."""
+        key = f"actor/{namespace or DEFAULT_NAMESPACE}/{name}"
+        record = self.call_async(self._live_record, key)
+        if record is None:
+            return None
+        actor_id, class_name, methods, owner, _address = pickle.loads(record)
+        return (actor_id, class_name, methods, owner, "" if owner else key)
+
+    async def _claim_name(self, key: str, record: bytes) -> bool:
+        """Take ``key`` for a new actor; a name left behind by a dead actor is taken over."""
+        if await self._kv_request(m.KvPut(key, record, False)):
+            return True
+        if await self._live_record(key) is not None:
+            return False
+        return await self._kv_request(m.KvPut(key, record, True))
+
+    async def _live_record(self, key: str) -> bytes | None:
+        """The record under an actor name if its actor still lives; a stale one is removed
+        (its owner died without saying so, or its detached worker is gone)."""
+        record = await self._kv_request(m.KvGet(key))
+        if record is None:
+            return None
+        actor_id, _, _, owner, address = pickle.loads(record)
+        state = self._actors.get(actor_id)
+        if state is not None and state.owned:
+            return record if state.state != "dead" else None
+        try:
+            if owner:
+                conn = await self._connect(owner, "the actor's owner")
+                with trio.fail_after(10):
+                    status, _, _ = await conn.request(m.GetActorInfo(actor_id))
+                alive = status != "dead"
+            else:
+                alive = not address or (await self._connect(address, "the actor's worker")) is not None
+        except (ClusterConnectionError, RemoteCallError, trio.TooSlowError):
+            alive = False
+        if alive:
+            return record
+        current = await self._kv_request(m.KvGet(key))
+        if current == record:  # still the stale one (not a new claim meanwhile)
+            await self._kv_request(m.KvDelete(key))
+        return None
+
+    def _name_record(self, actor_id: bytes, class_name: str, methods: dict, detached: bool, address: str) -> bytes:
+        """What the head keeps under an actor's name: the owner to ask, or (detached) where it runs."""
+        return pickle.dumps((actor_id, class_name, methods, "" if detached else self.address, address))
+
+    def actor_handle_added(self, actor_id: bytes) -> None:
+        with self._ref_lock:
+            self._actor_handles[actor_id] += 1
+
+    def actor_handle_escaped(self, actor_id: bytes) -> None:
+        self._actors_escaped.add(actor_id)
+
+    def actor_handle_dropped(self, actor_id: bytes) -> None:
+        """The owner's last handle went, and none left the process: stop the actor once its
+        calls are done (as Ray does for actors that are neither named nor detached)."""
+        with self._ref_lock:
+            count = self._actor_handles[actor_id] - 1
+            if count > 0:
+                self._actor_handles[actor_id] = count
+                return
+            del self._actor_handles[actor_id]
+            if actor_id in self._actors_escaped:
+                return
+        if self._trio_token is not None and not self._stopped:
+            try:
+                self.soon(self._nursery.start_soon, self._release_actor, actor_id)
+            except trio.RunFinishedError:
+                pass
+
+    async def _release_actor(self, actor_id: bytes) -> None:
+        state = self._actors.get(actor_id)
+        if state is None or not state.owned:
+            return
+        while state.state != "dead" and (state.pending or state.in_flight or state.state == "pending"):
+            await trio.sleep(0.05)
+        if state.state != "dead":
+            state.restarts_left = 0
+            self._actor_dead(state, "all its handles were dropped")
+            if state.lease is not None and not state.lease.node_conn.closed:
+                state.lease.node_conn.send(m.ReturnLease(state.lease.lease_id, False))
+        self._actors.pop(actor_id, None)
+
+    def kill_actor(self, handle: Any, no_restart: bool) -> None:
+        state = self._actors.get(handle._actor_id)
+        if handle._owner or (state is not None and state.owned):
+            self.call(self._kill_actor, handle._actor_id, handle._owner or self.address, no_restart)
+        else:
+            self.call_async(self._kill_detached, handle)
+
+    async def _kill_detached(self, handle: Any) -> None:
+        """Stop a detached actor we do not own: tell its worker to exit, and forget its name."""
+        address = await self._detached_address(handle._name_key, handle._actor_id, wait=False)
+        if address:
+            try:
+                conn = await self._connect(address, "the actor's worker")
+                conn.send(m.KillActor(handle._actor_id, True))
+            except ClusterConnectionError:
+                pass  # already gone
+        await self._forget_name(handle._name_key)
+        state = self._actors.get(handle._actor_id)
+        if state is not None:
+            state.restarts_left = 0
+            self._actor_dead(state, "it was killed with cluster.kill()")
+
+    async def _detached_address(self, key: str, actor_id: bytes, wait: bool = True) -> str | None:
+        """The worker address a detached actor registered under its name (None: not there)."""
+        deadline = trio.current_time() + 60
+        while True:
+            record = await self._kv_request(m.KvGet(key))
+            if record is None or pickle.loads(record)[0] != actor_id:
+                return None
+            address = pickle.loads(record)[4]
+            if address or not wait or trio.current_time() > deadline:
+                return address or None
+            await trio.sleep(0.05)  # its creator is still starting it
+
+    # ------------------------------------------------------------------ trio thread
+
+    async def _kv_request(self, msg: Any) -> Any:
+        head = await self._connect(self.head_address, "the cluster")
+        return await head.request(msg)
+
+    def _actor_state(self, handle: Any) -> ActorState:
+        state = self._actors.get(handle._actor_id)
+        if state is None:  # a handle that came from elsewhere: ask the owner where it lives
+            state = ActorState(handle._actor_id, handle._class_name, handle._owner, False,
+                               name_key=handle._name_key or None, detached=not handle._owner)
+            self._actors[handle._actor_id] = state
+            self._nursery.start_soon(self._locate_actor, state)
+        return state
+
+    def _enqueue_actor_call(self, task: Any) -> None:
+        state = self._actor_state(task.actor)
+        task.actor = state
+        with state.lock:
+            if task.counted:
+                state.unsent -= 1
+            state.pending.append(task)
+            self._pump_actor(state)
+
+    def _pump_actor(self, state: ActorState) -> None:
+        with state.lock:
+            self._pump_actor_locked(state)
+
+    def _pump_actor_locked(self, state: ActorState) -> None:
+        if state.state == "pending":
+            return
+        if state.state == "dead":
+            self._fail_actor_calls(state, list(state.pending))
+            state.pending.clear()
+            return
+        specs = []
+        while state.pending:
+            task = state.pending[0]
+            if task.dep_refs and not self._deps_ready(task):
+                if not state.resolving:
+                    state.resolving = True
+                    self._nursery.start_soon(self._resolve_actor_call, state, task)
+                break
+            state.pending.popleft()
+            if task.cancelled:
+                self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
+                continue
+            if task.dep_refs and self._failed_dependency(task):
+                continue
+            task.lease = state
+            state.in_flight[task.task_id] = task
+            specs.append(m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, task.deps,
+                                    task.num_returns, self.address, task.method))
+        if specs:
+            try:
+                state.conn.send(m.PushTasks(specs))
+            except ClusterConnectionError:
+                pass  # the close callback deals with them
+
+    async def _resolve_actor_call(self, state: ActorState, task: Any) -> None:
+        for ref in task.dep_refs:
+            await self._wait_entry(ref)
+        state.resolving = False
+        self._pump_actor(state)
+
+    async def _start_actor(self, state: ActorState, dep_refs: list | None = None) -> None:
+        """Lease a worker for the actor and build it there (again, after a restart)."""
+        if dep_refs:
+            deps = [await self._wait_entry(ref) for ref in dep_refs]
+            state.create = attrs.evolve(state.create, deps=deps)
+            for entry in deps:
+                if entry[0] == v.INLINE and entry[1] == v.ERROR:
+                    self._actor_dead(state, "an argument of its constructor failed", entry)
+                    return
+        queue = ShapeQueue(state.shape)
+        queue.pending.append(state)  # keeps an infeasible shape asking
+        lease = await self._lease_worker(queue, lambda *_: None, detached=state.detached)
+        if state.state == "dead":  # killed while it was being placed
+            if lease is not None:
+                lease.conn.context = None
+                lease.node_conn.send(m.ReturnLease(lease.lease_id, False))
+            return
+        if lease is None:
+            self._actor_dead(state, "no worker could be leased for it")
+            return
+        lease.conn.context = state
+        if self._on_actor_lost not in lease.conn.on_close:
+            lease.conn.on_close.append(self._on_actor_lost)
+        state.lease, state.conn, state.address = lease, lease.conn, lease.conn.peer
+        try:
+            error = await lease.conn.request(state.create)
+        except (ClusterConnectionError, RemoteCallError) as exc:
+            self._actor_lost(state, f"its worker died while building it ({exc})")
+            return
+        if error is not None:
+            lease.node_conn.send(m.ReturnLease(lease.lease_id, False))
+            self._actor_dead(state, "its constructor raised", error)
+            return
+        state.state = "alive"
+        state.ready.set()
+        if state.detached:  # holders find a detached actor's worker through its name
+            old = await self._kv_request(m.KvGet(state.name_key))
+            if old is not None and pickle.loads(old)[0] == state.actor_id:
+                _, class_name, methods, _, _ = pickle.loads(old)
+                record = self._name_record(state.actor_id, class_name, methods, True, state.address)
+                await self._kv_request(m.KvPut(state.name_key, record, True))
+        log.info("actor_started", actor=state.class_name, actor_id=state.actor_id.hex(), worker=state.address)
+        self._pump_actor(state)
+
+    async def _locate_actor(self, state: ActorState) -> None:
+        """A caller that does not own the actor: find its worker through its owner (or, for a
+        detached actor, through its name)."""
+        try:
+            if state.detached:
+                address = await self._detached_address(state.name_key, state.actor_id)
+                status, cause = ("alive", "") if address else ("dead", "its name is no longer registered")
+            else:
+                owner = await self._connect(state.owner, "the actor's owner")
+                status, address, cause = await owner.request(m.GetActorInfo(state.actor_id))
+            if status == "alive":
+                try:
+                    conn = await self._connect(address, "the actor's worker")
+                except ClusterConnectionError as exc:
+                    status, cause = "dead", f"its worker at {address} is unreachable ({exc})"
+        except (ClusterConnectionError, RemoteCallError) as exc:
+            status, cause = "dead", f"its owner at {state.owner} is unreachable ({exc}), and an actor dies with its owner"
+        if status != "alive":
+            self._actor_dead(state, cause)
+            return
+        conn.context = state
+        if self._on_actor_lost not in conn.on_close:
+            conn.on_close.append(self._on_actor_lost)
+        state.conn, state.address, state.state = conn, address, "alive"
+        state.ready.set()
+        self._pump_actor(state)
+
+    def _on_actor_lost(self, conn: Any) -> None:
+        state = conn.context
+        if isinstance(state, ActorState) and state.conn is conn:
+            self._actor_lost(state, state.cause or "its worker process died")
+
+    def _actor_lost(self, state: ActorState, cause: str) -> None:
+        """The actor's worker is gone: restart it (owner) or ask again (caller), else it is dead."""
+        with state.lock:
+            self._actor_lost_locked(state, cause)
+
+    def _actor_lost_locked(self, state: ActorState, cause: str) -> None:
+        if state.state == "dead":
+            self._fail_actor_calls(state, list(state.in_flight.values()))
+            state.in_flight.clear()
+            return
+        lost = list(state.in_flight.values())
+        state.in_flight.clear()
+        state.conn = state.lease = None
+        can_restart = state.owned and state.restarts_left > 0
+        if not state.owned or can_restart:
+            retry = [task for task in lost if task.retries_left > 0 or (state.owned and state.task_retries > 0)]
+            for task in retry:
+                task.retries_left = max(task.retries_left, state.task_retries) - 1
+            self._fail_actor_calls(state, [task for task in lost if task not in retry], cause)
+            state.pending.extendleft(reversed(retry))
+            state.state = "pending"
+            state.ready = trio.Event()
+            if state.owned:
+                state.restarts_left -= 1
+                state.restarts += 1
+                log.warning("actor_restarting", actor=state.class_name, cause=cause, restarts_left=state.restarts_left)
+                self._nursery.start_soon(self._start_actor, state)
+            else:
+                self._nursery.start_soon(self._locate_actor, state)
+            return
+        self._fail_actor_calls(state, lost, cause)
+        self._actor_dead(state, cause)
+
+    def _actor_dead(self, state: ActorState, cause: str, error_entry: list | None = None) -> None:
+        with state.lock:
+            self._actor_dead_locked(state, cause, error_entry)
+
+    def _actor_dead_locked(self, state: ActorState, cause: str, error_entry: list | None = None) -> None:
+        if state.state != "dead":
+            state.state = "dead"
+            state.cause = cause
+            state.error_entry = error_entry
+            state.held = []
+            if state.name_key and state.owned:
+                self._nursery.start_soon(self._forget_name, state.name_key)
+            log.info("actor_dead", actor=state.class_name, actor_id=state.actor_id.hex(), cause=cause)
+        state.ready.set()
+        self._pump_actor(state)
+
+    async def _forget_name(self, key: str) -> None:
+        try:
+            await self._kv_request(m.KvDelete(key))
+        except (ClusterConnectionError, RemoteCallError):
+            pass
+
+    def _fail_actor_calls(self, state: ActorState, tasks: list, cause: str | None = None) -> None:
+        if not tasks:
+            return
+        if state.error_entry is not None and cause is None:
+            entry = state.error_entry
+        else:
+            entry = v.serialize_error(ActorDiedError(
+                f"actor {state.class_name} ({state.actor_id.hex()[:12]}) is dead: {cause or state.cause}"
+            ))
+        self._finish_many([(task, [entry] * task.num_returns) for task in tasks])
+
+    def _kill_actor(self, actor_id: bytes, owner: str, no_restart: bool) -> None:
+        state = self._actors.get(actor_id)
+        if owner != self.address:
+            self._nursery.start_soon(self._send_kill, owner, actor_id, no_restart)
+            return
+        if state is None or state.state == "dead":
+            return
+        if no_restart:
+            state.restarts_left = 0
+            self._actor_dead(state, "it was killed with cluster.kill()")
+        else:
+            state.cause = "it was killed with cluster.kill(no_restart=False)"
+        if state.lease is not None and not state.lease.node_conn.closed:
+            state.lease.node_conn.send(m.ReturnLease(state.lease.lease_id, False))  # the node kills it
+
+    async def _send_kill(self, owner: str, actor_id: bytes, no_restart: bool) -> None:
+        try:
+            conn = await self._connect(owner, "the actor's owner")
+            conn.send(m.KillActor(actor_id, no_restart))
+        except ClusterConnectionError:
+            pass  # the owner is gone, and its actors with it
+
+    async def _serve_actor_info(self, conn: Any, request_id: int, actor_id: bytes) -> None:
+        state = self._actors.get(actor_id)
+        if state is None or not state.owned:
+            conn.reply(request_id, ["dead", "", "its owner does not know it (it was never created here, or is gone)"])
+            return
+        while state.state == "pending":
+            await state.ready.wait()
+        conn.reply(request_id, [state.state, state.address, state.cause])
+
+    def _actor_messages(self, conn: Any, msg: Any, request_id: int) -> bool:
+        kind = type(msg)
+        if kind is m.GetActorInfo:
+            self._nursery.start_soon(self._serve_actor_info, conn, request_id, msg.actor_id)
+        elif kind is m.KillActor:
+            state = self._actors.get(msg.actor_id)
+            if state is not None and state.owned:
+                self._kill_actor(msg.actor_id, self.address, msg.no_restart)
+            elif self.executor is not None and self.executor.actor_id == msg.actor_id:
+                log.info("actor_killed", actor_id=msg.actor_id.hex())
+                os._exit(0)  # a detached actor, told to stop by a handle holder: the node cleans up
+        elif kind is m.ListActors:
+            conn.reply(request_id, {"owned": self.actor_table(), "hosting": self._hosted_actor()})
+        elif kind is m.CreateActor and self.executor is not None:
+            self.executor.create_actor(conn, request_id, msg)
+        else:
+            return False
+        return True
+
+    def _hosted_actor(self) -> dict | None:
+        executor = self.executor
+        if executor is None or executor.actor_id is None:
+            return None
+        return {"actor_id": executor.actor_id.hex(), "class": type(executor._actor).__name__}
+
+    def actor_table(self) -> list[dict]:
+        return [
+            {"actor_id": s.actor_id.hex(), "class": s.class_name, "state": s.state, "address": s.address,
+             "restarts": s.restarts, "cause": s.cause,
+             "name": s.name_key.rsplit("/", 1)[-1] if s.name_key else ""}
+            for s in self._actors.values() if s.owned
+        ]

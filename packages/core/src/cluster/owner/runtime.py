@@ -1,0 +1,1245 @@
+"""The owner runtime of a driver or worker process: submits tasks, owns their results, fetches.
+
+Each driver and each worker runs one :class:`Runtime`. Its network side is a trio event loop
+in a background thread; the user's thread calls in through a few thread-safe entry points
+(``submit``, ``get``, ``wait``, ``put``, ``cancel``). The hot path (DESIGN.md §4):
+
+1. ``submit`` records the task, queues it and wakes the trio thread (one wake-up per batch);
+2. the trio thread resolves ObjectRef arguments, then leases a worker for the task's resource
+   shape from the local node daemon (which may answer "spill back to node X");
+3. tasks are pushed straight to leased workers, a few in flight per worker, batched per frame;
+4. workers answer on the same connection; small values arrive inline, large ones stay in the
+   executing node's shared-memory store and only their location comes back;
+5. a lease with no more work of its shape is returned to its node after a short linger.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+import trio
+from cluster_store.errors import ObjectStoreFullError as StoreFull
+
+from cluster.errors import (
+    ClusterConnectionError,
+    GetTimeoutError,
+    ObjectLostError,
+    ObjectStoreFullError,
+    RemoteCallError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
+from cluster.objects import refs as object_ref_module
+from cluster.objects import values as v
+from cluster.objects.refs import ObjectRef
+from cluster.objects.transfer import ChunkSource, pull_object
+from cluster.owner.actors import ActorRuntime, ActorState
+from cluster.owner.tasks import Lease, PendingTask, ShapeQueue
+from cluster.plugins import make_object_store
+from cluster.wire import messages as m
+from cluster.wire.connection import Connection, Dialer, run_connection
+from cluster.wire.handshake import server_handshake
+from cluster.wire.streams import open_local_listener
+
+log = structlog.get_logger("cluster.runtime")
+
+LEASE_LINGER_S = 0.05  # keep an idle lease this long in case more work of its shape comes
+PIPELINE_DEPTH = int(os.environ.get("CLUSTER_TASKS_IN_FLIGHT_PER_WORKER", "4"))
+MAX_LEASE_REQUESTS = 8  # concurrent lease requests per resource shape
+INFEASIBLE_RETRY_S = 1.0
+BORROWER_CHECK_S = 2.0  # how often an owner checks that its borrowers' processes still exist
+
+
+class Runtime(ActorRuntime):
+    """Owner runtime: one per driver or worker process."""
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        head_address: str,
+        node: dict | None,
+        role: str,
+        listen_host: str = "127.0.0.1",
+    ) -> None:
+        self.token = token
+        self.head_address = head_address
+        self.role = role
+        self.listen_host = listen_host
+        self.address = ""
+        self.executor: Any = None  # set by cluster.worker in worker processes
+        self.log_sink: Any = None  # where LogLines from workers go (driver: the terminal)
+        self.nodes: list[dict] = []
+        self.session_dir: str | None = None
+        self._chunks: Any = None
+        if node is not None:
+            self._set_node(node)
+        self._cv = threading.Condition(threading.Lock())
+        self._values: dict[bytes, list] = {}
+        self._tasks: dict[bytes, PendingTask] = {}
+        self._actors: dict[bytes, ActorState] = {}
+        self._actor_handles: collections.Counter[bytes] = collections.Counter()
+        self._actors_escaped: set[bytes] = set()
+        self._queues: dict[tuple, ShapeQueue] = {}
+        self._submitted: collections.deque[PendingTask] = collections.deque()
+        self._wake_scheduled = False
+        self._trio_waiters: dict[bytes, list[trio.Event]] = {}
+        self._fetching: set[bytes] = set()
+        self._refcounts: collections.Counter[bytes] = collections.Counter()
+        self._ref_lock = threading.Lock()
+        self._escaped: set[bytes] = set()  # pickled where we cannot follow: never freed
+        # Owner side: who else holds refs to our objects, and where copies of them are.
+        self._borrowers: dict[bytes, collections.Counter[str]] = {}
+        self._locations: dict[bytes, set[str]] = {}
+        # Refs inside our objects' values, kept alive while the container lives.
+        self._contained: dict[bytes, list[ObjectRef]] = {}
+        # Borrower side: object id -> [owner address, registrations made with the owner].
+        self._borrowed: dict[bytes, list] = {}
+        self._trio_thread: threading.Thread | None = None
+        self._warned_infeasible: set[tuple] = set()
+        self._owned: set[bytes] = set()
+        self._dialer = Dialer(token, role, self._on_message, self._on_message_fast)
+        self._ids = itertools.count()
+        self._pid_prefix = os.getpid().to_bytes(4, "little")
+        self._thread: threading.Thread | None = None
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._crashed: BaseException | None = None  # the trio thread died of this
+        self._stopped = False
+        self.node_conn: Connection | None = None
+        self.head_conn: Connection | None = None
+
+    def _set_node(self, node: dict) -> None:
+        self.node = node
+        self.node_id: str = node["node_id"]
+        self.node_address: str = node["address"]
+        self.store = make_object_store(node["store_path"], node)
+        # Where our stored objects live: the node's shared store, or (for a private store,
+        # e.g. cluster_store.MemoryStore) this process, which then serves their chunks itself.
+        self.private_store = not getattr(self.store, "shared", True)
+        self.store_node_id = f"{self.node_id}/{os.getpid()}" if self.private_store else self.node_id
+        self.store_address = self.node_address
+        self._serve_private_store()
+
+    def _serve_private_store(self) -> None:
+        """With a private store, this process serves its objects' chunks (once it listens)."""
+        if getattr(self, "private_store", False) and self.address and self._chunks is None:
+            self.store_address = self.address
+            self._chunks = ChunkSource(self.store)
+
+    # ----------------------------------------------------------------- lifecycle (user thread)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread = threading.Thread(target=self._thread_main, name="cluster-runtime", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ClusterConnectionError(f"the cluster runtime did not start within {timeout:.0f}s")
+        if self._start_error is not None:
+            raise self._start_error
+        object_ref_module._runtime = self
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if object_ref_module._runtime is self:
+            object_ref_module._runtime = None
+        if self._trio_token is not None and self._nursery is not None:
+            try:
+                trio.from_thread.run_sync(self._return_all_leases, trio_token=self._trio_token)
+                trio.from_thread.run_sync(self._nursery.cancel_scope.cancel, trio_token=self._trio_token)
+            except trio.RunFinishedError:
+                pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:
+            if not self._ready.is_set():
+                self._start_error = _first_error(exc)
+                self._ready.set()
+            else:
+                log.error("runtime_crashed", error=repr(exc), exc_info=True)
+                self._crashed = _first_error(exc)
+                with self._cv:
+                    self._cv.notify_all()
+
+    async def _main(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = self._dialer.nursery = nursery
+            self._trio_token = trio.lowlevel.current_trio_token()
+            self._trio_thread = threading.current_thread()
+            listeners = await trio.open_tcp_listeners(0, host=self.listen_host)
+            port = listeners[0].socket.getsockname()[1]
+            self.address = f"{self.listen_host}:{port}"
+            local = open_local_listener(self.address)
+            if local is not None:
+                listeners.append(local)
+            self._serve_private_store()
+            nursery.start_soon(trio.serve_listeners, self._serve_incoming, listeners)
+            if self.role == "driver":
+                self.head_conn = await self._connect(self.head_address, "the cluster")
+                reply = await self.head_conn.request(
+                    m.RegisterDriver(os.getpid(), socket.gethostname(), self.address)
+                )
+                self.nodes = reply["nodes"]
+                self.session_dir = reply["session_dir"]
+                self._set_node(choose_local_node(self.nodes, self.head_address))
+            self.node_conn = await self._connect(self.node_address, "the node daemon")
+            nursery.start_soon(self._linger_loop)
+            nursery.start_soon(self._borrower_sweep)
+            self._ready.set()
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run a sync function on the trio thread and return its result."""
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._trio_token)
+
+    def call_async(self, fn: Any, *args: Any) -> Any:
+        """Run an async function on the trio thread and return its result."""
+        return trio.from_thread.run(fn, *args, trio_token=self._trio_token)
+
+    def list_nodes(self) -> list[dict]:
+        """The cluster's nodes as the head sees them."""
+        conn = self.call_async(self._connect, self.head_address, "the cluster")
+        return self.call_async(conn.request, m.ListNodes())
+
+    def soon(self, fn: Any, *args: Any) -> None:
+        """Schedule a sync function on the trio thread without waiting."""
+        self._trio_token.run_sync_soon(fn, *args)
+
+    # ------------------------------------------------------------------ connections (trio)
+
+    async def _connect(self, address: str, what: str) -> Connection:
+        return await self._dialer.connect(address, what)
+
+    async def _serve_incoming(self, stream: trio.SocketStream) -> None:
+        try:
+            peer_role = await server_handshake(stream, self.token, self.role)
+        except Exception as exc:
+            log.warning("refused_connection", error=str(exc))
+            await trio.aclose_forcefully(stream)
+            return
+        await run_connection(stream, "incoming", peer_role, self._on_message, self._on_message_fast)
+
+    def _on_message_fast(self, conn: Connection, msg: Any, request_id: int) -> bool:
+        """The hot messages, handled in the connection's reader thread (no trip through trio):
+        calls pushed to this worker, and plain results of actor calls. False: not here."""
+        kind = type(msg)
+        if kind is m.PushTasks:
+            if self.executor is None:
+                return False
+            self.executor.push(conn, msg.tasks)
+            return True
+        if kind is m.TaskResults and type(conn.context) in (ActorState, Lease):
+            return self._on_results_fast(conn.context, msg.results)
+        return False
+
+    def _on_message(self, conn: Connection, msg: Any, request_id: int) -> None:
+        kind = type(msg)
+        if kind is m.TaskResults:
+            self._on_results(conn, msg.results)
+        elif kind is m.PushTasks:
+            self.executor.push(conn, msg.tasks)
+        elif kind is m.LogLines:
+            if self.log_sink is not None:
+                self.log_sink(msg)
+        elif kind is m.GetObject:
+            self._nursery.start_soon(self._serve_get_object, conn, request_id, msg.object_id)
+        elif kind is m.StealTasks:
+            conn.reply(request_id, self.executor.steal(conn, msg.max_tasks) if self.executor is not None else [])
+        elif kind is m.CancelTask:
+            if self.executor is not None:
+                self.executor.cancel(conn, msg.task_id, msg.force)
+        elif kind is m.AddBorrowers:
+            conn.reply(request_id, self._register_borrowers(msg.object_ids, msg.borrower))
+        elif kind is m.RemoveBorrowers:
+            self._unregister_borrowers(msg.object_ids, msg.borrower, msg.counts)
+        elif kind is m.AddObjectLocation:
+            conn.reply(request_id, self._add_location(msg.object_id, msg.node_address))
+        elif kind is m.ListObjects:
+            conn.reply(request_id, self.list_objects(msg.limit))
+        elif self._chunks is not None and kind is m.PullChunk:
+            self._chunks.chunk(conn, msg, request_id)
+        elif self._chunks is not None and kind is m.PullObject:
+            self._chunks.size(conn, msg, request_id)
+        elif self._chunks is not None and kind is m.DeleteObjects:
+            for object_id in msg.object_ids:
+                self._chunks.forget(object_id)
+                self.store.delete(object_id)
+        elif not self._actor_messages(conn, msg, request_id):
+            conn.reply_error(request_id, "unexpected", f"{self.role} does not handle {kind.__name__}")
+
+    # ---------------------------------------------------------------- ids and references
+
+    def new_task_id(self) -> bytes:
+        return self._pid_prefix + os.urandom(8) + next(self._ids).to_bytes(4, "little")
+
+    def add_local_ref(self, object_id: bytes) -> None:
+        with self._ref_lock:
+            self._refcounts[object_id] += 1
+
+    def remove_local_ref(self, object_id: bytes) -> None:
+        with self._ref_lock:
+            count = self._refcounts[object_id] - 1
+            if count > 0:
+                self._refcounts[object_id] = count
+                return
+            del self._refcounts[object_id]
+            if object_id in self._escaped:
+                return
+            if object_id not in self._owned:
+                record = self._borrowed.pop(object_id, None)
+                owned = False
+            elif object_id in self._borrowers:
+                return  # other processes still hold it
+            else:
+                owned = True
+        if owned:
+            self._free(object_id)
+        else:
+            self._release_borrowed(object_id, record)
+
+    def mark_escaped(self, object_id: bytes, owner: str) -> None:
+        self._escaped.add(object_id)
+
+    def _free(self, object_id: bytes) -> None:
+        with self._cv:
+            entry = self._values.get(object_id)
+            if entry is None:
+                return  # not finished yet: _finish_many frees it when it arrives
+            del self._values[object_id]
+            self._owned.discard(object_id)
+        self._drop(object_id, entry)
+
+    def _drop(self, object_id: bytes, entry: list) -> None:
+        """Let go of a freed object: its stored copies, and the refs its value held."""
+        with self._cv:
+            locations = self._locations.pop(object_id, None)
+            contained = self._contained.pop(object_id, None)
+        if entry[0] == v.STORED:
+            self.store.delete(object_id)  # the primary copy, or a copy on this node
+            remote = set(locations or ())
+            if entry[2] != self.store_node_id:
+                remote.add(entry[3])
+            remote.discard(self.store_address)
+            if remote and self._trio_token is not None and not self._stopped:
+                try:
+                    self.soon(self._send_deletes, remote, object_id)
+                except trio.RunFinishedError:
+                    pass
+        del contained  # may free more objects (outside our locks)
+
+    def _send_deletes(self, addresses: set[str], object_id: bytes) -> None:
+        for address in addresses:
+            conn = self._dialer.open(address)
+            if conn is not None:
+                conn.send(m.DeleteObjects([object_id]))
+            else:
+                self._nursery.start_soon(self._send_delete_dialing, address, object_id)
+
+    async def _send_delete_dialing(self, address: str, object_id: bytes) -> None:
+        try:
+            conn = await self._connect(address, "a node daemon")
+            conn.send(m.DeleteObjects([object_id]))
+        except ClusterConnectionError:
+            pass  # the node is gone, and its copy with it
+
+    # ------------------------------------------------- borrowing (distributed refcounts)
+
+    def register_borrowed(self, refs: list[ObjectRef]) -> None:
+        """Tell the owners of ``refs`` (just unpickled here) that this process holds them.
+
+        Blocks until the owners know, so the sender may drop its own hold afterwards; refs
+        this process already registered cost nothing.
+        """
+        by_owner: dict[str, dict[bytes, None]] = {}
+        with self._ref_lock:
+            for ref in refs:
+                record = self._borrowed.get(ref._id)
+                if record is None:
+                    record = self._borrowed[ref._id] = [ref._owner, 0]
+                if record[1] == 0:
+                    by_owner.setdefault(ref._owner, {})[ref._id] = None
+        if not by_owner:
+            return
+        wanted = {owner: list(ids) for owner, ids in by_owner.items()}
+        if threading.current_thread() is self._trio_thread:
+            self._nursery.start_soon(self._add_borrowers, wanted, None)  # cannot block here
+        else:
+            self.call_async(self._add_borrowers, wanted, None)
+
+    def register_for(self, refs: list[ObjectRef], borrower: str) -> None:
+        """Make ``borrower`` a borrower of ``refs`` (found in a value we send it), and wait."""
+        wanted: dict[str, list[bytes]] = {}
+        for ref in refs:
+            wanted.setdefault(ref._owner, []).append(ref._id)
+        mine = wanted.pop(self.address, None)
+        if mine:
+            self._register_borrowers(mine, borrower)
+        if wanted:
+            self.call_async(self._add_borrowers, wanted, borrower)
+
+    async def _add_borrowers(self, wanted: dict[str, list[bytes]], borrower: str | None) -> None:
+        async def one(owner: str, ids: list[bytes]) -> None:
+            try:
+                conn = await self._connect(owner, "the object's owner")
+                known = await conn.request(m.AddBorrowers(ids, borrower or self.address))
+            except (ClusterConnectionError, RemoteCallError) as exc:
+                log.warning("borrow_register_failed", owner=owner, error=str(exc))
+                return  # the owner is gone; get() will say the object is lost
+            if borrower is not None:
+                return
+            late = []
+            with self._ref_lock:
+                for object_id, ok in zip(ids, known, strict=False):
+                    if not ok:
+                        continue
+                    record = self._borrowed.get(object_id)
+                    if record is None:
+                        late.append(object_id)  # dropped while we registered
+                    else:
+                        record[1] += 1
+            if late:
+                conn.send(m.RemoveBorrowers(late, self.address, [1] * len(late)))
+
+        async with trio.open_nursery() as nursery:
+            for owner, ids in wanted.items():
+                nursery.start_soon(one, owner, ids)
+
+    def _register_borrowers(self, object_ids: list[bytes], borrower: str) -> list[bool]:
+        known = []
+        with self._ref_lock:
+            for object_id in object_ids:
+                if object_id in self._owned:
+                    counts = self._borrowers.get(object_id)
+                    if counts is None:
+                        counts = self._borrowers[object_id] = collections.Counter()
+                    counts[borrower] += 1
+                    known.append(True)
+                else:
+                    known.append(False)
+        return known
+
+    def _unregister_borrowers(self, object_ids: list[bytes], borrower: str, counts: list[int]) -> None:
+        to_free = []
+        with self._ref_lock:
+            for object_id, n in zip(object_ids, counts, strict=False):
+                held = self._borrowers.get(object_id)
+                if held is None:
+                    continue
+                left = held[borrower] - n
+                if left > 0:
+                    held[borrower] = left
+                else:
+                    del held[borrower]
+                if not held:
+                    del self._borrowers[object_id]
+                    if object_id not in self._refcounts and object_id not in self._escaped:
+                        to_free.append(object_id)
+        for object_id in to_free:
+            self._free(object_id)
+
+    def _release_borrowed(self, object_id: bytes, record: list | None) -> None:
+        self._values.pop(object_id, None)  # the cached entry of an object we no longer hold
+        if record is None or record[1] <= 0 or self._stopped or self._trio_token is None:
+            return
+        try:
+            self.soon(self._send_unborrow, record[0], object_id, record[1])
+        except trio.RunFinishedError:
+            pass
+
+    def _send_unborrow(self, owner: str, object_id: bytes, count: int) -> None:
+        conn = self._dialer.open(owner)
+        if conn is not None:
+            conn.send(m.RemoveBorrowers([object_id], self.address, [count]))
+        # else: the owner is gone (we reached it to register), and the object with it
+
+    async def _borrower_sweep(self) -> None:
+        """Forget borrowers whose process is gone (they could not say they let go)."""
+        while True:
+            await trio.sleep(BORROWER_CHECK_S)
+            with self._ref_lock:
+                addresses = {a for counts in self._borrowers.values() for a in counts} - {self.address}
+            for address in addresses:
+                try:
+                    await self._connect(address, "a borrower")  # cached while it is alive
+                except ClusterConnectionError:
+                    self._forget_borrower(address)
+
+    def _forget_borrower(self, address: str) -> None:
+        log.info("borrower_gone", borrower=address)
+        to_free = []
+        with self._ref_lock:
+            for object_id, counts in list(self._borrowers.items()):
+                if counts.pop(address, None) is not None and not counts:
+                    del self._borrowers[object_id]
+                    if object_id not in self._refcounts and object_id not in self._escaped:
+                        to_free.append(object_id)
+        for object_id in to_free:
+            self._free(object_id)
+
+    def _adopt_contained(self, return_ids: list | None, contained: list) -> None:
+        """Hold the refs a worker found in our task's return values (it registered us)."""
+        held: list[tuple[int, ObjectRef]] = []
+        for index, object_id, owner in contained:
+            ref = ObjectRef(object_id, owner)
+            with self._ref_lock:
+                if owner == self.address:
+                    counts = self._borrowers.get(object_id)
+                    if counts is not None and counts[owner] > 0:
+                        counts[owner] -= 1  # our own object: the ref we hold now replaces that
+                        if counts[owner] == 0:
+                            del counts[owner]
+                        if not counts:
+                            del self._borrowers[object_id]
+                else:
+                    record = self._borrowed.get(object_id)
+                    if record is None:
+                        record = self._borrowed[object_id] = [owner, 0]
+                    record[1] += 1
+            held.append((index, ref))
+        if return_ids is not None:
+            with self._cv:
+                for index, ref in held:
+                    if index < len(return_ids):
+                        self._contained.setdefault(return_ids[index], []).append(ref)
+
+    def _add_location(self, object_id: bytes, node_address: str) -> bool:
+        with self._cv:
+            if object_id not in self._owned:
+                return False
+            self._locations.setdefault(object_id, set()).add(node_address)
+            return True
+
+    # ------------------------------------------------------------------- submit (user thread)
+
+    def submit(self, task: PendingTask, refs: list[ObjectRef] | None = None) -> list[ObjectRef]:
+        if refs is None:
+            refs = [ObjectRef(oid, self.address) for oid in task.return_ids]
+        with self._cv:
+            self._tasks[task.task_id] = task
+            self._owned.update(task.return_ids)
+        self._submitted.append(task)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self.soon(self._drain_submitted)
+        return refs
+
+    def put(self, value: Any) -> ObjectRef:
+        object_id = self.new_task_id() + b"\xff\xff\xff\xff"
+        ser = v.serialize(value)
+        entry = self.entry_for(object_id, ser, self.address)
+        ref = ObjectRef(object_id, self.address)
+        with self._cv:
+            self._values[object_id] = entry
+            self._owned.add(object_id)
+            if ser.refs:
+                self._contained[object_id] = list(ser.refs)
+        return ref
+
+    def entry_for(self, object_id: bytes, ser: v.Serialized, owner: str) -> list:
+        """A value entry: inline when small, else written to this node's store."""
+        if ser.size <= v.INLINE_LIMIT:
+            return ser.inline_entry()
+        try:
+            size = self.store.put(object_id, ser.metadata, ser.inband, ser.buffers)
+        except StoreFull as exc:
+            raise ObjectStoreFullError(self._store_full_message(ser.size, exc)) from None
+        return [v.STORED, object_id, self.store_node_id, self.store_address, size, owner]
+
+    def _store_full_message(self, size: int, exc: Exception) -> str:
+        capacity = getattr(exc, "capacity_bytes", None)
+        used = getattr(exc, "used_bytes", None)
+        if capacity is None or used is None:
+            return f"the object store of node {self.node_id} has no room for an object of {_mb(size)}: {exc}"
+        sizes = sorted(((self.store.size_of(oid) or 0, oid) for oid in self.store.object_ids()), reverse=True)
+        largest = ", ".join(f"{oid.hex()[:12]}… {_mb(n)}" for n, oid in sizes[:3]) or "none"
+        return (
+            f"the object store of node {self.node_id} is full: an object of {_mb(size)} does not "
+            f"fit, {_mb(used)} of its {_mb(capacity)} are in use by {len(sizes)} objects (largest: "
+            f"{largest}). Drop ObjectRefs you no longer need (objects are freed when no reference "
+            "remains), or give the node more room: `cluster start --object-store-memory SIZE`, or "
+            "cluster.init(object_store_memory=SIZE) for a local cluster."
+        )
+
+    # ------------------------------------------------------------------- introspection
+
+    def list_objects(self, limit: int) -> list[dict]:
+        """The largest objects this process owns, each with where it lives and why it is alive."""
+        with self._cv:
+            owned = list(self._owned)
+            values = {oid: self._values.get(oid) for oid in owned}
+            locations = {oid: sorted(self._locations.get(oid, ())) for oid in owned}
+            containers: dict[bytes, list[bytes]] = {}
+            for container, refs in self._contained.items():
+                for ref in refs:
+                    containers.setdefault(ref._id, []).append(container)
+            task_args: collections.Counter[bytes] = collections.Counter()
+            for task in self._tasks.values():
+                for ref in (*task.dep_refs, *task.held):
+                    task_args[ref._id] += 1
+        with self._ref_lock:
+            local = {oid: self._refcounts.get(oid, 0) for oid in owned}
+            borrowers = {oid: dict(self._borrowers.get(oid, {})) for oid in owned}
+            pinned = {oid for oid in owned if oid in self._escaped}
+        rows = []
+        for oid in owned:
+            entry = values[oid]
+            if entry is None:
+                size, where, state = 0, "", "pending"
+            elif entry[0] == v.STORED:
+                size, where, state = entry[4], entry[2], "stored"
+            else:
+                size = len(entry[2]) + sum(len(b) for b in entry[3])
+                where, state = "", "error" if entry[1] == v.ERROR else "inline"
+            reasons = []
+            own_refs = local[oid] - len(containers.get(oid, ())) - task_args[oid]  # those hold refs too
+            if own_refs > 0:
+                reasons.append(f"{own_refs} ref(s) in the owner")
+            for address, count in sorted(borrowers[oid].items()):
+                reasons.append(f"borrowed by {address} ({count})")
+            for container in containers.get(oid, ()):
+                reasons.append(f"inside object {container.hex()}")
+            if task_args[oid]:
+                reasons.append(f"argument of {task_args[oid]} unfinished task(s)")
+            if oid in pinned:
+                reasons.append("pickled outside the cluster's view (kept until the owner exits)")
+            rows.append({
+                "object_id": oid.hex(), "size": size, "state": state, "node_id": where,
+                "copies": locations[oid], "owner": self.address, "owner_pid": os.getpid(),
+                "owner_kind": self.role, "referenced_by": reasons,
+            })
+        rows.sort(key=lambda row: row["size"], reverse=True)
+        return rows[: max(0, limit)]
+
+    # ------------------------------------------------------------------ scheduling (trio)
+
+    def _drain_submitted(self) -> None:
+        self._wake_scheduled = False
+        touched = set()
+        submitted = self._submitted
+        while submitted:
+            task = submitted.popleft()
+            if task.actor is not None:
+                self._enqueue_actor_call(task)  # in order, behind the actor's earlier calls
+                continue
+            if task.dep_refs:
+                if not self._deps_ready(task):
+                    self._nursery.start_soon(self._resolve_then_queue, task)
+                    continue
+                if self._failed_dependency(task):
+                    continue
+            self._enqueue(task)
+            touched.add(task.shape)
+        for shape in touched:
+            self._dispatch(self._queues[shape])
+
+    def _deps_ready(self, task: PendingTask) -> bool:
+        values = self._values
+        deps = []
+        for ref in task.dep_refs:
+            entry = values.get(ref.id)
+            if entry is None:
+                return False
+            deps.append(entry)
+        task.deps = deps
+        return True
+
+    def _failed_dependency(self, task: PendingTask) -> bool:
+        """A failed argument fails the task with the same error, without running it."""
+        for entry in task.deps:
+            if entry[0] == v.INLINE and entry[1] == v.ERROR:
+                self._finish(task, [entry] * task.num_returns)
+                return True
+        return False
+
+    async def _resolve_then_queue(self, task: PendingTask) -> None:
+        for ref in task.dep_refs:
+            await self._wait_entry(ref)
+        if task.cancelled:
+            return
+        self._deps_ready(task)
+        if self._failed_dependency(task):
+            return
+        self._enqueue(task)
+        self._dispatch(self._queues[task.shape])
+
+    def _enqueue(self, task: PendingTask, front: bool = False) -> None:
+        queue = self._queues.get(task.shape)
+        if queue is None:
+            queue = self._queues[task.shape] = ShapeQueue(task.shape)
+        if front:
+            queue.pending.appendleft(task)
+        else:
+            queue.pending.append(task)
+
+    def _dispatch(self, queue: ShapeQueue) -> None:
+        pending = queue.pending
+        if pending and queue.leases:
+            batches: dict[int, list] = {}
+            # While lease requests are fresh, more workers may be on their way: give each lease
+            # one task, so a burst spreads out. Once nodes say the rest must wait, pipeline.
+            depth = 1 if queue.fresh_requests else PIPELINE_DEPTH
+            leases = [lease for lease in queue.leases if len(lease.in_flight) < depth]
+            leases.sort(key=lambda lease: len(lease.in_flight))  # the least loaded first
+            while pending and leases:
+                still_room = []
+                for lease in leases:
+                    if not pending:
+                        break
+                    task = pending.popleft()
+                    task.lease = lease
+                    lease.in_flight[task.task_id] = task
+                    lease.idle_since = None
+                    batches.setdefault(id(lease), [lease]).append(task)
+                    if len(lease.in_flight) < depth:
+                        still_room.append(lease)
+                leases = still_room
+            for lease, *tasks in batches.values():
+                sent = lease.conn.sent_functions
+                specs = []
+                for task in tasks:
+                    fn = None
+                    if task.function_id not in sent:
+                        sent.add(task.function_id)
+                        fn = task.function
+                    specs.append(
+                        m.TaskSpec(
+                            task.task_id, task.name, task.function_id, fn, task.args,
+                            task.deps, task.num_returns, self.address,
+                        )
+                    )
+                try:
+                    lease.conn.send(m.PushTasks(specs))
+                except ClusterConnectionError:
+                    pass  # the close callback requeues them
+        wanted = min(len(pending), MAX_LEASE_REQUESTS) - queue.requesting
+        for _ in range(max(0, wanted)):
+            queue.requesting += 1  # counted now, so the next dispatch does not ask again
+            self._nursery.start_soon(self._request_lease, queue)
+
+    def _maybe_steal(self, queue: ShapeQueue, idle: Lease) -> None:
+        """``idle`` has nothing to do while another lease has tasks queued behind its running
+        one (pipelined, see _dispatch): ask that worker to give half of them back."""
+        if idle.returned or idle.in_flight or queue.pending:
+            return
+        victim = max((lease for lease in queue.leases if lease is not idle and not lease.returned),
+                     key=lambda lease: len(lease.in_flight), default=None)
+        if victim is not None and len(victim.in_flight) >= 2 and not victim.stealing:
+            victim.stealing = True
+            self._nursery.start_soon(self._steal, queue, victim)
+
+    async def _steal(self, queue: ShapeQueue, victim: Lease) -> None:
+        try:
+            stolen = await victim.conn.request(m.StealTasks(len(victim.in_flight) // 2))
+        except (ClusterConnectionError, RemoteCallError):
+            return
+        finally:
+            victim.stealing = False
+        for task_id in reversed(stolen):  # (newest first: back to the front in their order)
+            task = victim.in_flight.pop(task_id, None)
+            if task is not None:
+                task.lease = None
+                queue.pending.appendleft(task)
+        if stolen:
+            log.debug("tasks_stolen", count=len(stolen))
+            self._dispatch(queue)
+
+    async def _request_lease(self, queue: ShapeQueue) -> None:
+        """Get one more worker for ``queue``'s shape: ask, follow spillbacks, connect to it."""
+        queue.fresh_requests += 1
+        fresh = [True]
+
+        def not_fresh(_reason: str = "") -> None:
+            # Until now more workers might come, so each lease got one task (see _dispatch).
+            if fresh[0]:
+                fresh[0] = False
+                queue.fresh_requests -= 1
+                self._dispatch(queue)
+
+        try:
+            lease = await self._lease_worker(queue, not_fresh)
+        finally:
+            queue.requesting -= 1
+            if fresh[0]:
+                fresh[0] = False
+                queue.fresh_requests -= 1
+        if lease is not None:
+            queue.leases.append(lease)
+        self._dispatch(queue)
+        if lease is not None and not lease.in_flight:
+            self._maybe_steal(queue, lease)
+
+    async def _lease_worker(self, queue: ShapeQueue, on_busy: Any, detached: bool = False) -> Lease | None:
+        address = self.node_address
+        spill_count = 0
+        while True:
+            try:
+                node_conn = await self._connect(address, "a node daemon")
+                answer = await node_conn.request(
+                    m.RequestLease(dict(queue.shape), self.address, spill_count, detached, len(queue.pending)),
+                    on_pending=on_busy
+                )
+            except (ClusterConnectionError, RemoteCallError) as exc:
+                log.warning("lease_request_failed", node=address, error=str(exc))
+                if address == self.node_address:
+                    await trio.sleep(0.5)
+                address, spill_count = self.node_address, 0
+                if not queue.pending:
+                    return None
+                continue
+            if answer[0] == "spill":
+                address = answer[1]
+                spill_count += 1
+                continue
+            if answer[0] == "infeasible":
+                self._warn_infeasible(queue, answer[1])
+                await trio.sleep(INFEASIBLE_RETRY_S)
+                address, spill_count = self.node_address, 0
+                if not queue.pending:
+                    return None
+                continue
+            break
+        _, lease_id, worker_address = answer[:3]
+        try:
+            worker_conn = await self._connect(worker_address, "a worker")
+        except ClusterConnectionError:
+            node_conn.send(m.ReturnLease(lease_id, False))
+            return None
+        lease = Lease(lease_id, node_conn, worker_conn, queue.shape, idle_since=time.monotonic())
+        worker_conn.context = lease
+        if self._on_worker_lost not in worker_conn.on_close:
+            worker_conn.on_close.append(self._on_worker_lost)
+        return lease
+
+    def _warn_infeasible(self, queue: ShapeQueue, reason: str) -> None:
+        if queue.shape in self._warned_infeasible:
+            return
+        self._warned_infeasible.add(queue.shape)
+        names = sorted({task.name for task in queue.pending})
+        print(
+            f"cluster: warning: {', '.join(names) or 'a task'} cannot be scheduled: {reason}. "
+            "It stays pending until a node that fits joins the cluster.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def _linger_loop(self) -> None:
+        while True:
+            await trio.sleep(LEASE_LINGER_S)
+            now = time.monotonic()
+            for queue in self._queues.values():
+                if queue.pending:
+                    continue
+                for lease in list(queue.leases):
+                    if lease.in_flight or lease.idle_since is None:
+                        continue
+                    if now - lease.idle_since >= LEASE_LINGER_S:
+                        self._return_lease(queue, lease, worker_ok=True)
+
+    def _return_all_leases(self) -> None:
+        """Give idle workers back before going away, so nodes need not kill them."""
+        for queue in self._queues.values():
+            for lease in list(queue.leases):
+                self._return_lease(queue, lease, worker_ok=not lease.in_flight)
+
+    def _return_lease(self, queue: ShapeQueue, lease: Lease, worker_ok: bool) -> None:
+        if lease.returned:
+            return
+        lease.returned = True
+        if lease in queue.leases:
+            queue.leases.remove(lease)
+        lease.conn.context = None
+        if not lease.node_conn.closed:
+            lease.node_conn.send(m.ReturnLease(lease.lease_id, worker_ok))
+
+    def _on_worker_lost(self, conn: Connection) -> None:
+        lease = conn.context
+        if not isinstance(lease, Lease) or lease.returned:
+            return
+        queue = self._queues.get(lease.shape)
+        if queue is None:  # not a task lease (an actor's, given back already)
+            return
+        lost = list(lease.in_flight.values())
+        lease.in_flight.clear()
+        self._return_lease(queue, lease, worker_ok=False)
+        for task in lost:
+            if task.cancelled:
+                self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
+            elif task.retries_left > 0:
+                task.retries_left -= 1
+                task.lease = None
+                log.info("task_retry", task=task.name, reason="worker died", retries_left=task.retries_left)
+                self._enqueue(task, front=True)
+            else:
+                err = WorkerCrashedError(
+                    f"the worker running {task.name} died (process exited or the connection "
+                    f"to it was lost) and the task has no retries left; raise max_retries to retry it"
+                )
+                self._finish(task, [v.serialize_error(err)] * task.num_returns)
+        self._dispatch(queue)
+
+    # ---------------------------------------------------------------------- results (trio)
+
+    def _on_results(self, conn: Connection, results: list) -> None:
+        lease = conn.context
+        in_flight = lease.in_flight if isinstance(lease, Lease | ActorState) else {}
+        retry = []
+        done = []
+        for result in results:
+            task = in_flight.pop(result.task_id, None)
+            if result.contained:  # (released at once when the task is no longer ours)
+                self._adopt_contained(task.return_ids if task is not None else None, result.contained)
+            if task is None:
+                continue
+            entries = result.entries
+            first = entries[0]
+            if first[0] == v.INLINE and first[1] == v.ERROR and task.retry_exceptions and task.retries_left > 0 and not task.cancelled:
+                task.retries_left -= 1
+                retry.append(task)
+                continue
+            if len(entries) != task.num_returns:
+                entries = [first] * task.num_returns
+            done.append((task, entries))
+        if done:
+            self._finish_many(done)
+        if isinstance(lease, Lease):
+            for task in retry:
+                self._enqueue(task, front=True)
+            queue = self._queues[lease.shape]
+            if not lease.in_flight:
+                lease.idle_since = time.monotonic()
+            self._dispatch(queue)
+            if not lease.in_flight:
+                self._maybe_steal(queue, lease)
+
+    def _on_results_fast(self, lease: Lease | ActorState, results: list) -> bool:
+        """``_on_results`` from a reader thread, for results that need nothing of the trio
+        thread: no refs inside, no retry. False (and nothing done) otherwise."""
+        in_flight = lease.in_flight
+        for result in results:
+            if result.contained:
+                return False
+            first = result.entries[0]
+            if first[0] == v.INLINE and first[1] == v.ERROR:
+                task = in_flight.get(result.task_id)
+                if task is not None and task.retry_exceptions:
+                    return False
+        done = []
+        with lease.lock if type(lease) is ActorState else contextlib.nullcontext():
+            for result in results:
+                task = in_flight.pop(result.task_id, None)
+                if task is not None:
+                    entries = result.entries
+                    done.append((task, entries if len(entries) == task.num_returns else [entries[0]] * task.num_returns))
+        if done:
+            self._finish_many(done, in_trio=False)
+        if type(lease) is Lease:
+            queue = self._queues[lease.shape]
+            if not in_flight:
+                lease.idle_since = time.monotonic()
+            if queue.pending:
+                self.soon(self._dispatch, queue)
+            elif not in_flight and any(len(other.in_flight) >= 2 for other in queue.leases):
+                self.soon(self._maybe_steal, queue, lease)  # (checked here first: no trio trip per task)
+        return True
+
+    def _finish(self, task: PendingTask, entries: list) -> None:
+        self._finish_many([(task, entries)])
+
+    def _finish_many(self, done: list, in_trio: bool = True) -> None:
+        to_free = []
+        released = []  # argument refs, dropped once out of the lock (dropping may free objects)
+        with self._cv:
+            values = self._values
+            tasks = self._tasks
+            refcounts = self._refcounts
+            for task, entries in done:
+                tasks.pop(task.task_id, None)
+                for oid, entry in zip(task.return_ids, entries, strict=False):
+                    if oid in refcounts or oid in self._escaped or oid in self._borrowers:
+                        values[oid] = entry
+                    else:
+                        self._owned.discard(oid)
+                        to_free.append((oid, entry))
+                released.append((task.dep_refs, task.held))
+                task.dep_refs = task.held = []  # release the arguments
+            self._cv.notify_all()
+        waiters = self._trio_waiters
+        if waiters:  # (_wait_entry checks the value again after it adds a waiter: no lost wakeup)
+            for task, _ in done:
+                for oid in task.return_ids:
+                    for event in waiters.pop(oid, ()):
+                        if in_trio:
+                            event.set()
+                        else:
+                            self.soon(event.set)
+        for oid, entry in to_free:
+            self._drop(oid, entry)
+        del released
+
+    async def _wait_entry(self, ref: ObjectRef) -> list:
+        """Wait (in trio) until ``ref``'s value entry is known; fetch it from its owner if borrowed."""
+        object_id = ref.id
+        while True:
+            entry = self._values.get(object_id)
+            if entry is not None:
+                return entry
+            if ref.owner != self.address:
+                self._start_fetch(ref)
+            event = trio.Event()
+            waiters = self._trio_waiters.setdefault(object_id, [])
+            waiters.append(event)
+            if object_id in self._values:  # finished by a reader thread just now
+                waiters.remove(event)
+                if not waiters:
+                    self._trio_waiters.pop(object_id, None)
+                continue
+            await event.wait()
+
+    def _start_fetch(self, ref: ObjectRef) -> None:
+        if ref.id in self._fetching or ref.id in self._values:
+            return
+        self._fetching.add(ref.id)
+        self._nursery.start_soon(self._fetch_borrowed, ref)
+
+    async def _fetch_borrowed(self, ref: ObjectRef) -> None:
+        try:
+            try:
+                owner = await self._connect(ref.owner, "the object's owner")
+                entry = await owner.request(m.GetObject(ref.id))
+            except (ClusterConnectionError, RemoteCallError) as exc:
+                entry = v.serialize_error(
+                    ObjectLostError(
+                        f"object {ref.hex()} is lost: its owner at {ref.owner} is unreachable ({exc})"
+                    )
+                )
+            with self._cv:
+                self._values[ref.id] = entry
+                self._cv.notify_all()
+            for event in self._trio_waiters.pop(ref.id, ()):
+                event.set()
+        finally:
+            self._fetching.discard(ref.id)
+
+    async def _serve_get_object(self, conn: Connection, request_id: int, object_id: bytes) -> None:
+        if object_id not in self._values and object_id not in self._owned:
+            conn.reply(request_id, v.serialize_error(ObjectLostError(
+                f"object {object_id.hex()} is not known to its owner (it was freed or never existed)"
+            )))
+            return
+        entry = await self._wait_entry(ObjectRef(object_id, self.address))
+        conn.reply(request_id, entry)
+
+    # --------------------------------------------------------------- get / wait (user thread)
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        entries = self._wait_entries(refs, timeout)
+        return [self.load_entry(entry, deadline) for entry in entries]
+
+    def _wait_entries(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
+        values = self._values
+        with self._cv:
+            missing = [ref for ref in refs if ref.id not in values]
+        if missing:
+            borrowed = [ref for ref in missing if ref.owner != self.address]
+            if borrowed:
+                self.soon(self._fetch_all, borrowed)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            blocked = self.executor is not None and self.executor.notify_blocked(True)
+            try:
+                with self._cv:
+                    for ref in missing:
+                        while ref.id not in values:
+                            remaining = None if deadline is None else deadline - time.monotonic()
+                            if remaining is not None and remaining <= 0:
+                                raise GetTimeoutError(
+                                    f"get timed out after {timeout}s: {ref} (and maybe others) "
+                                    "is not ready yet"
+                                )
+                            if self._crashed is not None:
+                                raise ClusterConnectionError(
+                                    "this process's cluster runtime stopped after an internal error "
+                                    f"({self._crashed!r}); call cluster.shutdown() and cluster.init() "
+                                    "again, and please report it with the log of this process"
+                                )
+                            self._cv.wait(remaining if remaining is not None else 1.0)
+            finally:
+                if blocked:
+                    self.executor.notify_blocked(False)
+        return [values[ref.id] for ref in refs]
+
+    def _fetch_all(self, refs: list[ObjectRef]) -> None:
+        for ref in refs:
+            self._start_fetch(ref)
+
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
+        values = self._values
+        ready = [ref for ref in refs if ref._id in values]
+        if len(ready) < num_returns:
+            borrowed = [r for r in refs if r._owner != self.address and r._id not in values]
+            if borrowed:
+                self.soon(self._fetch_all, borrowed)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with self._cv:
+                while True:
+                    ready = [ref for ref in refs if ref._id in values]
+                    if len(ready) >= num_returns:
+                        break
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    self._cv.wait(remaining)
+        if len(ready) == len(refs):
+            return list(refs[:num_returns]), list(refs[num_returns:])
+        ready = ready[:num_returns]
+        chosen = {ref._id for ref in ready}
+        return ready, [ref for ref in refs if ref._id not in chosen]
+
+    def load_entry(self, entry: list, deadline: float | None = None) -> Any:
+        if entry[0] == v.INLINE:
+            return self.loads(entry[1], entry[2], entry[3])
+        object_id = entry[1]
+        stored = self.store.get(object_id)
+        attempts = 0
+        while stored is None:
+            if entry[2] == self.store_node_id:
+                raise ObjectLostError(
+                    f"object {object_id.hex()} is gone from its node's store (was it freed, or "
+                    "the node restarted?)"
+                )
+            attempts += 1
+            if attempts > 3:  # copies are evictable: one may go again before we map it
+                raise ObjectLostError(f"object {object_id.hex()} could not be copied to this node")
+            self.call_async(self._copy_here, entry, deadline)
+            stored = self.store.get(object_id)
+            if self.private_store:
+                # A private copy lives as long as the value loaded from it (its views hold
+                # the memory); the next load copies again.
+                self.store.delete(object_id)
+        return self.loads(stored.metadata, stored.inband, stored.buffers)
+
+    def loads(self, metadata: bytes, inband: Any, buffers: list) -> Any:
+        """Unpickle a value; borrowed ObjectRefs inside it are registered with their owners."""
+        with object_ref_module.collect_incoming() as incoming:
+            try:
+                value = v.loads(metadata, inband, buffers)
+            finally:
+                if incoming:
+                    self.register_borrowed(incoming)
+        return value
+
+    async def _copy_here(self, entry: list, deadline: float | None = None) -> None:
+        """Have this node hold a copy of a stored object that lives on another node."""
+        if deadline is not None:
+            with trio.move_on_after(deadline - time.monotonic()) as scope:
+                await self._copy_here(entry)
+            if scope.cancelled_caught:
+                raise GetTimeoutError(
+                    f"get timed out while copying object {entry[1].hex()} ({_mb(entry[4])}) "
+                    f"from node {entry[3]}"
+                )
+            return
+        object_id, node_address = entry[1], entry[3]
+        owner = entry[5] if len(entry) > 5 else ""
+        if self.private_store:
+            await self._pull(object_id, node_address)  # a private store: copy it ourselves
+            return
+        try:
+            await self.node_conn.request(m.FetchObject(object_id, node_address, owner))
+        except RemoteCallError as exc:
+            raise ObjectLostError(f"object {object_id.hex()} could not be copied from {node_address}: {exc}") from None
+        except ClusterConnectionError as exc:
+            raise ObjectLostError(
+                f"object {object_id.hex()} could not be copied: this process lost its node daemon ({exc})"
+            ) from None
+
+    async def _pull(self, object_id: bytes, node_address: str) -> None:
+        """Copy an object from another node's store into ours, in chunks."""
+        await pull_object(self._connect, self.store, object_id, node_address)
+
+    # -------------------------------------------------------------------------- cancel
+
+    def cancel(self, ref: ObjectRef, force: bool) -> None:
+        self.call(self._cancel, ref.id[:16], force)
+
+    def _cancel(self, task_id: bytes, force: bool) -> None:
+        task = self._tasks.get(task_id)
+        if task is None or (task.cancelled and not force):
+            return
+        task.cancelled = True
+        if task.actor is not None and task.lease is None:
+            state = task.actor
+            if isinstance(state, ActorState):
+                with state.lock:
+                    if task in state.pending:
+                        state.pending.remove(task)
+            self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
+        elif task.lease is None:
+            queue = self._queues.get(task.shape)
+            if queue is not None and task in queue.pending:
+                queue.pending.remove(task)
+            self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
+        elif task.lease.conn is not None and not task.lease.conn.closed:
+            task.lease.conn.send(m.CancelTask(task_id, force))
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def choose_local_node(nodes: list[dict], head_address: str) -> dict:
+    """The node a driver on this machine attaches to: ``CLUSTER_NODE_ID``, else the head's."""
+    alive = [node for node in nodes if node["state"] == "alive"]
+    wanted = os.environ.get("CLUSTER_NODE_ID")
+    if wanted:
+        for node in alive:
+            if node["node_id"] == wanted:
+                return node
+        raise ClusterConnectionError(f"CLUSTER_NODE_ID={wanted} names no live node of this cluster")
+    here = socket.gethostname()
+    local = [node for node in alive if node["hostname"] == here
+             and (node.get("object_store") == "memory" or os.path.isdir(node["store_path"]))]
+    for node in local:
+        if node["is_head"]:
+            return node
+    if local:
+        return local[0]
+    raise ClusterConnectionError(
+        f"no node of the cluster at {head_address} runs on this machine, and a driver needs one "
+        "for its objects. Start one here with `cluster start --address "
+        f"{head_address}`, or run the script on a machine of the cluster."
+    )
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def print_worker_output(msg: Any) -> None:
+    """Driver-side sink for what workers print: prefixed with task name and pid."""
+    stream = sys.stderr if msg.stream == "stderr" else sys.stdout
+    prefix = f"({msg.task_name} pid={msg.pid}) "
+    text = "".join(prefix + line + "\n" for line in msg.text.splitlines())
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,429 @@
+"""A worker process: executes the tasks its lease holders push to it, one at a time.
+
+Started by a node daemon as ``python -m cluster.worker.executor``, with its configuration (including the
+cluster token) as one JSON line on stdin. Tasks arrive on the trio thread of the process's
+:class:`~cluster.owner.runtime.Runtime` and run on the main thread (user code holds the GIL anyway);
+results go back to each task's owner, batched while more tasks are queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import io
+import json
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from cluster import log as cluster_log
+from cluster.api.lifecycle import set_worker_runtime
+from cluster.errors import ClusterConnectionError, ClusterError, TaskCancelledError, TaskError
+from cluster.objects import values as v
+from cluster.objects.functions import unpack_function
+from cluster.objects.refs import collect_incoming
+from cluster.owner.runtime import Runtime
+from cluster.session import die_with_parent
+from cluster.wire import messages as m
+
+FLUSH_AFTER_S = 0.002  # send results at least this often while more tasks are queued
+
+
+class Executor:
+    """Runs pushed tasks on the main thread and sends their results back."""
+
+    def __init__(self, runtime: Any, worker_id: str) -> None:
+        self.runtime = runtime
+        self.worker_id = worker_id
+        self.pid = os.getpid()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._functions: dict[bytes, Any] = {}
+        self._lock = threading.Lock()
+        self._current: tuple[Any, Any] | None = None
+        self._cancelled: set[bytes] = set()  # running tasks being interrupted
+        self._queued: dict[bytes, Any] = {}  # pushed, not started -> the owner's connection
+        self._queued_names: dict[bytes, str] = {}
+        self._skip: set[bytes] = set()  # cancelled before they started: already answered
+        self._blocked_depth = 0
+        self._actor: Any = None  # the instance, once this worker is an actor
+        self.actor_id: bytes | None = None
+        self._concurrent: Any = None  # an asyncio loop or a thread pool, for concurrent actors
+        self._async_limit: Any = None
+        self._actor_error: list | None = None
+
+    def create_actor(self, conn: Any, request_id: int, msg: m.CreateActor) -> None:
+        """Queue the actor's construction: it runs on the main thread, before any call."""
+        self._queue.put((conn, _Creation(msg, request_id)))
+
+    # -- called on the trio thread --
+
+    def push(self, conn: Any, tasks: list) -> None:
+        put = self._queue.put
+        with self._lock:
+            for spec in tasks:
+                self._queued[spec.task_id] = conn
+                self._queued_names[spec.task_id] = spec.name
+                put((conn, spec))
+
+    def cancel(self, conn: Any, task_id: bytes, force: bool) -> None:
+        with self._lock:
+            current = self._current
+            if current is not None and current[1].task_id == task_id:
+                if force:
+                    os._exit(1)
+                self._cancelled.add(task_id)
+                # A real signal, not interrupt_main(): it also breaks blocking calls like sleep.
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            elif task_id in self._queued:
+                # Not started: answer now instead of after the tasks queued before it.
+                self._queued.pop(task_id, None)
+                self._skip.add(task_id)
+                name = self._queued_names.pop(task_id, "task")
+                entry = v.serialize_error(TaskCancelledError(name))
+                conn.send(m.TaskResults([m.TaskResult(task_id, [entry], self.pid)]))
+
+    def steal(self, conn: Any, max_tasks: int) -> list[bytes]:
+        """Give back up to ``max_tasks`` of ``conn``'s tasks that have not started, newest first;
+        they will be skipped here (no result is sent for them)."""
+        with self._lock:
+            ids = [task_id for task_id, owner in reversed(self._queued.items()) if owner is conn][:max(0, max_tasks)]
+            for task_id in ids:
+                del self._queued[task_id]
+                self._queued_names.pop(task_id, None)
+                self._skip.add(task_id)
+        return ids
+
+    def stop(self, *_: Any) -> None:
+        self._queue.put(None)
+
+    # -- main thread --
+
+    @property
+    def current(self) -> tuple[Any, Any] | None:
+        return self._current
+
+    def notify_blocked(self, blocked: bool) -> bool:
+        """Tell the node this worker waits in ``get`` (its CPU can run other tasks meanwhile)."""
+        if threading.current_thread() is not threading.main_thread() or self._current is None:
+            return False
+        self._blocked_depth += 1 if blocked else -1
+        if (blocked and self._blocked_depth == 1) or (not blocked and self._blocked_depth == 0):
+            node_conn = self.runtime.node_conn
+            self.runtime.soon(node_conn.send, m.WorkerBlocked(self.worker_id, blocked))
+        return True
+
+    def run(self) -> None:
+        results: dict[Any, list] = {}
+        last_flush = time.monotonic()
+        get = self._queue.get
+        while True:
+            result = None
+            try:
+                item = get()
+                if item is None:
+                    break
+                conn, spec = item
+                if type(spec) is _Creation:
+                    self._construct(conn, spec)
+                    continue
+                result = self.execute(conn, spec)
+            except KeyboardInterrupt:
+                pass  # a cancel that arrived just after its task ended
+            if result is not None:
+                results.setdefault(conn, []).append(result)
+            now = time.monotonic()
+            if results and (self._queue.empty() or now - last_flush > FLUSH_AFTER_S):
+                batch, results = results, {}
+                last_flush = now
+                _send_results(batch)
+
+    def execute(self, conn: Any, spec: Any) -> m.TaskResult | None:
+        task_id = spec.task_id
+        if self._concurrent is not None and spec.method:
+            self._start_concurrent(conn, spec)
+            return None
+        try:
+            with self._lock:
+                if task_id in self._skip:
+                    self._skip.discard(task_id)
+                    return None
+                self._queued.pop(task_id, None)
+                self._queued_names.pop(task_id, None)
+                self._current = (conn, spec)  # from here on, a cancel interrupts this task
+            try:
+                fn = getattr(self._actor, spec.method) if spec.method else self._functions.get(spec.function_id)
+                if fn is None:
+                    if spec.function is None:
+                        raise RuntimeError(f"the code of {spec.name} never reached this worker")
+                    fn = self._functions[spec.function_id] = unpack_function(spec.function)
+                try:
+                    args, kwargs = self._load_arguments(spec.args, spec.deps)
+                except ClusterError as exc:  # an argument failed or is lost: pass it on as is
+                    return m.TaskResult(task_id, [v.serialize_error(exc)], self.pid)
+                out = fn(*args, **kwargs)
+            finally:
+                for stream in _streams:
+                    stream.flush_partial((conn, spec))
+                with self._lock:
+                    self._current = None
+            return self._result(spec, out)
+        except KeyboardInterrupt:
+            if task_id in self._cancelled:
+                self._cancelled.discard(task_id)
+                entries = [v.serialize_error(TaskCancelledError(spec.name))]
+            else:
+                entries = [v.serialize_error(TaskError(spec.name, _remote_traceback(), None))]
+        except BaseException as exc:
+            entries = [v.serialize_error(TaskError(spec.name, _remote_traceback(), exc))]
+        return m.TaskResult(task_id, entries, self.pid)
+
+    def _load_arguments(self, payload: bytes, deps: list) -> tuple[tuple, dict]:
+        with collect_incoming() as incoming:
+            args, kwargs = pickle.loads(payload)
+        if incoming:  # refs nested in the arguments: we borrow them now
+            self.runtime.register_borrowed(incoming)
+            del incoming
+        if deps:
+            load = self.runtime.load_entry
+            args, kwargs = v.fill_deps(args, kwargs, [load(entry) for entry in deps])
+        return args, kwargs
+
+    def _result(self, spec: Any, out: Any) -> m.TaskResult:
+        """The task's result message: its return values as value entries (stored if large)."""
+        task_id = spec.task_id
+        if spec.num_returns == 1:
+            outs = [out]
+        else:
+            outs = list(out) if isinstance(out, tuple | list) else None
+            if outs is None or len(outs) != spec.num_returns:
+                raise ValueError(
+                    f"{spec.name} declares num_returns={spec.num_returns} but returned "
+                    f"{type(out).__name__} {'of length ' + str(len(outs)) if outs else ''}".rstrip()
+                )
+        entry_for = self.runtime.entry_for
+        entries = []
+        contained = []
+        for i, o in enumerate(outs):
+            ser = v.serialize(o)
+            entries.append(entry_for(task_id + i.to_bytes(4, "little"), ser, spec.owner))
+            if ser.refs:
+                unique = {ref.id: ref for ref in ser.refs}
+                contained += [[i, ref.id, ref.owner] for ref in unique.values()]
+                # The caller owns the result, so it must hold these refs before we let go.
+                self.runtime.register_for(list(unique.values()), spec.owner)
+        if contained:
+            return m.TaskResult(task_id, entries, self.pid, contained)
+        return m.TaskResult(task_id, entries, self.pid)
+
+    # -- concurrent actors: calls run on an asyncio loop, or on a pool of threads --
+
+    def _start_concurrent(self, conn: Any, spec: Any) -> None:
+        with self._lock:
+            self._queued.pop(spec.task_id, None)
+            self._queued_names.pop(spec.task_id, None)
+            if spec.task_id in self._skip:
+                self._skip.discard(spec.task_id)
+                return
+        try:
+            fn = getattr(self._actor, spec.method)
+            args, kwargs = self._load_arguments(spec.args, spec.deps)
+        except BaseException as exc:
+            self._send_one(conn, self._error_result(spec, exc))
+            return
+        if isinstance(self._concurrent, asyncio.AbstractEventLoop):
+            asyncio.run_coroutine_threadsafe(self._run_async(conn, spec, fn, args, kwargs), self._concurrent)
+        else:
+            self._concurrent.submit(self._run_threaded, conn, spec, fn, args, kwargs)
+
+    async def _run_async(self, conn: Any, spec: Any, fn: Any, args: tuple, kwargs: dict) -> None:
+        async with self._async_limit:
+            try:
+                out = fn(*args, **kwargs)
+                if inspect.isawaitable(out):
+                    out = await out
+                result = self._result(spec, out)
+            except BaseException as exc:
+                result = self._error_result(spec, exc)
+        self._send_one(conn, result)
+
+    def _run_threaded(self, conn: Any, spec: Any, fn: Any, args: tuple, kwargs: dict) -> None:
+        try:
+            result = self._result(spec, fn(*args, **kwargs))
+        except BaseException as exc:
+            result = self._error_result(spec, exc)
+        self._send_one(conn, result)
+
+    def _error_result(self, spec: Any, exc: BaseException) -> m.TaskResult:
+        if isinstance(exc, ClusterError) and not isinstance(exc, TaskError):
+            entry = v.serialize_error(exc)  # an argument failed or is lost: pass it on as is
+        else:
+            entry = v.serialize_error(TaskError(spec.name, _remote_traceback(), exc))
+        return m.TaskResult(spec.task_id, [entry], self.pid)
+
+    def _send_one(self, conn: Any, result: m.TaskResult) -> None:
+        _send_results({conn: [result]})
+
+    def _construct(self, conn: Any, creation: _Creation) -> None:
+        msg = creation.msg
+        error = None
+        try:
+            cls = unpack_function(msg.class_blob)
+            with collect_incoming() as incoming:
+                args, kwargs = pickle.loads(msg.args)
+            if incoming:
+                self.runtime.register_borrowed(incoming)
+                del incoming
+            if msg.deps:
+                load = self.runtime.load_entry
+                args, kwargs = v.fill_deps(args, kwargs, [load(entry) for entry in msg.deps])
+            self._actor = cls(*args, **kwargs)
+            self.actor_id = msg.actor_id
+            self._set_up_concurrency(cls, msg.max_concurrency)
+        except BaseException as exc:
+            error = v.serialize_error(TaskError(f"{msg.class_name}.__init__", _remote_traceback(), exc))
+        self.runtime.soon(conn.reply, creation.request_id, error)
+
+
+    def _set_up_concurrency(self, cls: type, max_concurrency: int | None) -> None:
+        """Async actors (any ``async def`` method) run calls on an event loop, up to
+        ``max_concurrency`` (default 1000) at once; sync actors with ``max_concurrency > 1``
+        on that many threads; others one call at a time on the main thread."""
+        is_async = any(inspect.iscoroutinefunction(member) for _, member in inspect.getmembers(cls))
+        if is_async:
+            limit = max_concurrency or 1000
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run_loop() -> None:
+                asyncio.set_event_loop(loop)
+                self._async_limit = asyncio.Semaphore(limit)
+                ready.set()
+                loop.run_forever()
+
+            threading.Thread(target=run_loop, name="actor-event-loop", daemon=True).start()
+            ready.wait()
+            self._concurrent = loop
+        elif (max_concurrency or 1) > 1:
+            self._concurrent = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
+
+
+class _Creation:
+    """A CreateActor waiting in the executor's queue."""
+
+    __slots__ = ("msg", "request_id")
+
+    def __init__(self, msg: m.CreateActor, request_id: int) -> None:
+        self.msg = msg
+        self.request_id = request_id
+
+
+def _send_results(batch: dict) -> None:
+    """Send results from the thread that made them (no hop through the trio thread)."""
+    for conn, results in batch.items():
+        try:
+            conn.send_threadsafe(m.TaskResults(results))
+        except ClusterConnectionError:
+            pass  # the owner is gone
+
+
+def _remote_traceback() -> str:
+    import traceback
+
+    exc_type, exc, tb = sys.exc_info()
+    # Drop the frames of this module so the traceback starts in the user's code.
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(exc_type, exc, tb)) + f"(on worker pid={os.getpid()})"
+
+
+# --- output forwarding --------------------------------------------------------------------
+
+_executor: Executor | None = None
+_streams: list[_TaskOutput] = []
+
+
+class _TaskOutput(io.TextIOBase):
+    """Tees what a task prints: to the worker's log file and, by line, to the task's owner."""
+
+    def __init__(self, name: str, original: Any) -> None:
+        self._name = name
+        self._original = original
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._original.write(text)
+        current = _executor.current if _executor is not None else None
+        if current is None:
+            return len(text)
+        self._partial += text
+        if "\n" in self._partial:
+            complete, self._partial = self._partial.rsplit("\n", 1)
+            self._forward(current, complete)
+        return len(text)
+
+    def flush(self) -> None:
+        self._original.flush()
+
+    def flush_partial(self, current: Any) -> None:
+        if self._partial and current is not None:
+            self._forward(current, self._partial)
+        self._partial = ""
+
+    def _forward(self, current: tuple, text: str) -> None:
+        conn, spec = current
+        msg = m.LogLines(spec.name, os.getpid(), self._name, text)
+        try:  # from the task's own thread, so its output goes out ahead of its result
+            conn.send_threadsafe(msg)
+        except ClusterConnectionError:
+            pass
+
+
+def main() -> None:
+    """Entry point of ``python -m cluster.worker.executor``: the configuration comes on stdin."""
+    config = json.loads(sys.stdin.readline())
+    sys.stdin.close()
+    run(config)
+
+
+def run(config: dict[str, Any]) -> None:
+    """Run a worker until its node daemon goes away."""
+    global _executor
+    die_with_parent()
+    cluster_log.configure(config["log_dir"], f"worker-{os.getpid()}")
+    node = config["node"]
+    os.environ["CLUSTER_NODE_ID"] = node["node_id"]
+    runtime = Runtime(
+        token=config["token"],
+        head_address=config["head_address"],
+        node=node,
+        role="worker",
+        listen_host=node["address"].rpartition(":")[0],
+    )
+    executor = _executor = Executor(runtime, config["worker_id"])
+    runtime.executor = executor
+    runtime.start()
+    set_worker_runtime(runtime)
+    runtime.node_conn.on_close.append(executor.stop)
+    for name in ("stdout", "stderr"):
+        stream = _TaskOutput(name, getattr(sys, name))
+        _streams.append(stream)
+        setattr(sys, name, stream)
+    runtime.call_async(
+        runtime.node_conn.request, m.RegisterWorker(config["worker_id"], runtime.address, os.getpid())
+    )
+    executor.run()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
