@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import threading
 import time
@@ -189,6 +190,44 @@ def test_raw_replies_land_in_their_destination_between_ordinary_frames() -> None
     assert received == payload
     assert unasked == 1000  # a raw answer to a plain request gives its size; the bytes are dropped
     assert after == "after"  # and the stream is still in step
+
+
+def test_a_fast_message_never_overtakes_the_rest_of_a_batch_still_being_handled() -> None:
+    """The reader may handle a message itself only once trio has handled *all* it was handed:
+    here the second frame arrives while the first batch's first message is still running."""
+    seen: list[str] = []
+    after = m.KvGet("f-after")
+
+    def on_message(conn: connection.Connection, msg: object, request_id: int) -> None:
+        seen.append(msg.key)
+        if msg.key == "s-block":
+            # The client's next frame arrives now, while this batch is half done.
+            forwarded = conn._forwarded
+            os.write(client.stream.socket.fileno(), codec.encode(after))
+            deadline = time.monotonic() + 10
+            while "f-after" not in seen and conn._forwarded == forwarded and time.monotonic() < deadline:
+                time.sleep(0.001)  # until the reader has dealt with it, one way or the other
+
+    def fast(conn: connection.Connection, msg: object, request_id: int) -> bool:
+        if not msg.key.startswith("f"):
+            return False
+        seen.append(msg.key)
+        return True
+
+    async def scenario() -> None:
+        nonlocal client
+        async with trio.open_nursery() as nursery:
+            client = await _serve_and_dial(nursery, on_message, fast)
+            # One write, so both frames reach the reader in one read: one batch.
+            os.write(client.stream.socket.fileno(), codec.encode(m.KvGet("s-block")) + codec.encode(m.KvGet("s-next")))
+            with trio.fail_after(10):
+                while len(seen) < 3:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+
+    client = None
+    trio.run(scenario)
+    assert seen == ["s-block", "s-next", "f-after"]
 
 
 def test_a_fast_handler_runs_in_the_reader_thread_and_every_message_keeps_its_order() -> None:

@@ -316,26 +316,30 @@ class Connection:
         self._token.run_sync_soon(self._handle_batch, batch)
 
     def _handle_batch(self, batch: list[tuple[Any, int]]) -> None:
-        self._handled += 1
         self._room.release()
-        if self.closed:
-            return  # aborted meanwhile: its requests have been answered with "closed"
-        waiting = self._waiting
-        for msg, request_id in batch:
-            if request_id and isinstance(msg, m.Ok | m.Fail | m.Pending | int):
-                slot = waiting.get(request_id)
-                if slot is None:
-                    continue
-                if type(msg) is m.Pending:
-                    if slot[2] is not None:
-                        slot[2](msg.reason)
-                else:
-                    slot[1] = msg
-                    slot[0].set()
-                continue
-            self.handler(self, msg, request_id)
+        try:
             if self.closed:
-                return
+                return  # aborted meanwhile: its requests have been answered with "closed"
+            waiting = self._waiting
+            for msg, request_id in batch:
+                if request_id and isinstance(msg, m.Ok | m.Fail | m.Pending | int):
+                    slot = waiting.get(request_id)
+                    if slot is None:
+                        continue
+                    if type(msg) is m.Pending:
+                        if slot[2] is not None:
+                            slot[2](msg.reason)
+                    else:
+                        slot[1] = msg
+                        slot[0].set()
+                    continue
+                self.handler(self, msg, request_id)
+                if self.closed:
+                    return
+        finally:
+            # Only now may the reader handle messages itself again: until the last one of
+            # this batch is handled, a fast message would overtake the batch's later ones.
+            self._handled += 1
 
     def _read_raw(self, sock: socket.socket, wait: Callable[[], Any], buf: bytearray, pos: int,
                   end: int, size: int, batch: list) -> int | None:
