@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -18,13 +19,55 @@ from cluster.wire import messages as m
 
 
 def test_codec_round_trip_with_nested_messages() -> None:
-    spec = m.TaskSpec(b"t" * 16, "f", b"i" * 16, None, b"args", [[0, b"", b"x", []]], 1, "127.0.0.1:1")
+    spec = m.TaskSpec(b"t" * 16, "f", b"i" * 16, None, b"args", [m.InlineValue(b"", b"x", [])], 1, "127.0.0.1:1")
     frame = codec.encode(m.PushTasks([spec, spec]), request_id=7)
     size = int.from_bytes(frame[:4], "little")
     assert size == len(frame) - 4
     msg, request_id = codec.decode(frame[4:])
     assert request_id == 7
     assert msg == m.PushTasks([spec, spec])
+
+
+def test_messages_travel_anywhere_inside_others_and_come_back_as_themselves() -> None:
+    stored = m.StoredValue(b"o" * 20, "node-1", "127.0.0.1:2", 10_000_000, "127.0.0.1:3")
+    inline = m.InlineValue(b"E", b"pickled", [b"buffer"])
+    reply = m.Ok({"entries": [inline, stored], "lease": m.LeaseGranted(7, "127.0.0.1:4", "w1", "n1"),
+                  "plain": [80, 0, "not a message"]})
+    msg, request_id = codec.decode(codec.encode(reply, 9)[4:])
+    assert (msg, request_id) == (reply, 9)
+    assert type(msg.value["entries"][1]) is m.StoredValue and msg.value["entries"][0].is_error
+    assert msg.value["plain"] == [80, 0, "not a message"]  # a list that merely starts with a tag
+
+
+def test_what_is_not_a_message_type_cannot_be_sent() -> None:
+    class Stranger:
+        pass
+
+    with pytest.raises(TypeError, match="Stranger cannot travel on the wire"):
+        codec.encode(m.Ok(Stranger()))
+
+
+def test_a_nested_message_of_an_unknown_tag_or_in_the_handshake_is_refused() -> None:
+    body = codec.encode(m.Ok(m.LeaseSpill("127.0.0.1:1")))[4:]
+    unknown = body.replace(m.LeaseSpill.TAG.to_bytes(2, "little"), (65000).to_bytes(2, "little"))
+    with pytest.raises(ProtocolError, match="malformed"):
+        codec.decode(unknown)
+    hello = codec.encode(m.Hello(1, "head", m.Welcome(b"mac")))[4:]  # a message hidden in a field
+    with pytest.raises(ProtocolError, match="malformed"):
+        codec.decode(hello, allowed=frozenset({m.Hello.TAG}))
+
+
+def test_a_message_type_declared_later_travels_too() -> None:
+    @m.message(1999)
+    @attrs.frozen
+    class LateComer:
+        text: str
+
+    try:
+        msg, _ = codec.decode(codec.encode(m.Ok([LateComer("hi")]))[4:])
+        assert msg == m.Ok([LateComer("hi")])
+    finally:
+        del m.MESSAGE_TYPES[1999]
 
 
 def test_decode_rejects_garbage_with_a_clear_error() -> None:

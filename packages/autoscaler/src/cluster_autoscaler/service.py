@@ -20,6 +20,7 @@ import json
 import time
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
@@ -102,8 +103,7 @@ class AutoscalerService:
                 self.idle_since.pop(node.node_id, None)
             else:
                 self.idle_since.setdefault(node.node_id, now)
-            store = node.store or {}
-            primaries = max(0, int(store.get("objects", 0)) - int(store.get("copies", 0)))
+            primaries = max(0, node.store.objects - node.store.copies) if node.store is not None else 0
             nodes.append(NodeObservation(
                 instance.instance_id if instance else node.node_id,
                 instance.node_type if instance else self.config.head_node_type,
@@ -162,7 +162,8 @@ class AutoscalerService:
 
     @staticmethod
     def _demand(alive: list) -> list[Demand]:
-        return [Demand(dict(item["shape"]), int(item["count"])) for item in total_demand(n.demand for n in alive)]
+        reports = ([attrs.asdict(item) for item in n.demand] for n in alive)
+        return [Demand(dict(item["shape"]), int(item["count"])) for item in total_demand(reports)]
 
     def _requested(self) -> list[Demand]:
         raw = self.head.kv_get(REQUESTED_KEY)

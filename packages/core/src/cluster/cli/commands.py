@@ -375,11 +375,11 @@ def _fetch_actors(address: str | None, token: str | None) -> tuple[list[dict], l
         _, _, replies, unanswered = await _ask_every_owner(connect, m.ListActors())
         actors: dict[str, dict] = {}
         for owner, reply in replies:
-            for row in reply["owned"]:
+            for row in reply.owned:
                 row["owner"] = f"{owner['kind']} pid {owner['pid']}"
                 actors.setdefault(row["actor_id"], {}).update(row)
         for owner, reply in replies:
-            hosted = reply["hosting"]
+            hosted = reply.hosting
             if hosted:  # the worker that *is* the actor: where it runs, for sure
                 row = actors.setdefault(hosted["actor_id"], {"state": "alive", "restarts": 0, "name": "",
                                                              "owner": "(exited; detached)", "cause": ""})

@@ -36,8 +36,8 @@ class NodeRecord:
     spill_dir: str | None
     conn: Connection | None
     object_store: str = "shared"
-    store: dict = attrs.Factory(dict)
-    demand: list = attrs.Factory(list)  # what waits on this node (NodeService.demand)
+    store: m.StoreStats | None = None  # as of its last heartbeat
+    demand: list = attrs.Factory(list)  # of DemandItem: what waits on this node (NodeService.demand)
     state: str = "alive"
     last_seen: float = attrs.Factory(time.monotonic)
     joined_at: float = attrs.Factory(time.time)
@@ -56,8 +56,8 @@ class NodeRecord:
             "store_capacity": self.store_capacity,
             "spill_dir": self.spill_dir,
             "object_store": self.object_store,
-            "store": self.store,
-            "demand": self.demand,
+            "store": attrs.asdict(self.store) if self.store is not None else {},
+            "demand": [attrs.asdict(item) for item in self.demand],
             "state": self.state,
         }
 
@@ -150,7 +150,7 @@ class HeadService:
         self._broadcast_view()
         conn.on_close.append(lambda _c: self._mark_dead(record, "connection to the node closed"))
         log.info("node_joined", node_id=msg.node_id, address=msg.address, resources=msg.resources)
-        conn.reply(request_id, {"session_dir": self.session_dir, "view": self.view(), "version": self.view_version})
+        conn.reply(request_id, m.NodeRegistered(self.session_dir, self.view(), self.view_version))
 
     def _heartbeat(self, conn: Connection, msg: m.Heartbeat, request_id: int) -> None:
         node = self.nodes.get(msg.node_id)
@@ -164,9 +164,9 @@ class HeadService:
             node.available = msg.available
             self.view_version += 1
         if msg.view_version == self.view_version:
-            conn.reply(request_id, [self.view_version, None])
+            conn.reply(request_id, m.HeartbeatAck(self.view_version, None))
         else:
-            conn.reply(request_id, [self.view_version, self.view()])
+            conn.reply(request_id, m.HeartbeatAck(self.view_version, self.view()))
 
     def _register_driver(self, conn: Connection, msg: m.RegisterDriver, request_id: int) -> None:
         log.info("driver_attached", pid=msg.pid, hostname=msg.hostname)
@@ -174,7 +174,7 @@ class HeadService:
             self.drivers[conn] = {"kind": "driver", "pid": msg.pid, "hostname": msg.hostname,
                                   "address": msg.address}
             conn.on_close.append(lambda c: self.drivers.pop(c, None))
-        conn.reply(request_id, {"nodes": self.view(), "session_dir": self.session_dir, "head_pid": os.getpid()})
+        conn.reply(request_id, m.DriverRegistered(self.view(), self.session_dir, os.getpid()))
 
     def _list_nodes(self, conn: Connection, msg: m.ListNodes, request_id: int) -> None:
         conn.reply(request_id, self.view())

@@ -171,7 +171,7 @@ class NodeService:
                         self.store_capacity, self.spill_dir, self.object_store,
                     )
                 )
-                self.view, self.view_version = reply["view"], reply["version"]
+                self.view, self.view_version = reply.view, reply.version
                 self.head_conn.on_close.append(self._head_lost)
                 nursery.start_soon(self._zygote_events)
                 for _ in range(self.pool_size):
@@ -199,7 +199,7 @@ class NodeService:
             return
         conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
 
-    def demand(self) -> list[dict]:
+    def demand(self) -> list[m.DemandItem]:
         """Work waiting here for resources, by shape: what the autoscaler sizes the cluster by.
 
         Per owner and shape, the larger of its queued lease requests and the backlog its newest
@@ -216,34 +216,34 @@ class NodeService:
         by_shape: dict[tuple, int] = {}
         for (_, shape), count in per_owner.items():
             by_shape[shape] = by_shape.get(shape, 0) + count
-        out = [{"shape": dict(shape), "count": count, "infeasible": False} for shape, count in by_shape.items()]
+        out = [m.DemandItem(dict(shape), count) for shape, count in by_shape.items()]
         now = time.monotonic()
         for shape, (when, backlog) in list(self._infeasible.items()):
             if now - when > INFEASIBLE_STALE_S:
                 del self._infeasible[shape]
             else:
-                out.append({"shape": dict(shape), "count": backlog, "infeasible": True})
+                out.append(m.DemandItem(dict(shape), backlog, infeasible=True))
         return out
 
-    def store_stats(self) -> dict[str, int]:
+    def store_stats(self) -> m.StoreStats:
         if hasattr(self.store, "stats"):
             s = self.store.stats()
-            return {"used": s.bytes, "objects": s.objects, "spilled": s.spilled_bytes,
-                    "spilled_objects": s.spilled_objects, "copies": s.secondary_objects,
-                    "copies_bytes": s.secondary_bytes, "pooled_bytes": s.pooled_bytes, **self.transfers}
+            return m.StoreStats(used=s.bytes, objects=s.objects, spilled=s.spilled_bytes,
+                                spilled_objects=s.spilled_objects, copies=s.secondary_objects,
+                                copies_bytes=s.secondary_bytes, pooled_bytes=s.pooled_bytes, **self.transfers)
         objects, used = self.store.usage()  # a third-party store with the basic interface
         spilled_objects, spilled = self.store.spilled() if hasattr(self.store, "spilled") else (0, 0)
-        return {"used": used, "objects": objects, "spilled": spilled, "spilled_objects": spilled_objects,
-                **self.transfers}
+        return m.StoreStats(used=used, objects=objects, spilled=spilled, spilled_objects=spilled_objects,
+                            **self.transfers)
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await trio.sleep(HEARTBEAT_S)
-            version, view = await self.head_conn.request(
+            ack = await self.head_conn.request(
                 m.Heartbeat(self.node_id, self.available, self.view_version, self.store_stats(), self.demand())
             )
-            if view is not None and version > self.view_version:
-                self.view, self.view_version = view, version
+            if ack.view is not None and ack.version > self.view_version:
+                self.view, self.view_version = ack.view, ack.version
                 self._pump()
 
     # -------------------------------------------------------------------------- workers
@@ -263,15 +263,15 @@ class NodeService:
 
     async def _zygote_events(self) -> None:
         async for event in self.zygote.events():
-            if event[0] == "spawned":
-                worker = self.workers.get(event[1])
+            if type(event) is m.WorkerSpawned:
+                worker = self.workers.get(event.worker_id)
                 if worker is not None:
-                    worker.pid = event[2]
-                    self._by_pid[event[2]] = worker
-            elif event[0] == "exited":
-                worker = self._by_pid.pop(event[1], None)
+                    worker.pid = event.pid
+                    self._by_pid[event.pid] = worker
+            elif type(event) is m.WorkerExited:
+                worker = self._by_pid.pop(event.pid, None)
                 if worker is not None:
-                    self._worker_exited(worker, event[2])
+                    self._worker_exited(worker, event.code)
         if not self._shutting_down:
             log.error("zygote_exited")
             self._nursery.cancel_scope.cancel()
@@ -350,20 +350,20 @@ class NodeService:
         if not fits(request.shape, self.available) and request.spill_count < MAX_SPILLS:
             target = self.policy.spill_target(request.shape, self.view, self.node_id)
             if target is not None:
-                conn.reply(request_id, ["spill", target])
+                conn.reply(request_id, m.LeaseSpill(target))
                 return
             if not fits(request.shape, self.resources):
                 target = self._feasible_node(request.shape)
                 if target is not None:
-                    conn.reply(request_id, ["spill", target])
+                    conn.reply(request_id, m.LeaseSpill(target))
                     return
                 log.warning("lease_infeasible", shape=request.shape)
                 key = tuple(sorted(request.shape.items()))
                 self._infeasible[key] = (time.monotonic(), max(request.backlog, self._infeasible.get(key, (0, 0))[1]))
                 largest = max((n["resources"] for n in self.view if n["state"] == "alive"),
                               key=lambda r: r.get("CPU", 0.0), default=self.resources)
-                conn.reply(request_id, ["infeasible", f"no node of the cluster can ever fit "
-                                        f"{format_shape(request.shape)} (largest node: {format_shape(largest)})"])
+                conn.reply(request_id, m.LeaseInfeasible(f"no node of the cluster can ever fit "
+                                        f"{format_shape(request.shape)} (largest node: {format_shape(largest)})"))
                 return
         if conn not in self._watched_owners():
             conn.on_close.append(self._owner_lost)
@@ -398,7 +398,7 @@ class NodeService:
         worker.lease_id = lease_id
         if self._owner_lost not in request.conn.on_close:
             request.conn.on_close.append(self._owner_lost)
-        request.conn.reply(request.request_id, ["granted", lease_id, worker.address, worker.worker_id, self.node_id])
+        request.conn.reply(request.request_id, m.LeaseGranted(lease_id, worker.address, worker.worker_id, self.node_id))
         return True
 
     def _return_lease(self, conn: Connection, msg: m.ReturnLease, request_id: int) -> None:
@@ -462,7 +462,7 @@ class NodeService:
                 # one the autoscaler just added; the limit only stops ping-pong on arrival.)
                 target = self.policy.spill_target(request.shape, self.view, self.node_id)
                 if target is not None:
-                    request.conn.reply(request.request_id, ["spill", target])
+                    request.conn.reply(request.request_id, m.LeaseSpill(target))
                     continue
             if not fits(request.shape, self.available) and not request.conn.closed:
                 request.tell_busy()  # the grants before it took what it was waiting for

@@ -1,11 +1,10 @@
 """How values travel: serialization, value entries, and argument markers.
 
-A *value entry* describes one object's value to whoever needs it (msgpack-friendly list):
+A *value entry* describes one object's value to whoever needs it; it is a wire message:
 
-- ``[INLINE, metadata, inband, buffers]`` — the pickled value itself, for small objects;
-- ``[STORED, object_id, node_id, node_address, size, owner]`` — the value sits in that
-  node's shared-memory store; read it zero-copy on that node, or have the local node daemon
-  copy it from ``node_address`` (and tell ``owner``, the owning process, where the copy is).
+- :class:`~cluster.wire.messages.InlineValue` — the pickled value itself, for small objects;
+- :class:`~cluster.wire.messages.StoredValue` — the value sits in a node's shared-memory
+  store; read it zero-copy on that node, or have the local node daemon copy it.
 
 ``metadata`` is ``b""`` for an ordinary value and ``b"E"`` for an exception to raise on get.
 """
@@ -19,9 +18,8 @@ import cloudpickle
 
 from cluster.errors import TaskError
 from cluster.objects.refs import collect_outgoing
+from cluster.wire.messages import InlineValue
 
-INLINE = 0
-STORED = 1
 ERROR = b"E"
 INLINE_LIMIT = 100 * 1024  # values larger than this go to the shared-memory store
 
@@ -40,8 +38,8 @@ class Serialized:
         self.refs = refs  # ObjectRefs pickled inside the value
         self.size = len(inband) + sum(memoryview(b).nbytes for b in buffers)
 
-    def inline_entry(self) -> list:
-        return [INLINE, self.metadata, self.inband, [memoryview(b).tobytes() for b in self.buffers]]
+    def inline_entry(self) -> InlineValue:
+        return InlineValue(self.metadata, self.inband, [memoryview(b).tobytes() for b in self.buffers])
 
 
 def serialize(value: Any, metadata: bytes = b"") -> Serialized:
@@ -67,7 +65,7 @@ def _unserializable(value: Any, exc: Exception) -> TypeError:
     )
 
 
-def serialize_error(exc: BaseException) -> list:
+def serialize_error(exc: BaseException) -> InlineValue:
     """An inline error entry for ``exc`` (which must be picklable, or is replaced)."""
     try:
         return serialize(exc, ERROR).inline_entry()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import os
-import pickle
 import threading
 from typing import Any
 
@@ -32,10 +31,19 @@ from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
 from cluster.owner.tasks import DEFAULT_NAMESPACE, PendingTask, ShapeQueue
 from cluster.wire import messages as m
+from cluster.wire.codec import packb, unpackb
 
 log = structlog.get_logger("cluster.actors")
 
 UNLIMITED = 1 << 30
+
+
+def unpack_record(record: bytes) -> m.ActorNameRecord:
+    """The ActorNameRecord the head's KV keeps under an actor's name."""
+    found = unpackb(record)
+    if type(found) is not m.ActorNameRecord:
+        raise ValueError(f"not an actor name record: {found!r}")
+    return found
 
 
 # What an ActorHandle is made of: (actor_id, class_name, methods, owner, name_key).
@@ -64,7 +72,7 @@ class ActorState:
     restarts: int = 0
     task_retries: int = 0
     ready: trio.Event = attrs.Factory(trio.Event)
-    error_entry: list | None = None  # the constructor's error, answered to every call
+    error_entry: m.InlineValue | None = None  # the constructor's error, answered to every call
     held: list = attrs.Factory(list)  # refs in the constructor's arguments
     # Guards state, pending and sending: user threads send calls straight to the worker when
     # nothing is ahead of them (unsent: calls submitted but not yet in pending).
@@ -181,8 +189,8 @@ class ActorRuntime:
         record = self.call_async(self._live_record, key)
         if record is None:
             return None
-        actor_id, class_name, methods, owner, _address = pickle.loads(record)
-        return (actor_id, class_name, methods, owner, "" if owner else key)
+        found = unpack_record(record)
+        return (found.actor_id, found.class_name, found.methods, found.owner, "" if found.owner else key)
 
     async def _claim_name(self, key: str, record: bytes) -> bool:
         """Take ``key`` for a new actor; a name left behind by a dead actor is taken over."""
@@ -198,7 +206,8 @@ class ActorRuntime:
         record = await self._kv_request(m.KvGet(key))
         if record is None:
             return None
-        actor_id, _, _, owner, address = pickle.loads(record)
+        found = unpack_record(record)
+        actor_id, owner, address = found.actor_id, found.owner, found.address
         state = self._actors.get(actor_id)
         if state is not None and state.owned:
             return record if state.state != "dead" else None
@@ -206,8 +215,8 @@ class ActorRuntime:
             if owner:
                 conn = await self._connect(owner, "the actor's owner")
                 with trio.fail_after(10):
-                    status, _, _ = await conn.request(m.GetActorInfo(actor_id))
-                alive = status != "dead"
+                    info = await conn.request(m.GetActorInfo(actor_id))
+                alive = info.state != "dead"
             else:
                 alive = not address or (await self._connect(address, "the actor's worker")) is not None
         except (ClusterConnectionError, RemoteCallError, trio.TooSlowError):
@@ -221,7 +230,7 @@ class ActorRuntime:
 
     def _name_record(self, actor_id: bytes, class_name: str, methods: dict, detached: bool, address: str) -> bytes:
         """What the head keeps under an actor's name: the owner to ask, or (detached) where it runs."""
-        return pickle.dumps((actor_id, class_name, methods, "" if detached else self.address, address))
+        return packb(m.ActorNameRecord(actor_id, class_name, methods, "" if detached else self.address, address))
 
     def actor_handle_added(self, actor_id: bytes) -> None:
         with self._ref_lock:
@@ -287,9 +296,10 @@ class ActorRuntime:
         deadline = trio.current_time() + 60
         while True:
             record = await self._kv_request(m.KvGet(key))
-            if record is None or pickle.loads(record)[0] != actor_id:
+            found = None if record is None else unpack_record(record)
+            if found is None or found.actor_id != actor_id:
                 return None
-            address = pickle.loads(record)[4]
+            address = found.address
             if address or not wait or trio.current_time() > deadline:
                 return address or None
             await trio.sleep(0.05)  # its creator is still starting it
@@ -365,7 +375,7 @@ class ActorRuntime:
             deps = [await self._wait_entry(ref) for ref in dep_refs]
             state.create = attrs.evolve(state.create, deps=deps)
             for entry in deps:
-                if entry[0] == v.INLINE and entry[1] == v.ERROR:
+                if entry.is_error:
                     self._actor_dead(state, "an argument of its constructor failed", entry)
                     return
         queue = ShapeQueue(state.shape)
@@ -396,9 +406,9 @@ class ActorRuntime:
         state.ready.set()
         if state.detached:  # holders find a detached actor's worker through its name
             old = await self._kv_request(m.KvGet(state.name_key))
-            if old is not None and pickle.loads(old)[0] == state.actor_id:
-                _, class_name, methods, _, _ = pickle.loads(old)
-                record = self._name_record(state.actor_id, class_name, methods, True, state.address)
+            found = None if old is None else unpack_record(old)
+            if found is not None and found.actor_id == state.actor_id:
+                record = self._name_record(state.actor_id, found.class_name, found.methods, True, state.address)
                 await self._kv_request(m.KvPut(state.name_key, record, True))
         log.info("actor_started", actor=state.class_name, actor_id=state.actor_id.hex(), worker=state.address)
         self._pump_actor(state)
@@ -412,7 +422,8 @@ class ActorRuntime:
                 status, cause = ("alive", "") if address else ("dead", "its name is no longer registered")
             else:
                 owner = await self._connect(state.owner, "the actor's owner")
-                status, address, cause = await owner.request(m.GetActorInfo(state.actor_id))
+                info = await owner.request(m.GetActorInfo(state.actor_id))
+                status, address, cause = info.state, info.address, info.cause
             if status == "alive":
                 try:
                     conn = await self._connect(address, "the actor's worker")
@@ -468,11 +479,11 @@ class ActorRuntime:
         self._fail_actor_calls(state, lost, cause)
         self._actor_dead(state, cause)
 
-    def _actor_dead(self, state: ActorState, cause: str, error_entry: list | None = None) -> None:
+    def _actor_dead(self, state: ActorState, cause: str, error_entry: m.InlineValue | None = None) -> None:
         with state.lock:
             self._actor_dead_locked(state, cause, error_entry)
 
-    def _actor_dead_locked(self, state: ActorState, cause: str, error_entry: list | None = None) -> None:
+    def _actor_dead_locked(self, state: ActorState, cause: str, error_entry: m.InlineValue | None = None) -> None:
         if state.state != "dead":
             state.state = "dead"
             state.cause = cause
@@ -526,11 +537,11 @@ class ActorRuntime:
     async def _serve_actor_info(self, conn: Any, request_id: int, actor_id: bytes) -> None:
         state = self._actors.get(actor_id)
         if state is None or not state.owned:
-            conn.reply(request_id, ["dead", "", "its owner does not know it (it was never created here, or is gone)"])
+            conn.reply(request_id, m.ActorInfo("dead", "", "its owner does not know it (it was never created here, or is gone)"))
             return
         while state.state == "pending":
             await state.ready.wait()
-        conn.reply(request_id, [state.state, state.address, state.cause])
+        conn.reply(request_id, m.ActorInfo(state.state, state.address, state.cause))
 
     def _actor_messages(self, conn: Any, msg: Any, request_id: int) -> bool:
         kind = type(msg)
@@ -544,7 +555,7 @@ class ActorRuntime:
                 log.info("actor_killed", actor_id=msg.actor_id.hex())
                 os._exit(0)  # a detached actor, told to stop by a handle holder: the node cleans up
         elif kind is m.ListActors:
-            conn.reply(request_id, {"owned": self.actor_table(), "hosting": self._hosted_actor()})
+            conn.reply(request_id, m.ActorTable(self.actor_table(), self._hosted_actor()))
         elif kind is m.CreateActor and self.executor is not None:
             self.executor.create_actor(conn, request_id, msg)
         else:

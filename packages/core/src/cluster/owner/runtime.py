@@ -196,8 +196,8 @@ class Runtime(ActorRuntime):
                 reply = await self.head_conn.request(
                     m.RegisterDriver(os.getpid(), socket.gethostname(), self.address)
                 )
-                self.nodes = reply["nodes"]
-                self.session_dir = reply["session_dir"]
+                self.nodes = reply.nodes
+                self.session_dir = reply.session_dir
                 self._set_node(choose_local_node(self.nodes, self.head_address))
             self.node_conn = await self._connect(self.node_address, "the node daemon")
             nursery.start_soon(self._linger_loop)
@@ -325,16 +325,16 @@ class Runtime(ActorRuntime):
             self._owned.discard(object_id)
         self._drop(object_id, entry)
 
-    def _drop(self, object_id: bytes, entry: list) -> None:
+    def _drop(self, object_id: bytes, entry: m.ValueEntry) -> None:
         """Let go of a freed object: its stored copies, and the refs its value held."""
         with self._cv:
             locations = self._locations.pop(object_id, None)
             contained = self._contained.pop(object_id, None)
-        if entry[0] == v.STORED:
+        if type(entry) is m.StoredValue:
             self.store.delete(object_id)  # the primary copy, or a copy on this node
             remote = set(locations or ())
-            if entry[2] != self.store_node_id:
-                remote.add(entry[3])
+            if entry.node_id != self.store_node_id:
+                remote.add(entry.node_address)
             remote.discard(self.store_address)
             if remote and self._trio_token is not None and not self._stopped:
                 try:
@@ -492,10 +492,11 @@ class Runtime(ActorRuntime):
         for object_id in to_free:
             self._free(object_id)
 
-    def _adopt_contained(self, return_ids: list | None, contained: list) -> None:
+    def _adopt_contained(self, return_ids: list | None, contained: list[m.ContainedRef]) -> None:
         """Hold the refs a worker found in our task's return values (it registered us)."""
         held: list[tuple[int, ObjectRef]] = []
-        for index, object_id, owner in contained:
+        for item in contained:
+            index, object_id, owner = item.index, item.object_id, item.owner
             ref = ObjectRef(object_id, owner)
             with self._ref_lock:
                 if owner == self.address:
@@ -551,7 +552,7 @@ class Runtime(ActorRuntime):
                 self._contained[object_id] = list(ser.refs)
         return ref
 
-    def entry_for(self, object_id: bytes, ser: v.Serialized, owner: str) -> list:
+    def entry_for(self, object_id: bytes, ser: v.Serialized, owner: str) -> m.ValueEntry:
         """A value entry: inline when small, else written to this node's store."""
         if ser.size <= v.INLINE_LIMIT:
             return ser.inline_entry()
@@ -559,7 +560,7 @@ class Runtime(ActorRuntime):
             size = self.store.put(object_id, ser.metadata, ser.inband, ser.buffers)
         except StoreFull as exc:
             raise ObjectStoreFullError(self._store_full_message(ser.size, exc)) from None
-        return [v.STORED, object_id, self.store_node_id, self.store_address, size, owner]
+        return m.StoredValue(object_id, self.store_node_id, self.store_address, size, owner)
 
     def _store_full_message(self, size: int, exc: Exception) -> str:
         capacity = getattr(exc, "capacity_bytes", None)
@@ -601,11 +602,11 @@ class Runtime(ActorRuntime):
             entry = values[oid]
             if entry is None:
                 size, where, state = 0, "", "pending"
-            elif entry[0] == v.STORED:
-                size, where, state = entry[4], entry[2], "stored"
+            elif type(entry) is m.StoredValue:
+                size, where, state = entry.size, entry.node_id, "stored"
             else:
-                size = len(entry[2]) + sum(len(b) for b in entry[3])
-                where, state = "", "error" if entry[1] == v.ERROR else "inline"
+                size = len(entry.inband) + sum(len(b) for b in entry.buffers)
+                where, state = "", "error" if entry.is_error else "inline"
             reasons = []
             own_refs = local[oid] - len(containers.get(oid, ())) - task_args[oid]  # those hold refs too
             if own_refs > 0:
@@ -662,7 +663,7 @@ class Runtime(ActorRuntime):
     def _failed_dependency(self, task: PendingTask) -> bool:
         """A failed argument fails the task with the same error, without running it."""
         for entry in task.deps:
-            if entry[0] == v.INLINE and entry[1] == v.ERROR:
+            if entry.is_error:
                 self._finish(task, [entry] * task.num_returns)
                 return True
         return False
@@ -802,25 +803,24 @@ class Runtime(ActorRuntime):
                 if not queue.pending:
                     return None
                 continue
-            if answer[0] == "spill":
-                address = answer[1]
+            if type(answer) is m.LeaseSpill:
+                address = answer.address
                 spill_count += 1
                 continue
-            if answer[0] == "infeasible":
-                self._warn_infeasible(queue, answer[1])
+            if type(answer) is m.LeaseInfeasible:
+                self._warn_infeasible(queue, answer.reason)
                 await trio.sleep(INFEASIBLE_RETRY_S)
                 address, spill_count = self.node_address, 0
                 if not queue.pending:
                     return None
                 continue
             break
-        _, lease_id, worker_address = answer[:3]
         try:
-            worker_conn = await self._connect(worker_address, "a worker")
+            worker_conn = await self._connect(answer.worker_address, "a worker")
         except ClusterConnectionError:
-            node_conn.send(m.ReturnLease(lease_id, False))
+            node_conn.send(m.ReturnLease(answer.lease_id, False))
             return None
-        lease = Lease(lease_id, node_conn, worker_conn, queue.shape, idle_since=time.monotonic())
+        lease = Lease(answer.lease_id, node_conn, worker_conn, queue.shape, idle_since=time.monotonic())
         worker_conn.context = lease
         if self._on_worker_lost not in worker_conn.on_close:
             worker_conn.on_close.append(self._on_worker_lost)
@@ -908,7 +908,7 @@ class Runtime(ActorRuntime):
                 continue
             entries = result.entries
             first = entries[0]
-            if first[0] == v.INLINE and first[1] == v.ERROR and task.retry_exceptions and task.retries_left > 0 and not task.cancelled:
+            if first.is_error and task.retry_exceptions and task.retries_left > 0 and not task.cancelled:
                 task.retries_left -= 1
                 retry.append(task)
                 continue
@@ -934,8 +934,7 @@ class Runtime(ActorRuntime):
         for result in results:
             if result.contained:
                 return False
-            first = result.entries[0]
-            if first[0] == v.INLINE and first[1] == v.ERROR:
+            if result.entries[0].is_error:
                 task = in_flight.get(result.task_id)
                 if task is not None and task.retry_exceptions:
                     return False
@@ -992,7 +991,7 @@ class Runtime(ActorRuntime):
             self._drop(oid, entry)
         del released
 
-    async def _wait_entry(self, ref: ObjectRef) -> list:
+    async def _wait_entry(self, ref: ObjectRef) -> m.ValueEntry:
         """Wait (in trio) until ``ref``'s value entry is known; fetch it from its owner if borrowed."""
         object_id = ref.id
         while True:
@@ -1111,14 +1110,14 @@ class Runtime(ActorRuntime):
         chosen = {ref._id for ref in ready}
         return ready, [ref for ref in refs if ref._id not in chosen]
 
-    def load_entry(self, entry: list, deadline: float | None = None) -> Any:
-        if entry[0] == v.INLINE:
-            return self.loads(entry[1], entry[2], entry[3])
-        object_id = entry[1]
+    def load_entry(self, entry: m.ValueEntry, deadline: float | None = None) -> Any:
+        if type(entry) is m.InlineValue:
+            return self.loads(entry.metadata, entry.inband, entry.buffers)
+        object_id = entry.object_id
         stored = self.store.get(object_id)
         attempts = 0
         while stored is None:
-            if entry[2] == self.store_node_id:
+            if entry.node_id == self.store_node_id:
                 raise ObjectLostError(
                     f"object {object_id.hex()} is gone from its node's store (was it freed, or "
                     "the node restarted?)"
@@ -1144,19 +1143,18 @@ class Runtime(ActorRuntime):
                     self.register_borrowed(incoming)
         return value
 
-    async def _copy_here(self, entry: list, deadline: float | None = None) -> None:
+    async def _copy_here(self, entry: m.StoredValue, deadline: float | None = None) -> None:
         """Have this node hold a copy of a stored object that lives on another node."""
         if deadline is not None:
             with trio.move_on_after(deadline - time.monotonic()) as scope:
                 await self._copy_here(entry)
             if scope.cancelled_caught:
                 raise GetTimeoutError(
-                    f"get timed out while copying object {entry[1].hex()} ({_mb(entry[4])}) "
-                    f"from node {entry[3]}"
+                    f"get timed out while copying object {entry.object_id.hex()} ({_mb(entry.size)}) "
+                    f"from node {entry.node_address}"
                 )
             return
-        object_id, node_address = entry[1], entry[3]
-        owner = entry[5] if len(entry) > 5 else ""
+        object_id, node_address, owner = entry.object_id, entry.node_address, entry.owner
         if self.private_store:
             await self._pull(object_id, node_address)  # a private store: copy it ourselves
             return

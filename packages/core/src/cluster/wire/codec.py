@@ -1,6 +1,7 @@
 """Frames and the msgpack codec: message objects to bytes and back, with no I/O.
 
-A frame is a 4-byte little-endian length and a msgpack array ``[tag, request_id, *fields]``.
+A frame is a 4-byte little-endian length and a msgpack array ``[tag, request_id, *fields]``;
+a message inside it (in a field, a list, a reply) is a msgpack extension (``EXT_MESSAGE``).
 ``request_id`` is 0 for one-way messages; a reply carries the id of its request. A length
 with ``RAW_FLAG`` set starts a raw frame (object chunks, see :mod:`cluster.wire.connection`).
 
@@ -9,6 +10,7 @@ Owns: the codec of every type in :mod:`cluster.wire.messages`. Imports: messages
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
@@ -24,15 +26,16 @@ MAX_FRAME = 1 << 30
 # [request_id, n]][n bytes of payload]. Used for object chunks: the payload is sent straight
 # from the store's mapping and received straight into the destination's (request_into).
 RAW_FLAG = 1 << 31
-packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
-unpackb = msgpack.unpackb
+# A message inside a message (a field, an element of a list, a reply's value) travels as the
+# array [marker, *fields], the marker a msgpack extension of this code holding the tag.
+EXT_MESSAGE = 1
 
 
 @attrs.frozen
 class _Codec:
     cls: type
     get_fields: Callable[[Any], tuple]
-    nested: dict[int, Callable[[Any], Any]]  # field index -> decoder
+    marker: msgpack.ExtType  # starts the array of one nested inside another message
 
 
 def _make_codec(cls: type) -> _Codec:
@@ -44,63 +47,98 @@ def _make_codec(cls: type) -> _Codec:
         getter = lambda msg: (one(msg),)  # noqa: E731
     else:
         getter = attrgetter(*names)
-    nested: dict[int, Callable[[Any], Any]] = {}
-    for field_name, elem_cls in cls.NESTED.items():
-        index = names.index(field_name)
-        nested[index] = _list_decoder(elem_cls)
-    return _Codec(cls, getter, nested)
-
-
-def _list_decoder(elem_cls: type) -> Callable[[list], list]:
-    def decode(items: list) -> list:
-        return [elem_cls(*item[2:]) for item in items]
-
-    return decode
+    return _Codec(cls, getter, msgpack.ExtType(EXT_MESSAGE, cls.TAG.to_bytes(2, "little")))
 
 
 _CODECS: dict[type, _Codec] = {}
 _BY_TAG: dict[int, _Codec] = {}
 
 
-def _codec_for(cls: type) -> _Codec:
+def _codec_of(cls: type) -> _Codec:
+    """The codec of a message type; types that plugins declare later are added on first use."""
     codec = _CODECS.get(cls)
     if codec is None:
+        if m.MESSAGE_TYPES.get(getattr(cls, "TAG", None)) is not cls:
+            raise TypeError(f"a {cls.__name__} cannot travel on the wire (not a message type)")
         codec = _CODECS[cls] = _BY_TAG[cls.TAG] = _make_codec(cls)
     return codec
 
 
-for _cls in m.MESSAGE_TYPES.values():
-    _codec_for(_cls)
+def _codec_by_tag(tag: int) -> _Codec:
+    codec = _BY_TAG.get(tag)
+    if codec is None:
+        codec = _codec_of(m.MESSAGE_TYPES[tag])  # KeyError: an unknown tag
+    return codec
 
 
-def _to_wire(msg: Any, request_id: int) -> list:
-    codec = _CODECS[type(msg)]
-    fields = list(codec.get_fields(msg))
-    for index in codec.nested:
-        fields[index] = [_to_wire(item, 0) for item in fields[index]]
-    return [msg.TAG, request_id, *fields]
+for _cls in list(m.MESSAGE_TYPES.values()):
+    _codec_of(_cls)
+
+
+def _nested(msg: Any) -> list:
+    """``default`` of the packer: a message found inside another one becomes a marked array."""
+    codec = _CODECS.get(type(msg)) or _codec_of(type(msg))
+    return [codec.marker, *codec.get_fields(msg)]
+
+
+def _marker(code: int, data: bytes) -> Any:
+    """``ext_hook`` of the unpacker: the codec of the message whose array this starts."""
+    if code != EXT_MESSAGE:
+        raise ValueError(f"unknown extension type {code}")
+    return _codec_by_tag(int.from_bytes(data, "little"))
+
+
+def _unnested(items: list) -> Any:
+    """``list_hook`` of the unpacker: rebuild a marked array as its message."""
+    if items and type(items[0]) is _Codec:
+        return items[0].cls(*items[1:])
+    return items
+
+
+def _refuse_nested(code: int, data: bytes) -> Any:
+    raise ValueError("a nested message where none may be (the handshake)")
+
+
+_packers = threading.local()  # a packer with a Python ``default`` is not thread-safe: one per thread
+
+
+def packb(obj: Any) -> bytes:
+    try:
+        pack = _packers.pack
+    except AttributeError:
+        pack = _packers.pack = msgpack.Packer(use_bin_type=True, autoreset=True, default=_nested).pack
+    return pack(obj)
+
+
+def unpackb(data: bytes | bytearray | memoryview) -> Any:
+    return msgpack.unpackb(data, use_list=True, raw=False, strict_map_key=False, ext_hook=_marker,
+                           list_hook=_unnested)
 
 
 def encode(msg: Any, request_id: int = 0) -> bytes:
     """One frame: length prefix and the msgpack body."""
-    body = packb(_to_wire(msg, request_id))
+    codec = _CODECS.get(type(msg)) or _codec_of(type(msg))
+    body = packb([msg.TAG, request_id, *codec.get_fields(msg)])
     return len(body).to_bytes(4, "little") + body
 
 
 def decode(body: bytes | bytearray | memoryview, *, allowed: frozenset[int] | None = None) -> tuple[Any, int]:
-    """Decode a frame body into (message, request_id)."""
+    """Decode a frame body into (message, request_id); ``allowed``: the only tags accepted,
+    with no message nested inside (what an unauthenticated peer may send)."""
     try:
-        raw = unpackb(body, use_list=True, raw=False, strict_map_key=False)
+        if allowed is None:
+            raw = msgpack.unpackb(body, use_list=True, raw=False, strict_map_key=False,
+                                  ext_hook=_marker, list_hook=_unnested)
+        else:
+            raw = msgpack.unpackb(body, use_list=True, raw=False, strict_map_key=False,
+                                  ext_hook=_refuse_nested)
         tag, request_id, *fields = raw
-        codec = _BY_TAG[tag]
+        codec = _codec_by_tag(tag)
     except Exception as exc:
         raise ProtocolError(f"received a malformed frame ({exc.__class__.__name__}: {exc})") from None
     if allowed is not None and tag not in allowed:
         raise ProtocolError(f"received message {codec.cls.__name__} where it is not allowed")
-    for index, dec in codec.nested.items():
-        fields[index] = dec(fields[index])
     try:
         return codec.cls(*fields), request_id
     except TypeError as exc:
         raise ProtocolError(f"received a malformed {codec.cls.__name__}: {exc}") from None
-

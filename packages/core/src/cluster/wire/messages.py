@@ -1,8 +1,7 @@
 """Control messages: attrs value types, one tag each.
 
 The wire format (msgpack arrays) lives in :mod:`cluster.wire.codec`; here are only the types.
-A field whose type is another message type, or a list of one, is declared in ``NESTED`` so the
-codec can rebuild it.
+A field may hold other messages (alone, in lists, in dicts): the codec rebuilds them by tag.
 """
 
 from __future__ import annotations
@@ -12,10 +11,12 @@ from typing import Any
 import attrs
 
 MESSAGE_TYPES: dict[int, type] = {}
+# Tags: 1-199 core, 200-299 cluster-client, 300-399 cluster-autoscaler, 400-499 the providers
+# of this repository; third-party plugins declare theirs from 1000 on.
 
 
-def message(tag: int, **nested: type) -> Any:
-    """Declare a message type with a unique wire ``tag``; ``nested`` maps field -> element type."""
+def message(tag: int) -> Any:
+    """Declare a message type with a unique wire ``tag``."""
 
     def wrap(cls: type) -> type:
         if not attrs.has(cls):
@@ -23,7 +24,6 @@ def message(tag: int, **nested: type) -> Any:
         if tag in MESSAGE_TYPES:
             raise RuntimeError(f"message tag {tag} used twice")
         cls.TAG = tag  # type: ignore[attr-defined]
-        cls.NESTED = nested  # type: ignore[attr-defined]
         MESSAGE_TYPES[tag] = cls
         return cls
 
@@ -61,6 +61,196 @@ class Welcome:
 class Refuse:
     code: str
     reason: str
+
+
+# --- values: what an object's value is, for whoever needs it --------------------------------
+
+
+@message(80)
+@attrs.frozen
+class InlineValue:
+    """A small value itself, as pickle-5 parts; ``metadata`` is ``b"E"`` for an exception to
+    raise where it is read (see :mod:`cluster.objects.values`)."""
+
+    metadata: bytes
+    inband: bytes
+    buffers: list  # of bytes
+
+    @property
+    def is_error(self) -> bool:
+        return self.metadata == b"E"
+
+
+@message(81)
+@attrs.frozen
+class StoredValue:
+    """A value in a node's shared-memory store: read it there zero-copy, or have the local node
+    copy it from ``node_address`` (and tell ``owner``, the owning process, where the copy is)."""
+
+    object_id: bytes
+    node_id: str  # the store's id (a node id, or node/pid for a process's private store)
+    node_address: str
+    size: int
+    owner: str = ""
+
+    is_error = False
+
+
+ValueEntry = InlineValue | StoredValue
+
+
+# --- answers to RequestLease (or Pending("busy") while it waits) ---------------------------
+
+
+@message(82)
+@attrs.frozen
+class LeaseGranted:
+    lease_id: int
+    worker_address: str
+    worker_id: str
+    node_id: str
+
+
+@message(83)
+@attrs.frozen
+class LeaseSpill:
+    """Ask the node at ``address`` instead: it has room for the shape."""
+
+    address: str
+
+
+@message(84)
+@attrs.frozen
+class LeaseInfeasible:
+    """No node of the cluster can ever fit the shape; ``reason`` says why, for the user."""
+
+    reason: str
+
+
+# --- replies of the head, and what nodes report in heartbeats ------------------------------
+
+
+@message(86)
+@attrs.frozen
+class NodeRegistered:
+    """The head's answer to RegisterNode."""
+
+    session_dir: str
+    view: list  # the resource view: a dict per node (NodeRecord.public)
+    version: int
+
+
+@message(87)
+@attrs.frozen
+class HeartbeatAck:
+    """The head's answer to a Heartbeat; ``view`` is None when the node's view is current."""
+
+    version: int
+    view: list | None
+
+
+@message(88)
+@attrs.frozen
+class DriverRegistered:
+    """The head's answer to RegisterDriver."""
+
+    nodes: list  # the resource view
+    session_dir: str
+    head_pid: int
+
+
+@message(89)
+@attrs.frozen
+class StoreStats:
+    """A node's object store, in bytes and counts (``cluster memory`` shows them)."""
+
+    used: int = 0
+    objects: int = 0
+    spilled: int = 0
+    spilled_objects: int = 0
+    copies: int = 0  # copies of objects whose primary is elsewhere
+    copies_bytes: int = 0
+    pooled_bytes: int = 0  # freed files kept for reuse
+    pulled: int = 0  # objects copied here from other nodes
+    pulled_bytes: int = 0
+    served_chunks: int = 0  # chunks this node served to others
+
+
+@message(90)
+@attrs.frozen
+class DemandItem:
+    """``count`` units of work of resource ``shape`` waiting on a node (``infeasible``: no node
+    of the cluster could ever fit it): what the autoscaler sizes the cluster by."""
+
+    shape: dict
+    count: int
+    infeasible: bool = False
+
+
+# --- actors: what their owners answer -------------------------------------------------------
+
+
+@message(91)
+@attrs.frozen
+class ActorInfo:
+    """An owner's answer to GetActorInfo."""
+
+    state: str  # "alive" | "dead" (the reply waits while the actor is created or restarted)
+    address: str  # its worker, while alive
+    cause: str  # why it died
+
+
+@message(92)
+@attrs.frozen
+class ActorTable:
+    """A process's answer to ListActors: the actors it owns (a row each) and the one it hosts."""
+
+    owned: list
+    hosting: dict | None
+
+
+@message(93)
+@attrs.frozen
+class ActorNameRecord:
+    """What the head's KV keeps under an actor's name: its owner to ask, or (a detached actor,
+    which outlives its owner) the worker it runs on."""
+
+    actor_id: bytes
+    class_name: str
+    methods: dict
+    owner: str  # "" for a detached actor
+    address: str  # a detached actor's worker, once it runs
+
+
+# --- the zygote: a node daemon and its fork server, over a pair of pipes ---------------------
+
+
+@message(94)
+@attrs.frozen
+class SpawnWorker:
+    """Daemon -> zygote: fork a worker that runs with ``config``, its output to ``log_path``."""
+
+    worker_id: str
+    config: dict
+    log_path: str
+
+
+@message(95)
+@attrs.frozen
+class WorkerSpawned:
+    """Zygote -> daemon: the worker ``worker_id`` runs as ``pid``."""
+
+    worker_id: str
+    pid: int
+
+
+@message(96)
+@attrs.frozen
+class WorkerExited:
+    """Zygote -> daemon: the worker process ``pid`` exited with ``code``."""
+
+    pid: int
+    code: int
 
 
 # --- generic replies ----------------------------------------------------------------------
@@ -112,8 +302,8 @@ class Heartbeat:
     node_id: str
     available: dict
     view_version: int
-    store: dict  # {"used", "objects", "spilled", "copies", "pulled", ...}: bytes and counts
-    demand: list = attrs.Factory(list)  # [{"shape", "count", "infeasible"}]: work waiting here
+    store: StoreStats
+    demand: list = attrs.Factory(list)  # of DemandItem: work waiting here
 
 
 @message(27)
@@ -233,13 +423,13 @@ class TaskSpec:
     function_id: bytes
     function: bytes | None  # the cloudpickled function, sent once per connection
     args: bytes  # pickle of (args, kwargs); top-level ObjectRefs replaced by Dep markers
-    deps: list  # value entries for those markers, in order (see cluster.objects.values)
+    deps: list  # a ValueEntry for each of those markers, in order
     num_returns: int
     owner: str
     method: str = ""  # a call of this actor method (the worker holds the actor), else a task
 
 
-@message(61, tasks=TaskSpec)
+@message(61)
 @attrs.frozen
 class PushTasks:
     tasks: list
@@ -249,14 +439,24 @@ class PushTasks:
 @attrs.frozen
 class TaskResult:
     task_id: bytes
-    entries: list  # one value entry per return value, or one error entry
+    entries: list  # a ValueEntry per return value, or one error entry
     worker_pid: int
-    # ObjectRefs found inside the return values: [index, object_id, owner] each. The worker
-    # registered the task's owner as their borrower, for as long as the value lives.
+    # ObjectRefs found inside the return values (ContainedRef each). The worker registered the
+    # task's owner as their borrower, for as long as the value lives.
     contained: list = attrs.Factory(list)
 
 
-@message(63, results=TaskResult)
+@message(85)
+@attrs.frozen
+class ContainedRef:
+    """An ObjectRef inside return value ``index`` of a task."""
+
+    index: int
+    object_id: bytes
+    owner: str
+
+
+@message(63)
 @attrs.frozen
 class TaskResults:
     results: list
@@ -373,8 +573,8 @@ class CreateActor:
 @message(70)
 @attrs.frozen
 class GetActorInfo:
-    """A caller holding a handle -> the actor's owner (request; reply [state, worker address,
-    cause]; the reply waits while the actor is being created or restarted)."""
+    """A caller holding a handle -> the actor's owner (request; reply ActorInfo; the reply
+    waits while the actor is being created or restarted)."""
 
     actor_id: bytes
 
@@ -400,4 +600,4 @@ class StealTasks:
 @message(72)
 @attrs.frozen
 class ListActors:
-    """Ask a driver or worker for the actors it owns and the one it hosts (reply: dict)."""
+    """Ask a driver or worker for the actors it owns and the one it hosts (reply: ActorTable)."""

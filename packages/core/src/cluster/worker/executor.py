@@ -214,7 +214,7 @@ class Executor:
             entries.append(entry_for(task_id + i.to_bytes(4, "little"), ser, spec.owner))
             if ser.refs:
                 unique = {ref.id: ref for ref in ser.refs}
-                contained += [[i, ref.id, ref.owner] for ref in unique.values()]
+                contained += [m.ContainedRef(i, ref.id, ref.owner) for ref in unique.values()]
                 # The caller owns the result, so it must hold these refs before we let go.
                 self.runtime.register_for(list(unique.values()), spec.owner)
         if contained:

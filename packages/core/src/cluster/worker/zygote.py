@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import select
 import signal
 import sys
 import time
+import traceback
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 import trio
 
 from cluster.session import die_with_parent
+from cluster.wire import messages as m
+from cluster.wire.codec import decode, encode
 
 # Workers are forked from the zygote, so all that they import is imported once, with this.
 from cluster.worker.executor import run
@@ -38,11 +41,10 @@ class Zygote:
     _stream: trio.lowlevel.FdStream | None = None
 
     def spawn(self, worker_id: str, config: dict[str, Any], log_path: str) -> None:
-        line = json.dumps({"worker_id": worker_id, "config": config, "log_path": log_path}) + "\n"
-        os.write(self._requests, line.encode())
+        os.write(self._requests, encode(m.SpawnWorker(worker_id, config, log_path)))
 
-    async def events(self) -> Any:
-        """Yield ``("spawned", worker_id, pid)`` and ``("exited", pid, code)`` as they happen."""
+    async def events(self) -> AsyncIterator[m.WorkerSpawned | m.WorkerExited]:
+        """Yield WorkerSpawned and WorkerExited as they happen."""
         self._stream = trio.lowlevel.FdStream(self._events)
         buf = b""
         while True:
@@ -50,9 +52,9 @@ class Zygote:
             if not data:
                 return
             buf += data
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                yield tuple(json.loads(line))
+            events, buf = _frames(buf)
+            for event in events:
+                yield event
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -95,8 +97,8 @@ def _zygote_loop(requests: int, events: int) -> None:
     children: set[int] = set()
     buf = b""
 
-    def report(*event: Any) -> None:
-        os.write(events, (json.dumps(event) + "\n").encode())
+    def report(event: m.WorkerSpawned | m.WorkerExited) -> None:
+        os.write(events, encode(event))
 
     while True:
         try:
@@ -115,21 +117,20 @@ def _zygote_loop(requests: int, events: int) -> None:
             if pid == 0:
                 break
             children.discard(pid)
-            report("exited", pid, os.waitstatus_to_exitcode(status))
+            report(m.WorkerExited(pid, os.waitstatus_to_exitcode(status)))
         if requests in readable:
             data = os.read(requests, 65536)
             if not data:  # the daemon is gone or shutting down: take the workers along
                 _stop_children(children)
                 return
             buf += data
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                request = json.loads(line)
+            spawns, buf = _frames(buf)
+            for request in spawns:
                 pid = os.fork()
                 if pid == 0:
                     _become_worker(request, [requests, events, wake_r, wake_w])
                 children.add(pid)
-                report("spawned", request["worker_id"], pid)
+                report(m.WorkerSpawned(request.worker_id, pid))
 
 
 def _stop_children(children: set[int], grace: float = 1.0) -> None:
@@ -152,7 +153,19 @@ def _stop_children(children: set[int], grace: float = 1.0) -> None:
             os.waitpid(pid, 0)
 
 
-def _become_worker(request: dict[str, Any], close: list[int]) -> None:
+def _frames(buf: bytes) -> tuple[list[Any], bytes]:
+    """The whole frames at the start of ``buf``, decoded, and what is left of it."""
+    found, pos = [], 0
+    while len(buf) - pos >= 4:
+        size = int.from_bytes(buf[pos : pos + 4], "little")
+        if len(buf) - pos - 4 < size:
+            break
+        found.append(decode(buf[pos + 4 : pos + 4 + size])[0])
+        pos += 4 + size
+    return found, buf[pos:]
+
+
+def _become_worker(request: m.SpawnWorker, close: list[int]) -> None:
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -160,17 +173,15 @@ def _become_worker(request: dict[str, Any], close: list[int]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in close:
             os.close(fd)
-        fd = os.open(request["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(request.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
 
-        run(request["config"])
+        run(request.config)
         code = 0
     except BaseException as exc:
         if not (isinstance(exc, OSError) and exc.errno == errno.EPIPE):
-            import traceback
-
             traceback.print_exc()
     finally:
         with contextlib.suppress(Exception):
