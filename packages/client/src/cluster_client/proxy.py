@@ -22,6 +22,7 @@ import trio
 
 from cluster import api
 from cluster.api.actors import ActorHandle
+from cluster.api.options import ActorOptions
 from cluster.objects.refs import ObjectRef, _rebuild_ref, collect_outgoing
 from cluster.owner.runtime import PendingTask
 from cluster.wire import messages as m
@@ -39,7 +40,7 @@ class _ActorClassShim:
     def __init__(self, name: str, methods: dict, options: dict) -> None:
         self.__name__ = name
         self._methods = methods
-        self._options = options
+        self._options = ActorOptions(**options)
 
 
 class Proxy:

@@ -15,6 +15,7 @@ import os
 import threading
 from typing import Any
 
+import attrs
 import cloudpickle
 import trio
 
@@ -194,7 +195,7 @@ class ClientRuntime:
         return self._call("submit", fields, build=self._refs)
 
     def create_actor(self, actor_class: Any, blob: bytes, payload: bytes, dep_refs: list, held: list) -> Any:
-        return self._call("create_actor", actor_class.__name__, actor_class._methods, dict(actor_class._options),
+        return self._call("create_actor", actor_class.__name__, actor_class._methods, attrs.asdict(actor_class._options),
                           blob, payload, self._wire(dep_refs), self._wire(held), build=tuple)
 
     def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes, dep_refs: list,

@@ -10,12 +10,11 @@ the owner where the actor lives, then talks to its worker directly.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
 from typing import Any
 
 from cluster.api.args import pack_args
 from cluster.api.lifecycle import current_runtime
-from cluster.api.options import ACTOR_DEFAULTS, check_actor_options
+from cluster.api.options import ActorOptions
 from cluster.errors import ConfigError
 from cluster.objects import refs as object_ref
 from cluster.objects.functions import pack_once
@@ -47,9 +46,9 @@ def method(*, num_returns: int = 1) -> Any:
 class ActorClass:
     """A class made remote: ``C.remote(*args)`` starts an actor and returns its handle."""
 
-    def __init__(self, cls: type, options: Mapping[str, Any], _shared: dict | None = None) -> None:
+    def __init__(self, cls: type, options: ActorOptions, _shared: dict | None = None) -> None:
         self._cls = cls
-        self._options = {**ACTOR_DEFAULTS, **check_actor_options(options)}
+        self._options = options
         self._shared = _shared if _shared is not None else {}
         self._methods = _method_names(cls)
         self.__name__ = cls.__name__
@@ -61,7 +60,7 @@ class ActorClass:
 
     def options(self, **options: Any) -> ActorClass:
         """A copy with some options changed (``name``, ``num_cpus``, ``max_restarts``...)."""
-        return ActorClass(self._cls, {**self._options, **options}, self._shared)
+        return ActorClass(self._cls, ActorOptions.from_user(options, self._options), self._shared)
 
     def _pickled(self) -> tuple[bytes, bytes]:
         return pack_once(self._shared, self._cls, f"actor class {self.__name__}")

@@ -1,4 +1,8 @@
-"""Options of remote functions and actor classes: defaults, and checks with messages users act on.
+"""Options of remote functions and actor classes: values checked when they are made.
+
+``TaskOptions`` and ``ActorOptions`` cannot exist invalid: their validators give the messages
+users act on (a ConfigError naming the option and what it takes). ``from_user`` also refuses
+unknown names, listing the known ones.
 
 Owns: the known option names and their defaults. Imports: errors only.
 """
@@ -8,85 +12,119 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
+
 from cluster.errors import ConfigError
 
-TASK_DEFAULTS: dict[str, Any] = {
-    "num_cpus": 1,
-    "num_gpus": 0,
-    "resources": None,
-    "num_returns": 1,
-    "max_retries": 3,
-    "retry_exceptions": False,
-    "name": None,
-}
+UNLIMITED = -1  # max_retries / max_restarts / max_task_retries: no limit (Ray's -1)
 
 
-def check_task_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = set(options) - set(TASK_DEFAULTS)
+def _non_negative_number(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{attribute.name} must be a non-negative number, got {value!r}")
+
+
+def _custom_resources(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"resources must be a dict of name -> amount, got {type(value).__name__}")
+    for name, amount in value.items():
+        if name in ("CPU", "GPU"):
+            raise ConfigError(f"use num_cpus/num_gpus instead of resources={{{name!r}: ...}}")
+        if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+            raise ConfigError(f"resource {name!r} must be a non-negative number, got {amount!r}")
+
+
+def _positive_integer(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+def _count_or_unlimited(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < UNLIMITED:
+        raise ConfigError(f"{attribute.name} must be an integer >= 0 (or -1 for unlimited), got {value!r}")
+
+
+def _name(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value or "/" in value):
+        raise ConfigError(f"{attribute.name} must be a non-empty string without '/', got {value!r}")
+
+
+def _from_user(cls: type, options: Mapping[str, Any], base: Any, what: str) -> Any:
+    known = [field.name for field in attrs.fields(cls)]
+    unknown = set(options) - set(known)
     if unknown:
-        raise ConfigError(f"unknown option(s) {sorted(unknown)}; known: {sorted(TASK_DEFAULTS)}")
-    for key in ("num_cpus", "num_gpus"):
-        value = options.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
-            raise ConfigError(f"{key} must be a non-negative number, got {value!r}")
-    res = options.get("resources")
-    if res is not None:
-        if not isinstance(res, Mapping):
-            raise ConfigError(f"resources must be a dict of name -> amount, got {type(res).__name__}")
-        for name, amount in res.items():
-            if name in ("CPU", "GPU"):
-                raise ConfigError(f"use num_cpus/num_gpus instead of resources={{{name!r}: ...}}")
-            if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
-                raise ConfigError(f"resource {name!r} must be a non-negative number, got {amount!r}")
-    num_returns = options.get("num_returns")
-    if num_returns is not None and (not isinstance(num_returns, int) or num_returns < 1):
-        raise ConfigError(f"num_returns must be a positive integer, got {num_returns!r}")
-    retries = options.get("max_retries")
-    if retries is not None and (not isinstance(retries, int) or retries < -1):
-        raise ConfigError(f"max_retries must be an integer >= 0 (or -1 for unlimited), got {retries!r}")
-    return dict(options)
+        raise ConfigError(f"unknown {what}(s) {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**options) if base is None else attrs.evolve(base, **options)
 
 
-
-ACTOR_DEFAULTS: dict[str, Any] = {
-    "num_cpus": 0,  # held for the actor's lifetime (Ray: 1 to place it, 0 while it runs)
-    "num_gpus": 0,
-    "resources": None,
-    "name": None,
-    "namespace": None,
-    "get_if_exists": False,
-    "lifetime": None,  # "detached": outlives its creator (needs a name)
-    "max_restarts": 0,
-    "max_task_retries": 0,
-    "max_concurrency": None,  # async actors: 1000; sync actors: 1 (more: a thread pool)
-}
+def _shape(num_cpus: float, num_gpus: float, resources: Mapping[str, float] | None) -> tuple:
+    amounts = {"CPU": float(num_cpus), "GPU": float(num_gpus), **(resources or {})}
+    return tuple(sorted((name, float(amount)) for name, amount in amounts.items() if amount))
 
 
-def check_actor_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = set(options) - set(ACTOR_DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown actor option(s) {sorted(unknown)}; known: {sorted(ACTOR_DEFAULTS)}")
-    lifetime = options.get("lifetime")
-    if lifetime not in (None, "detached"):
-        raise ConfigError(f'lifetime must be None or "detached", got {lifetime!r}')
-    if lifetime == "detached":
-        if not options.get("name"):
-            raise ConfigError('a detached actor needs a name (find it again with cluster.get_actor(name))')
-        if options.get("max_restarts"):
-            raise ConfigError("detached actors cannot restart yet: leave max_restarts at 0")
-    check_task_options({k: options[k] for k in ("num_cpus", "num_gpus", "resources") if k in options})
-    for key in ("max_restarts", "max_task_retries"):
-        value = options.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
-            raise ConfigError(f"{key} must be an integer >= 0 (or -1 for unlimited), got {value!r}")
-    concurrency = options.get("max_concurrency")
-    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
-        raise ConfigError(f"max_concurrency must be a positive integer, got {concurrency!r}")
-    for key in ("name", "namespace"):
-        value = options.get(key)
-        if value is not None and (not isinstance(value, str) or not value or "/" in value):
-            raise ConfigError(f"{key} must be a non-empty string without '/', got {value!r}")
-    if options.get("get_if_exists") and not options.get("name"):
-        raise ConfigError("get_if_exists=True needs a name")
-    return dict(options)
+@attrs.frozen(kw_only=True)
+class TaskOptions:
+    """``@cluster.remote(...)`` / ``f.options(...)`` of a remote function."""
 
+    num_cpus: float = attrs.field(default=1, validator=_non_negative_number)
+    num_gpus: float = attrs.field(default=0, validator=_non_negative_number)
+    resources: Mapping[str, float] | None = attrs.field(default=None, validator=_custom_resources)
+    num_returns: int = attrs.field(default=1, validator=_positive_integer)
+    max_retries: int = attrs.field(default=3, validator=_count_or_unlimited)
+    retry_exceptions: bool = False
+    name: str | None = None
+
+    @classmethod
+    def from_user(cls, options: Mapping[str, Any], base: TaskOptions | None = None) -> TaskOptions:
+        """The options a user gave (on top of ``base``); unknown names are refused."""
+        return _from_user(cls, options, base, "option")
+
+    @property
+    def shape(self) -> tuple:
+        """The resources a task needs, as sorted (name, amount) pairs without zeros."""
+        return _shape(self.num_cpus, self.num_gpus, self.resources)
+
+
+@attrs.frozen(kw_only=True)
+class ActorOptions:
+    """``@cluster.remote(...)`` / ``C.options(...)`` of an actor class."""
+
+    num_cpus: float = attrs.field(default=0, validator=_non_negative_number)  # held for its life (Ray: 1 to place it, 0 while it runs)
+    num_gpus: float = attrs.field(default=0, validator=_non_negative_number)
+    resources: Mapping[str, float] | None = attrs.field(default=None, validator=_custom_resources)
+    name: str | None = attrs.field(default=None, validator=_name)
+    namespace: str | None = attrs.field(default=None, validator=_name)
+    get_if_exists: bool = False
+    lifetime: str | None = None  # "detached": outlives its creator (needs a name)
+    max_restarts: int = attrs.field(default=0, validator=_count_or_unlimited)
+    max_task_retries: int = attrs.field(default=0, validator=_count_or_unlimited)
+    max_concurrency: int | None = None  # async actors: 1000; sync actors: 1 (more: a thread pool)
+
+    def __attrs_post_init__(self) -> None:
+        if self.lifetime not in (None, "detached"):
+            raise ConfigError(f'lifetime must be None or "detached", got {self.lifetime!r}')
+        if self.lifetime == "detached":
+            if not self.name:
+                raise ConfigError('a detached actor needs a name (find it again with cluster.get_actor(name))')
+            if self.max_restarts:
+                raise ConfigError("detached actors cannot restart yet: leave max_restarts at 0")
+        if self.max_concurrency is not None:
+            _positive_integer(self, attrs.fields(ActorOptions).max_concurrency, self.max_concurrency)
+        if self.get_if_exists and not self.name:
+            raise ConfigError("get_if_exists=True needs a name")
+
+    @classmethod
+    def from_user(cls, options: Mapping[str, Any], base: ActorOptions | None = None) -> ActorOptions:
+        """The options a user gave (on top of ``base``); unknown names are refused."""
+        return _from_user(cls, options, base, "actor option")
+
+    @property
+    def shape(self) -> tuple:
+        """The resources the actor holds for its lifetime, as sorted (name, amount) pairs."""
+        return _shape(self.num_cpus, self.num_gpus, self.resources)
+
+
+# What @cluster.remote(...) can check before it knows whether it decorates a function or a class.
+SHARED_OPTIONS = ("num_cpus", "num_gpus", "resources")

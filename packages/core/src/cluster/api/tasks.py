@@ -14,7 +14,7 @@ from typing import Any
 from cluster.api.actors import ActorClass
 from cluster.api.args import pack_args
 from cluster.api.lifecycle import current_runtime
-from cluster.api.options import TASK_DEFAULTS, check_task_options
+from cluster.api.options import SHARED_OPTIONS, UNLIMITED, ActorOptions, TaskOptions
 from cluster.objects.functions import pack_once
 from cluster.owner.tasks import PendingTask
 
@@ -22,16 +22,13 @@ from cluster.owner.tasks import PendingTask
 class RemoteFunction:
     """A function that runs as a task on the cluster: ``f.remote(...)`` returns ObjectRef(s)."""
 
-    def __init__(self, function: Callable, options: Mapping[str, Any], _shared: dict | None = None) -> None:
+    def __init__(self, function: Callable, options: TaskOptions, _shared: dict | None = None) -> None:
         self._function = function
-        self._options = {**TASK_DEFAULTS, **check_task_options(options)}
+        self._options = options
         self._shared = _shared if _shared is not None else {}  # the pickled function, shared by .options() copies
-        opts = self._options
-        shape = {"CPU": float(opts["num_cpus"]), "GPU": float(opts["num_gpus"]), **(opts["resources"] or {})}
-        self._shape = tuple(sorted((k, float(x)) for k, x in shape.items() if x))
-        self._name = opts["name"] or getattr(function, "__qualname__", repr(function))
-        retries = opts["max_retries"]
-        self._retries = 1 << 30 if retries == -1 else retries
+        self._shape = options.shape
+        self._name = options.name or getattr(function, "__qualname__", repr(function))
+        self._retries = 1 << 30 if options.max_retries == UNLIMITED else options.max_retries
         functools.update_wrapper(self, function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -41,7 +38,7 @@ class RemoteFunction:
 
     def options(self, **options: Any) -> RemoteFunction:
         """A copy with some options changed (``num_cpus``, ``num_returns``, ``max_retries``...)."""
-        return RemoteFunction(self._function, {**self._options, **options}, self._shared)
+        return RemoteFunction(self._function, TaskOptions.from_user(options, self._options), self._shared)
 
     def _pickled(self) -> tuple[bytes, bytes]:
         return pack_once(self._shared, self._function, f"remote function {self._name}")
@@ -51,7 +48,7 @@ class RemoteFunction:
         fid, data = self._pickled()
         payload, dep_refs, held = pack_args(rt, args, kwargs)
         task_id = rt.new_task_id()
-        num_returns = self._options["num_returns"]
+        num_returns = self._options.num_returns
         task = PendingTask(
             task_id=task_id,
             name=self._name,
@@ -63,7 +60,7 @@ class RemoteFunction:
             return_ids=[task_id + i.to_bytes(4, "little") for i in range(num_returns)],
             shape=self._shape,
             retries_left=self._retries,
-            retry_exceptions=bool(self._options["retry_exceptions"]),
+            retry_exceptions=bool(self._options.retry_exceptions),
             held=held,
         )
         refs = rt.submit(task)
@@ -79,14 +76,14 @@ def remote(*args: Any, **options: Any) -> Any:
     if args:
         raise TypeError("use @cluster.remote or @cluster.remote(option=value, ...)")
     # Check what functions and actors share now; the rest once we see which it decorates.
-    check_task_options({k: x for k, x in options.items() if k in ("num_cpus", "num_gpus", "resources")})
+    TaskOptions.from_user({k: x for k, x in options.items() if k in SHARED_OPTIONS})
     return lambda fn: _make_remote(fn, options)
 
 
 def _make_remote(target: Any, options: Mapping[str, Any]) -> Any:
     if inspect.isclass(target):
-        return ActorClass(target, options)
+        return ActorClass(target, ActorOptions.from_user(options))
     if not callable(target):
         raise TypeError(f"@cluster.remote needs a function, got {type(target).__name__}")
-    return RemoteFunction(target, options)
+    return RemoteFunction(target, TaskOptions.from_user(options))
 

@@ -94,12 +94,12 @@ class ActorRuntime:
     def create_actor(self, actor_class: Any, blob: bytes, payload: bytes, dep_refs: list, held: list) -> HandleFields:
         """Start an actor of ``actor_class`` (or find the live one, with ``get_if_exists``);
         return the fields of its handle (the API layer makes the handle)."""
-        opts = actor_class._options
+        opts = actor_class._options  # an ActorOptions
         actor_id = self.new_task_id()
-        detached = opts["lifetime"] == "detached"
+        detached = opts.lifetime == "detached"
         name_key = None
-        if opts["name"]:
-            name_key = f"actor/{opts['namespace'] or DEFAULT_NAMESPACE}/{opts['name']}"
+        if opts.name:
+            name_key = f"actor/{opts.namespace or DEFAULT_NAMESPACE}/{opts.name}"
         if detached:  # no owner to ask after we exit: holders find it by name
             handle = (actor_id, actor_class.__name__, actor_class._methods, "", name_key)
         else:
@@ -107,23 +107,22 @@ class ActorRuntime:
         if name_key:
             record = self._name_record(actor_id, actor_class.__name__, actor_class._methods, detached, "")
             if not self.call_async(self._claim_name, name_key, record):
-                if opts["get_if_exists"]:
-                    existing = self.named_actor(opts["name"], opts["namespace"])
+                if opts.get_if_exists:
+                    existing = self.named_actor(opts.name, opts.namespace)
                     if existing is not None:
                         return existing
                 raise ConfigError(
-                    f"an actor named {opts['name']!r} already exists in namespace "
-                    f"{opts['namespace'] or DEFAULT_NAMESPACE!r}; pick another name, kill that actor, "
+                    f"an actor named {opts.name!r} already exists in namespace "
+                    f"{opts.namespace or DEFAULT_NAMESPACE!r}; pick another name, kill that actor, "
                     "or pass get_if_exists=True to get its handle"
                 )
-        shape = {"CPU": float(opts["num_cpus"]), "GPU": float(opts["num_gpus"]), **(opts["resources"] or {})}
-        restarts = opts["max_restarts"]
-        retries = opts["max_task_retries"]
+        restarts = opts.max_restarts
+        retries = opts.max_task_retries
         state = ActorState(
             actor_id, actor_class.__name__, self.address, True, detached,
             create=m.CreateActor(actor_id, actor_class.__name__, blob, payload, [], self.address,
-                                 opts["max_concurrency"]),
-            shape=tuple(sorted((k, float(x)) for k, x in shape.items() if x)),
+                                 opts.max_concurrency),
+            shape=opts.shape,
             name_key=name_key,
             restarts_left=UNLIMITED if restarts == -1 else restarts,
             task_retries=UNLIMITED if retries == -1 else retries,
