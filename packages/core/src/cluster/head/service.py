@@ -39,7 +39,7 @@ class NodeRecord:
     store: m.StoreStats | None = None  # as of its last heartbeat
     demand: list = attrs.Factory(list)  # of DemandItem: what waits on this node (NodeService.demand)
     state: str = "alive"
-    last_seen: float = attrs.Factory(time.monotonic)
+    last_seen: float = attrs.Factory(trio.current_time)  # trio's clock: tests can mock it
     joined_at: float = attrs.Factory(time.time)
 
     def public(self) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class HeadService:
         task_status.started()
         while True:
             await trio.sleep(min(1.0, self.heartbeat_timeout_s / 4))
-            now = time.monotonic()
+            now = trio.current_time()
             for node in self.nodes.values():
                 if node.state == "alive" and now - node.last_seen > self.heartbeat_timeout_s:
                     self._mark_dead(node, f"no heartbeat for {self.heartbeat_timeout_s:.0f}s")
@@ -157,7 +157,7 @@ class HeadService:
         if node is None or node.state == "dead":
             conn.reply_error(request_id, "dead", "this node was declared dead; restart it to rejoin")
             return
-        node.last_seen = time.monotonic()
+        node.last_seen = trio.current_time()
         node.store = msg.store
         node.demand = msg.demand
         if node.available != msg.available:
