@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pytest
 
@@ -181,32 +183,6 @@ def test_an_async_actor_runs_100_sleeping_calls_at_once(shared_cluster):
     cluster.kill(sleeper)
 
 
-def test_an_async_actor_respects_max_concurrency(shared_cluster):
-    sleeper = Sleeper.options(max_concurrency=2).remote()
-    starts = cluster.get([sleeper.nap.remote(0.3) for _ in range(4)], timeout=60)
-    starts.sort()
-    assert starts[2] - starts[0] >= 0.25  # the third waited for one of the first two
-    cluster.kill(sleeper)
-
-
-@cluster.remote
-class Gate:
-    def __init__(self) -> None:
-        import threading
-
-        self.arrived = threading.Barrier(3, timeout=20)
-
-    def meet(self) -> str:
-        self.arrived.wait()  # only returns once 3 calls run at the same time
-        return "met"
-
-
-def test_a_threaded_actor_runs_calls_on_max_concurrency_threads(shared_cluster):
-    gate = Gate.options(max_concurrency=3).remote()
-    assert cluster.get([gate.meet.remote() for _ in range(3)], timeout=60) == ["met"] * 3
-    cluster.kill(gate)
-
-
 def test_an_actor_stops_once_its_owner_drops_every_handle(shared_cluster):
     import gc
 
@@ -315,3 +291,154 @@ def test_an_actor_that_is_not_detached_dies_with_its_owner(shared_cluster, tmp_p
     assert cluster.get(again.incr.remote(), timeout=60) == 4
     cluster.kill(again)
 
+
+# ------------------------------------------- max_concurrency: calls overlap up to the limit, never beyond
+#
+# Each call checks in with a turnstile in this process: once when its arguments are unpickled on
+# the actor's worker (it has *arrived*: it is queued there, whether it may run yet or not), then
+# when it starts running (it *enters*), and it then waits until the test lets it go. The test
+# releases the calls a batch at a time, each batch only once every call has arrived and the
+# limit is full; the turnstile counts, at every entry, how many calls run at once. With the limit
+# respected that peak is exactly max_concurrency; with a smaller one the test waits for calls that
+# cannot start, and with a larger one (or none) the calls queued behind the limit get in early.
+
+
+class Turnstile:
+    """A TCP server on 127.0.0.1 that actor calls report to, and wait at until released."""
+
+    def __init__(self) -> None:
+        import socketserver
+        import threading
+
+        self.lock = threading.Lock()
+        self.arrived: set[int] = set()
+        self.inside: set[int] = set()
+        self.entered: list[int] = []
+        self.peak = 0
+        self._gates: dict[int, threading.Event] = {}
+        self._closing = threading.Event()
+        turnstile = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                verb, i = self.rfile.readline().decode().split()
+                turnstile._on(verb, int(i))
+                self.wfile.write(b"go\n")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = self.server.server_address
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _on(self, verb: str, i: int) -> None:
+        import threading
+
+        with self.lock:
+            if verb == "arrive":
+                self.arrived.add(i)
+                return
+            self.inside.add(i)
+            self.entered.append(i)
+            self.peak = max(self.peak, len(self.inside))
+            gate = self._gates.setdefault(i, threading.Event())
+        gate.wait(120)  # until release() (or close(), if the test failed)
+
+    def ticket(self, i: int) -> Any:
+        """Argument ``i`` of a call: unpickled on the actor's worker, it reports its arrival
+        (before the worker's concurrency limit sees the call) and becomes ``(address, i)``."""
+        address = self.address
+
+        def arrived(address: tuple, i: int) -> tuple:
+            import socket
+
+            with socket.create_connection(address) as sock:
+                sock.sendall(f"arrive {i}\n".encode())
+                sock.makefile().readline()
+            return address, i
+
+        class Ticket:  # local, so cloudpickle ships ``arrived`` by value
+            def __reduce__(self) -> Any:
+                return arrived, (address, i)
+
+        return Ticket()
+
+    def release(self, calls: Iterable[int]) -> None:
+        import threading
+
+        with self.lock:
+            for i in calls:
+                self.inside.discard(i)  # counted out before it can return and free its slot
+                self._gates.setdefault(i, threading.Event()).set()
+
+    def close(self) -> None:
+        with self.lock:
+            for gate in self._gates.values():
+                gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def turnstile() -> Iterator[Turnstile]:
+    gate = Turnstile()
+    try:
+        yield gate
+    finally:
+        gate.close()
+
+
+def run_in_batches_of_the_limit(handle: Any, limit: int, turnstile: Turnstile, e2e: Any) -> None:
+    batches = 3
+    calls = [handle.hold.remote(turnstile.ticket(i)) for i in range(batches * limit)]
+    for batch in range(batches):
+        try:
+            e2e.wait_until(lambda: len(turnstile.arrived) == len(calls) and len(turnstile.inside) >= limit,
+                           timeout=30, what=f"{limit} calls running at once (batch {batch})")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; running: {sorted(turnstile.inside)}, arrived at the worker: "
+                                 f"{len(turnstile.arrived)} of {len(calls)}") from None
+        with turnstile.lock:
+            running = sorted(turnstile.inside)
+            peak = turnstile.peak
+        assert peak == limit, f"{peak} calls ran at once with max_concurrency={limit}"
+        turnstile.release(running)
+    assert cluster.get(calls, timeout=60) == ["go"] * len(calls)
+    assert turnstile.peak == limit, f"{turnstile.peak} calls ran at once with max_concurrency={limit}"
+    assert sorted(turnstile.entered) == list(range(len(calls)))  # each call ran once
+
+
+@cluster.remote
+class AsyncGated:
+    async def hold(self, ticket: tuple) -> str:
+        import asyncio
+
+        address, i = ticket
+        reader, writer = await asyncio.open_connection(*address)  # on the actor's event loop
+        writer.write(f"enter {i}\n".encode())
+        await writer.drain()
+        reply = await reader.readline()
+        writer.close()
+        return reply.decode().strip()
+
+
+@cluster.remote
+class ThreadGated:
+    def hold(self, ticket: tuple) -> str:
+        import socket
+
+        address, i = ticket
+        with socket.create_connection(address) as sock:  # blocks this call's thread only
+            sock.sendall(f"enter {i}\n".encode())
+            return sock.makefile().readline().strip()
+
+
+def test_an_async_actor_runs_exactly_max_concurrency_calls_at_once(shared_cluster, turnstile, e2e):
+    actor = AsyncGated.options(max_concurrency=2).remote()
+    run_in_batches_of_the_limit(actor, 2, turnstile, e2e)
+    cluster.kill(actor)
+
+
+def test_a_threaded_actor_runs_exactly_max_concurrency_calls_at_once(shared_cluster, turnstile, e2e):
+    actor = ThreadGated.options(max_concurrency=3).remote()
+    run_in_batches_of_the_limit(actor, 3, turnstile, e2e)
+    cluster.kill(actor)
