@@ -57,6 +57,8 @@ class FakeNode:
         self.head = head
         self.node_id = node_id
         self.conn = InProcessConnection(f"127.0.0.1:{7000 + len(head.nodes)}")
+        self.joined_at = float("nan")  # virtual times, set as it happens
+        self.last_heartbeat = float("nan")
         self._ids = itertools.count(1)
 
     async def run_connection(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
