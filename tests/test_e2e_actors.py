@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socketserver
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -307,16 +309,12 @@ class Turnstile:
     """A TCP server on 127.0.0.1 that actor calls report to, and wait at until released."""
 
     def __init__(self) -> None:
-        import socketserver
-        import threading
-
         self.lock = threading.Lock()
         self.arrived: set[int] = set()
         self.inside: set[int] = set()
         self.entered: list[int] = []
         self.peak = 0
         self._gates: dict[int, threading.Event] = {}
-        self._closing = threading.Event()
         turnstile = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -331,8 +329,6 @@ class Turnstile:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def _on(self, verb: str, i: int) -> None:
-        import threading
-
         with self.lock:
             if verb == "arrive":
                 self.arrived.add(i)
@@ -363,8 +359,6 @@ class Turnstile:
         return Ticket()
 
     def release(self, calls: Iterable[int]) -> None:
-        import threading
-
         with self.lock:
             for i in calls:
                 self.inside.discard(i)  # counted out before it can return and free its slot
