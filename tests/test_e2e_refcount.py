@@ -17,9 +17,11 @@ import time
 
 import numpy as np
 import pytest
-from cluster.cli import _fetch_objects as fetch_objects  # what `cluster list objects` prints
 
 import cluster
+from cluster.cli.commands import (
+    _fetch_objects as fetch_objects,  # what `cluster list objects` prints
+)
 
 MB = 1_000_000
 

@@ -6,9 +6,9 @@ import gc
 import json
 
 import numpy as np
-from cluster.transfer import CHUNK
 
 import cluster
+from cluster.objects.transfer import CHUNK
 
 MB = 1_000_000
 

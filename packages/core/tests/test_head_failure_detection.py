@@ -20,9 +20,10 @@ from typing import Any
 import structlog
 import trio
 import trio.testing
-from cluster import messages as m
-from cluster.head import HeadService
-from cluster.node import HEARTBEAT_S  # how often a node daemon heartbeats
+
+from cluster.head.service import HeadService
+from cluster.node.service import HEARTBEAT_S  # how often a node daemon heartbeats
+from cluster.wire import messages as m
 
 TIMEOUT_S = 10.0
 CHECK_S = min(1.0, TIMEOUT_S / 4)  # how often the head looks (HeadService.run): detection may lag this much
@@ -87,7 +88,7 @@ class FakeNode:
         assert kind == "ok"
 
     def heartbeat(self) -> tuple[str, Any]:
-        return self.request(m.Heartbeat(self.node_id, {"CPU": 1.0}, self.head.view_version, {}))
+        return self.request(m.Heartbeat(self.node_id, {"CPU": 1.0}, self.head.view_version, m.StoreStats()))
 
     async def heartbeat_every(self, interval: float, *, until: float = float("inf")) -> None:
         """Heartbeat every ``interval`` seconds until the clock reads ``until``; then fall silent."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from cluster.errors import ConfigError
-from cluster.scheduling import (
-    SchedulingPolicy,
+from cluster.node.policy import SchedulingPolicy
+from cluster.resources import (
     fits,
     format_shape,
     parse_size,

@@ -1,4 +1,4 @@
-"""Value entries and argument markers (cluster.values): pure, no processes, no runtime."""
+"""Value entries and argument markers (cluster.objects.values): pure, no processes, no runtime."""
 
 from __future__ import annotations
 
@@ -7,23 +7,24 @@ import threading
 
 import numpy as np
 import pytest
-from cluster import messages as m
-from cluster import protocol
-from cluster import values as v
+
 from cluster.errors import TaskError
-from cluster.object_ref import ObjectRef
+from cluster.objects import values as v
+from cluster.objects.refs import ObjectRef
+from cluster.wire import codec
+from cluster.wire import messages as m
 
 
-def through_the_wire(entry: list) -> list:
+def through_the_wire(entry: m.InlineValue) -> m.InlineValue:
     """The entry as a task's owner receives it: inside a TaskResult, encoded and decoded."""
-    frame = protocol.encode(m.TaskResult(b"t" * 16, [entry], 123))
-    msg, _ = protocol.decode(frame[4:])
+    frame = codec.encode(m.TaskResult(b"t" * 16, [entry], 123))
+    msg, _ = codec.decode(frame[4:])
     return msg.entries[0]
 
 
-def load(entry: list) -> object:
-    assert entry[0] == v.INLINE
-    return v.loads(entry[1], entry[2], entry[3])
+def load(entry: m.InlineValue) -> object:
+    assert type(entry) is m.InlineValue
+    return v.loads(entry.metadata, entry.inband, entry.buffers)
 
 
 # --------------------------------------------------------------------------- inline entries
@@ -40,7 +41,8 @@ def test_plain_values_go_through_plain_pickle_and_come_back_equal(value: object)
 def test_an_inline_entry_is_the_kind_the_metadata_the_pickle_and_the_buffers() -> None:
     ser = v.serialize({"a": [1, 2, 3]})
     entry = ser.inline_entry()
-    assert entry[0] == v.INLINE and entry[1] == b"" and isinstance(entry[2], bytes) and entry[3] == []
+    assert type(entry) is m.InlineValue and entry.metadata == b"" and isinstance(entry.inband, bytes)
+    assert entry.buffers == [] and not entry.is_error
     assert load(through_the_wire(entry)) == {"a": [1, 2, 3]}
 
 
@@ -51,7 +53,7 @@ def test_a_numpy_array_travels_out_of_band_and_its_size_counts_the_buffer() -> N
     assert len(ser.inband) < 1000
     assert ser.size == len(ser.inband) + 8000
     entry = ser.inline_entry()
-    assert [type(b) for b in entry[3]] == [bytes]  # buffers as bytes: msgpack can carry them
+    assert [type(b) for b in entry.buffers] == [bytes]  # buffers as bytes: msgpack can carry them
     back = load(through_the_wire(entry))
     np.testing.assert_array_equal(back, array)
 
@@ -86,7 +88,7 @@ def test_a_value_that_cannot_travel_says_what_it_was_and_why() -> None:
 
 def test_an_error_entry_raises_its_exception_on_load() -> None:
     entry = through_the_wire(v.serialize_error(ValueError("bad input")))
-    assert entry[0] == v.INLINE and entry[1] == v.ERROR
+    assert type(entry) is m.InlineValue and entry.metadata == v.ERROR and entry.is_error
     with pytest.raises(ValueError, match="bad input"):
         load(entry)
 
