@@ -30,4 +30,4 @@ def request_resources(num_cpus: int | None = None, bundles: Sequence[Mapping[str
             raise ConfigError(f"num_cpus must be a non-negative integer, got {num_cpus!r}")
         wanted += [{"CPU": 1}] * num_cpus
     runtime = api.current_runtime()
-    runtime.call_async(runtime._kv_request, m.KvPut(REQUESTED_KEY, json.dumps(wanted).encode(), True))
+    runtime.call_async(runtime.kv_request, m.KvPut(REQUESTED_KEY, json.dumps(wanted).encode(), True))

@@ -1,4 +1,4 @@
-"""The actor half of the owner runtime (mixed into :class:`cluster.owner.runtime.Runtime`).
+"""The actor half of the owner runtime (:class:`Actors`, a member of :class:`cluster.owner.runtime.Runtime`).
 
 The process that calls ``C.remote()`` owns the actor: it leases a worker for the actor's
 lifetime (the lease is never returned while the actor lives, so the node keeps the worker and
@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
@@ -34,6 +34,9 @@ from cluster.wire import messages as m
 from cluster.wire.codec import packb, unpackb
 
 log = structlog.get_logger("cluster.actors")
+
+if TYPE_CHECKING:
+    from cluster.owner.runtime import Runtime
 
 UNLIMITED = 1 << 30
 
@@ -84,10 +87,16 @@ class ActorState:
         return self.class_name
 
 
-class ActorRuntime:
-    """Actor creation, calls, failures and kills; needs the rest of Runtime."""
+class Actors:
+    """The actor half of a runtime: creation, calls, failures and kills of the actors it owns
+    or calls. A member of :class:`~cluster.owner.runtime.Runtime` (``runtime.actors``), which
+    it uses for connections, results and the trio thread."""
 
-    _actors: dict[bytes, ActorState]
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self._actors: dict[bytes, ActorState] = {}
+        self._actor_handles: collections.Counter[bytes] = collections.Counter()  # live handles here, by actor
+        self._actors_escaped: set[bytes] = set()  # pickled where we cannot follow: live as long as we do
 
     # ------------------------------------------------------------------ user thread
 
@@ -95,7 +104,7 @@ class ActorRuntime:
         """Start an actor of ``actor_class`` (or find the live one, with ``get_if_exists``);
         return the fields of its handle (the API layer makes the handle)."""
         opts = actor_class._options  # an ActorOptions
-        actor_id = self.new_task_id()
+        actor_id = self.rt.new_task_id()
         detached = opts.lifetime == "detached"
         name_key = None
         if opts.name:
@@ -103,10 +112,10 @@ class ActorRuntime:
         if detached:  # no owner to ask after we exit: holders find it by name
             handle = (actor_id, actor_class.__name__, actor_class._methods, "", name_key)
         else:
-            handle = (actor_id, actor_class.__name__, actor_class._methods, self.address, "")
+            handle = (actor_id, actor_class.__name__, actor_class._methods, self.rt.address, "")
         if name_key:
             record = self._name_record(actor_id, actor_class.__name__, actor_class._methods, detached, "")
-            if not self.call_async(self._claim_name, name_key, record):
+            if not self.rt.call_async(self._claim_name, name_key, record):
                 if opts.get_if_exists:
                     existing = self.named_actor(opts.name, opts.namespace)
                     if existing is not None:
@@ -119,8 +128,8 @@ class ActorRuntime:
         restarts = opts.max_restarts
         retries = opts.max_task_retries
         state = ActorState(
-            actor_id, actor_class.__name__, self.address, True, detached,
-            create=m.CreateActor(actor_id, actor_class.__name__, blob, payload, [], self.address,
+            actor_id, actor_class.__name__, self.rt.address, True, detached,
+            create=m.CreateActor(actor_id, actor_class.__name__, blob, payload, [], self.rt.address,
                                  opts.max_concurrency),
             shape=opts.shape,
             name_key=name_key,
@@ -131,12 +140,12 @@ class ActorRuntime:
         self._actors[actor_id] = state
         if name_key:
             self._actors_escaped.add(actor_id)  # reachable by name: lives as long as its owner
-        self.soon(self._nursery.start_soon, self._start_actor, state, dep_refs)
+        self.rt.soon(self.rt._nursery.start_soon, self._start_actor, state, dep_refs)
         return handle
 
     def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes,
                           dep_refs: list, held: list) -> list[ObjectRef]:
-        task_id = self.new_task_id()
+        task_id = self.rt.new_task_id()
         task = PendingTask(
             task_id=task_id,
             name=f"{handle._class_name}.{method}",
@@ -154,14 +163,14 @@ class ActorRuntime:
         task.method = method
         task.actor = handle
         state = self._actors.get(handle._actor_id)
-        refs = [ObjectRef(oid, self.address) for oid in task.return_ids]  # before a reply can come
+        refs = [ObjectRef(oid, self.rt.address) for oid in task.return_ids]  # before a reply can come
         if state is not None:
             with state.lock:
                 if not dep_refs and self._send_call_now(state, task):
                     return refs
                 state.unsent += 1
                 task.counted = True
-        return self.submit(task, refs)
+        return self.rt.submit(task, refs)
 
     def _send_call_now(self, state: ActorState, task: Any) -> bool:
         """From the caller's thread: send the call at once if nothing is ahead of it (the
@@ -169,13 +178,13 @@ class ActorRuntime:
         conn = state.conn
         if state.state != "alive" or state.unsent or state.pending or conn is None or conn.closed:
             return False
-        with self._cv:
-            self._tasks[task.task_id] = task
-            self._owned.update(task.return_ids)
+        with self.rt._cv:
+            self.rt._tasks[task.task_id] = task
+            self.rt._owned.update(task.return_ids)
         task.actor = task.lease = state
         state.in_flight[task.task_id] = task
         spec = m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, [], task.num_returns,
-                          self.address, task.method)
+                          self.rt.address, task.method)
         try:
             conn.send_threadsafe(m.PushTasks([spec]))
         except ClusterConnectionError:
@@ -185,7 +194,7 @@ class ActorRuntime:
     def named_actor(self, name: str, namespace: str | None) -> HandleFields | None:
         """The handle fields of the live actor ``name`` in ``namespace``, or None."""
         key = f"actor/{namespace or DEFAULT_NAMESPACE}/{name}"
-        record = self.call_async(self._live_record, key)
+        record = self.rt.call_async(self._live_record, key)
         if record is None:
             return None
         found = unpack_record(record)
@@ -193,16 +202,16 @@ class ActorRuntime:
 
     async def _claim_name(self, key: str, record: bytes) -> bool:
         """Take ``key`` for a new actor; a name left behind by a dead actor is taken over."""
-        if await self._kv_request(m.KvPut(key, record, False)):
+        if await self.kv_request(m.KvPut(key, record, False)):
             return True
         if await self._live_record(key) is not None:
             return False
-        return await self._kv_request(m.KvPut(key, record, True))
+        return await self.kv_request(m.KvPut(key, record, True))
 
     async def _live_record(self, key: str) -> bytes | None:
         """The record under an actor name if its actor still lives; a stale one is removed
         (its owner died without saying so, or its detached worker is gone)."""
-        record = await self._kv_request(m.KvGet(key))
+        record = await self.kv_request(m.KvGet(key))
         if record is None:
             return None
         found = unpack_record(record)
@@ -212,27 +221,27 @@ class ActorRuntime:
             return record if state.state != "dead" else None
         try:
             if owner:
-                conn = await self._connect(owner, "the actor's owner")
+                conn = await self.rt._connect(owner, "the actor's owner")
                 with trio.fail_after(10):
                     info = await conn.request(m.GetActorInfo(actor_id))
                 alive = info.state != "dead"
             else:
-                alive = not address or (await self._connect(address, "the actor's worker")) is not None
+                alive = not address or (await self.rt._connect(address, "the actor's worker")) is not None
         except (ClusterConnectionError, RemoteCallError, trio.TooSlowError):
             alive = False
         if alive:
             return record
-        current = await self._kv_request(m.KvGet(key))
+        current = await self.kv_request(m.KvGet(key))
         if current == record:  # still the stale one (not a new claim meanwhile)
-            await self._kv_request(m.KvDelete(key))
+            await self.kv_request(m.KvDelete(key))
         return None
 
     def _name_record(self, actor_id: bytes, class_name: str, methods: dict, detached: bool, address: str) -> bytes:
         """What the head keeps under an actor's name: the owner to ask, or (detached) where it runs."""
-        return packb(m.ActorNameRecord(actor_id, class_name, methods, "" if detached else self.address, address))
+        return packb(m.ActorNameRecord(actor_id, class_name, methods, "" if detached else self.rt.address, address))
 
     def actor_handle_added(self, actor_id: bytes) -> None:
-        with self._ref_lock:
+        with self.rt._ref_lock:
             self._actor_handles[actor_id] += 1
 
     def actor_handle_escaped(self, actor_id: bytes) -> None:
@@ -241,7 +250,7 @@ class ActorRuntime:
     def actor_handle_dropped(self, actor_id: bytes) -> None:
         """The owner's last handle went, and none left the process: stop the actor once its
         calls are done (as Ray does for actors that are neither named nor detached)."""
-        with self._ref_lock:
+        with self.rt._ref_lock:
             count = self._actor_handles[actor_id] - 1
             if count > 0:
                 self._actor_handles[actor_id] = count
@@ -249,9 +258,9 @@ class ActorRuntime:
             del self._actor_handles[actor_id]
             if actor_id in self._actors_escaped:
                 return
-        if self._trio_token is not None and not self._stopped:
+        if self.rt._trio_token is not None and not self.rt._stopped:
             try:
-                self.soon(self._nursery.start_soon, self._release_actor, actor_id)
+                self.rt.soon(self.rt._nursery.start_soon, self._release_actor, actor_id)
             except trio.RunFinishedError:
                 pass
 
@@ -271,16 +280,16 @@ class ActorRuntime:
     def kill_actor(self, handle: Any, no_restart: bool) -> None:
         state = self._actors.get(handle._actor_id)
         if handle._owner or (state is not None and state.owned):
-            self.call(self._kill_actor, handle._actor_id, handle._owner or self.address, no_restart)
+            self.rt.call(self._kill_actor, handle._actor_id, handle._owner or self.rt.address, no_restart)
         else:
-            self.call_async(self._kill_detached, handle)
+            self.rt.call_async(self._kill_detached, handle)
 
     async def _kill_detached(self, handle: Any) -> None:
         """Stop a detached actor we do not own: tell its worker to exit, and forget its name."""
         address = await self._detached_address(handle._name_key, handle._actor_id, wait=False)
         if address:
             try:
-                conn = await self._connect(address, "the actor's worker")
+                conn = await self.rt._connect(address, "the actor's worker")
                 conn.send(m.KillActor(handle._actor_id, True))
             except ClusterConnectionError:
                 pass  # already gone
@@ -294,7 +303,7 @@ class ActorRuntime:
         """The worker address a detached actor registered under its name (None: not there)."""
         deadline = trio.current_time() + 60
         while True:
-            record = await self._kv_request(m.KvGet(key))
+            record = await self.kv_request(m.KvGet(key))
             found = None if record is None else unpack_record(record)
             if found is None or found.actor_id != actor_id:
                 return None
@@ -305,8 +314,8 @@ class ActorRuntime:
 
     # ------------------------------------------------------------------ trio thread
 
-    async def _kv_request(self, msg: Any) -> Any:
-        head = await self._connect(self.head_address, "the cluster")
+    async def kv_request(self, msg: Any) -> Any:
+        head = await self.rt._connect(self.rt.head_address, "the cluster")
         return await head.request(msg)
 
     def _actor_state(self, handle: Any) -> ActorState:
@@ -315,10 +324,10 @@ class ActorRuntime:
             state = ActorState(handle._actor_id, handle._class_name, handle._owner, False,
                                name_key=handle._name_key or None, detached=not handle._owner)
             self._actors[handle._actor_id] = state
-            self._nursery.start_soon(self._locate_actor, state)
+            self.rt._nursery.start_soon(self._locate_actor, state)
         return state
 
-    def _enqueue_actor_call(self, task: Any) -> None:
+    def enqueue_call(self, task: Any) -> None:
         state = self._actor_state(task.actor)
         task.actor = state
         with state.lock:
@@ -341,21 +350,21 @@ class ActorRuntime:
         specs = []
         while state.pending:
             task = state.pending[0]
-            if task.dep_refs and not self._deps_ready(task):
+            if task.dep_refs and not self.rt._deps_ready(task):
                 if not state.resolving:
                     state.resolving = True
-                    self._nursery.start_soon(self._resolve_actor_call, state, task)
+                    self.rt._nursery.start_soon(self._resolve_actor_call, state, task)
                 break
             state.pending.popleft()
             if task.cancelled:
-                self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
+                self.rt._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
                 continue
-            if task.dep_refs and self._failed_dependency(task):
+            if task.dep_refs and self.rt._failed_dependency(task):
                 continue
             task.lease = state
             state.in_flight[task.task_id] = task
             specs.append(m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, task.deps,
-                                    task.num_returns, self.address, task.method))
+                                    task.num_returns, self.rt.address, task.method))
         if specs:
             try:
                 state.conn.send(m.PushTasks(specs))
@@ -364,14 +373,14 @@ class ActorRuntime:
 
     async def _resolve_actor_call(self, state: ActorState, task: Any) -> None:
         for ref in task.dep_refs:
-            await self._wait_entry(ref)
+            await self.rt._wait_entry(ref)
         state.resolving = False
         self._pump_actor(state)
 
     async def _start_actor(self, state: ActorState, dep_refs: list | None = None) -> None:
         """Lease a worker for the actor and build it there (again, after a restart)."""
         if dep_refs:
-            deps = [await self._wait_entry(ref) for ref in dep_refs]
+            deps = [await self.rt._wait_entry(ref) for ref in dep_refs]
             state.create = attrs.evolve(state.create, deps=deps)
             for entry in deps:
                 if entry.is_error:
@@ -379,7 +388,7 @@ class ActorRuntime:
                     return
         queue = ShapeQueue(state.shape)
         queue.pending.append(state)  # keeps an infeasible shape asking
-        lease = await self._lease_worker(queue, lambda *_: None, detached=state.detached)
+        lease = await self.rt._lease_worker(queue, lambda *_: None, detached=state.detached)
         if state.state == "dead":  # killed while it was being placed
             if lease is not None:
                 lease.conn.context = None
@@ -404,11 +413,11 @@ class ActorRuntime:
         state.state = "alive"
         state.ready.set()
         if state.detached:  # holders find a detached actor's worker through its name
-            old = await self._kv_request(m.KvGet(state.name_key))
+            old = await self.kv_request(m.KvGet(state.name_key))
             found = None if old is None else unpack_record(old)
             if found is not None and found.actor_id == state.actor_id:
                 record = self._name_record(state.actor_id, found.class_name, found.methods, True, state.address)
-                await self._kv_request(m.KvPut(state.name_key, record, True))
+                await self.kv_request(m.KvPut(state.name_key, record, True))
         log.info("actor_started", actor=state.class_name, actor_id=state.actor_id.hex(), worker=state.address)
         self._pump_actor(state)
 
@@ -420,12 +429,12 @@ class ActorRuntime:
                 address = await self._detached_address(state.name_key, state.actor_id)
                 status, cause = ("alive", "") if address else ("dead", "its name is no longer registered")
             else:
-                owner = await self._connect(state.owner, "the actor's owner")
+                owner = await self.rt._connect(state.owner, "the actor's owner")
                 info = await owner.request(m.GetActorInfo(state.actor_id))
                 status, address, cause = info.state, info.address, info.cause
             if status == "alive":
                 try:
-                    conn = await self._connect(address, "the actor's worker")
+                    conn = await self.rt._connect(address, "the actor's worker")
                 except ClusterConnectionError as exc:
                     status, cause = "dead", f"its worker at {address} is unreachable ({exc})"
         except (ClusterConnectionError, RemoteCallError) as exc:
@@ -471,9 +480,9 @@ class ActorRuntime:
                 state.restarts_left -= 1
                 state.restarts += 1
                 log.warning("actor_restarting", actor=state.class_name, cause=cause, restarts_left=state.restarts_left)
-                self._nursery.start_soon(self._start_actor, state)
+                self.rt._nursery.start_soon(self._start_actor, state)
             else:
-                self._nursery.start_soon(self._locate_actor, state)
+                self.rt._nursery.start_soon(self._locate_actor, state)
             return
         self._fail_actor_calls(state, lost, cause)
         self._actor_dead(state, cause)
@@ -489,14 +498,14 @@ class ActorRuntime:
             state.error_entry = error_entry
             state.held = []
             if state.name_key and state.owned:
-                self._nursery.start_soon(self._forget_name, state.name_key)
+                self.rt._nursery.start_soon(self._forget_name, state.name_key)
             log.info("actor_dead", actor=state.class_name, actor_id=state.actor_id.hex(), cause=cause)
         state.ready.set()
         self._pump_actor(state)
 
     async def _forget_name(self, key: str) -> None:
         try:
-            await self._kv_request(m.KvDelete(key))
+            await self.kv_request(m.KvDelete(key))
         except (ClusterConnectionError, RemoteCallError):
             pass
 
@@ -509,12 +518,12 @@ class ActorRuntime:
             entry = v.serialize_error(ActorDiedError(
                 f"actor {state.class_name} ({state.actor_id.hex()[:12]}) is dead: {cause or state.cause}"
             ))
-        self._finish_many([(task, [entry] * task.num_returns) for task in tasks])
+        self.rt._finish_many([(task, [entry] * task.num_returns) for task in tasks])
 
     def _kill_actor(self, actor_id: bytes, owner: str, no_restart: bool) -> None:
         state = self._actors.get(actor_id)
-        if owner != self.address:
-            self._nursery.start_soon(self._send_kill, owner, actor_id, no_restart)
+        if owner != self.rt.address:
+            self.rt._nursery.start_soon(self._send_kill, owner, actor_id, no_restart)
             return
         if state is None or state.state == "dead":
             return
@@ -528,7 +537,7 @@ class ActorRuntime:
 
     async def _send_kill(self, owner: str, actor_id: bytes, no_restart: bool) -> None:
         try:
-            conn = await self._connect(owner, "the actor's owner")
+            conn = await self.rt._connect(owner, "the actor's owner")
             conn.send(m.KillActor(actor_id, no_restart))
         except ClusterConnectionError:
             pass  # the owner is gone, and its actors with it
@@ -542,27 +551,27 @@ class ActorRuntime:
             await state.ready.wait()
         conn.reply(request_id, m.ActorInfo(state.state, state.address, state.cause))
 
-    def _actor_messages(self, conn: Any, msg: Any, request_id: int) -> bool:
+    def handle_message(self, conn: Any, msg: Any, request_id: int) -> bool:
         kind = type(msg)
         if kind is m.GetActorInfo:
-            self._nursery.start_soon(self._serve_actor_info, conn, request_id, msg.actor_id)
+            self.rt._nursery.start_soon(self._serve_actor_info, conn, request_id, msg.actor_id)
         elif kind is m.KillActor:
             state = self._actors.get(msg.actor_id)
             if state is not None and state.owned:
-                self._kill_actor(msg.actor_id, self.address, msg.no_restart)
-            elif self.executor is not None and self.executor.actor_id == msg.actor_id:
+                self._kill_actor(msg.actor_id, self.rt.address, msg.no_restart)
+            elif self.rt.executor is not None and self.rt.executor.actor_id == msg.actor_id:
                 log.info("actor_killed", actor_id=msg.actor_id.hex())
                 os._exit(0)  # a detached actor, told to stop by a handle holder: the node cleans up
         elif kind is m.ListActors:
             conn.reply(request_id, m.ActorTable(self.actor_table(), self._hosted_actor()))
-        elif kind is m.CreateActor and self.executor is not None:
-            self.executor.create_actor(conn, request_id, msg)
+        elif kind is m.CreateActor and self.rt.executor is not None:
+            self.rt.executor.create_actor(conn, request_id, msg)
         else:
             return False
         return True
 
     def _hosted_actor(self) -> dict | None:
-        executor = self.executor
+        executor = self.rt.executor
         if executor is None or executor.actor_id is None:
             return None
         return {"actor_id": executor.actor_id.hex(), "class": type(executor._actor).__name__}

@@ -43,7 +43,7 @@ from cluster.objects import refs as object_ref_module
 from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
 from cluster.objects.transfer import ChunkSource, pull_object
-from cluster.owner.actors import ActorRuntime, ActorState
+from cluster.owner.actors import Actors, ActorState, HandleFields
 from cluster.owner.tasks import Lease, PendingTask, ShapeQueue
 from cluster.plugins import make_object_store
 from cluster.wire import messages as m
@@ -60,7 +60,7 @@ INFEASIBLE_RETRY_S = 1.0
 BORROWER_CHECK_S = 2.0  # how often an owner checks that its borrowers' processes still exist
 
 
-class Runtime(ActorRuntime):
+class Runtime:
     """Owner runtime: one per driver or worker process."""
 
     def __init__(
@@ -87,9 +87,7 @@ class Runtime(ActorRuntime):
         self._cv = threading.Condition(threading.Lock())
         self._values: dict[bytes, list] = {}
         self._tasks: dict[bytes, PendingTask] = {}
-        self._actors: dict[bytes, ActorState] = {}
-        self._actor_handles: collections.Counter[bytes] = collections.Counter()
-        self._actors_escaped: set[bytes] = set()
+        self.actors = Actors(self)
         self._queues: dict[tuple, ShapeQueue] = {}
         self._submitted: collections.deque[PendingTask] = collections.deque()
         self._wake_scheduled = False
@@ -280,8 +278,36 @@ class Runtime(ActorRuntime):
             for object_id in msg.object_ids:
                 self._chunks.forget(object_id)
                 self.store.delete(object_id)
-        elif not self._actor_messages(conn, msg, request_id):
+        elif not self.actors.handle_message(conn, msg, request_id):
             conn.reply_error(request_id, "unexpected", f"{self.role} does not handle {kind.__name__}")
+
+    # ------------------------------------------------- actors (the API's entry points)
+
+    def create_actor(self, actor_class: Any, blob: bytes, payload: bytes, dep_refs: list, held: list) -> HandleFields:
+        return self.actors.create_actor(actor_class, blob, payload, dep_refs, held)
+
+    def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes,
+                          dep_refs: list, held: list) -> list[ObjectRef]:
+        return self.actors.submit_actor_call(handle, method, num_returns, payload, dep_refs, held)
+
+    def named_actor(self, name: str, namespace: str | None) -> HandleFields | None:
+        return self.actors.named_actor(name, namespace)
+
+    def kill_actor(self, handle: Any, no_restart: bool) -> None:
+        self.actors.kill_actor(handle, no_restart)
+
+    def actor_handle_added(self, actor_id: bytes) -> None:
+        self.actors.actor_handle_added(actor_id)
+
+    def actor_handle_escaped(self, actor_id: bytes) -> None:
+        self.actors.actor_handle_escaped(actor_id)
+
+    def actor_handle_dropped(self, actor_id: bytes) -> None:
+        self.actors.actor_handle_dropped(actor_id)
+
+    async def kv_request(self, msg: Any) -> Any:
+        """Send a KV message (KvPut, KvGet, KvDelete) to the head; its answer."""
+        return await self.actors.kv_request(msg)
 
     # ---------------------------------------------------------------- ids and references
 
@@ -636,7 +662,7 @@ class Runtime(ActorRuntime):
         while submitted:
             task = submitted.popleft()
             if task.actor is not None:
-                self._enqueue_actor_call(task)  # in order, behind the actor's earlier calls
+                self.actors.enqueue_call(task)  # in order, behind the actor's earlier calls
                 continue
             if task.dep_refs:
                 if not self._deps_ready(task):
