@@ -157,3 +157,21 @@ def test_cancel_a_task_queued_behind_a_running_one(head, tmp_path, e2e):
         cluster.get(queued, timeout=60)
     assert cluster.get(blocker, timeout=60) == "released"
     assert not marker.exists()
+
+
+def test_a_function_whose_first_task_was_cancelled_before_it_started_still_runs_there(head, tmp_path, e2e):
+    # The cancelled task carried the function's code to the worker (the owner sends it once
+    # per worker); later tasks of that function on the same worker come without it.
+    started, release, marker = tmp_path / "started", tmp_path / "release", tmp_path / "cancelled-ran"
+    blocker = spin_until_released.remote(str(started), str(release), 120)
+    try:
+        wait_started(e2e, started)
+        queued = record_run.remote(str(marker))  # pushed behind the running task, with the code
+        cluster.cancel(queued)
+        with pytest.raises(TaskCancelledError):
+            cluster.get(queued, timeout=60)
+    finally:
+        release.touch()
+    assert cluster.get(blocker, timeout=60) == "released"
+    assert cluster.get(record_run.remote(str(tmp_path / "later")), timeout=60) == "ran"
+    assert not marker.exists()

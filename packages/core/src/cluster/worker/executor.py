@@ -44,6 +44,7 @@ class Executor:
         self.pid = os.getpid()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._functions: dict[bytes, Any] = {}
+        self._function_blobs: dict[bytes, bytes] = {}  # code that came with tasks not run yet
         self._lock = threading.Lock()
         self._current: tuple[Any, Any] | None = None
         self._cancelled: set[bytes] = set()  # running tasks being interrupted
@@ -67,6 +68,9 @@ class Executor:
         put = self._queue.put
         with self._lock:
             for spec in tasks:
+                if spec.function is not None and spec.function_id not in self._functions:
+                    # (kept apart: the task that brought it may be stolen or cancelled, not run)
+                    self._function_blobs[spec.function_id] = spec.function
                 self._queued[spec.task_id] = conn
                 self._queued_names[spec.task_id] = spec.name
                 put((conn, spec))
@@ -159,9 +163,11 @@ class Executor:
             try:
                 fn = getattr(self._actor, spec.method) if spec.method else self._functions.get(spec.function_id)
                 if fn is None:
-                    if spec.function is None:
+                    blob = spec.function or self._function_blobs.get(spec.function_id)
+                    if blob is None:
                         raise RuntimeError(f"the code of {spec.name} never reached this worker")
-                    fn = self._functions[spec.function_id] = unpack_function(spec.function)
+                    fn = self._functions[spec.function_id] = unpack_function(blob)
+                    self._function_blobs.pop(spec.function_id, None)
                 try:
                     args, kwargs = self._load_arguments(spec.args, spec.deps)
                 except ClusterError as exc:  # an argument failed or is lost: pass it on as is
