@@ -52,6 +52,7 @@ class Executor:
         self._queued_names: dict[bytes, str] = {}
         self._skip: set[bytes] = set()  # cancelled before they started: already answered
         self._blocked_depth = 0
+        self._results: dict[Any, list] = {}  # made on the main thread, not sent yet (see run)
         self._actor: Any = None  # the instance, once this worker is an actor
         self.actor_id: bytes | None = None
         self._concurrent: Any = None  # an asyncio loop or a thread pool, for concurrent actors
@@ -118,12 +119,14 @@ class Executor:
             return False
         self._blocked_depth += 1 if blocked else -1
         if (blocked and self._blocked_depth == 1) or (not blocked and self._blocked_depth == 0):
+            if blocked and self._results:  # what this task waits for may be among them
+                self._flush_results()
             node_conn = self.runtime.node_conn
             self.runtime.soon(node_conn.send, m.WorkerBlocked(self.worker_id, blocked))
         return True
 
     def run(self) -> None:
-        results: dict[Any, list] = {}
+        results = self._results
         last_flush = time.monotonic()
         get = self._queue.get
         while True:
@@ -143,9 +146,14 @@ class Executor:
                 results.setdefault(conn, []).append(result)
             now = time.monotonic()
             if results and (self._queue.empty() or now - last_flush > FLUSH_AFTER_S):
-                batch, results = results, {}
                 last_flush = now
-                _send_results(batch)
+                self._flush_results()
+
+    def _flush_results(self) -> None:
+        """Send the results batched so far (main thread only)."""
+        batch = dict(self._results)
+        self._results.clear()
+        _send_results(batch)
 
     def execute(self, conn: Any, spec: Any) -> m.TaskResult | None:
         task_id = spec.task_id
