@@ -56,10 +56,12 @@ def echo_after_wait(x: list):
 
 
 @cluster.remote
-def slow(seconds: float) -> int:
+def wait_for_file(path: str) -> int:
+    import os
     import time
 
-    time.sleep(seconds)
+    while not os.path.exists(path):
+        time.sleep(0.01)
     return 1
 
 
@@ -132,3 +134,31 @@ def test_a_task_that_gets_a_ref_from_its_list_argument_on_one_cpu(monkeypatch, t
     cluster.init(num_cpus=1)
     for i in range(10):
         assert get_or_fail(echo.remote([small.remote()]), f"round {i}") == 1
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("waits_in", ["get", "wait"])
+def test_a_task_queued_behind_a_blocked_task_on_its_worker_runs_elsewhere(head, tmp_path, waits_in):
+    # The owner pipelines tasks to a busy worker. `consumer` goes behind `blocker`; `producer`
+    # needs blocker's result, so it is queued once blocker is done: behind consumer, which by
+    # then waits for it.
+    consumer_fn = echo if waits_in == "get" else echo_after_wait
+    for i in range(3):
+        release = tmp_path / f"release-{i}"
+        blocker = wait_for_file.remote(str(release))
+        producer = plus_one.remote(blocker)
+        consumer = consumer_fn.remote([producer])
+        release.touch()
+        assert get_or_fail(consumer, f"round {i}") == 2
+
+
+@pytest.mark.timeout(300)
+def test_a_task_that_waits_for_its_own_tasks_lends_them_its_cpu(head):
+    assert get_or_fail(calls_tasks.remote(), "a task calling tasks") == 1
+
+
+@pytest.mark.timeout(300)
+def test_an_actor_that_waits_for_its_tasks(head):
+    actor = Consumer.remote()
+    for i in range(5):
+        assert get_or_fail(actor.call_tasks.remote(), f"round {i}") == 1

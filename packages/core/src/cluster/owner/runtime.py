@@ -259,6 +259,8 @@ class Runtime:
             self._nursery.start_soon(self._serve_get_object, conn, request_id, msg.object_id)
         elif kind is m.StealTasks:
             conn.reply(request_id, self.executor.steal(conn, msg.max_tasks) if self.executor is not None else [])
+        elif kind is m.WorkerBlocked:
+            self._on_worker_blocked(conn, msg.blocked)
         elif kind is m.CancelTask:
             if self.executor is not None:
                 self.executor.cancel(conn, msg.task_id, msg.force)
@@ -721,7 +723,7 @@ class Runtime:
             # While lease requests are fresh, more workers may be on their way: give each lease
             # one task, so a burst spreads out. Once nodes say the rest must wait, pipeline.
             depth = 1 if queue.fresh_requests else PIPELINE_DEPTH
-            leases = [lease for lease in queue.leases if len(lease.in_flight) < depth]
+            leases = [lease for lease in queue.leases if len(lease.in_flight) < depth and not lease.blocked]
             leases.sort(key=lambda lease: len(lease.in_flight))  # the least loaded first
             while pending and leases:
                 still_room = []
@@ -770,9 +772,9 @@ class Runtime:
             victim.stealing = True
             self._nursery.start_soon(self._steal, queue, victim)
 
-    async def _steal(self, queue: ShapeQueue, victim: Lease) -> None:
+    async def _steal(self, queue: ShapeQueue, victim: Lease, everything: bool = False) -> None:
         try:
-            stolen = await victim.conn.request(m.StealTasks(len(victim.in_flight) // 2))
+            stolen = await victim.conn.request(m.StealTasks(len(victim.in_flight) // (1 if everything else 2)))
         except (ClusterConnectionError, RemoteCallError):
             return
         finally:
@@ -785,6 +787,29 @@ class Runtime:
         if stolen:
             log.debug("tasks_stolen", count=len(stolen))
             self._dispatch(queue)
+        if victim.blocked and not everything and len(victim.in_flight) > 1 and not victim.returned:
+            self._steal_all(queue, victim)  # it blocked while half were being taken
+
+    def _on_worker_blocked(self, conn: Connection, blocked: bool) -> None:
+        """A leased worker's running task waits in get/wait, or no longer: what it waits for
+        may be queued behind it there (pipelined, see _dispatch), so while it waits take all
+        those back and send nothing more; its node lends its CPU to another worker meanwhile."""
+        lease = conn.context
+        if type(lease) is not Lease or lease.returned:
+            return  # an actor's worker, or a lease given back
+        queue = self._queues.get(lease.shape)
+        if queue is None:
+            return
+        lease.blocked = blocked
+        if blocked:
+            if len(lease.in_flight) > 1 and not lease.stealing:
+                self._steal_all(queue, lease)
+        else:
+            self._dispatch(queue)
+
+    def _steal_all(self, queue: ShapeQueue, victim: Lease) -> None:
+        victim.stealing = True
+        self._nursery.start_soon(self._steal, queue, victim, True)
 
     async def _request_lease(self, queue: ShapeQueue) -> None:
         """Get one more worker for ``queue``'s shape: ask, follow spillbacks, connect to it."""
@@ -1121,15 +1146,20 @@ class Runtime:
             if borrowed:
                 self.soon(self._fetch_all, borrowed)
             deadline = None if timeout is None else time.monotonic() + timeout
-            with self._cv:
-                while True:
-                    ready = [ref for ref in refs if ref._id in values]
-                    if len(ready) >= num_returns:
-                        break
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        break
-                    self._cv.wait(remaining)
+            blocked = self.executor is not None and self.executor.notify_blocked(True)
+            try:
+                with self._cv:
+                    while True:
+                        ready = [ref for ref in refs if ref._id in values]
+                        if len(ready) >= num_returns:
+                            break
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            break
+                        self._cv.wait(remaining)
+            finally:
+                if blocked:
+                    self.executor.notify_blocked(False)
         if len(ready) == len(refs):
             return list(refs[:num_returns]), list(refs[num_returns:])
         ready = ready[:num_returns]

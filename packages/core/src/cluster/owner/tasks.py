@@ -48,6 +48,7 @@ class Lease:
     idle_since: float | None = None
     returned: bool = False
     stealing: bool = False  # a StealTasks request to its worker is out
+    blocked: bool = False  # its worker's running task waits in get/wait: send it nothing more
 
 
 @attrs.define(slots=True, eq=False)

@@ -123,6 +123,8 @@ class Executor:
                 self._flush_results()
             node_conn = self.runtime.node_conn
             self.runtime.soon(node_conn.send, m.WorkerBlocked(self.worker_id, blocked))
+            # And the task's owner: tasks it queued here behind this one must go elsewhere.
+            self.runtime.soon(_send_quietly, self._current[0], m.WorkerBlocked(self.worker_id, blocked))
         return True
 
     def run(self) -> None:
@@ -344,6 +346,13 @@ def _send_results(batch: dict) -> None:
             conn.send_threadsafe(m.TaskResults(results))
         except ClusterConnectionError:
             pass  # the owner is gone
+
+
+def _send_quietly(conn: Any, msg: Any) -> None:
+    try:
+        conn.send(msg)
+    except ClusterConnectionError:
+        pass  # the peer is gone
 
 
 def _remote_traceback() -> str:
