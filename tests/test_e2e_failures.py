@@ -191,3 +191,47 @@ def test_an_actor_whose_node_dies_restarts_on_another_node(make_cluster, e2e):
     assert cluster.get(actor.where.remote(), timeout=60)[0] == head_node
     assert cluster.get(actor.incr.remote(), timeout=60) == 1  # a fresh instance: state rebuilt
     cluster.kill(actor)
+
+
+@cluster.remote
+def wait_for_path(path: str) -> str:
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return "released"
+
+
+def test_wait_raises_once_the_runtime_crashed_instead_of_hanging(make_cluster, tmp_path):
+    import threading
+
+    from cluster import object_ref
+
+    lc = make_cluster(num_cpus=1)
+    lc.connect()
+    release = tmp_path / "release"
+    ref = wait_for_path.remote(str(release))  # never ready while the test looks
+    runtime = object_ref._runtime
+
+    async def internal_error() -> None:
+        raise RuntimeError("a bug in the runtime")
+
+    outcome: list[BaseException] = []
+
+    def wait_forever() -> None:
+        try:
+            cluster.wait([ref])  # no timeout
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        waiter = threading.Thread(target=wait_forever, daemon=True)
+        waiter.start()
+        runtime.soon(runtime._nursery.start_soon, internal_error)  # the trio thread dies of it
+        waiter.join(timeout=30)
+        assert not waiter.is_alive(), "cluster.wait still waits after the runtime crashed"
+        (exc,) = outcome
+        assert isinstance(exc, ClusterConnectionError), repr(exc)
+        assert "internal error" in str(exc) and "a bug in the runtime" in str(exc)
+        with pytest.raises(ClusterConnectionError, match="internal error"):
+            cluster.wait([ref], timeout=60)  # also with a timeout: at once, not after it
+    finally:
+        release.touch()

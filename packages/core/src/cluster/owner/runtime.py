@@ -1123,16 +1123,19 @@ class Runtime:
                                     "is not ready yet"
                                 )
                             if self._crashed is not None:
-                                raise ClusterConnectionError(
-                                    "this process's cluster runtime stopped after an internal error "
-                                    f"({self._crashed!r}); call cluster.shutdown() and cluster.init() "
-                                    "again, and please report it with the log of this process"
-                                )
+                                raise self._crashed_error()
                             self._cv.wait(remaining if remaining is not None else 1.0)
             finally:
                 if blocked:
                     self.executor.notify_blocked(False)
         return [values[ref.id] for ref in refs]
+
+    def _crashed_error(self) -> ClusterConnectionError:
+        return ClusterConnectionError(
+            "this process's cluster runtime stopped after an internal error "
+            f"({self._crashed!r}); call cluster.shutdown() and cluster.init() "
+            "again, and please report it with the log of this process"
+        )
 
     def _fetch_all(self, refs: list[ObjectRef]) -> None:
         for ref in refs:
@@ -1156,6 +1159,8 @@ class Runtime:
                         remaining = None if deadline is None else deadline - time.monotonic()
                         if remaining is not None and remaining <= 0:
                             break
+                        if self._crashed is not None:  # (set before it notifies: no lost wakeup)
+                            raise self._crashed_error()
                         self._cv.wait(remaining)
             finally:
                 if blocked:
