@@ -210,3 +210,41 @@ def test_a_driver_killed_with_sigkill_takes_its_local_cluster_with_it(tmp_path, 
             driver.kill()
             driver.wait()
         e2e.kill_all(pid for pid in tree if e2e.is_running(pid))
+
+
+# ------------------------------------------------------ a graceful stop lets work finish
+
+
+@cluster.remote
+def work_for(started: str, seconds: float) -> str:
+    Path(started).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return "finished"
+
+
+def test_a_task_running_when_its_node_is_stopped_finishes_within_the_grace(make_cluster, tmp_path, e2e):
+    from cluster.daemon import SHUTDOWN_GRACE_S
+
+    lc = make_cluster(num_cpus=1)
+    node = lc.add_node(num_cpus=1, resources={"b": 1})
+    lc.connect()
+    started = tmp_path / "started"
+    # Longer than the zygote gives workers once the daemon is gone (1 s), within the grace.
+    ref = work_for.options(resources={"b": 1}, max_retries=0).remote(str(started), 2.0)
+    e2e.wait_until(started.exists, what="the task to start on the node")
+    worker_pid = int(e2e.wait_until(started.read_text, what="the worker's pid"))
+    os.killpg(node["pid"], signal.SIGTERM)  # what `cluster stop` does to each daemon
+    assert cluster.get(ref, timeout=SHUTDOWN_GRACE_S) == "finished"
+    assert e2e.still_running([node["pid"], worker_pid], timeout=SHUTDOWN_GRACE_S + 5) == []
+    assert not os.path.exists(node["store_path"])
+
+
+def test_an_idle_node_stops_at_once_without_waiting_for_the_grace(make_cluster, e2e):
+    from cluster.daemon import SHUTDOWN_GRACE_S
+
+    lc = make_cluster(num_cpus=1)
+    node = lc.add_node(num_cpus=2)
+    began = time.monotonic()
+    os.killpg(node["pid"], signal.SIGTERM)
+    assert e2e.still_running([node["pid"]], timeout=SHUTDOWN_GRACE_S + 5) == []
+    assert time.monotonic() - began < SHUTDOWN_GRACE_S

@@ -10,6 +10,7 @@ local cluster holds that pipe, so the cluster goes away with the driver, however
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import secrets
@@ -132,9 +133,11 @@ async def run_daemon(
     sock: socket.socket,
     zygote: Zygote,
     *,
+    drains: list | None = None,
     task_status: trio.TaskStatus[dict] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the head and/or node role on ``sock`` until cancelled."""
+    """Serve the head and/or node role on ``sock`` until cancelled. ``drains`` gets the
+    async functions that let in-flight work finish before a graceful stop."""
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
     port = sock.getsockname()[1]
     advertised = config.node_ip or (config.host if config.host not in ("0.0.0.0", "::", "") else _own_ip())
@@ -187,6 +190,8 @@ async def run_daemon(
         node.services = services
         router.add(node.handlers())
         await nursery.start(node.run)
+        if drains is not None:
+            drains.append(node.drain)
         for started in pm.hook.cluster_node_services(node=node):
             for service in started or ():
                 await nursery.start(service)
@@ -203,8 +208,9 @@ def _own_ip() -> str:
 
 
 async def _main(config: DaemonConfig, token: str, sock: socket.socket, zygote: Zygote) -> None:
+    drains: list = []
     async with trio.open_nursery() as nursery:
-        info = await nursery.start(run_daemon, config, token, sock, zygote)
+        info = await nursery.start(functools.partial(run_daemon, drains=drains), config, token, sock, zygote)
         os.write(1, (json.dumps(info) + "\n").encode())
         log_path = os.path.join(config.session_dir, "logs", f"{'head' if config.head else 'node'}-{os.getpid()}.out")
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -219,6 +225,8 @@ async def _main(config: DaemonConfig, token: str, sock: socket.socket, zygote: Z
                 log.info("daemon_stopping", signal=signal.Signals(signum).name)
                 break
         nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
+        for drain in drains:
+            await drain()  # running tasks finish, within the grace (the deadline cuts it short)
         nursery.cancel_scope.cancel()
 
 

@@ -110,6 +110,7 @@ class NodeService:
     _lease_ids: Any = attrs.Factory(lambda: itertools.count(1))
     _nursery: trio.Nursery | None = None
     _shutting_down: bool = False
+    _workers_gone: trio.Event = attrs.Factory(trio.Event)  # shutting down, and the last worker exited
     chunks: Any = attrs.field(init=False)  # serves our objects' chunks to pulling nodes
     _dialer: Any = None  # the connections we dial (other nodes, owners)
     _fetches: dict = attrs.Factory(dict)  # object id -> [trio.Event, error message or None]
@@ -289,6 +290,8 @@ class NodeService:
         previous = worker.state
         worker.state = "dead"
         if self._shutting_down:
+            if not self.workers:
+                self._workers_gone.set()
             return
         log.warning("worker_exited", worker_id=worker.worker_id, pid=worker.pid, code=code, state=previous)
         if worker.lease_id is not None:
@@ -310,7 +313,31 @@ class NodeService:
         conn.context = worker
         conn.reply(request_id, None)
         log.info("worker_ready", worker_id=msg.worker_id, pid=msg.pid, address=msg.address)
+        if self._shutting_down and worker.pid is not None:  # it came up while we drain: stop it
+            try:
+                os.kill(worker.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         self._pump()
+
+    async def drain(self) -> None:
+        """Take no more work, and return once every worker has exited: told to stop (SIGTERM),
+        a worker finishes the tasks it was given, sends their results, and exits. The caller
+        bounds the wait (the daemon's shutdown grace)."""
+        log.info("node_draining", workers=len(self.workers), leases=len(self.leases))
+        self._shutting_down = True
+        for request in self._queue:
+            if not request.conn.closed:
+                request.conn.reply_error(request.request_id, "stopping", f"node {self.node_id} is stopping")
+        self._queue.clear()
+        for worker in self.workers.values():
+            if worker.pid is not None:
+                try:
+                    os.kill(worker.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        if self.workers:
+            await self._workers_gone.wait()
 
     async def _stop_workers(self) -> None:
         """SIGTERM the workers; the zygote, seeing its pipe close, kills any that linger."""
@@ -343,6 +370,9 @@ class NodeService:
     # --------------------------------------------------------------------------- leases
 
     def _request_lease(self, conn: Connection, msg: m.RequestLease, request_id: int) -> None:
+        if self._shutting_down:
+            conn.reply_error(request_id, "stopping", f"node {self.node_id} is stopping")
+            return
         request = LeaseRequest(conn, request_id, {k: float(v) for k, v in msg.shape.items()}, msg.spill_count,
                                msg.detached, max(1, msg.backlog))
         if self._try_grant(request):
@@ -471,6 +501,8 @@ class NodeService:
         self._maybe_spawn()
 
     def _maybe_spawn(self) -> None:
+        if self._shutting_down:
+            return
         starting = sum(1 for w in self.workers.values() if w.state == "starting")
         idle = sum(1 for w in self.workers.values() if w.state == "idle")
         # Workers for the queued requests that fit in what is free, all together (not each on

@@ -150,6 +150,8 @@ class Executor:
             if results and (self._queue.empty() or now - last_flush > FLUSH_AFTER_S):
                 last_flush = now
                 self._flush_results()
+        if results:  # (stopped with results still batched)
+            self._flush_results()
 
     def _flush_results(self) -> None:
         """Send the results batched so far (main thread only)."""
@@ -433,6 +435,7 @@ def run(config: dict[str, Any]) -> None:
     )
     executor = _executor = Executor(runtime, config["worker_id"])
     runtime.executor = executor
+    signal.signal(signal.SIGTERM, executor.stop)  # its node stops: finish what was pushed, exit
     runtime.start()
     set_worker_runtime(runtime)
     runtime.node_conn.on_close.append(executor.stop)

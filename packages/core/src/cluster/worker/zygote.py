@@ -87,7 +87,9 @@ def start_zygote(close_in_workers: list[int]) -> Zygote:
 def _zygote_loop(requests: int, events: int) -> None:
 
     die_with_parent()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # `cluster stop` signals the daemon's whole process group: the zygote stays while the
+    # daemon lets its workers finish (it goes when the daemon closes its pipe, or dies).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
