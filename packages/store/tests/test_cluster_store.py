@@ -904,3 +904,34 @@ def test_memory_store_is_thread_safe(tmp_path: pathlib.Path) -> None:
     assert store.used_bytes() <= 3 * MB
     spilled_count, _ = store.spilled()
     assert len(os.listdir(tmp_path / "spill")) == spilled_count
+
+
+# ------------------------------------------------- deleting what another process moves
+
+
+def test_deleting_an_object_another_process_is_spilling_returns_at_once(tmp_path: pathlib.Path) -> None:
+    # delete runs on event loops (a node daemon's): it must not wait for the other process.
+    import time
+
+    store = ObjectStore(tmp_path / "store", spill_dir=tmp_path / "spill")
+    oid = b"m" * 4
+    store.put(oid, b"", b"x" * 10_000)
+    name = oid.hex()
+    # Another process claims it for spilling, as _spill_one does, and is slow to finish.
+    claim = store.path / f".spilling-{name}-{os.getpid() + 1}-0a0b0c0d"
+    os.rename(store.path / name, claim)
+
+    began = time.monotonic()
+    assert store.delete(oid)
+    assert time.monotonic() - began < 1.0  # (it waited up to 5 s for the spill)
+
+    # The spill lands, the claim goes: the delete finishes, removing the spilled copy.
+    assert store.spill_target is not None
+    with open(claim, "rb") as source:
+        store.spill_target.write(name, source, os.fstat(source.fileno()).st_size)
+    os.unlink(claim)
+    deadline = time.monotonic() + 30
+    while store.spilled() != (0, 0):
+        assert time.monotonic() < deadline, "the spilled copy of the deleted object stayed"
+        time.sleep(0.01)
+    assert not store.contains(oid)

@@ -41,6 +41,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
@@ -516,13 +517,22 @@ class ObjectStore:
             found = target.delete(name) or found
             if self._moving(name):
                 # Another process is spilling or restoring it right now: remove its copy
-                # once that is done.
-                deadline = time.monotonic() + 5
-                while self._moving(name) and time.monotonic() < deadline:
-                    time.sleep(0.005)
-                found = target.delete(name) or found
-                found = self._free(os.path.join(self._dir, name)) or found
+                # once that is done, from a thread (callers include event loops).
+                threading.Thread(target=self._delete_when_moved, args=(name,),
+                                 name="cluster-store-delete", daemon=True).start()
+                found = True
         return found
+
+    def _delete_when_moved(self, name: str) -> None:
+        """The rest of ``delete`` for an object another process was moving: wait (at most
+        5 s) for that to end, then remove the copy it left, in the store or spilled."""
+        target = self.spill_target
+        assert target is not None
+        deadline = time.monotonic() + 5
+        while self._moving(name) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        target.delete(name)
+        self._free(os.path.join(self._dir, name))
 
     def destroy(self) -> None:
         """Delete the store directory and everything in it, and every spilled object."""
