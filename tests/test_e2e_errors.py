@@ -120,3 +120,27 @@ def test_retry_exceptions_retries_a_failing_task(shared_cluster, tmp_path):
     with pytest.raises(RuntimeError, match="flaky failure on attempt 1"):
         cluster.get(fail_twice_then_succeed.remote(str(once)), timeout=60)  # default: no retry on exceptions
     assert len(list(once.iterdir())) == 1
+
+
+@cluster.remote
+def fail_unpicklably() -> None:
+    import threading
+
+    class HoldsALock(Exception):
+        pass
+
+    err = HoldsALock("the lock is held")
+    err.lock = threading.Lock()  # a lock cannot be pickled
+    raise err
+
+
+def test_an_exception_that_cannot_be_pickled_reaches_the_caller_as_a_task_error_naming_it(shared_cluster):
+    with pytest.raises(cluster.TaskError) as excinfo:
+        cluster.get(fail_unpicklably.remote(), timeout=60)
+    err = excinfo.value
+    text = str(err)
+    assert err.function_name == "fail_unpicklably" and err.cause is None
+    assert text.count("task fail_unpicklably raised") == 1, text
+    assert text.count("HoldsALock: the lock is held") == 1, text  # type and message, once
+    assert "in fail_unpicklably" in text  # the remote traceback
+    assert "HoldsALock could not be pickled" in text and "_thread.lock" in text, text

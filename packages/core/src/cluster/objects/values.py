@@ -69,9 +69,19 @@ def serialize_error(exc: BaseException) -> InlineValue:
     """An inline error entry for ``exc`` (which must be picklable, or is replaced)."""
     try:
         return serialize(exc, ERROR).inline_entry()
-    except TypeError:
+    except TypeError as problem:
 
-        fallback = TaskError(getattr(exc, "function_name", "task"), str(exc), None)
+        # A TaskError whose cause cannot travel: keep its traceback (which names the cause's
+        # type and message), say why the cause itself is missing, and drop it.
+        unpicklable = exc.cause if isinstance(exc, TaskError) and exc.cause is not None else exc
+        if isinstance(exc, TaskError):
+            text = exc.traceback_str.rstrip()
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        reason = problem.__cause__ or problem
+        text += (f"\n({type(unpicklable).__name__} could not be pickled to reach the caller, so it is "
+                 f"raised as a TaskError: {reason})")
+        fallback = TaskError(getattr(exc, "function_name", "task"), text, None)
         return serialize(fallback, ERROR).inline_entry()
 
 
