@@ -16,7 +16,6 @@ in a background thread; the user's thread calls in through a few thread-safe ent
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import os
 import socket
@@ -925,8 +924,9 @@ class Runtime:
         queue = self._queues.get(lease.shape)
         if queue is None:  # not a task lease (an actor's, given back already)
             return
-        lost = list(lease.in_flight.values())
-        lease.in_flight.clear()
+        with lease.lock:  # (the reader thread may be finishing the last results right now)
+            lost = list(lease.in_flight.values())
+            lease.in_flight.clear()
         self._return_lease(queue, lease, worker_ok=False)
         for task in lost:
             if task.cancelled:
@@ -990,7 +990,7 @@ class Runtime:
                 if task is not None and task.retry_exceptions:
                     return False
         done = []
-        with lease.lock if type(lease) is ActorState else contextlib.nullcontext():
+        with lease.lock:
             for result in results:
                 task = in_flight.pop(result.task_id, None)
                 if task is not None:

@@ -6,6 +6,7 @@ Plain values with no I/O (the runtime drives them). Imports: nothing of ours at 
 from __future__ import annotations
 
 import collections
+import threading
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -48,6 +49,9 @@ class Lease:
     idle_since: float | None = None
     returned: bool = False
     stealing: bool = False  # a StealTasks request to its worker is out
+    # Guards in_flight where a reader thread (_on_results_fast) and the trio thread both
+    # take tasks out of it.
+    lock: threading.Lock = attrs.Factory(threading.Lock)
     blocked: bool = False  # its worker's running task waits in get/wait: send it nothing more
 
 
