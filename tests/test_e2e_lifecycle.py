@@ -248,3 +248,23 @@ def test_an_idle_node_stops_at_once_without_waiting_for_the_grace(make_cluster, 
     os.killpg(node["pid"], signal.SIGTERM)
     assert e2e.still_running([node["pid"]], timeout=SHUTDOWN_GRACE_S + 5) == []
     assert time.monotonic() - began < SHUTDOWN_GRACE_S
+
+
+def test_cluster_stop_lets_a_task_on_a_node_finish_though_the_head_stops_first(make_cluster, tmp_path, e2e):
+    from cluster.daemon import SHUTDOWN_GRACE_S
+
+    lc = make_cluster(num_cpus=1)
+    node = lc.add_node(num_cpus=1, resources={"b": 1})
+    lc.connect()
+    started = tmp_path / "started"
+    ref = work_for.options(resources={"b": 1}, max_retries=0).remote(str(started), 2.0)
+    e2e.wait_until(started.exists, what="the task to start on the node")
+    # Every daemon of the machine at once; the head has nothing to wait for and goes first.
+    stop = subprocess.Popen([sys.executable, "-m", "cluster", "stop"], env=lc.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert cluster.get(ref, timeout=SHUTDOWN_GRACE_S) == "finished"
+    finally:
+        out, _ = stop.communicate(timeout=60)
+    assert stop.returncode == 0, out
+    assert e2e.still_running([node["pid"]], timeout=SHUTDOWN_GRACE_S + 5) == []

@@ -240,9 +240,14 @@ class NodeService:
     async def _heartbeat_loop(self) -> None:
         while True:
             await trio.sleep(HEARTBEAT_S)
-            ack = await self.head_conn.request(
-                m.Heartbeat(self.node_id, self.available, self.view_version, self.store_stats(), self.demand())
-            )
+            try:
+                ack = await self.head_conn.request(
+                    m.Heartbeat(self.node_id, self.available, self.view_version, self.store_stats(), self.demand())
+                )
+            except ClusterConnectionError:
+                if self._shutting_down:
+                    return  # the head stopped first (`cluster stop`) while our workers finish
+                raise
             if ack.view is not None and ack.version > self.view_version:
                 self.view, self.view_version = ack.view, ack.version
                 self._pump()
