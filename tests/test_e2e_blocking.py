@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import itertools
 
-import cluster
 import pytest
+
+import cluster
 
 MIB = 1024 * 1024
 TIMEOUT_S = 30  # a bound, not an expectation: each of these takes well under a second

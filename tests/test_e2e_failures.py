@@ -203,7 +203,7 @@ def wait_for_path(path: str) -> str:
 def test_wait_raises_once_the_runtime_crashed_instead_of_hanging(make_cluster, tmp_path):
     import threading
 
-    from cluster import object_ref
+    from cluster.objects import refs as object_ref
 
     lc = make_cluster(num_cpus=1)
     lc.connect()

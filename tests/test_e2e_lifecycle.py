@@ -223,7 +223,7 @@ def work_for(started: str, seconds: float) -> str:
 
 
 def test_a_task_running_when_its_node_is_stopped_finishes_within_the_grace(make_cluster, tmp_path, e2e):
-    from cluster.daemon import SHUTDOWN_GRACE_S
+    from cluster.daemon.main import SHUTDOWN_GRACE_S
 
     lc = make_cluster(num_cpus=1)
     node = lc.add_node(num_cpus=1, resources={"b": 1})
@@ -240,7 +240,7 @@ def test_a_task_running_when_its_node_is_stopped_finishes_within_the_grace(make_
 
 
 def test_an_idle_node_stops_at_once_without_waiting_for_the_grace(make_cluster, e2e):
-    from cluster.daemon import SHUTDOWN_GRACE_S
+    from cluster.daemon.main import SHUTDOWN_GRACE_S
 
     lc = make_cluster(num_cpus=1)
     node = lc.add_node(num_cpus=2)
@@ -251,7 +251,7 @@ def test_an_idle_node_stops_at_once_without_waiting_for_the_grace(make_cluster, 
 
 
 def test_cluster_stop_lets_a_task_on_a_node_finish_though_the_head_stops_first(make_cluster, tmp_path, e2e):
-    from cluster.daemon import SHUTDOWN_GRACE_S
+    from cluster.daemon.main import SHUTDOWN_GRACE_S
 
     lc = make_cluster(num_cpus=1)
     node = lc.add_node(num_cpus=1, resources={"b": 1})
