@@ -10,8 +10,12 @@ A leaf module: imports nothing of cluster at run time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from cluster_store import StoredObject
 
 
 class Peer(Protocol):
@@ -30,6 +34,21 @@ class ServiceRegistry(Protocol):
     """The daemon's plugin services by name: peers reach one with ``ServiceRequest(name, ...)``."""
 
     def add(self, name: str, handler: ServiceHandler) -> None: ...
+
+
+class ObjectStore(Protocol):
+    """A node's object store as the runtime and the node use it (cluster_store's ObjectStore
+    and MemoryStore, or a plugin's, from ``cluster_make_object_store``)."""
+
+    shared: bool  # False: a store private to each process, which then serves its own objects
+
+    def put(self, object_id: bytes, metadata: bytes, inband: bytes | memoryview,
+            buffers: Sequence[bytes | memoryview | pickle.PickleBuffer] = ()) -> int: ...
+    def get(self, object_id: bytes) -> StoredObject | None: ...
+    def delete(self, object_id: bytes) -> bool: ...
+    def size_of(self, object_id: bytes) -> int | None: ...
+    def object_ids(self) -> list[bytes]: ...
+    def usage(self) -> tuple[int, int]: ...
 
 
 class MetadataStore(Protocol):

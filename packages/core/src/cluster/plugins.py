@@ -6,7 +6,7 @@ import functools
 import importlib
 import os
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 import structlog
@@ -16,6 +16,8 @@ from cluster.errors import ConfigError
 
 if TYPE_CHECKING:
     from cluster_store import SpillTarget
+
+    from cluster.contracts import ObjectStore
 
 ENTRY_POINT_GROUP = "cluster.plugins"
 # name -> module; registered exactly like a third party's plugin, and can be disabled the same way.
@@ -58,7 +60,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def make_object_store(path: str, node: dict) -> object:
+def make_object_store(path: str, node: dict[str, Any]) -> ObjectStore:
     """The object store for a node, from the first plugin that provides one."""
     store = get_plugin_manager().hook.cluster_make_object_store(path=path, node=node)
     if store is None:

@@ -12,6 +12,7 @@ A *value entry* describes one object's value to whoever needs it; it is a wire m
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
@@ -85,7 +86,7 @@ def serialize_error(exc: BaseException) -> InlineValue:
         return serialize(fallback, ERROR).inline_entry()
 
 
-def loads(metadata: bytes, inband: Any, buffers: list) -> Any:
+def loads(metadata: bytes, inband: Any, buffers: Sequence[Any]) -> Any:
     value = pickle.loads(inband, buffers=buffers)
     if metadata == ERROR:
         raise value

@@ -29,7 +29,7 @@ from cluster.errors import (
 )
 from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
-from cluster.owner.tasks import DEFAULT_NAMESPACE, PendingTask, ShapeQueue
+from cluster.owner.tasks import DEFAULT_NAMESPACE, Lease, PendingTask, Shape, ShapeQueue
 from cluster.wire import messages as m
 from cluster.wire.codec import packb, unpackb
 
@@ -37,6 +37,7 @@ log = structlog.get_logger("cluster.actors")
 
 if TYPE_CHECKING:
     from cluster.owner.runtime import Runtime
+    from cluster.wire.connection import Connection
 
 UNLIMITED = 1 << 30
 
@@ -61,22 +62,22 @@ class ActorState:
     owned: bool
     detached: bool = False
     create: m.CreateActor | None = None  # owner only: how to build it (again)
-    shape: tuple = ()
+    shape: Shape = ()
     name_key: str | None = None
     state: str = "pending"  # pending | alive | dead
     cause: str = ""
     address: str = ""
-    conn: Any = None
-    lease: Any = None
-    pending: collections.deque = attrs.Factory(collections.deque)
-    in_flight: dict = attrs.Factory(dict)
+    conn: Connection | None = None
+    lease: Lease | None = None
+    pending: collections.deque[PendingTask] = attrs.Factory(collections.deque)
+    in_flight: dict[bytes, PendingTask] = attrs.Factory(dict)
     resolving: bool = False
     restarts_left: int = 0
     restarts: int = 0
     task_retries: int = 0
     ready: trio.Event = attrs.Factory(trio.Event)
     error_entry: m.InlineValue | None = None  # the constructor's error, answered to every call
-    held: list = attrs.Factory(list)  # refs in the constructor's arguments
+    held: list[ObjectRef] = attrs.Factory(list)  # refs in the constructor's arguments
     # Guards state, pending and sending: user threads send calls straight to the worker when
     # nothing is ahead of them (unsent: calls submitted but not yet in pending).
     lock: threading.RLock = attrs.Factory(threading.RLock)
@@ -100,7 +101,8 @@ class Actors:
 
     # ------------------------------------------------------------------ user thread
 
-    def create_actor(self, actor_class: Any, blob: bytes, payload: bytes, dep_refs: list, held: list) -> HandleFields:
+    def create_actor(self, actor_class: Any, blob: bytes, payload: bytes, dep_refs: list[ObjectRef],
+                     held: list[ObjectRef]) -> HandleFields:
         """Start an actor of ``actor_class`` (or find the live one, with ``get_if_exists``);
         return the fields of its handle (the API layer makes the handle)."""
         opts = actor_class._options  # an ActorOptions
@@ -110,7 +112,7 @@ class Actors:
         if opts.name:
             name_key = f"actor/{opts.namespace or DEFAULT_NAMESPACE}/{opts.name}"
         if detached:  # no owner to ask after we exit: holders find it by name
-            handle = (actor_id, actor_class.__name__, actor_class._methods, "", name_key)
+            handle = (actor_id, actor_class.__name__, actor_class._methods, "", name_key or "")
         else:
             handle = (actor_id, actor_class.__name__, actor_class._methods, self.rt.address, "")
         if name_key:
@@ -140,11 +142,11 @@ class Actors:
         self._actors[actor_id] = state
         if name_key:
             self._actors_escaped.add(actor_id)  # reachable by name: lives as long as its owner
-        self.rt.soon(self.rt._nursery.start_soon, self._start_actor, state, dep_refs)
+        self.rt.soon(self.rt.spawn, self._start_actor, state, dep_refs)
         return handle
 
     def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes,
-                          dep_refs: list, held: list) -> list[ObjectRef]:
+                          dep_refs: list[ObjectRef], held: list[ObjectRef]) -> list[ObjectRef]:
         task_id = self.rt.new_task_id()
         task = PendingTask(
             task_id=task_id,
@@ -206,12 +208,12 @@ class Actors:
             return True
         if await self._live_record(key) is not None:
             return False
-        return await self.kv_request(m.KvPut(key, record, True))
+        return bool(await self.kv_request(m.KvPut(key, record, True)))
 
     async def _live_record(self, key: str) -> bytes | None:
         """The record under an actor name if its actor still lives; a stale one is removed
         (its owner died without saying so, or its detached worker is gone)."""
-        record = await self.kv_request(m.KvGet(key))
+        record: bytes | None = await self.kv_request(m.KvGet(key))
         if record is None:
             return None
         found = unpack_record(record)
@@ -236,7 +238,8 @@ class Actors:
             await self.kv_request(m.KvDelete(key))
         return None
 
-    def _name_record(self, actor_id: bytes, class_name: str, methods: dict, detached: bool, address: str) -> bytes:
+    def _name_record(self, actor_id: bytes, class_name: str, methods: dict[str, int], detached: bool,
+                     address: str) -> bytes:
         """What the head keeps under an actor's name: the owner to ask, or (detached) where it runs."""
         return packb(m.ActorNameRecord(actor_id, class_name, methods, "" if detached else self.rt.address, address))
 
@@ -260,7 +263,7 @@ class Actors:
                 return
         if self.rt._trio_token is not None and not self.rt._stopped:
             try:
-                self.rt.soon(self.rt._nursery.start_soon, self._release_actor, actor_id)
+                self.rt.soon(self.rt.spawn, self._release_actor, actor_id)
             except trio.RunFinishedError:
                 pass
 
@@ -324,7 +327,7 @@ class Actors:
             state = ActorState(handle._actor_id, handle._class_name, handle._owner, False,
                                name_key=handle._name_key or None, detached=not handle._owner)
             self._actors[handle._actor_id] = state
-            self.rt._nursery.start_soon(self._locate_actor, state)
+            self.rt.spawn(self._locate_actor, state)
         return state
 
     def enqueue_call(self, task: Any) -> None:
@@ -353,7 +356,7 @@ class Actors:
             if task.dep_refs and not self.rt._deps_ready(task):
                 if not state.resolving:
                     state.resolving = True
-                    self.rt._nursery.start_soon(self._resolve_actor_call, state, task)
+                    self.rt.spawn(self._resolve_actor_call, state, task)
                 break
             state.pending.popleft()
             if task.cancelled:
@@ -365,7 +368,7 @@ class Actors:
             state.in_flight[task.task_id] = task
             specs.append(m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, task.deps,
                                     task.num_returns, self.rt.address, task.method))
-        if specs:
+        if specs and state.conn is not None:
             try:
                 state.conn.send(m.PushTasks(specs))
             except ClusterConnectionError:
@@ -377,17 +380,17 @@ class Actors:
         state.resolving = False
         self._pump_actor(state)
 
-    async def _start_actor(self, state: ActorState, dep_refs: list | None = None) -> None:
+    async def _start_actor(self, state: ActorState, dep_refs: list[ObjectRef] | None = None) -> None:
         """Lease a worker for the actor and build it there (again, after a restart)."""
         if dep_refs:
             deps = [await self.rt._wait_entry(ref) for ref in dep_refs]
+            assert state.create is not None  # (an owner's actor)
             state.create = attrs.evolve(state.create, deps=deps)
             for entry in deps:
-                if entry.is_error:
+                if type(entry) is m.InlineValue and entry.is_error:
                     self._actor_dead(state, "an argument of its constructor failed", entry)
                     return
-        queue = ShapeQueue(state.shape)
-        queue.pending.append(state)  # keeps an infeasible shape asking
+        queue = ShapeQueue(state.shape, for_actor=True)  # (keeps an infeasible shape asking)
         lease = await self.rt._lease_worker(queue, lambda *_: None, detached=state.detached)
         if state.state == "dead":  # killed while it was being placed
             if lease is not None:
@@ -412,7 +415,7 @@ class Actors:
             return
         state.state = "alive"
         state.ready.set()
-        if state.detached:  # holders find a detached actor's worker through its name
+        if state.detached and state.name_key:  # holders find a detached actor's worker through its name
             old = await self.kv_request(m.KvGet(state.name_key))
             found = None if old is None else unpack_record(old)
             if found is not None and found.actor_id == state.actor_id:
@@ -426,7 +429,7 @@ class Actors:
         detached actor, through its name)."""
         try:
             if state.detached:
-                address = await self._detached_address(state.name_key, state.actor_id)
+                address = await self._detached_address(state.name_key or "", state.actor_id) or ""
                 status, cause = ("alive", "") if address else ("dead", "its name is no longer registered")
             else:
                 owner = await self.rt._connect(state.owner, "the actor's owner")
@@ -480,9 +483,9 @@ class Actors:
                 state.restarts_left -= 1
                 state.restarts += 1
                 log.warning("actor_restarting", actor=state.class_name, cause=cause, restarts_left=state.restarts_left)
-                self.rt._nursery.start_soon(self._start_actor, state)
+                self.rt.spawn(self._start_actor, state)
             else:
-                self.rt._nursery.start_soon(self._locate_actor, state)
+                self.rt.spawn(self._locate_actor, state)
             return
         self._fail_actor_calls(state, lost, cause)
         self._actor_dead(state, cause)
@@ -498,7 +501,7 @@ class Actors:
             state.error_entry = error_entry
             state.held = []
             if state.name_key and state.owned:
-                self.rt._nursery.start_soon(self._forget_name, state.name_key)
+                self.rt.spawn(self._forget_name, state.name_key)
             log.info("actor_dead", actor=state.class_name, actor_id=state.actor_id.hex(), cause=cause)
         state.ready.set()
         self._pump_actor(state)
@@ -509,7 +512,7 @@ class Actors:
         except (ClusterConnectionError, RemoteCallError):
             pass
 
-    def _fail_actor_calls(self, state: ActorState, tasks: list, cause: str | None = None) -> None:
+    def _fail_actor_calls(self, state: ActorState, tasks: list[PendingTask], cause: str | None = None) -> None:
         if not tasks:
             return
         if state.error_entry is not None and cause is None:
@@ -523,7 +526,7 @@ class Actors:
     def _kill_actor(self, actor_id: bytes, owner: str, no_restart: bool) -> None:
         state = self._actors.get(actor_id)
         if owner != self.rt.address:
-            self.rt._nursery.start_soon(self._send_kill, owner, actor_id, no_restart)
+            self.rt.spawn(self._send_kill, owner, actor_id, no_restart)
             return
         if state is None or state.state == "dead":
             return
@@ -554,7 +557,7 @@ class Actors:
     def handle_message(self, conn: Any, msg: Any, request_id: int) -> bool:
         kind = type(msg)
         if kind is m.GetActorInfo:
-            self.rt._nursery.start_soon(self._serve_actor_info, conn, request_id, msg.actor_id)
+            self.rt.spawn(self._serve_actor_info, conn, request_id, msg.actor_id)
         elif kind is m.KillActor:
             state = self._actors.get(msg.actor_id)
             if state is not None and state.owned:
@@ -570,13 +573,13 @@ class Actors:
             return False
         return True
 
-    def _hosted_actor(self) -> dict | None:
+    def _hosted_actor(self) -> dict[str, Any] | None:
         executor = self.rt.executor
         if executor is None or executor.actor_id is None:
             return None
         return {"actor_id": executor.actor_id.hex(), "class": type(executor._actor).__name__}
 
-    def actor_table(self) -> list[dict]:
+    def actor_table(self) -> list[dict[str, Any]]:
         return [
             {"actor_id": s.actor_id.hex(), "class": s.class_name, "state": s.state, "address": s.address,
              "restarts": s.restarts, "cause": s.cause,

@@ -22,8 +22,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -43,12 +43,18 @@ from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
 from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.owner.actors import Actors, ActorState, HandleFields
-from cluster.owner.tasks import Lease, PendingTask, ShapeQueue
+from cluster.owner.tasks import Lease, PendingTask, Shape, ShapeQueue
 from cluster.plugins import make_object_store
+
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, Dialer, run_connection
 from cluster.wire.handshake import server_handshake
 from cluster.wire.streams import open_local_listener
+
+if TYPE_CHECKING:
+    from cluster.contracts import ObjectStore
+
+NodeInfo = dict[str, Any]  # a node as the head's resource view shows it (NodeRecord.public)
 
 log = structlog.get_logger("cluster.runtime")
 
@@ -67,7 +73,7 @@ class Runtime:
         *,
         token: str,
         head_address: str,
-        node: dict | None,
+        node: NodeInfo | None,
         role: str,
         listen_host: str = "127.0.0.1",
     ) -> None:
@@ -78,16 +84,16 @@ class Runtime:
         self.address = ""
         self.executor: Any = None  # set by cluster.worker in worker processes
         self.log_sink: Any = None  # where LogLines from workers go (driver: the terminal)
-        self.nodes: list[dict] = []
+        self.nodes: list[NodeInfo] = []
         self.session_dir: str | None = None
         self._chunks: Any = None
         if node is not None:
             self._set_node(node)
         self._cv = threading.Condition(threading.Lock())
-        self._values: dict[bytes, list] = {}
+        self._values: dict[bytes, m.ValueEntry] = {}
         self._tasks: dict[bytes, PendingTask] = {}
         self.actors = Actors(self)
-        self._queues: dict[tuple, ShapeQueue] = {}
+        self._queues: dict[Shape, ShapeQueue] = {}
         self._submitted: collections.deque[PendingTask] = collections.deque()
         self._wake_scheduled = False
         self._trio_waiters: dict[bytes, list[trio.Event]] = {}
@@ -101,9 +107,9 @@ class Runtime:
         # Refs inside our objects' values, kept alive while the container lives.
         self._contained: dict[bytes, list[ObjectRef]] = {}
         # Borrower side: object id -> [owner address, registrations made with the owner].
-        self._borrowed: dict[bytes, list] = {}
+        self._borrowed: dict[bytes, list[Any]] = {}  # [owner address, registrations]
         self._trio_thread: threading.Thread | None = None
-        self._warned_infeasible: set[tuple] = set()
+        self._warned_infeasible: set[Shape] = set()
         self._owned: set[bytes] = set()
         self._dialer = Dialer(token, role, self._on_message, self._on_message_fast)
         self._ids = itertools.count()
@@ -118,11 +124,11 @@ class Runtime:
         self.node_conn: Connection | None = None
         self.head_conn: Connection | None = None
 
-    def _set_node(self, node: dict) -> None:
+    def _set_node(self, node: NodeInfo) -> None:
         self.node = node
         self.node_id: str = node["node_id"]
         self.node_address: str = node["address"]
-        self.store = make_object_store(node["store_path"], node)
+        self.store: ObjectStore = make_object_store(node["store_path"], node)
         # Where our stored objects live: the node's shared store, or (for a private store,
         # e.g. cluster_store.MemoryStore) this process, which then serves their chunks itself.
         self.private_store = not getattr(self.store, "shared", True)
@@ -201,6 +207,12 @@ class Runtime:
             nursery.start_soon(self._borrower_sweep)
             self._ready.set()
 
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start a task in the runtime's nursery (on the trio thread)."""
+        nursery = self._nursery
+        assert nursery is not None, "the runtime is not running"
+        nursery.start_soon(fn, *args)
+
     def call(self, fn: Any, *args: Any) -> Any:
         """Run a sync function on the trio thread and return its result."""
         return trio.from_thread.run_sync(fn, *args, trio_token=self._trio_token)
@@ -209,14 +221,17 @@ class Runtime:
         """Run an async function on the trio thread and return its result."""
         return trio.from_thread.run(fn, *args, trio_token=self._trio_token)
 
-    def list_nodes(self) -> list[dict]:
+    def list_nodes(self) -> list[NodeInfo]:
         """The cluster's nodes as the head sees them."""
         conn = self.call_async(self._connect, self.head_address, "the cluster")
-        return self.call_async(conn.request, m.ListNodes())
+        nodes: list[NodeInfo] = self.call_async(conn.request, m.ListNodes())
+        return nodes
 
     def soon(self, fn: Any, *args: Any) -> None:
         """Schedule a sync function on the trio thread without waiting."""
-        self._trio_token.run_sync_soon(fn, *args)
+        token = self._trio_token
+        assert token is not None, "the runtime is not running"
+        token.run_sync_soon(fn, *args)
 
     # ------------------------------------------------------------------ connections (trio)
 
@@ -255,7 +270,7 @@ class Runtime:
             if self.log_sink is not None:
                 self.log_sink(msg)
         elif kind is m.GetObject:
-            self._nursery.start_soon(self._serve_get_object, conn, request_id, msg.object_id)
+            self.spawn(self._serve_get_object, conn, request_id, msg.object_id)
         elif kind is m.StealTasks:
             conn.reply(request_id, self.executor.steal(conn, msg.max_tasks) if self.executor is not None else [])
         elif kind is m.WorkerBlocked:
@@ -284,11 +299,12 @@ class Runtime:
 
     # ------------------------------------------------- actors (the API's entry points)
 
-    def create_actor(self, actor_class: Any, blob: bytes, payload: bytes, dep_refs: list, held: list) -> HandleFields:
+    def create_actor(self, actor_class: Any, blob: bytes, payload: bytes, dep_refs: list[ObjectRef],
+                     held: list[ObjectRef]) -> HandleFields:
         return self.actors.create_actor(actor_class, blob, payload, dep_refs, held)
 
     def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes,
-                          dep_refs: list, held: list) -> list[ObjectRef]:
+                          dep_refs: list[ObjectRef], held: list[ObjectRef]) -> list[ObjectRef]:
         return self.actors.submit_actor_call(handle, method, num_returns, payload, dep_refs, held)
 
     def named_actor(self, name: str, namespace: str | None) -> HandleFields | None:
@@ -376,7 +392,7 @@ class Runtime:
             if conn is not None:
                 conn.send(m.DeleteObjects([object_id]))
             else:
-                self._nursery.start_soon(self._send_delete_dialing, address, object_id)
+                self.spawn(self._send_delete_dialing, address, object_id)
 
     async def _send_delete_dialing(self, address: str, object_id: bytes) -> None:
         try:
@@ -405,7 +421,7 @@ class Runtime:
             return
         wanted = {owner: list(ids) for owner, ids in by_owner.items()}
         if threading.current_thread() is self._trio_thread:
-            self._nursery.start_soon(self._add_borrowers, wanted, None)  # cannot block here
+            self.spawn(self._add_borrowers, wanted, None)  # cannot block here
         else:
             self.call_async(self._add_borrowers, wanted, None)
 
@@ -480,7 +496,7 @@ class Runtime:
         for object_id in to_free:
             self._free(object_id)
 
-    def _release_borrowed(self, object_id: bytes, record: list | None) -> None:
+    def _release_borrowed(self, object_id: bytes, record: list[Any] | None) -> None:
         self._values.pop(object_id, None)  # the cached entry of an object we no longer hold
         if record is None or record[1] <= 0 or self._stopped or self._trio_token is None:
             return
@@ -519,7 +535,7 @@ class Runtime:
         for object_id in to_free:
             self._free(object_id)
 
-    def _adopt_contained(self, return_ids: list | None, contained: list[m.ContainedRef]) -> None:
+    def _adopt_contained(self, return_ids: list[bytes] | None, contained: list[m.ContainedRef]) -> None:
         """Hold the refs a worker found in our task's return values (it registered us)."""
         held: list[tuple[int, ObjectRef]] = []
         for item in contained:
@@ -606,7 +622,7 @@ class Runtime:
 
     # ------------------------------------------------------------------- introspection
 
-    def list_objects(self, limit: int) -> list[dict]:
+    def list_objects(self, limit: int) -> list[dict[str, Any]]:
         """The largest objects this process owns, each with where it lives and why it is alive."""
         with self._cv:
             owned = list(self._owned)
@@ -624,12 +640,12 @@ class Runtime:
             local = {oid: self._refcounts.get(oid, 0) for oid in owned}
             borrowers = {oid: dict(self._borrowers.get(oid, {})) for oid in owned}
             pinned = {oid for oid in owned if oid in self._escaped}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for oid in owned:
             entry = values[oid]
             if entry is None:
                 size, where, state = 0, "", "pending"
-            elif type(entry) is m.StoredValue:
+            elif isinstance(entry, m.StoredValue):
                 size, where, state = entry.size, entry.node_id, "stored"
             else:
                 size = len(entry.inband) + sum(len(b) for b in entry.buffers)
@@ -651,7 +667,7 @@ class Runtime:
                 "copies": locations[oid], "owner": self.address, "owner_pid": os.getpid(),
                 "owner_kind": self.role, "referenced_by": reasons,
             })
-        rows.sort(key=lambda row: row["size"], reverse=True)
+        rows.sort(key=lambda row: int(row["size"]), reverse=True)
         return rows[: max(0, limit)]
 
     # ------------------------------------------------------------------ scheduling (trio)
@@ -667,7 +683,7 @@ class Runtime:
                 continue
             if task.dep_refs:
                 if not self._deps_ready(task):
-                    self._nursery.start_soon(self._resolve_then_queue, task)
+                    self.spawn(self._resolve_then_queue, task)
                     continue
                 if self._failed_dependency(task):
                     continue
@@ -678,7 +694,7 @@ class Runtime:
 
     def _deps_ready(self, task: PendingTask) -> bool:
         values = self._values
-        deps = []
+        deps: list[m.ValueEntry] = []
         for ref in task.dep_refs:
             entry = values.get(ref.id)
             if entry is None:
@@ -718,7 +734,7 @@ class Runtime:
     def _dispatch(self, queue: ShapeQueue) -> None:
         pending = queue.pending
         if pending and queue.leases:
-            batches: dict[int, list] = {}
+            batches: dict[int, tuple[Lease, list[PendingTask]]] = {}
             # While lease requests are fresh, more workers may be on their way: give each lease
             # one task, so a burst spreads out. Once nodes say the rest must wait, pipeline.
             depth = 1 if queue.fresh_requests else PIPELINE_DEPTH
@@ -733,11 +749,11 @@ class Runtime:
                     task.lease = lease
                     lease.in_flight[task.task_id] = task
                     lease.idle_since = None
-                    batches.setdefault(id(lease), [lease]).append(task)
+                    batches.setdefault(id(lease), (lease, []))[1].append(task)
                     if len(lease.in_flight) < depth:
                         still_room.append(lease)
                 leases = still_room
-            for lease, *tasks in batches.values():
+            for lease, tasks in batches.values():
                 sent = lease.conn.sent_functions
                 specs = []
                 for task in tasks:
@@ -758,7 +774,7 @@ class Runtime:
         wanted = min(len(pending), MAX_LEASE_REQUESTS) - queue.requesting
         for _ in range(max(0, wanted)):
             queue.requesting += 1  # counted now, so the next dispatch does not ask again
-            self._nursery.start_soon(self._request_lease, queue)
+            self.spawn(self._request_lease, queue)
 
     def _maybe_steal(self, queue: ShapeQueue, idle: Lease) -> None:
         """``idle`` has nothing to do while another lease has tasks queued behind its running
@@ -769,7 +785,7 @@ class Runtime:
                      key=lambda lease: len(lease.in_flight), default=None)
         if victim is not None and len(victim.in_flight) >= 2 and not victim.stealing:
             victim.stealing = True
-            self._nursery.start_soon(self._steal, queue, victim)
+            self.spawn(self._steal, queue, victim)
 
     async def _steal(self, queue: ShapeQueue, victim: Lease, everything: bool = False) -> None:
         try:
@@ -808,7 +824,7 @@ class Runtime:
 
     def _steal_all(self, queue: ShapeQueue, victim: Lease) -> None:
         victim.stealing = True
-        self._nursery.start_soon(self._steal, queue, victim, True)
+        self.spawn(self._steal, queue, victim, True)
 
     async def _request_lease(self, queue: ShapeQueue) -> None:
         """Get one more worker for ``queue``'s shape: ask, follow spillbacks, connect to it."""
@@ -842,7 +858,7 @@ class Runtime:
             try:
                 node_conn = await self._connect(address, "a node daemon")
                 answer = await node_conn.request(
-                    m.RequestLease(dict(queue.shape), self.address, spill_count, detached, len(queue.pending)),
+                    m.RequestLease(dict(queue.shape), self.address, spill_count, detached, queue.wanted()),
                     on_pending=on_busy
                 )
             except (ClusterConnectionError, RemoteCallError) as exc:
@@ -850,7 +866,7 @@ class Runtime:
                 if address == self.node_address:
                     await trio.sleep(0.5)
                 address, spill_count = self.node_address, 0
-                if not queue.pending:
+                if not queue.wanted():
                     return None
                 continue
             if type(answer) is m.LeaseSpill:
@@ -861,7 +877,7 @@ class Runtime:
                 self._warn_infeasible(queue, answer.reason)
                 await trio.sleep(INFEASIBLE_RETRY_S)
                 address, spill_count = self.node_address, 0
-                if not queue.pending:
+                if not queue.wanted():
                     return None
                 continue
             break
@@ -946,7 +962,7 @@ class Runtime:
 
     # ---------------------------------------------------------------------- results (trio)
 
-    def _on_results(self, conn: Connection, results: list) -> None:
+    def _on_results(self, conn: Connection, results: list[m.TaskResult]) -> None:
         lease = conn.context
         in_flight = lease.in_flight if isinstance(lease, Lease | ActorState) else {}
         retry = []
@@ -978,7 +994,7 @@ class Runtime:
             if not lease.in_flight:
                 self._maybe_steal(queue, lease)
 
-    def _on_results_fast(self, lease: Lease | ActorState, results: list) -> bool:
+    def _on_results_fast(self, lease: Lease | ActorState, results: list[m.TaskResult]) -> bool:
         """``_on_results`` from a reader thread, for results that need nothing of the trio
         thread: no refs inside, no retry. False (and nothing done) otherwise."""
         in_flight = lease.in_flight
@@ -1008,10 +1024,10 @@ class Runtime:
                 self.soon(self._maybe_steal, queue, lease)  # (checked here first: no trio trip per task)
         return True
 
-    def _finish(self, task: PendingTask, entries: list) -> None:
+    def _finish(self, task: PendingTask, entries: list[m.ValueEntry]) -> None:
         self._finish_many([(task, entries)])
 
-    def _finish_many(self, done: list, in_trio: bool = True) -> None:
+    def _finish_many(self, done: list[tuple[PendingTask, list[m.ValueEntry]]], in_trio: bool = True) -> None:
         to_free = []
         released = []  # argument refs, dropped once out of the lock (dropping may free objects)
         with self._cv:
@@ -1065,7 +1081,7 @@ class Runtime:
         if ref.id in self._fetching or ref.id in self._values:
             return
         self._fetching.add(ref.id)
-        self._nursery.start_soon(self._fetch_borrowed, ref)
+        self.spawn(self._fetch_borrowed, ref)
 
     async def _fetch_borrowed(self, ref: ObjectRef) -> None:
         try:
@@ -1097,12 +1113,12 @@ class Runtime:
 
     # --------------------------------------------------------------- get / wait (user thread)
 
-    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         entries = self._wait_entries(refs, timeout)
         return [self.load_entry(entry, deadline) for entry in entries]
 
-    def _wait_entries(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
+    def _wait_entries(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[m.ValueEntry]:
         values = self._values
         with self._cv:
             missing = [ref for ref in refs if ref.id not in values]
@@ -1141,7 +1157,8 @@ class Runtime:
         for ref in refs:
             self._start_fetch(ref)
 
-    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int,
+             timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
         values = self._values
         ready = [ref for ref in refs if ref._id in values]
         if len(ready) < num_returns:
@@ -1172,7 +1189,7 @@ class Runtime:
         return ready, [ref for ref in refs if ref._id not in chosen]
 
     def load_entry(self, entry: m.ValueEntry, deadline: float | None = None) -> Any:
-        if type(entry) is m.InlineValue:
+        if isinstance(entry, m.InlineValue):
             return self.loads(entry.metadata, entry.inband, entry.buffers)
         object_id = entry.object_id
         stored = self.store.get(object_id)
@@ -1194,7 +1211,7 @@ class Runtime:
                 self.store.delete(object_id)
         return self.loads(stored.metadata, stored.inband, stored.buffers)
 
-    def loads(self, metadata: bytes, inband: Any, buffers: list) -> Any:
+    def loads(self, metadata: bytes, inband: Any, buffers: Sequence[Any]) -> Any:
         """Unpickle a value; borrowed ObjectRefs inside it are registered with their owners."""
         with object_ref_module.collect_incoming() as incoming:
             try:
@@ -1220,6 +1237,7 @@ class Runtime:
             await self._pull(object_id, node_address)  # a private store: copy it ourselves
             return
         try:
+            assert self.node_conn is not None  # (set once the runtime runs)
             await self.node_conn.request(m.FetchObject(object_id, node_address, owner))
         except RemoteCallError as exc:
             raise ObjectLostError(f"object {object_id.hex()} could not be copied from {node_address}: {exc}") from None
@@ -1262,7 +1280,7 @@ def _mb(size: float) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-def choose_local_node(nodes: list[dict], head_address: str) -> dict:
+def choose_local_node(nodes: list[NodeInfo], head_address: str) -> NodeInfo:
     """The node a driver on this machine attaches to: ``CLUSTER_NODE_ID``, else the head's."""
     alive = [node for node in nodes if node["state"] == "alive"]
     wanted = os.environ.get("CLUSTER_NODE_ID")

@@ -12,9 +12,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
+    from cluster.objects.refs import ObjectRef
+    from cluster.owner.actors import ActorState
     from cluster.wire.connection import Connection
+    from cluster.wire.messages import ValueEntry
 
 DEFAULT_NAMESPACE = "default"  # of actor names, when none is given
+
+Shape = tuple[tuple[str, float], ...]  # a resource shape: sorted (name, amount) pairs, no zeros
 
 
 @attrs.define(slots=True, eq=False)
@@ -24,18 +29,20 @@ class PendingTask:
     function_id: bytes
     function: bytes
     args: bytes
-    dep_refs: list
+    dep_refs: list[ObjectRef]  # the top-level ObjectRef arguments
     num_returns: int
-    return_ids: list
-    shape: tuple
+    return_ids: list[bytes]
+    shape: Shape
     retries_left: int
     retry_exceptions: bool
-    held: list = attrs.Factory(list)  # ObjectRefs pickled inside the arguments
-    deps: list = attrs.Factory(list)
+    held: list[ObjectRef] = attrs.Factory(list)  # ObjectRefs pickled inside the arguments
+    deps: list[ValueEntry] = attrs.Factory(list)  # the values of dep_refs, once known
     method: str = ""  # an actor call: the method's name
     counted: bool = False  # an actor call counted in its ActorState.unsent
-    actor: Any = None  # an actor call: the ActorHandle, then (on the trio thread) its ActorState
-    lease: Lease | None = None
+    # An actor call: the caller's ActorHandle (an api type: owner cannot name it), then, on
+    # the trio thread, its ActorState.
+    actor: Any = None
+    lease: Lease | ActorState | None = None
     cancelled: bool = False
 
 
@@ -44,8 +51,8 @@ class Lease:
     lease_id: int
     node_conn: Connection
     conn: Connection
-    shape: tuple
-    in_flight: dict = attrs.Factory(dict)
+    shape: Shape
+    in_flight: dict[bytes, PendingTask] = attrs.Factory(dict)  # by task id
     idle_since: float | None = None
     returned: bool = False
     stealing: bool = False  # a StealTasks request to its worker is out
@@ -57,8 +64,13 @@ class Lease:
 
 @attrs.define(slots=True, eq=False)
 class ShapeQueue:
-    shape: tuple
-    pending: collections.deque = attrs.Factory(collections.deque)
-    leases: list = attrs.Factory(list)
+    shape: Shape
+    pending: collections.deque[PendingTask] = attrs.Factory(collections.deque)
+    leases: list[Lease] = attrs.Factory(list)
     requesting: int = 0
     fresh_requests: int = 0
+    for_actor: bool = False  # the queue of one actor's lifetime lease: it wants one worker
+
+    def wanted(self) -> int:
+        """How many workers this queue's work wants (what a lease request reports as backlog)."""
+        return len(self.pending) or int(self.for_actor)
