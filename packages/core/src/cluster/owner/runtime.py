@@ -45,7 +45,6 @@ from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.owner.actors import Actors, ActorState, HandleFields
 from cluster.owner.tasks import Lease, PendingTask, Shape, ShapeQueue
 from cluster.plugins import make_object_store
-
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, Dialer, run_connection
 from cluster.wire.handshake import server_handshake
