@@ -244,7 +244,7 @@ class Actors:
         return packb(m.ActorNameRecord(actor_id, class_name, methods, "" if detached else self.rt.address, address))
 
     def actor_handle_added(self, actor_id: bytes) -> None:
-        with self.rt._ref_lock:
+        with self.rt.references.lock:
             self._actor_handles[actor_id] += 1
 
     def actor_handle_escaped(self, actor_id: bytes) -> None:
@@ -253,7 +253,7 @@ class Actors:
     def actor_handle_dropped(self, actor_id: bytes) -> None:
         """The owner's last handle went, and none left the process: stop the actor once its
         calls are done (as Ray does for actors that are neither named nor detached)."""
-        with self.rt._ref_lock:
+        with self.rt.references.lock:
             count = self._actor_handles[actor_id] - 1
             if count > 0:
                 self._actor_handles[actor_id] = count

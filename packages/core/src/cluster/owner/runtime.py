@@ -43,6 +43,7 @@ from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
 from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.owner.actors import Actors, ActorState, HandleFields
+from cluster.owner.references import KEEP, Borrow, ReferenceTable
 from cluster.owner.tasks import Lease, PendingTask, Shape, ShapeQueue
 from cluster.plugins import make_object_store
 from cluster.wire import messages as m
@@ -97,16 +98,12 @@ class Runtime:
         self._wake_scheduled = False
         self._trio_waiters: dict[bytes, list[trio.Event]] = {}
         self._fetching: set[bytes] = set()
-        self._refcounts: collections.Counter[bytes] = collections.Counter()
-        self._ref_lock = threading.Lock()
-        self._escaped: set[bytes] = set()  # pickled where we cannot follow: never freed
-        # Owner side: who else holds refs to our objects, and where copies of them are.
-        self._borrowers: dict[bytes, collections.Counter[str]] = {}
+        self.references = ReferenceTable()  # who holds which object (its own lock)
+        self.add_local_ref = self.references.add_local  # (ObjectRef calls it for every new ref)
+        # Where copies of our objects are (besides their primary).
         self._locations: dict[bytes, set[str]] = {}
         # Refs inside our objects' values, kept alive while the container lives.
         self._contained: dict[bytes, list[ObjectRef]] = {}
-        # Borrower side: object id -> [owner address, registrations made with the owner].
-        self._borrowed: dict[bytes, list[Any]] = {}  # [owner address, registrations]
         self._trio_thread: threading.Thread | None = None
         self._warned_infeasible: set[Shape] = set()
         self._owned: set[bytes] = set()
@@ -330,33 +327,15 @@ class Runtime:
     def new_task_id(self) -> bytes:
         return self._pid_prefix + os.urandom(8) + next(self._ids).to_bytes(4, "little")
 
-    def add_local_ref(self, object_id: bytes) -> None:
-        with self._ref_lock:
-            self._refcounts[object_id] += 1
-
     def remove_local_ref(self, object_id: bytes) -> None:
-        with self._ref_lock:
-            count = self._refcounts[object_id] - 1
-            if count > 0:
-                self._refcounts[object_id] = count
-                return
-            del self._refcounts[object_id]
-            if object_id in self._escaped:
-                return
-            if object_id not in self._owned:
-                record = self._borrowed.pop(object_id, None)
-                owned = False
-            elif object_id in self._borrowers:
-                return  # other processes still hold it
-            else:
-                owned = True
-        if owned:
+        release = self.references.remove_local(object_id, self._owned)
+        if release.free:
             self._free(object_id)
-        else:
-            self._release_borrowed(object_id, record)
+        elif release is not KEEP:
+            self._release_borrowed(object_id, release.borrow)
 
     def mark_escaped(self, object_id: bytes, owner: str) -> None:
-        self._escaped.add(object_id)
+        self.references.escape(object_id)
 
     def _free(self, object_id: bytes) -> None:
         with self._cv:
@@ -408,17 +387,9 @@ class Runtime:
         Blocks until the owners know, so the sender may drop its own hold afterwards; refs
         this process already registered cost nothing.
         """
-        by_owner: dict[str, dict[bytes, None]] = {}
-        with self._ref_lock:
-            for ref in refs:
-                record = self._borrowed.get(ref._id)
-                if record is None:
-                    record = self._borrowed[ref._id] = [ref._owner, 0]
-                if record[1] == 0:
-                    by_owner.setdefault(ref._owner, {})[ref._id] = None
-        if not by_owner:
+        wanted = self.references.to_register(refs)
+        if not wanted:
             return
-        wanted = {owner: list(ids) for owner, ids in by_owner.items()}
         if threading.current_thread() is self._trio_thread:
             self.spawn(self._add_borrowers, wanted, None)  # cannot block here
         else:
@@ -445,16 +416,7 @@ class Runtime:
                 return  # the owner is gone; get() will say the object is lost
             if borrower is not None:
                 return
-            late = []
-            with self._ref_lock:
-                for object_id, ok in zip(ids, known, strict=False):
-                    if not ok:
-                        continue
-                    record = self._borrowed.get(object_id)
-                    if record is None:
-                        late.append(object_id)  # dropped while we registered
-                    else:
-                        record[1] += 1
+            late = self.references.registered(ids, known)  # (dropped while we registered)
             if late:
                 conn.send(m.RemoveBorrowers(late, self.address, [1] * len(late)))
 
@@ -463,44 +425,18 @@ class Runtime:
                 nursery.start_soon(one, owner, ids)
 
     def _register_borrowers(self, object_ids: list[bytes], borrower: str) -> list[bool]:
-        known = []
-        with self._ref_lock:
-            for object_id in object_ids:
-                if object_id in self._owned:
-                    counts = self._borrowers.get(object_id)
-                    if counts is None:
-                        counts = self._borrowers[object_id] = collections.Counter()
-                    counts[borrower] += 1
-                    known.append(True)
-                else:
-                    known.append(False)
-        return known
+        return self.references.add_borrowers(object_ids, borrower, self._owned)
 
     def _unregister_borrowers(self, object_ids: list[bytes], borrower: str, counts: list[int]) -> None:
-        to_free = []
-        with self._ref_lock:
-            for object_id, n in zip(object_ids, counts, strict=False):
-                held = self._borrowers.get(object_id)
-                if held is None:
-                    continue
-                left = held[borrower] - n
-                if left > 0:
-                    held[borrower] = left
-                else:
-                    del held[borrower]
-                if not held:
-                    del self._borrowers[object_id]
-                    if object_id not in self._refcounts and object_id not in self._escaped:
-                        to_free.append(object_id)
-        for object_id in to_free:
+        for object_id in self.references.remove_borrowers(object_ids, borrower, counts):
             self._free(object_id)
 
-    def _release_borrowed(self, object_id: bytes, record: list[Any] | None) -> None:
+    def _release_borrowed(self, object_id: bytes, record: Borrow | None) -> None:
         self._values.pop(object_id, None)  # the cached entry of an object we no longer hold
-        if record is None or record[1] <= 0 or self._stopped or self._trio_token is None:
+        if record is None or record.registered <= 0 or self._stopped or self._trio_token is None:
             return
         try:
-            self.soon(self._send_unborrow, record[0], object_id, record[1])
+            self.soon(self._send_unborrow, record.owner, object_id, record.registered)
         except trio.RunFinishedError:
             pass
 
@@ -514,8 +450,7 @@ class Runtime:
         """Forget borrowers whose process is gone (they could not say they let go)."""
         while True:
             await trio.sleep(BORROWER_CHECK_S)
-            with self._ref_lock:
-                addresses = {a for counts in self._borrowers.values() for a in counts} - {self.address}
+            addresses = self.references.borrower_addresses() - {self.address}
             for address in addresses:
                 try:
                     await self._connect(address, "a borrower")  # cached while it is alive
@@ -524,14 +459,7 @@ class Runtime:
 
     def _forget_borrower(self, address: str) -> None:
         log.info("borrower_gone", borrower=address)
-        to_free = []
-        with self._ref_lock:
-            for object_id, counts in list(self._borrowers.items()):
-                if counts.pop(address, None) is not None and not counts:
-                    del self._borrowers[object_id]
-                    if object_id not in self._refcounts and object_id not in self._escaped:
-                        to_free.append(object_id)
-        for object_id in to_free:
+        for object_id in self.references.forget_borrower(address):
             self._free(object_id)
 
     def _adopt_contained(self, return_ids: list[bytes] | None, contained: list[m.ContainedRef]) -> None:
@@ -540,20 +468,10 @@ class Runtime:
         for item in contained:
             index, object_id, owner = item.index, item.object_id, item.owner
             ref = ObjectRef(object_id, owner)
-            with self._ref_lock:
-                if owner == self.address:
-                    counts = self._borrowers.get(object_id)
-                    if counts is not None and counts[owner] > 0:
-                        counts[owner] -= 1  # our own object: the ref we hold now replaces that
-                        if counts[owner] == 0:
-                            del counts[owner]
-                        if not counts:
-                            del self._borrowers[object_id]
-                else:
-                    record = self._borrowed.get(object_id)
-                    if record is None:
-                        record = self._borrowed[object_id] = [owner, 0]
-                    record[1] += 1
+            if owner == self.address:
+                self.references.take_back(object_id, owner)  # the ref we hold now replaces that
+            else:
+                self.references.adopt(object_id, owner)
             held.append((index, ref))
         if return_ids is not None:
             with self._cv:
@@ -635,10 +553,11 @@ class Runtime:
             for task in self._tasks.values():
                 for ref in (*task.dep_refs, *task.held):
                     task_args[ref._id] += 1
-        with self._ref_lock:
-            local = {oid: self._refcounts.get(oid, 0) for oid in owned}
-            borrowers = {oid: dict(self._borrowers.get(oid, {})) for oid in owned}
-            pinned = {oid for oid in owned if oid in self._escaped}
+        table = self.references
+        with table.lock:
+            local = {oid: table.local.get(oid, 0) for oid in owned}
+            borrowers = {oid: dict(table.borrowers.get(oid, {})) for oid in owned}
+            pinned = {oid for oid in owned if oid in table.escaped}
         rows: list[dict[str, Any]] = []
         for oid in owned:
             entry = values[oid]
@@ -1032,11 +951,12 @@ class Runtime:
         with self._cv:
             values = self._values
             tasks = self._tasks
-            refcounts = self._refcounts
+            table = self.references
+            refcounts, escaped, borrowers = table.local, table.escaped, table.borrowers
             for task, entries in done:
                 tasks.pop(task.task_id, None)
                 for oid, entry in zip(task.return_ids, entries, strict=False):
-                    if oid in refcounts or oid in self._escaped or oid in self._borrowers:
+                    if oid in refcounts or oid in escaped or oid in borrowers:
                         values[oid] = entry
                     else:
                         self._owned.discard(oid)
