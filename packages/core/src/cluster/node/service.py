@@ -23,6 +23,7 @@ import trio
 from cluster_store import default_store_root
 
 from cluster.errors import ClusterConnectionError, ObjectLostError, RemoteCallError
+from cluster.node.ledger import ResourceLedger
 from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.plugins import make_object_store, make_scheduler
 from cluster.resources import default_object_store_memory, fits, format_shape
@@ -95,7 +96,7 @@ class NodeService:
     store_capacity: int | None = None
     spill_dir: str | None = None  # None: spilling off
     object_store: str = "shared"  # "memory": every process keeps its objects (cluster_store.MemoryStore)
-    available: dict = attrs.field(init=False)
+    ledger: ResourceLedger = attrs.field(init=False)
     store: Any = attrs.field(init=False)
     store_path: str = attrs.field(init=False)
     policy: Any = attrs.field(init=False)
@@ -122,8 +123,7 @@ class NodeService:
     _infeasible: dict = attrs.Factory(dict)  # shape -> (when last asked, backlog): fits no node now
 
     def __attrs_post_init__(self) -> None:
-
-        self.available = dict(self.resources)
+        self.ledger = ResourceLedger(dict(self.resources))
         root = self.store_root or str(default_store_root())
         if self.store_capacity is None:
             self.store_capacity = default_object_store_memory(root)
@@ -242,7 +242,7 @@ class NodeService:
             await trio.sleep(HEARTBEAT_S)
             try:
                 ack = await self.head_conn.request(
-                    m.Heartbeat(self.node_id, self.available, self.view_version, self.store_stats(), self.demand())
+                    m.Heartbeat(self.node_id, self.ledger.available, self.view_version, self.store_stats(), self.demand())
                 )
             except ClusterConnectionError:
                 if self._shutting_down:
@@ -366,10 +366,10 @@ class NodeService:
         cpu = lease.shape.get("CPU", 0.0)
         if msg.blocked and not lease.released_cpu and cpu:
             lease.released_cpu = cpu
-            self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
+            self.ledger.lend(cpu)
             self._pump()
         elif not msg.blocked and lease.released_cpu:
-            self.available["CPU"] -= lease.released_cpu
+            self.ledger.reclaim(lease.released_cpu)
             lease.released_cpu = 0.0
 
     # --------------------------------------------------------------------------- leases
@@ -382,12 +382,12 @@ class NodeService:
                                msg.detached, max(1, msg.backlog))
         if self._try_grant(request):
             return
-        if not fits(request.shape, self.available) and request.spill_count < MAX_SPILLS:
+        if not self.ledger.fits(request.shape) and request.spill_count < MAX_SPILLS:
             target = self.policy.spill_target(request.shape, self.view, self.node_id)
             if target is not None:
                 conn.reply(request_id, m.LeaseSpill(target))
                 return
-            if not fits(request.shape, self.resources):
+            if not self.ledger.could_ever_fit(request.shape):
                 target = self._feasible_node(request.shape)
                 if target is not None:
                     conn.reply(request_id, m.LeaseSpill(target))
@@ -402,7 +402,7 @@ class NodeService:
                 return
         if conn not in self._watched_owners():
             conn.on_close.append(self._owner_lost)
-        if not fits(request.shape, self.available):
+        if not self.ledger.fits(request.shape):
             request.tell_busy()
         self._queue.append(request)
         self._maybe_spawn()
@@ -419,14 +419,13 @@ class NodeService:
     def _try_grant(self, request: LeaseRequest) -> bool:
         if request.conn.closed:
             return True  # nobody to grant to; drop it
-        if not fits(request.shape, self.available):
+        if not self.ledger.fits(request.shape):
             return False
         worker = next((w for w in self.workers.values() if w.state == "idle"), None)
         if worker is None:
             return False
         lease_id = next(self._lease_ids)
-        for name, amount in request.shape.items():
-            self.available[name] = self.available.get(name, 0.0) - amount
+        self.ledger.take(request.shape)
         lease = Lease(lease_id, worker, request.shape, request.conn, detached=request.detached)
         self.leases[lease_id] = lease
         worker.state = "leased"
@@ -454,23 +453,15 @@ class NodeService:
 
     def reserve(self, shape: dict[str, float]) -> bool:
         """Take ``shape`` out of this node's available resources if it fits now."""
-        if not fits(shape, self.available):
-            return False
-        for name, amount in shape.items():
-            self.available[name] = self.available.get(name, 0.0) - amount
-        return True
+        return self.ledger.take(shape)
 
     def unreserve(self, shape: dict[str, float]) -> None:
         """Give back what ``reserve`` took; queued lease requests may now be granted."""
-        for name, amount in shape.items():
-            self.available[name] = self.available.get(name, 0.0) + amount
+        self.ledger.give_back(shape)
         self._pump()
 
     def _release(self, lease: Lease) -> None:
-        for name, amount in lease.shape.items():
-            if name == "CPU":
-                amount -= lease.released_cpu
-            self.available[name] = self.available.get(name, 0.0) + amount
+        self.ledger.give_back(lease.shape, lent_cpu=lease.released_cpu)
 
     def _owner_lost(self, conn: Connection) -> None:
         """An owner went away: take back its leases (killing workers that may still run its tasks)."""
@@ -492,14 +483,14 @@ class NodeService:
         for request in self._queue:
             if self._try_grant(request):
                 continue
-            if not fits(request.shape, self.available):
+            if not self.ledger.fits(request.shape):
                 # (No limit on spills here: the request waited, and a node with room is new, e.g.
                 # one the autoscaler just added; the limit only stops ping-pong on arrival.)
                 target = self.policy.spill_target(request.shape, self.view, self.node_id)
                 if target is not None:
                     request.conn.reply(request.request_id, m.LeaseSpill(target))
                     continue
-            if not fits(request.shape, self.available) and not request.conn.closed:
+            if not self.ledger.fits(request.shape) and not request.conn.closed:
                 request.tell_busy()  # the grants before it took what it was waiting for
             still.append(request)
         self._queue = still
@@ -512,7 +503,7 @@ class NodeService:
         idle = sum(1 for w in self.workers.values() if w.state == "idle")
         # Workers for the queued requests that fit in what is free, all together (not each on
         # its own: eight 1-CPU requests on a 2-CPU node need two workers, not eight).
-        room = dict(self.available)
+        room = self.ledger.room()
         waiting = 0
         for request in self._queue:
             if fits(request.shape, room):
