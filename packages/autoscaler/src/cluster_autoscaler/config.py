@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from cluster_autoscaler.errors import ClusterConfigError
+from cluster_autoscaler.errors import ClusterConfigError, InvalidField
 
 _TOP_KEYS = {"cluster_name", "provider", "node_types", "head_node_type", "max_workers", "idle_timeout_s",
              "upscaling_speed"}
@@ -39,14 +39,41 @@ def _frozen_mapping(value: Mapping) -> Mapping:
     return types.MappingProxyType(dict(value))
 
 
+def _resource_amounts(instance: Any, attribute: attrs.Attribute, value: Mapping[str, Any]) -> None:
+    for key, amount in value.items():
+        if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount) or amount < 0:
+            raise InvalidField(f"resources.{key}", f"must be a non-negative number, got {amount!r}")
+
+
+def _label_values(instance: Any, attribute: attrs.Attribute, value: Mapping[str, Any]) -> None:
+    for key, label in value.items():
+        if not isinstance(label, str):
+            raise InvalidField(f"labels.{key}", f"must be a string, got {label!r}")
+
+
+def _at_least(minimum: float) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            kind = "an integer" if attribute.type in ("int", int) else "a number"
+            raise InvalidField(attribute.name, f"must be {kind} >= {minimum:g}, got {value!r}")
+
+    return check
+
+
 @attrs.frozen
 class NodeType:
+    """A kind of node the autoscaler may launch; its rules hold from construction on."""
+
     name: str
-    resources: Mapping[str, float] = attrs.field(converter=_frozen_mapping)
-    labels: Mapping[str, str] = attrs.field(converter=_frozen_mapping, factory=dict)
-    min_workers: int = 0
-    max_workers: int = 0
+    resources: Mapping[str, float] = attrs.field(converter=_frozen_mapping, validator=_resource_amounts)
+    labels: Mapping[str, str] = attrs.field(converter=_frozen_mapping, factory=dict, validator=_label_values)
+    min_workers: int = attrs.field(default=0, validator=_at_least(0))
+    max_workers: int = attrs.field(default=0, validator=_at_least(0))
     node_config: Mapping[str, Any] = attrs.field(converter=_frozen_mapping, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_workers < self.min_workers:
+            raise InvalidField("max_workers", f"({self.max_workers}) is below min_workers ({self.min_workers})")
 
 
 @attrs.frozen
@@ -57,13 +84,22 @@ class ProviderConfig:
 
 @attrs.frozen
 class ClusterConfig:
+    """A whole cluster config; its rules hold from construction on."""
+
     cluster_name: str
     provider: ProviderConfig
     node_types: Mapping[str, NodeType] = attrs.field(converter=_frozen_mapping)
     head_node_type: str
-    max_workers: int = 10
-    idle_timeout_s: float = 60.0
-    upscaling_speed: float = 1.0
+    max_workers: int = attrs.field(default=10, validator=_at_least(0))
+    idle_timeout_s: float = attrs.field(default=60.0, validator=_at_least(0.0))
+    upscaling_speed: float = attrs.field(default=1.0, validator=_at_least(0.0))
+
+    def __attrs_post_init__(self) -> None:
+        if not self.node_types:
+            raise InvalidField("node_types", "must name at least one node type")
+        if self.head_node_type not in self.node_types:
+            raise InvalidField("head_node_type",
+                               f"{self.head_node_type!r} is not one of node_types ({', '.join(self.node_types)})")
 
     @property
     def worker_types(self) -> list[NodeType]:
@@ -112,17 +148,16 @@ def parse_config(text: str, name: str = "<config>") -> ClusterConfig:
     options = {k: _plain(v) for k, (_, v) in provider_map.items() if k != "type"}
     _, types_value = _required(source, root, top, "node_types")
     types_map = _mapping(source, types_value, "node_types", "must map node type names to their settings")
-    if not types_map:
-        raise source.error(types_value, "node_types", "must name at least one node type")
     node_types = {name: _node_type(source, name, value) for name, (_, value) in types_map.items()}
     head = _string(source, *_required(source, root, top, "head_node_type"), "head_node_type")
-    if head not in node_types:
-        raise source.error(top["head_node_type"][1], "head_node_type",
-                           f"{head!r} is not one of node_types ({', '.join(node_types)})")
     max_workers = _integer(source, top, "max_workers", 10, minimum=0)
     idle = _number(source, top, "idle_timeout_s", 60.0, minimum=0.0)
     speed = _number(source, top, "upscaling_speed", 1.0, minimum=0.0)
-    return ClusterConfig(cluster_name, ProviderConfig(ptype, options), node_types, head, max_workers, idle, speed)
+    try:
+        return ClusterConfig(cluster_name, ProviderConfig(ptype, options), node_types, head, max_workers, idle,
+                             speed)
+    except InvalidField as exc:  # a rule of the type: say where in the file
+        raise source.error(top.get(exc.field, (None, types_value))[1], exc.field, exc.message) from None
 
 
 def _node_type(source: _Source, name: str, value: Any) -> NodeType:
@@ -131,28 +166,23 @@ def _node_type(source: _Source, name: str, value: Any) -> NodeType:
     _no_unknown(source, fields, path + ".", _NODE_TYPE_KEYS)
     _, res_value = _required(source, value, fields, "resources", path + ".")
     resources_map = _mapping(source, res_value, f"{path}.resources", "must map resource names to amounts, e.g. {CPU: 4}")
-    resources = {}
-    for key, (_, amount_node) in resources_map.items():
-        amount = _plain(amount_node)
-        if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount) or amount < 0:
-            raise source.error(amount_node, f"{path}.resources.{key}", f"must be a non-negative number, got {amount!r}")
-        resources[key] = float(amount)
-    labels = {}
+    resources = {key: _plain(amount_node) for key, (_, amount_node) in resources_map.items()}
+    labels_map = {}
     if "labels" in fields:
-        for key, (_, label_node) in _mapping(source, fields["labels"][1], f"{path}.labels",
-                                             "must map label names to strings").items():
-            label = _plain(label_node)
-            if not isinstance(label, str):
-                raise source.error(label_node, f"{path}.labels.{key}", f"must be a string, got {label!r}")
-            labels[key] = label
+        labels_map = _mapping(source, fields["labels"][1], f"{path}.labels", "must map label names to strings")
+    labels = {key: _plain(label_node) for key, (_, label_node) in labels_map.items()}
     low = _integer(source, fields, "min_workers", 0, minimum=0, path=path + ".")
     high = _integer(source, fields, "max_workers", max(low, 0), minimum=0, path=path + ".")
-    if high < low:
-        raise source.error(fields["max_workers"][1], f"{path}.max_workers", f"({high}) is below min_workers ({low})")
     node_config = _plain(fields["node_config"][1]) if "node_config" in fields else {}
     if not isinstance(node_config, dict):
         raise source.error(fields["node_config"][1], f"{path}.node_config", "must be a mapping")
-    return NodeType(name, resources, labels, low, high, node_config)
+    try:
+        return NodeType(name, {k: float(x) if isinstance(x, int) and not isinstance(x, bool) else x
+                               for k, x in resources.items()}, labels, low, high, node_config)
+    except InvalidField as exc:  # a rule of the type: say where in the file
+        group, _, key = exc.field.partition(".")
+        where = {"resources": resources_map, "labels": labels_map}.get(group, {}).get(key) or fields.get(group)
+        raise source.error(where[1] if where else value, f"{path}.{exc.field}", exc.message) from None
 
 
 # --------------------------------------------------------------------------- helpers
