@@ -1,9 +1,10 @@
 """Development sessions. Packages are found on disk: packages/**/pyproject.toml.
 
-    nox -s demo     run a demo workload on a local cluster with two node daemons
-    nox -s tests    the whole test suite (what CI runs)
-    nox -s lint     ruff
-    nox -s bench    microbenchmarks of cluster, Ray and Dask side by side
+    nox -s demo       run a demo workload on a local cluster with two node daemons
+    nox -s tests      the typecheck, then the whole test suite (what CI runs)
+    nox -s typecheck  mypy --strict on the code listed in pyproject.toml's [tool.mypy] files
+    nox -s lint       ruff
+    nox -s bench      microbenchmarks of cluster, Ray and Dask side by side
 """
 
 from __future__ import annotations
@@ -53,10 +54,21 @@ def _extras(path: pathlib.Path) -> set[str]:
     return set(meta.get("optional-dependencies", {}))
 
 
+# mypy, and the stubs of what the checked code imports that ships no types of its own.
+TYPECHECK_DEPS = ("mypy==2.4.1", "msgpack-types==0.8.0")
+
+
+def run_typecheck(session: nox.Session, *paths: str) -> None:
+    """mypy with the root pyproject.toml's [tool.mypy]: strict, on ``paths`` or those listed there."""
+    session.run("mypy", *paths)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run every package's tests and the cross-package end-to-end tests."""
-    install_packages(session, "pytest>=8", "pytest-timeout", "numpy", "psutil", "hatchling")
+    """Typecheck, then run every package's tests and the cross-package end-to-end tests."""
+    install_packages(session, "pytest>=8", "pytest-timeout", "numpy", "psutil", "hatchling",
+                     *TYPECHECK_DEPS)
+    run_typecheck(session)
     test_dirs = [str(p / "tests") for p in packages() if (p / "tests").is_dir()] + ["tests"]
     session.run("pytest", *(session.posargs or test_dirs))
 
@@ -66,6 +78,13 @@ def demo(session: nox.Session) -> None:
     """Start a head and a second node daemon, run a workload across them, stop them."""
     install_packages(session, "numpy")
     session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict (see [tool.mypy] in pyproject.toml); nox -s typecheck [-- PATH ...]."""
+    install_packages(session, *TYPECHECK_DEPS)
+    run_typecheck(session, *session.posargs)
 
 
 @nox.session
