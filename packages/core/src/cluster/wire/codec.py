@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import msgpack
@@ -33,21 +33,22 @@ EXT_MESSAGE = 1
 
 @attrs.frozen
 class _Codec:
-    cls: type
-    get_fields: Callable[[Any], tuple]
+    cls: type[m.Message]
+    make: Callable[..., m.Message]  # cls itself: what builds a message from its fields
+    get_fields: Callable[[m.Message], tuple[Any, ...]]
     marker: msgpack.ExtType  # starts the array of one nested inside another message
 
 
-def _make_codec(cls: type) -> _Codec:
+def _make_codec(cls: type[m.Message]) -> _Codec:
     names = [f.name for f in attrs.fields(cls)]
     if not names:
-        getter: Callable[[Any], tuple] = lambda msg: ()  # noqa: E731
+        getter: Callable[[m.Message], tuple[Any, ...]] = lambda msg: ()  # noqa: E731
     elif len(names) == 1:
         one = attrgetter(names[0])
         getter = lambda msg: (one(msg),)  # noqa: E731
     else:
         getter = attrgetter(*names)
-    return _Codec(cls, getter, msgpack.ExtType(EXT_MESSAGE, cls.TAG.to_bytes(2, "little")))
+    return _Codec(cls, cls, getter, msgpack.ExtType(EXT_MESSAGE, cls.TAG.to_bytes(2, "little")))
 
 
 _CODECS: dict[type, _Codec] = {}
@@ -58,9 +59,10 @@ def _codec_of(cls: type) -> _Codec:
     """The codec of a message type; types that plugins declare later are added on first use."""
     codec = _CODECS.get(cls)
     if codec is None:
-        if m.MESSAGE_TYPES.get(getattr(cls, "TAG", None)) is not cls:
+        message_type = m.MESSAGE_TYPES.get(getattr(cls, "TAG", -1))  # -1: no message's tag
+        if message_type is None or message_type is not cls:
             raise TypeError(f"a {cls.__name__} cannot travel on the wire (not a message type)")
-        codec = _CODECS[cls] = _BY_TAG[cls.TAG] = _make_codec(cls)
+        codec = _CODECS[cls] = _BY_TAG[message_type.TAG] = _make_codec(message_type)
     return codec
 
 
@@ -75,27 +77,27 @@ for _cls in list(m.MESSAGE_TYPES.values()):
     _codec_of(_cls)
 
 
-def _nested(msg: Any) -> list:
+def _nested(msg: m.Message) -> list[Any]:
     """``default`` of the packer: a message found inside another one becomes a marked array."""
     codec = _CODECS.get(type(msg)) or _codec_of(type(msg))
     return [codec.marker, *codec.get_fields(msg)]
 
 
-def _marker(code: int, data: bytes) -> Any:
+def _marker(code: int, data: bytes) -> _Codec:
     """``ext_hook`` of the unpacker: the codec of the message whose array this starts."""
     if code != EXT_MESSAGE:
         raise ValueError(f"unknown extension type {code}")
     return _codec_by_tag(int.from_bytes(data, "little"))
 
 
-def _unnested(items: list) -> Any:
+def _unnested(items: list[Any]) -> m.Message | list[Any]:
     """``list_hook`` of the unpacker: rebuild a marked array as its message."""
     if items and type(items[0]) is _Codec:
-        return items[0].cls(*items[1:])
+        return items[0].make(*items[1:])
     return items
 
 
-def _refuse_nested(code: int, data: bytes) -> Any:
+def _refuse_nested(code: int, data: bytes) -> NoReturn:
     raise ValueError("a nested message where none may be (the handshake)")
 
 
@@ -103,6 +105,7 @@ _packers = threading.local()  # a packer with a Python ``default`` is not thread
 
 
 def packb(obj: Any) -> bytes:
+    pack: Callable[[Any], bytes]
     try:
         pack = _packers.pack
     except AttributeError:
@@ -115,14 +118,14 @@ def unpackb(data: bytes | bytearray | memoryview) -> Any:
                            list_hook=_unnested)
 
 
-def encode(msg: Any, request_id: int = 0) -> bytes:
+def encode(msg: m.Message, request_id: int = 0) -> bytes:
     """One frame: length prefix and the msgpack body."""
     codec = _CODECS.get(type(msg)) or _codec_of(type(msg))
     body = packb([msg.TAG, request_id, *codec.get_fields(msg)])
     return len(body).to_bytes(4, "little") + body
 
 
-def decode(body: bytes | bytearray | memoryview, *, allowed: frozenset[int] | None = None) -> tuple[Any, int]:
+def decode(body: bytes | bytearray | memoryview, *, allowed: frozenset[int] | None = None) -> tuple[m.Message, int]:
     """Decode a frame body into (message, request_id); ``allowed``: the only tags accepted,
     with no message nested inside (what an unauthenticated peer may send)."""
     try:
@@ -139,6 +142,6 @@ def decode(body: bytes | bytearray | memoryview, *, allowed: frozenset[int] | No
     if allowed is not None and tag not in allowed:
         raise ProtocolError(f"received message {codec.cls.__name__} where it is not allowed")
     try:
-        return codec.cls(*fields), request_id
+        return codec.make(*fields), request_id
     except TypeError as exc:
         raise ProtocolError(f"received a malformed {codec.cls.__name__}: {exc}") from None

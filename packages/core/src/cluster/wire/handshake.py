@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from typing import Any
 
 import trio
 
@@ -46,7 +45,7 @@ async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
     return bytes(chunks)
 
 
-async def _receive_handshake_frame(stream: trio.abc.ReceiveStream, allowed: frozenset[int]) -> Any:
+async def _receive_handshake_frame(stream: trio.abc.ReceiveStream, allowed: frozenset[int]) -> m.Message:
     header = await _receive_exactly(stream, 4)
     size = int.from_bytes(header, "little")
     if size > MAX_HANDSHAKE_FRAME:
@@ -102,6 +101,8 @@ async def server_handshake(stream: trio.abc.Stream, token: str, role: str) -> st
         auth = await _receive_handshake_frame(stream, _HS_SERVER)
         if isinstance(auth, m.Refuse):
             raise ProtocolVersionError(f"client refused the connection: {auth.reason}")
+        if not isinstance(auth, m.Auth):  # (decode let through only Auth and Refuse)
+            raise ProtocolError("the client did not answer with an Auth")
         if auth.version != PROTOCOL_VERSION:
             reason = (
                 f"protocol version mismatch: this {role} speaks version {PROTOCOL_VERSION}, "
@@ -129,7 +130,7 @@ def _version_message(where: str, theirs: int) -> str:
     )
 
 
-def _refusal(refuse: Any, where: str) -> Exception:
+def _refusal(refuse: m.Refuse, where: str) -> Exception:
     if refuse.code == "token":
         return AuthenticationError(f"{where} refused the connection: {refuse.reason}")
     if refuse.code == "version":

@@ -6,24 +6,37 @@ A field may hold other messages (alone, in lists, in dicts): the codec rebuilds 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-MESSAGE_TYPES: dict[int, type] = {}
+
+class Message:
+    """The base of every message type: an attrs class, its ``TAG`` set by :func:`message`."""
+
+    __slots__ = ()
+    TAG: ClassVar[int]
+    __attrs_attrs__: ClassVar[tuple[attrs.Attribute[Any], ...]]  # for attrs.fields(a type)
+
+
+_M = TypeVar("_M", bound=Message)
+
+MESSAGE_TYPES: dict[int, type[Message]] = {}
 # Tags: 1-199 core, 200-299 cluster-client, 300-399 cluster-autoscaler, 400-499 the providers
 # of this repository; third-party plugins declare theirs from 1000 on.
 
 
-def message(tag: int) -> Any:
-    """Declare a message type with a unique wire ``tag``."""
+def message(tag: int) -> Callable[[type[_M]], type[_M]]:
+    """Declare a message type (a subclass of :class:`Message`) with a unique wire ``tag``."""
 
-    def wrap(cls: type) -> type:
-        if not attrs.has(cls):
+    def wrap(cls: type[_M]) -> type[_M]:
+        is_attrs = attrs.has(cls)  # apart: in the `if`, its TypeGuard would retype cls
+        if not is_attrs:
             raise TypeError(f"{cls.__name__}: put @message above @attrs.frozen")
         if tag in MESSAGE_TYPES:
             raise RuntimeError(f"message tag {tag} used twice")
-        cls.TAG = tag  # type: ignore[attr-defined]
+        cls.TAG = tag
         MESSAGE_TYPES[tag] = cls
         return cls
 
@@ -35,7 +48,7 @@ def message(tag: int) -> Any:
 
 @message(1)
 @attrs.frozen
-class Hello:
+class Hello(Message):
     version: int
     role: str
     nonce: bytes
@@ -43,7 +56,7 @@ class Hello:
 
 @message(2)
 @attrs.frozen
-class Auth:
+class Auth(Message):
     version: int
     role: str
     nonce: bytes
@@ -52,13 +65,13 @@ class Auth:
 
 @message(3)
 @attrs.frozen
-class Welcome:
+class Welcome(Message):
     mac: bytes
 
 
 @message(4)
 @attrs.frozen
-class Refuse:
+class Refuse(Message):
     code: str
     reason: str
 
@@ -68,13 +81,13 @@ class Refuse:
 
 @message(80)
 @attrs.frozen
-class InlineValue:
+class InlineValue(Message):
     """A small value itself, as pickle-5 parts; ``metadata`` is ``b"E"`` for an exception to
     raise where it is read (see :mod:`cluster.objects.values`)."""
 
     metadata: bytes
     inband: bytes
-    buffers: list  # of bytes
+    buffers: list[bytes]
 
     @property
     def is_error(self) -> bool:
@@ -83,7 +96,7 @@ class InlineValue:
 
 @message(81)
 @attrs.frozen
-class StoredValue:
+class StoredValue(Message):
     """A value in a node's shared-memory store: read it there zero-copy, or have the local node
     copy it from ``node_address`` (and tell ``owner``, the owning process, where the copy is)."""
 
@@ -104,7 +117,7 @@ ValueEntry = InlineValue | StoredValue
 
 @message(82)
 @attrs.frozen
-class LeaseGranted:
+class LeaseGranted(Message):
     lease_id: int
     worker_address: str
     worker_id: str
@@ -113,7 +126,7 @@ class LeaseGranted:
 
 @message(83)
 @attrs.frozen
-class LeaseSpill:
+class LeaseSpill(Message):
     """Ask the node at ``address`` instead: it has room for the shape."""
 
     address: str
@@ -121,7 +134,7 @@ class LeaseSpill:
 
 @message(84)
 @attrs.frozen
-class LeaseInfeasible:
+class LeaseInfeasible(Message):
     """No node of the cluster can ever fit the shape; ``reason`` says why, for the user."""
 
     reason: str
@@ -132,36 +145,36 @@ class LeaseInfeasible:
 
 @message(86)
 @attrs.frozen
-class NodeRegistered:
+class NodeRegistered(Message):
     """The head's answer to RegisterNode."""
 
     session_dir: str
-    view: list  # the resource view: a dict per node (NodeRecord.public)
+    view: list[dict[str, Any]]  # the resource view: a dict per node (NodeRecord.public)
     version: int
 
 
 @message(87)
 @attrs.frozen
-class HeartbeatAck:
+class HeartbeatAck(Message):
     """The head's answer to a Heartbeat; ``view`` is None when the node's view is current."""
 
     version: int
-    view: list | None
+    view: list[dict[str, Any]] | None
 
 
 @message(88)
 @attrs.frozen
-class DriverRegistered:
+class DriverRegistered(Message):
     """The head's answer to RegisterDriver."""
 
-    nodes: list  # the resource view
+    nodes: list[dict[str, Any]]  # the resource view
     session_dir: str
     head_pid: int
 
 
 @message(89)
 @attrs.frozen
-class StoreStats:
+class StoreStats(Message):
     """A node's object store, in bytes and counts (``cluster memory`` shows them)."""
 
     used: int = 0
@@ -178,11 +191,11 @@ class StoreStats:
 
 @message(90)
 @attrs.frozen
-class DemandItem:
+class DemandItem(Message):
     """``count`` units of work of resource ``shape`` waiting on a node (``infeasible``: no node
     of the cluster could ever fit it): what the autoscaler sizes the cluster by."""
 
-    shape: dict
+    shape: dict[str, float]
     count: int
     infeasible: bool = False
 
@@ -192,7 +205,7 @@ class DemandItem:
 
 @message(91)
 @attrs.frozen
-class ActorInfo:
+class ActorInfo(Message):
     """An owner's answer to GetActorInfo."""
 
     state: str  # "alive" | "dead" (the reply waits while the actor is created or restarted)
@@ -202,22 +215,22 @@ class ActorInfo:
 
 @message(92)
 @attrs.frozen
-class ActorTable:
+class ActorTable(Message):
     """A process's answer to ListActors: the actors it owns (a row each) and the one it hosts."""
 
-    owned: list
-    hosting: dict | None
+    owned: list[dict[str, Any]]  # a row per actor: column -> value
+    hosting: dict[str, Any] | None
 
 
 @message(93)
 @attrs.frozen
-class ActorNameRecord:
+class ActorNameRecord(Message):
     """What the head's KV keeps under an actor's name: its owner to ask, or (a detached actor,
     which outlives its owner) the worker it runs on."""
 
     actor_id: bytes
     class_name: str
-    methods: dict
+    methods: dict[str, int]  # its remote methods -> their num_returns
     owner: str  # "" for a detached actor
     address: str  # a detached actor's worker, once it runs
 
@@ -227,17 +240,17 @@ class ActorNameRecord:
 
 @message(94)
 @attrs.frozen
-class SpawnWorker:
+class SpawnWorker(Message):
     """Daemon -> zygote: fork a worker that runs with ``config``, its output to ``log_path``."""
 
     worker_id: str
-    config: dict
+    config: dict[str, Any]
     log_path: str
 
 
 @message(95)
 @attrs.frozen
-class WorkerSpawned:
+class WorkerSpawned(Message):
     """Zygote -> daemon: the worker ``worker_id`` runs as ``pid``."""
 
     worker_id: str
@@ -246,7 +259,7 @@ class WorkerSpawned:
 
 @message(96)
 @attrs.frozen
-class WorkerExited:
+class WorkerExited(Message):
     """Zygote -> daemon: the worker process ``pid`` exited with ``code``."""
 
     pid: int
@@ -258,20 +271,20 @@ class WorkerExited:
 
 @message(10)
 @attrs.frozen
-class Ok:
+class Ok(Message):
     value: Any = None
 
 
 @message(11)
 @attrs.frozen
-class Fail:
+class Fail(Message):
     kind: str
     message: str
 
 
 @message(12)
 @attrs.frozen
-class Pending:
+class Pending(Message):
     """Sent with a request's id: the answer will take a while (and why)."""
 
     reason: str
@@ -282,11 +295,11 @@ class Pending:
 
 @message(20)
 @attrs.frozen
-class RegisterNode:
+class RegisterNode(Message):
     node_id: str
     address: str
-    resources: dict
-    labels: dict
+    resources: dict[str, float]
+    labels: dict[str, str]
     hostname: str
     pid: int
     store_path: str
@@ -298,24 +311,24 @@ class RegisterNode:
 
 @message(21)
 @attrs.frozen
-class Heartbeat:
+class Heartbeat(Message):
     node_id: str
-    available: dict
+    available: dict[str, float]
     view_version: int
     store: StoreStats
-    demand: list = attrs.Factory(list)  # of DemandItem: work waiting here
+    demand: list[DemandItem] = attrs.Factory(list)  # work waiting here
 
 
 @message(27)
 @attrs.frozen
-class ViewUpdate:
+class ViewUpdate(Message):
     version: int
-    view: list
+    view: list[dict[str, Any]]
 
 
 @message(22)
 @attrs.frozen
-class RegisterDriver:
+class RegisterDriver(Message):
     pid: int
     hostname: str
     address: str = ""  # the driver's own listener (it owns objects)
@@ -323,13 +336,13 @@ class RegisterDriver:
 
 @message(23)
 @attrs.frozen
-class ListNodes:
+class ListNodes(Message):
     pass
 
 
 @message(24)
 @attrs.frozen
-class KvPut:
+class KvPut(Message):
     key: str
     value: bytes
     overwrite: bool = True
@@ -337,19 +350,19 @@ class KvPut:
 
 @message(25)
 @attrs.frozen
-class KvGet:
+class KvGet(Message):
     key: str
 
 
 @message(26)
 @attrs.frozen
-class KvDelete:
+class KvDelete(Message):
     key: str
 
 
 @message(29)
 @attrs.frozen
-class ServiceRequest:
+class ServiceRequest(Message):
     """For a plugin's service in a daemon, by name (see cluster.daemon.Services). ``payload``
     is whatever msgpack carries; the reply is the service's."""
 
@@ -362,8 +375,8 @@ class ServiceRequest:
 
 @message(40)
 @attrs.frozen
-class RequestLease:
-    shape: dict
+class RequestLease(Message):
+    shape: dict[str, float]
     owner: str
     spill_count: int
     detached: bool = False  # for a detached actor: the lease outlives its owner's connection
@@ -372,14 +385,14 @@ class RequestLease:
 
 @message(41)
 @attrs.frozen
-class ReturnLease:
+class ReturnLease(Message):
     lease_id: int
     worker_ok: bool
 
 
 @message(42)
 @attrs.frozen
-class RegisterWorker:
+class RegisterWorker(Message):
     worker_id: str
     address: str
     pid: int
@@ -387,13 +400,13 @@ class RegisterWorker:
 
 @message(43)
 @attrs.frozen
-class PullObject:
+class PullObject(Message):
     object_id: bytes
 
 
 @message(46)
 @attrs.frozen
-class PullChunk:
+class PullChunk(Message):
     object_id: bytes
     offset: int
     length: int
@@ -401,13 +414,13 @@ class PullChunk:
 
 @message(44)
 @attrs.frozen
-class DeleteObjects:
-    object_ids: list
+class DeleteObjects(Message):
+    object_ids: list[bytes]
 
 
 @message(45)
 @attrs.frozen
-class WorkerBlocked:
+class WorkerBlocked(Message):
     worker_id: str
     blocked: bool
 
@@ -417,13 +430,13 @@ class WorkerBlocked:
 
 @message(60)
 @attrs.frozen
-class TaskSpec:
+class TaskSpec(Message):
     task_id: bytes
     name: str
     function_id: bytes
     function: bytes | None  # the cloudpickled function, sent once per connection
     args: bytes  # pickle of (args, kwargs); top-level ObjectRefs replaced by Dep markers
-    deps: list  # a ValueEntry for each of those markers, in order
+    deps: list[ValueEntry]  # one for each of those markers, in order
     num_returns: int
     owner: str
     method: str = ""  # a call of this actor method (the worker holds the actor), else a task
@@ -431,24 +444,24 @@ class TaskSpec:
 
 @message(61)
 @attrs.frozen
-class PushTasks:
-    tasks: list
+class PushTasks(Message):
+    tasks: list[TaskSpec]
 
 
 @message(62)
 @attrs.frozen
-class TaskResult:
+class TaskResult(Message):
     task_id: bytes
-    entries: list  # a ValueEntry per return value, or one error entry
+    entries: list[ValueEntry]  # one per return value, or one error entry
     worker_pid: int
     # ObjectRefs found inside the return values (ContainedRef each). The worker registered the
     # task's owner as their borrower, for as long as the value lives.
-    contained: list = attrs.Factory(list)
+    contained: list[ContainedRef] = attrs.Factory(list)
 
 
 @message(85)
 @attrs.frozen
-class ContainedRef:
+class ContainedRef(Message):
     """An ObjectRef inside return value ``index`` of a task."""
 
     index: int
@@ -458,20 +471,20 @@ class ContainedRef:
 
 @message(63)
 @attrs.frozen
-class TaskResults:
-    results: list
+class TaskResults(Message):
+    results: list[TaskResult]
 
 
 @message(64)
 @attrs.frozen
-class CancelTask:
+class CancelTask(Message):
     task_id: bytes
     force: bool
 
 
 @message(65)
 @attrs.frozen
-class LogLines:
+class LogLines(Message):
     task_name: str
     pid: int
     stream: str
@@ -480,7 +493,7 @@ class LogLines:
 
 @message(66)
 @attrs.frozen
-class GetObject:
+class GetObject(Message):
     object_id: bytes
 
 
@@ -490,22 +503,22 @@ class GetObject:
 
 @message(67)
 @attrs.frozen
-class AddBorrowers:
+class AddBorrowers(Message):
     """``borrower`` now holds refs to these objects (request to their owner; reply: list of
     bools, False for an object the owner no longer has)."""
 
-    object_ids: list
+    object_ids: list[bytes]
     borrower: str
 
 
 @message(68)
 @attrs.frozen
-class RemoveBorrowers:
+class RemoveBorrowers(Message):
     """``borrower`` dropped its refs: undo ``counts[i]`` registrations of ``object_ids[i]``."""
 
-    object_ids: list
+    object_ids: list[bytes]
     borrower: str
-    counts: list
+    counts: list[int]
 
 
 # --- transfers between nodes --------------------------------------------------------------
@@ -513,7 +526,7 @@ class RemoveBorrowers:
 
 @message(47)
 @attrs.frozen
-class FetchObject:
+class FetchObject(Message):
     """Ask the local node daemon for a copy of an object held by node ``source`` (request;
     reply ``None`` once the copy is sealed in the local store). Concurrent asks share a pull."""
 
@@ -524,7 +537,7 @@ class FetchObject:
 
 @message(48)
 @attrs.frozen
-class AddObjectLocation:
+class AddObjectLocation(Message):
     """A node tells an object's owner that it holds a secondary copy (reply: False when the
     owner has freed the object meanwhile, so the copy must go)."""
 
@@ -534,7 +547,7 @@ class AddObjectLocation:
 
 @message(49)
 @attrs.frozen
-class ListObjects:
+class ListObjects(Message):
     """Ask an owner (driver or worker) for the objects it owns (reply: list of dicts)."""
 
     limit: int
@@ -542,13 +555,13 @@ class ListObjects:
 
 @message(28)
 @attrs.frozen
-class ListDrivers:
+class ListDrivers(Message):
     """Ask the head for the drivers attached to the cluster (reply: list of dicts)."""
 
 
 @message(50)
 @attrs.frozen
-class ListWorkers:
+class ListWorkers(Message):
     """Ask a node for its live workers (reply: list of dicts)."""
 
 
@@ -557,7 +570,7 @@ class ListWorkers:
 
 @message(69)
 @attrs.frozen
-class CreateActor:
+class CreateActor(Message):
     """Owner -> its leased worker: become this actor (request; reply None, or an error entry
     when the constructor raised)."""
 
@@ -565,14 +578,14 @@ class CreateActor:
     class_name: str
     class_blob: bytes  # pack_function of the class
     args: bytes
-    deps: list
+    deps: list[ValueEntry]
     owner: str
     max_concurrency: int | None  # None: 1000 for async actors, else 1
 
 
 @message(70)
 @attrs.frozen
-class GetActorInfo:
+class GetActorInfo(Message):
     """A caller holding a handle -> the actor's owner (request; reply ActorInfo; the reply
     waits while the actor is being created or restarted)."""
 
@@ -581,7 +594,7 @@ class GetActorInfo:
 
 @message(71)
 @attrs.frozen
-class KillActor:
+class KillActor(Message):
     """A handle holder -> the actor's owner: stop it (and don't restart it if no_restart)."""
 
     actor_id: bytes
@@ -590,7 +603,7 @@ class KillActor:
 
 @message(73)
 @attrs.frozen
-class StealTasks:
+class StealTasks(Message):
     """An owner -> a worker it leased: give back up to ``max_tasks`` of my tasks you have not
     started (the newest first), for an idle worker of mine to run (request; reply: their ids)."""
 
@@ -599,5 +612,5 @@ class StealTasks:
 
 @message(72)
 @attrs.frozen
-class ListActors:
+class ListActors(Message):
     """Ask a driver or worker for the actors it owns and the one it hosts (reply: ActorTable)."""
