@@ -39,14 +39,14 @@ def open_local_listener(address: str) -> trio.SocketListener | None:
     """A listener for the same-host shortcut to ``address`` (None where there is none)."""
     if not LOCAL_SOCKETS:
         return None
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # bound here: trio's bind is async
     try:
-        sock._sock.bind(_local_name(address))
+        sock.bind(_local_name(address))
         sock.listen(socket.SOMAXCONN)
     except OSError:
         sock.close()
         return None
-    return trio.SocketListener(sock)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
 async def _open_local_stream(address: str) -> trio.SocketStream | None:
@@ -76,7 +76,8 @@ async def open_stream(address: str, *, timeout: float = 10.0, what: str = "the c
         ) from None
     except OSError as exc:
         causes = [exc, *_leaf_errors(exc.__cause__)]
-        reason = next((c.strerror for c in reversed(causes) if getattr(c, "strerror", None)), str(exc))
+        reason = next((c.strerror for c in reversed(causes) if isinstance(c, OSError) and c.strerror),
+                      str(exc))
         if any(isinstance(c, ConnectionRefusedError) for c in causes):
             reason = "connection refused (nothing is listening there)"
         raise ClusterConnectionError(
