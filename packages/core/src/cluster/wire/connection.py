@@ -29,11 +29,29 @@ from cluster.wire.streams import open_stream
 
 # --- connections ------------------------------------------------------------------------------
 
-Handler = Callable[["Connection", Any, int], None]
+Handler = Callable[["Connection", m.Message, int], None]
 # Called in the connection's reader thread; returns True if it handled the message there.
-FastHandler = Callable[["Connection", Any, int], bool]
+FastHandler = Callable[["Connection", m.Message, int], bool]
 # How many batches of messages the reader may hand to the trio thread before it waits.
 _MAX_FORWARDED = 64
+# What the reader hands to the trio thread: (message, request_id), or for a raw frame (the
+# reply to a request_into) (its payload's size, request_id).
+_Batch = list[tuple[m.Message | int, int]]
+# What answers a request: Ok, Fail, the size of a raw reply; None if the connection closed.
+_Reply = m.Ok | m.Fail | int | None
+
+
+class _Waiter:
+    """A request waiting for its reply."""
+
+    __slots__ = ("destination", "done", "on_pending", "reply")
+
+    def __init__(self, on_pending: Callable[[str], None] | None = None,
+                 destination: memoryview | None = None) -> None:
+        self.done = trio.Event()
+        self.reply: _Reply = None
+        self.on_pending = on_pending
+        self.destination = destination  # where the payload of a raw reply goes
 
 
 class Connection:
@@ -75,12 +93,12 @@ class Connection:
         self._queued = 0
         self._writing = False
         self._ids = itertools.count(1)
-        self._waiting: dict[int, list] = {}
+        self._waiting: dict[int, _Waiter] = {}
 
     def __repr__(self) -> str:
         return f"<Connection to {self.peer_role} {self.peer}{' closed' if self.closed else ''}>"
 
-    def send(self, msg: Any, request_id: int = 0) -> None:
+    def send(self, msg: m.Message, request_id: int = 0) -> None:
         if self.closed:
             raise ClusterConnectionError(f"the connection to {self.peer} is closed")
         self._send_frame(encode(msg, request_id))
@@ -103,7 +121,7 @@ class Connection:
         if self._enqueue(frame):
             self._frames_added.set()
 
-    def send_threadsafe(self, msg: Any) -> None:
+    def send_threadsafe(self, msg: m.Message) -> None:
         """``send`` from a thread other than the connection's trio thread."""
         if self.closed:
             raise ClusterConnectionError(f"the connection to {self.peer} is closed")
@@ -130,52 +148,51 @@ class Connection:
             self._frames.append(frame)
             return True
 
-    async def request_into(self, msg: Any, destination: memoryview) -> int:
+    async def request_into(self, msg: m.Message, destination: memoryview) -> int:
         """Like ``request``, for a reply of raw bytes: they land in ``destination``."""
-        reply = await self._exchange(msg, [trio.Event(), None, None, destination])
-        if type(reply) is int:
+        reply = await self._exchange(msg, _Waiter(destination=destination))
+        if isinstance(reply, int):
             return reply
         if isinstance(reply, m.Ok):  # a peer that answered with an ordinary value
             data = memoryview(reply.value).cast("B")
             destination[: data.nbytes] = data
             return data.nbytes
-        return self._value_of(reply)  # raises
+        raise self._error_of(reply)
 
     def reply_error(self, request_id: int, kind: str, message: str) -> None:
         if not self.closed:
             self.send(m.Fail(kind, message), request_id)
 
-    async def request(self, msg: Any, on_pending: Callable[[str], None] | None = None) -> Any:
+    async def request(self, msg: m.Message, on_pending: Callable[[str], None] | None = None) -> Any:
         """Send ``msg`` and wait for its reply; return ``Ok.value`` or raise.
 
         ``on_pending(reason)`` is called if the peer says the answer will take a while.
         """
-        return self._value_of(await self._exchange(msg, [trio.Event(), None, on_pending]))
-
-    async def _exchange(self, msg: Any, slot: list) -> Any:
-        """Send ``msg`` as a request and wait for what answers it (None: the connection closed).
-
-        ``slot`` is [event, reply, on_pending, destination of a raw reply (optional)].
-        """
-        request_id = next(self._ids)
-        self._waiting[request_id] = slot
-        try:
-            self.send(msg, request_id)
-            await slot[0].wait()
-        finally:
-            self._waiting.pop(request_id, None)
-        return slot[1]
-
-    def _value_of(self, reply: Any) -> Any:
+        reply = await self._exchange(msg, _Waiter(on_pending))
         if isinstance(reply, m.Ok):
             return reply.value
-        if isinstance(reply, m.Fail):
-            error = RemoteCallError(reply.message)
-            error.kind = reply.kind
-            raise error
+        if isinstance(reply, int):
+            return reply
+        raise self._error_of(reply)
+
+    async def _exchange(self, msg: m.Message, waiter: _Waiter) -> _Reply:
+        """Send ``msg`` as a request and wait for what answers it (None: the connection closed)."""
+        request_id = next(self._ids)
+        self._waiting[request_id] = waiter
+        try:
+            self.send(msg, request_id)
+            await waiter.done.wait()
+        finally:
+            self._waiting.pop(request_id, None)
+        return waiter.reply
+
+    def _error_of(self, reply: m.Fail | None) -> Exception:
+        """What a request raises when it failed (``reply``), or the connection closed (None)."""
         if reply is None:
-            raise ClusterConnectionError(f"the connection to {self.peer} closed before it replied")
-        return reply
+            return ClusterConnectionError(f"the connection to {self.peer} closed before it replied")
+        error = RemoteCallError(reply.message)
+        error.kind = reply.kind
+        return error
 
     @property
     def sending(self) -> bool:
@@ -281,7 +298,7 @@ class Connection:
             buf += data
             pos = 0
             end = len(buf)
-            batch: list[tuple[Any, int]] = []
+            batch: _Batch = []
             while end - pos >= 4:
                 size = int.from_bytes(buf[pos : pos + 4], "little")
                 if size & RAW_FLAG:
@@ -307,7 +324,7 @@ class Connection:
             if batch:
                 self._forward(batch)
 
-    def _forward(self, batch: list[tuple[Any, int]]) -> None:
+    def _forward(self, batch: _Batch) -> None:
         """Hand messages to the trio thread; waits while it is far behind (backpressure)."""
         while not self._room.acquire(timeout=1.0):
             if self.closed:
@@ -315,23 +332,26 @@ class Connection:
         self._forwarded += 1
         self._token.run_sync_soon(self._handle_batch, batch)
 
-    def _handle_batch(self, batch: list[tuple[Any, int]]) -> None:
+    def _handle_batch(self, batch: _Batch) -> None:
         self._room.release()
         try:
             if self.closed:
                 return  # aborted meanwhile: its requests have been answered with "closed"
             waiting = self._waiting
             for msg, request_id in batch:
-                if request_id and isinstance(msg, m.Ok | m.Fail | m.Pending | int):
-                    slot = waiting.get(request_id)
-                    if slot is None:
+                if request_id:
+                    if isinstance(msg, m.Ok | m.Fail | m.Pending | int):
+                        waiter = waiting.get(request_id)
+                        if waiter is None:
+                            continue
+                        if isinstance(msg, m.Pending):
+                            if waiter.on_pending is not None:
+                                waiter.on_pending(msg.reason)
+                        else:
+                            waiter.reply = msg
+                            waiter.done.set()
                         continue
-                    if type(msg) is m.Pending:
-                        if slot[2] is not None:
-                            slot[2](msg.reason)
-                    else:
-                        slot[1] = msg
-                        slot[0].set()
+                elif isinstance(msg, int):  # a raw frame that answers no request
                     continue
                 self.handler(self, msg, request_id)
                 if self.closed:
@@ -342,7 +362,7 @@ class Connection:
             self._handled += 1
 
     def _read_raw(self, sock: socket.socket, wait: Callable[[], Any], buf: bytearray, pos: int,
-                  end: int, size: int, batch: list) -> int | None:
+                  end: int, size: int, batch: _Batch) -> int | None:
         """Handle a raw frame at ``buf[pos:]``: its payload goes straight to its destination.
 
         Returns how many bytes of ``buf`` it consumed, or None if its header is incomplete.
@@ -363,8 +383,8 @@ class Connection:
             raise ProtocolError(f"received a malformed raw frame ({exc})") from None
         if type(request_id) is not int or type(n) is not int or n != size - 4 - header_size:
             raise ProtocolError(f"{self.peer} sent a raw frame whose sizes disagree")
-        slot = self._waiting.get(request_id)
-        destination = slot[3] if slot is not None and len(slot) > 3 else None
+        waiter = self._waiting.get(request_id)
+        destination = waiter.destination if waiter is not None else None
         if destination is None or destination.nbytes < n:
             destination = memoryview(bytearray(n))  # no room for it: the asker gets its size only
         have = min(end - start, n)
@@ -388,8 +408,8 @@ class Connection:
         with self._send_lock:  # no thread is sending on it as it closes
             self.closed = True
             self._direct.close()
-        for slot in self._waiting.values():
-            slot[0].set()
+        for waiter in self._waiting.values():
+            waiter.done.set()
         for callback in self.on_close:
             callback(self)
 
@@ -441,6 +461,8 @@ class Dialer:
         async with self._locks[address]:
             conn = self.conns.get(address)
             if conn is None or conn.closed:
+                if self.nursery is None:
+                    raise RuntimeError("Dialer.nursery must be set before the first connect")
                 conn = await dial(self.nursery, address, self.token, self.role, self.handler, what=what,
                                   fast_handler=self.fast_handler)
                 self.conns[address] = conn
@@ -481,7 +503,9 @@ async def dial(
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    return await nursery.start(run_connection, stream, address, peer_role, handler, fast_handler)
+    conn: Connection = await nursery.start(run_connection, stream, address, peer_role, handler,
+                                           fast_handler)
+    return conn
 
 
 # --- same-host shortcut -----------------------------------------------------------------------
