@@ -10,10 +10,13 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cluster_store._format import FIXED_HEADER_SIZE, HeaderError, parse_header, plan_layout
 from cluster_store.errors import CorruptObjectError, StoreError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 MAX_OBJECT_ID_BYTES = 64
 #: What object ids are stored under: their lowercase hex and nothing else (files that
@@ -78,7 +81,7 @@ def check_capacity(capacity_bytes: int | None) -> None:
         )
 
 
-def byte_view(obj: Any, what: str) -> memoryview:
+def byte_view(obj: ReadableBuffer, what: str) -> memoryview:
     """Return a flat unsigned-byte memoryview over ``obj`` without copying it."""
     try:
         pickle_buffer = obj if isinstance(obj, pickle.PickleBuffer) else pickle.PickleBuffer(obj)
@@ -95,7 +98,9 @@ def byte_view(obj: Any, what: str) -> memoryview:
         )
 
 
-def write_plan(metadata: Any, inband: Any, buffers: Sequence[Any]) -> tuple[int, list[memoryview]]:
+def write_plan(
+    metadata: ReadableBuffer, inband: ReadableBuffer, buffers: Sequence[ReadableBuffer]
+) -> tuple[int, list[memoryview]]:
     """Return the size of the object file for these parts and the chunks that fill it, in order.
 
     The chunks (header, metadata, inband, then each buffer preceded by its

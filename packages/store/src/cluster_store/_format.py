@@ -27,9 +27,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-Buffer = Any  # any object supporting the buffer protocol (bytes, memoryview, mmap)
+if TYPE_CHECKING:
+    # any object supporting the buffer protocol (bytes, memoryview, mmap)
+    from _typeshed import ReadableBuffer
 
 MAGIC = b"CLUSTOBJ"
 FORMAT_VERSION = 1
@@ -109,7 +111,7 @@ class HeaderError(Exception):
     """Internal: the bytes do not form a valid object header (the reason is the message)."""
 
 
-def parse_header(data: Buffer, file_size: int) -> Layout:
+def parse_header(data: ReadableBuffer, file_size: int) -> Layout:
     """Parse and validate the header of an object file of ``file_size`` bytes.
 
     ``data`` must expose the file's bytes (at least its header).  Raises

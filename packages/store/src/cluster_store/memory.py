@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, ClassVar
+from typing import TYPE_CHECKING, BinaryIO, ClassVar
 
 from cluster_store._common import (
     RawWriter,
@@ -41,6 +41,9 @@ from cluster_store.spill import (
     corrupt_spilled_copy,
     spill_target_from,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 __all__ = ["MemoryStore"]
 
@@ -109,7 +112,7 @@ class _MemoryFile(io.RawIOBase, BinaryIO):
     def getbuffer(self) -> memoryview:
         return self._data[:]
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         if self._writable:
             raise io.UnsupportedOperation("this object file is open for writing")
         start = min(self._position, self._data.nbytes)
@@ -119,7 +122,7 @@ class _MemoryFile(io.RawIOBase, BinaryIO):
         self._position = start + count
         return count
 
-    def write(self, data: bytes | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: ReadableBuffer) -> int:
         if not self._writable:
             raise io.UnsupportedOperation("this object file is open for reading")
         with memoryview(data).cast("B") as chunk:

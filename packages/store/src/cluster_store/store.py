@@ -43,8 +43,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any, ClassVar, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import ClassVar, NamedTuple, TypeVar
 
 from cluster_store._common import (
     OBJECT_NAME,
@@ -78,6 +78,8 @@ from cluster_store.spill import (
 
 __all__ = ["ObjectStore", "RawWriter", "StoredObject", "default_store_root"]
 
+_T = TypeVar("_T")
+
 _TEMP_PREFIX = ".tmp-"
 _SPILL_PREFIX = ".spilling-"
 _RESTORE_PREFIX = ".restoring-"
@@ -102,7 +104,7 @@ _OPEN_FLAGS_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 # Before Python 3.13 every mmap object keeps a dup() of the file descriptor
 # open for its whole life; from 3.13 on we can ask it not to.  Either way the
 # mapping keeps the open file, and so a reader's pin, alive (see _pool).
-_MMAP_KWARGS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+_MMAP_KWARGS: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 # Reads mark an object used by touching its mtime, unless it is more recent than this:
 # LRU order finer than a tenth of a second is not worth a syscall on every read.
 _TOUCH_INTERVAL_NS = 100_000_000
@@ -399,7 +401,9 @@ class ObjectStore:
         sink = _FileSink(self, temp, os.path.join(self._dir, name), mapping, secondary)
         return RawWriter(object_id, memoryview(mapping), sink)
 
-    def _fill_new(self, object_id: bytes, name: str, size: int, secondary: bool, fill: Any) -> tuple[str, Any]:
+    def _fill_new(
+        self, object_id: bytes, name: str, size: int, secondary: bool, fill: Callable[[int, bool], _T]
+    ) -> tuple[str, _T]:
         """Open a new temp file for an object and run ``fill(fd, recycled)`` on it.
 
         Returns (temp path, what fill returned). The file is removed if fill fails; a full
