@@ -404,6 +404,7 @@ class Actors:
         if self._on_actor_lost not in lease.conn.on_close:
             lease.conn.on_close.append(self._on_actor_lost)
         state.lease, state.conn, state.address = lease, lease.conn, lease.conn.peer
+        assert state.create is not None  # (only owners start actors)
         try:
             error = await lease.conn.request(state.create)
         except (ClusterConnectionError, RemoteCallError) as exc:
