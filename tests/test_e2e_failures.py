@@ -159,6 +159,23 @@ def test_cluster_start_with_bad_resources_fails_with_a_message(make_cluster, res
     assert not (lc.root / "current.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(("--port", "70000"), "port 70000 is out of range (0-65535; 0 picks a free port)"),
+     (("--port", "0", "--heartbeat-timeout", "-1"), "the heartbeat timeout must be a positive number of seconds")],
+    ids=["port", "heartbeat-timeout"],
+)
+def test_a_daemon_refuses_a_bad_option_in_one_line(make_cluster, options, message):
+    lc = make_cluster(start=False)
+
+    proc = lc.cli("start", "--head", *options, check=False)
+
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr and "File " not in proc.stderr
+    assert lc.daemon_records() == []
+
+
 # --------------------------------------------------------------------- dead nodes
 
 

@@ -38,40 +38,71 @@ log = structlog.get_logger("cluster.daemon")
 SHUTDOWN_GRACE_S = 5.0
 
 
+def _port(what: str, hint: str) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+        if not isinstance(value, int) or not 0 <= value < 65536:
+            raise ConfigError(f"{what} {value} is out of range (0-65535; {hint})")
+
+    return check
+
+
+_optional_port_check = _port("dashboard port", "0 picks a free port")
+
+
+def _optional_port(instance: Any, attribute: attrs.Attribute, value: int | None) -> None:
+    if value is not None:
+        _optional_port_check(instance, attribute, value)
+
+
+def _resource_amounts(instance: Any, attribute: attrs.Attribute, value: dict[str, Any]) -> None:
+    for name, amount in value.items():
+        if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+            raise ConfigError(f"resource {name!r} must be a non-negative number, got {amount!r}")
+
+
+def _labels(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigError(f"labels must map names to strings, got {value!r}")
+
+
+def _positive_seconds(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"the heartbeat timeout must be a positive number of seconds, got {value!r}")
+
+
+def _store_kind(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value not in ("shared", "memory"):
+        raise ConfigError(f'the object store must be "shared" or "memory", got {value!r}')
+
+
 @attrs.frozen(kw_only=True)
 class DaemonConfig:
+    """How ``cluster start`` (or a provider) runs a daemon; it cannot exist invalid."""
+
     head: bool
     head_address: str | None
     host: str
-    port: int
-    resources: dict
+    port: int = attrs.field(validator=_port("port", "0 picks a free port"))
+    resources: dict[str, float] = attrs.field(validator=_resource_amounts)
     session_dir: str
     node_ip: str | None = None
-    heartbeat_timeout_s: float = 10.0
+    heartbeat_timeout_s: float = attrs.field(default=10.0, validator=_positive_seconds)
     exit_with_stdin: bool = False
     store_root: str | None = None
     object_store_memory: int | None = None
     spill_dir: str | None = None  # where this node spills; None: spilling off
-    object_store: str = "shared"  # or "memory": each process keeps its objects
+    object_store: str = attrs.field(default="shared", validator=_store_kind)  # or "memory": each process keeps its objects
     # The head's HTTP endpoint (job API, ...; served by plugins): None = 8265, or a free port
     # if that one is taken; 0 = any free port; N = exactly N.
     dashboard_host: str = "127.0.0.1"
-    dashboard_port: int | None = None
+    dashboard_port: int | None = attrs.field(default=None, validator=_optional_port)
     metadata_store: str | None = None  # URL; None: sqlite:///<session dir>/metadata.db
-    labels: dict = attrs.Factory(dict)  # the node's labels (str -> str), e.g. from its node type
+    labels: dict[str, str] = attrs.field(factory=dict, validator=_labels)  # e.g. from its node type
     autoscaling_config: str | None = None  # head: a cluster config to autoscale by (a plugin does)
 
     def __attrs_post_init__(self) -> None:
         if not self.head and not self.head_address:
             raise ConfigError("a node needs the head's address (--address HOST:PORT)")
-        if not 0 <= self.port < 65536:
-            raise ConfigError(f"port {self.port} is out of range (0-65535; 0 picks a free port)")
-        for name, amount in self.resources.items():
-            if not isinstance(amount, int | float) or amount < 0:
-                raise ConfigError(f"resource {name!r} must be a non-negative number, got {amount!r}")
-        if not isinstance(self.labels, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()):
-            raise ConfigError(f"labels must map names to strings, got {self.labels!r}")
 
 
 class Router:
@@ -299,7 +330,11 @@ def parse_args(argv: list[str]) -> DaemonConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = parse_args(sys.argv[1:] if argv is None else argv)
+    except ClusterError as exc:  # a bad option: the message says which and what it takes
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
     token = sys.stdin.readline().strip()
     role = "head" if config.head else "node"
     _raise_open_file_limit()  # every zero-copy object a worker holds keeps a mapping (and fd) open
