@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import click
     from cluster_store import ObjectStore, SpillTarget
 
-    from cluster.contracts import Head, MetadataStore, Node, SchedulingPolicy
+    from cluster.contracts import DriverRuntime, Head, MetadataStore, Node, SchedulingPolicy
 
 hookspec = pluggy.HookspecMarker("cluster")
 hookimpl = pluggy.HookimplMarker("cluster")
@@ -104,7 +104,8 @@ def cluster_make_spill_target(node: dict[str, Any]) -> SpillTarget | None:
 @hookspec(firstresult=True)
 def cluster_make_provider(config: Any, context: Any) -> Any:
     """Build the node provider for an autoscaled cluster (cluster-autoscaler's contract,
-    ``cluster_autoscaler.provider.Provider``).
+    ``cluster_autoscaler.provider.Provider``; typed ``Any`` here because these are the types of
+    cluster-autoscaler, a distribution built on core, which core cannot name).
 
     ``config`` is the ``ClusterConfig``: answer only if ``config.provider.type`` is yours
     (return None otherwise), reading your options from ``config.provider.options``.
@@ -132,11 +133,11 @@ def cluster_provider_down(config: Any, config_path: str) -> bool | None:
 
 
 @hookspec(firstresult=True)
-def cluster_connect(address: str, token: str | None) -> Any:
+def cluster_connect(address: str, token: str | None) -> DriverRuntime | None:
     """Connect this process to a cluster at an address with a scheme (``cluster://HOST:PORT``).
 
-    Return a started runtime (an object with the methods ``cluster.api`` calls on
-    ``cluster.owner.runtime.Runtime``), or None when the scheme is not yours; the first answer
+    Return a started runtime (a :class:`cluster.contracts.DriverRuntime`: what ``cluster.api``
+    asks of a runtime), or None when the scheme is not yours; the first answer
     wins. cluster-client answers ``cluster://``: remote client mode, through the head.
     """
 

@@ -12,7 +12,7 @@ import subprocess
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster import session
 from cluster.errors import (
@@ -25,6 +25,9 @@ from cluster.launch import start_daemon
 from cluster.plugins import get_plugin_manager
 from cluster.resources import parse_size, resources_arg
 from cluster.wire.streams import parse_address
+
+if TYPE_CHECKING:
+    from cluster.contracts import DriverRuntime
 
 _lock = threading.RLock()
 _runtime: Any = None
@@ -257,7 +260,7 @@ def is_initialized() -> bool:
     return _runtime is not None
 
 
-def current_runtime() -> Any:
+def current_runtime() -> DriverRuntime:
     runtime = _runtime
     if runtime is None:
         raise NotInitializedError("call cluster.init() before using the cluster")
