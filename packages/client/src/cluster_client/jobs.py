@@ -25,6 +25,17 @@ from cluster.errors import ClusterConnectionError, RemoteCallError
 from cluster.resources import fits, format_shape
 from cluster.wire import messages as m
 from cluster.wire.connection import Dialer
+from cluster_client.messages import (
+    FetchPackageChunk,
+    JobExited,
+    JobLog,
+    JobRunning,
+    PackageChunk,
+    PackageMissing,
+    StartJob,
+    StartJobReply,
+    StopJob,
+)
 from cluster_client.packaging import valid_package_name
 
 log = structlog.get_logger("cluster.jobs")
@@ -193,13 +204,13 @@ class JobManager:
             log.info("package_uploaded", name=name, size=total)
         return have
 
-    def package_chunk(self, name: str, offset: int) -> dict:
+    def package_chunk(self, name: str, offset: int) -> PackageChunk | PackageMissing:
         if not self.has_package(name):
-            return {"error": f"the head has no package {name}"}
+            return PackageMissing(f"the head has no package {name}")
         path = self.package_dir / name
         with open(path, "rb") as f:
             f.seek(offset)
-            return {"data": f.read(PACKAGE_CHUNK), "total": path.stat().st_size}
+            return PackageChunk(f.read(PACKAGE_CHUNK), path.stat().st_size)
 
     def logs(self, job_id: str, offset: int = 0) -> bytes:
         self.get(job_id)
@@ -251,19 +262,18 @@ class JobManager:
             record.update(driver_node_id=node.node_id, node_address=node.address)
             try:
                 conn = await self._dialer.connect(node.address, "a node daemon")
-                reply = await conn.request(m.ServiceRequest(RUNNER_SERVICE, {
-                    "op": "start",
-                    "submission_id": record["submission_id"],
-                    "entrypoint": record["entrypoint"],
-                    "shape": shape,
-                    "env_vars": record["runtime_env"].get("env_vars") or {},
-                    "working_dir": record["runtime_env"].get("working_dir"),
-                }))
+                reply = await conn.request(m.ServiceRequest(RUNNER_SERVICE, StartJob(
+                    record["submission_id"],
+                    record["entrypoint"],
+                    shape,
+                    record["runtime_env"].get("env_vars") or {},
+                    record["runtime_env"].get("working_dir"),
+                )))
             except (ClusterConnectionError, RemoteCallError) as exc:
                 log.warning("job_start_failed", submission_id=record["submission_id"], node=node.node_id,
                             error=str(exc))
-                reply = {"started": False}
-            if reply.get("started"):
+                reply = StartJobReply(False, str(exc))
+            if reply.started:
                 if record["status"] == "PENDING":  # (its runner may have reported already)
                     what = "fetching its working dir" if record["runtime_env"].get("working_dir") else "starting"
                     self._set_message(record, f"{what} on node {node.node_id}")
@@ -283,36 +293,39 @@ class JobManager:
             return
         try:
             conn = await self._dialer.connect(address, "a node daemon")
-            await conn.request(m.ServiceRequest(RUNNER_SERVICE, {"op": "stop",
-                                                                 "submission_id": record["submission_id"]}))
+            await conn.request(m.ServiceRequest(RUNNER_SERVICE, StopJob(record["submission_id"])))
         except (ClusterConnectionError, RemoteCallError) as exc:
             log.warning("job_stop_failed", submission_id=record["submission_id"], error=str(exc))
 
     # ------------------------------------------------------------------ reports from runners
 
-    def _on_report(self, conn: Any, payload: dict, request_id: int) -> None:
-        if payload.get("op") == "package":  # a runner fetches a working dir, a chunk at a time
-            conn.reply(request_id, self.package_chunk(payload["name"], payload["offset"]))
+    def _on_report(self, conn: Any, payload: Any, request_id: int) -> None:
+        kind = type(payload)
+        if kind is FetchPackageChunk:  # a runner fetches a working dir, a chunk at a time
+            conn.reply(request_id, self.package_chunk(payload.name, payload.offset))
             return
-        record = self.jobs.get(payload.get("submission_id", ""))
+        if kind not in (JobRunning, JobLog, JobExited):
+            conn.reply_error(request_id, "unexpected", f"the job manager does not handle {kind.__name__}")
+            return
+        record = self.jobs.get(payload.submission_id)
         if record is None:  # deleted meanwhile
             if request_id:
                 conn.reply(request_id, False)
             return
-        if payload["op"] == "running":
+        if kind is JobRunning:
             if record["status"] == "PENDING":
                 record.update(status="RUNNING", message=f"running on node {record['driver_node_id']}",
-                              driver_pid=payload["pid"])
+                              driver_pid=payload.pid)
                 self._save(record)
-        elif payload["op"] == "log":
+        elif kind is JobLog:
             with open(self.log_dir / f"{record['submission_id']}.log", "ab") as f:
-                f.write(payload["data"])
+                f.write(payload.data)
             self._notify()
-        elif payload["op"] == "exited":
-            code = payload["code"]
+        else:
+            code = payload.code
             record["driver_exit_code"] = code
-            if payload.get("error"):  # it never started: its working dir, or the command
-                self._finish(record, "FAILED", payload["error"])
+            if payload.error:  # it never started: its working dir, or the command
+                self._finish(record, "FAILED", payload.error)
             elif record["stop_requested"]:
                 self._finish(record, "STOPPED", "stopped by request")
             elif code == 0:

@@ -47,7 +47,8 @@ def cluster_working_dir(package: str) -> str | None:
     from cluster import api
     from cluster.wire import messages as m
     from cluster_client.jobs import RUNNER_SERVICE
+    from cluster_client.messages import PrepareWorkingDir
 
     runtime = api.current_runtime()
     return runtime.call_async(runtime.node_conn.request,
-                              m.ServiceRequest(RUNNER_SERVICE, {"op": "working_dir", "name": package}))
+                              m.ServiceRequest(RUNNER_SERVICE, PrepareWorkingDir(package)))

@@ -16,6 +16,17 @@ from cluster.errors import ClusterConnectionError
 from cluster.session import die_with_parent
 from cluster.wire import messages as m
 from cluster_client.jobs import MANAGER_SERVICE, RUNNER_SERVICE
+from cluster_client.messages import (
+    FetchPackageChunk,
+    JobExited,
+    JobLog,
+    JobRunning,
+    PackageMissing,
+    PrepareWorkingDir,
+    StartJob,
+    StartJobReply,
+    StopJob,
+)
 from cluster_client.packaging import extract_package, valid_package_name
 
 log = structlog.get_logger("cluster.jobs")
@@ -44,18 +55,18 @@ class JobRunner:
                 if proc is not None:
                     _signal_group(proc, signal.SIGKILL)
 
-    def _on_request(self, conn: Any, payload: dict, request_id: int) -> None:
-        op = payload.get("op")
-        if op == "start":
-            job_id = payload["submission_id"]
-            if not self.node.reserve(payload["shape"]):
-                conn.reply(request_id, {"started": False, "reason": "busy"})
+    def _on_request(self, conn: Any, payload: Any, request_id: int) -> None:
+        kind = type(payload)
+        if kind is StartJob:
+            job_id = payload.submission_id
+            if not self.node.reserve(payload.shape):
+                conn.reply(request_id, StartJobReply(False, "busy"))
                 return
             self.running[job_id] = None  # being set up
             self._nursery.start_soon(self._run_job, payload)
-            conn.reply(request_id, {"started": True})
-        elif op == "stop":
-            job_id = payload.get("submission_id", "")
+            conn.reply(request_id, StartJobReply(True))
+        elif kind is StopJob:
+            job_id = payload.submission_id
             known = job_id in self.running
             if known:
                 self._stopping.add(job_id)
@@ -63,10 +74,10 @@ class JobRunner:
                 if proc is not None:
                     self._nursery.start_soon(self._stop, proc)
             conn.reply(request_id, known)
-        elif op == "working_dir":  # a worker runs a task of a job with a working dir
-            self._nursery.start_soon(self._answer_working_dir, conn, payload.get("name", ""), request_id)
+        elif kind is PrepareWorkingDir:  # a worker runs a task of a job with a working dir
+            self._nursery.start_soon(self._answer_working_dir, conn, payload.name, request_id)
         else:
-            conn.reply_error(request_id, "unexpected", f"the job runner does not know op {op!r}")
+            conn.reply_error(request_id, "unexpected", f"the job runner does not handle {kind.__name__}")
 
     async def _answer_working_dir(self, conn: Any, name: str, request_id: int) -> None:
         try:
@@ -75,45 +86,44 @@ class JobRunner:
             conn.reply_error(request_id, "working_dir", f"could not set up the working dir {name} on node "
                                                         f"{self.node.node_id}: {exc}")
 
-    async def _run_job(self, spec: dict) -> None:
+    async def _run_job(self, spec: StartJob) -> None:
         """Set up the working dir, start the entrypoint, ship its output; give back resources."""
-        job_id = spec["submission_id"]
+        job_id = spec.submission_id
         try:
             try:
-                cwd = await self._working_dir(spec["working_dir"]) if spec.get("working_dir") else None
+                cwd = await self._working_dir(spec.working_dir) if spec.working_dir else None
                 if job_id in self._stopping:
-                    await self._report({"op": "exited", "submission_id": job_id, "code": None})
+                    await self._report(JobExited(job_id, None))
                     return
                 proc = self._spawn(spec, cwd)
             except (OSError, ValueError, ClusterConnectionError) as exc:
-                what = "set up its working dir" if spec.get("working_dir") else "start the entrypoint"
-                await self._report({"op": "exited", "submission_id": job_id, "code": None,
-                                    "error": f"could not {what} on node {self.node.node_id}: {exc}"})
+                what = "set up its working dir" if spec.working_dir else "start the entrypoint"
+                await self._report(JobExited(job_id, None, f"could not {what} on node {self.node.node_id}: {exc}"))
                 return
             self.running[job_id] = proc
             if job_id in self._stopping:
                 self._nursery.start_soon(self._stop, proc)
             log.info("job_process_started", submission_id=job_id, pid=proc.pid)
-            await self._report({"op": "running", "submission_id": job_id, "pid": proc.pid})
+            await self._report(JobRunning(job_id, proc.pid))
             await self._follow(job_id, proc)
         finally:
             self.running.pop(job_id, None)
             self._stopping.discard(job_id)
-            self.node.unreserve(spec["shape"])
+            self.node.unreserve(spec.shape)
 
-    def _spawn(self, spec: dict, cwd: str | None) -> subprocess.Popen:
-        env = {**os.environ, **{str(k): str(v) for k, v in spec["env_vars"].items()},
+    def _spawn(self, spec: StartJob, cwd: str | None) -> subprocess.Popen:
+        env = {**os.environ, **{str(k): str(v) for k, v in spec.env_vars.items()},
                "CLUSTER_ADDRESS": self.node.head_address, "CLUSTER_TOKEN": self.node.token,
-               "CLUSTER_JOB_ID": spec["submission_id"], "PYTHONUNBUFFERED": "1"}
+               "CLUSTER_JOB_ID": spec.submission_id, "PYTHONUNBUFFERED": "1"}
         env.pop("CLUSTER_NODE_ID", None)
         # `python` in an entrypoint means the Python the cluster runs on (where cluster is installed).
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
         if cwd is not None:
             env["CLUSTER_WORKING_DIR"] = cwd
-            env["CLUSTER_JOB_PACKAGE"] = spec["working_dir"]
+            env["CLUSTER_JOB_PACKAGE"] = spec.working_dir
             env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH")) if p)
         return subprocess.Popen(
-            ["/bin/sh", "-c", spec["entrypoint"]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            ["/bin/sh", "-c", spec.entrypoint], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
             preexec_fn=die_with_parent,  # a job does not outlive its node daemon, even a killed one
         )
@@ -132,14 +142,14 @@ class JobRunner:
                     offset, total = 0, None
                     while total is None or offset < total:
                         reply = await self.node.head_conn.request(m.ServiceRequest(
-                            MANAGER_SERVICE, {"op": "package", "name": name, "offset": offset}))
-                        if "error" in reply:
-                            raise ValueError(reply["error"])
-                        total = reply["total"]
-                        if not reply["data"] and offset < total:
+                            MANAGER_SERVICE, FetchPackageChunk(name, offset)))
+                        if type(reply) is PackageMissing:
+                            raise ValueError(reply.error)
+                        total = reply.total
+                        if not reply.data and offset < total:
                             raise ValueError(f"the head's copy of {name} ended early")
-                        f.write(reply["data"])
-                        offset += len(reply["data"])
+                        f.write(reply.data)
+                        offset += len(reply.data)
                 os.rename(zip_path + ".part", zip_path)
                 await trio.to_thread.run_sync(extract_package, zip_path, destination)
                 os.unlink(zip_path)
@@ -154,12 +164,12 @@ class JobRunner:
                 data = await stream.receive_some(1 << 16)
                 if not data:
                     break
-                await self._report({"op": "log", "submission_id": job_id, "data": data})
+                await self._report(JobLog(job_id, bytes(data)))
         code = await trio.to_thread.run_sync(proc.wait)
-        await self._report({"op": "exited", "submission_id": job_id, "code": code})
+        await self._report(JobExited(job_id, code))
         log.info("job_process_exited", submission_id=job_id, code=code)
 
-    async def _report(self, payload: dict) -> None:
+    async def _report(self, payload: JobRunning | JobLog | JobExited) -> None:
         conn = self.node.head_conn
         if conn is None or conn.closed:
             return
