@@ -1,30 +1,45 @@
 """cluster-client's wire types travel through core's codec, and its services (the job manager,
-the job runner) answer a payload they do not handle with a clear error."""
+the job runner, the client relay, the proxy driver) answer a payload they do not handle with a
+clear error."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import cloudpickle
 import pytest
 from cluster_client.jobs import MANAGER_SERVICE, RUNNER_SERVICE, JobManager
 from cluster_client.messages import (
+    CALL_OPS,
+    AttachProxy,
+    Call,
+    CallResult,
     FetchPackageChunk,
     JobExited,
     JobLog,
     JobRunning,
+    OpenSession,
     PackageChunk,
     PackageMissing,
     PrepareWorkingDir,
+    RelayCall,
+    SessionEnded,
+    SessionOpened,
+    SessionOutput,
     StartJob,
     StartJobReply,
     StopJob,
 )
+from cluster_client.proxy import Proxy
+from cluster_client.relay import RELAY_SERVICE, ClientRelay
 from cluster_client.runner import JobRunner
 
 from cluster.head.metadata import SqliteMetadataStore
 from cluster.wire import codec
 from cluster.wire import messages as m
 
+CALL = Call("get", cloudpickle.dumps(([(b"\x01" * 16, "127.0.0.1:5")], 2.5)))
 EVERY_TYPE = [
     StartJob("job_1", "python run.py", {"CPU": 1.0}, {"N": "3"}, "pkg_" + "0" * 32 + ".zip"),
     StartJob("job_2", "true", {}, {}),
@@ -39,6 +54,15 @@ EVERY_TYPE = [
     JobLog("job_1", b"hello\n"),
     JobExited("job_1", -15),
     JobExited("job_1", None, "could not set up its working dir on node n1: boom"),
+    OpenSession(),
+    SessionOpened("s1", "127.0.0.1:6379", "127.0.0.1:7000", "node-1", "/tmp/session", 99),
+    AttachProxy("s1", "127.0.0.1:7000", "node-1", "/tmp/session", 99),
+    CALL,
+    RelayCall("s1", CALL),
+    CallResult(cloudpickle.dumps([1, 2]), False, {b"\x01" * 16: 2}, {b"\x02" * 16: 1}),
+    CallResult(cloudpickle.dumps(KeyError("k")), True),
+    SessionOutput("s1", m.LogLines("add", 12, "stdout", "adding 1 2\n")),
+    SessionEnded("its proxy driver on the head exited"),
 ]
 
 
@@ -61,10 +85,30 @@ def test_tags_are_in_the_client_s_range() -> None:
 
 
 def test_an_invalid_value_cannot_be_built() -> None:
+    with pytest.raises(ValueError, match="'op' must be in"):
+        Call("no_such_op", b"")
     with pytest.raises(TypeError):
         StartJob("job_1", "true", {"CPU": "one"}, {})
     with pytest.raises(TypeError):
         JobExited("job_1", "0")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        RelayCall("s1", b"a pickled call")  # type: ignore[arg-type]
+
+
+def test_the_call_ops_are_the_proxy_s_ops_with_their_arguments() -> None:
+    ops = {name[len("op_"):]: tuple(inspect.signature(fn).parameters)[2:]  # (self, grants, ...)
+           for name, fn in vars(Proxy).items() if name.startswith("op_")}
+    assert ops == CALL_OPS
+
+
+def test_a_call_with_the_wrong_arguments_is_refused_before_it_runs() -> None:
+    proxy = object.__new__(Proxy)  # no runtime: nothing may run
+    result = proxy.handle(Call("wait", cloudpickle.dumps(([], 1))))
+    assert result.raised and (result.refs, result.handles) == ({}, {})
+    error = cloudpickle.loads(result.value)
+    assert type(error) is TypeError
+    assert str(error).startswith("the client's call 'wait' takes 3 argument(s) (refs, num_returns, timeout), "
+                                 "got 2 argument(s)")
 
 
 class _Conn:
@@ -99,7 +143,7 @@ def _ask(handler: Any, service: str, payload: Any) -> _Conn:
     return conn
 
 
-WRONG = [{"op": "start", "submission_id": "job_1"}, "start", m.LogLines("add", 12, "stdout", "hi")]
+WRONG = [{"op": "start", "submission_id": "job_1"}, "start", OpenSession()]
 WRONG_IDS = ["a dict", "a str", "another message"]
 
 
@@ -127,3 +171,16 @@ def test_the_job_runner_refuses_a_payload_of_another_type(tmp_path, payload: Any
     conn = _ask(JobRunner(_Daemon(tmp_path))._on_request, RUNNER_SERVICE, payload)
     assert conn.replies == []
     assert conn.errors == [(5, "unexpected", f"the job runner does not handle {type(payload).__name__}")]
+
+
+@pytest.mark.parametrize("payload", [*WRONG[:2], StartJob("job_1", "true", {}, {})], ids=WRONG_IDS)
+def test_the_client_relay_refuses_a_payload_of_another_type(tmp_path, payload: Any) -> None:
+    conn = _ask(ClientRelay(_Daemon(tmp_path))._on_request, RELAY_SERVICE, payload)
+    assert conn.replies == []
+    assert conn.errors == [(5, "unexpected", f"the client relay does not handle {type(payload).__name__}")]
+
+
+def test_the_client_relay_says_when_a_session_is_over(tmp_path) -> None:
+    conn = _ask(ClientRelay(_Daemon(tmp_path))._on_request, RELAY_SERVICE, RelayCall("gone", CALL))
+    [(request_id, kind, message)] = conn.errors
+    assert (request_id, kind) == (5, "closed") and message.startswith("this client session is over")

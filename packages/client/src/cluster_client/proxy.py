@@ -27,6 +27,7 @@ from cluster.objects.refs import ObjectRef, _rebuild_ref, collect_outgoing
 from cluster.owner.runtime import PendingTask
 from cluster.wire import messages as m
 from cluster.wire.connection import dial
+from cluster_client.messages import AttachProxy, Call, CallResult, SessionOutput
 
 log = structlog.get_logger("cluster.client.proxy")
 
@@ -95,23 +96,24 @@ class Proxy:
 
     # -- calls --
 
-    def handle(self, blob: bytes) -> bytes:
+    def handle(self, call: Call) -> CallResult:
         grants: dict = {}
         try:
-            op, args = cloudpickle.loads(blob)
-            result = getattr(self, f"op_{op}")(grants, *args)
-            reply = ("ok", result)
+            args = cloudpickle.loads(call.args)
+            Call.check_args(call.op, args)
+            result, raised = getattr(self, f"op_{call.op}")(grants, *args), False
         except Exception as exc:  # the client raises it, as a direct driver would
-            reply = ("err", exc)
+            result, raised = exc, True
         try:
             with collect_outgoing() as outgoing:
-                data = cloudpickle.dumps(reply)
+                data = cloudpickle.dumps(result)
         except Exception as exc:
             outgoing = []
-            data = cloudpickle.dumps(("err", TypeError(f"the result could not be sent to the client: {exc}")))
+            data = cloudpickle.dumps(TypeError(f"the result could not be sent to the client: {exc}"))
+            raised = True
         for ref in outgoing:  # refs inside values: the client holds them now
             self._grant_ref(ref, grants)
-        return cloudpickle.dumps((data, {k: dict(v) for k, v in grants.items()}))
+        return CallResult(data, raised, dict(grants.get("refs", {})), dict(grants.get("handles", {})))
 
     def op_submit(self, grants: dict, fields: dict) -> list[bytes]:
         fields["dep_refs"] = [self._ref(*r) for r in fields["dep_refs"]]
@@ -171,12 +173,16 @@ async def serve(session: str) -> None:
 
         def on_message(conn: Any, msg: Any, request_id: int) -> None:
             if type(msg) is m.ServiceRequest and msg.service == CALL_SERVICE:
-                nursery.start_soon(answer, conn, msg.payload, request_id)
+                if type(msg.payload) is Call:
+                    nursery.start_soon(answer, conn, msg.payload, request_id)
+                else:
+                    conn.reply_error(request_id, "unexpected",
+                                     f"a client proxy does not handle {type(msg.payload).__name__}")
             else:
                 conn.reply_error(request_id, "unexpected", f"a client proxy does not handle {type(msg).__name__}")
 
-        async def answer(conn: Any, blob: bytes, request_id: int) -> None:
-            reply = await trio.to_thread.run_sync(proxy.handle, blob, abandon_on_cancel=True)
+        async def answer(conn: Any, call: Call, request_id: int) -> None:
+            reply = await trio.to_thread.run_sync(proxy.handle, call, abandon_on_cancel=True)
             if not conn.closed:
                 conn.reply(request_id, reply)
 
@@ -185,18 +191,15 @@ async def serve(session: str) -> None:
         conn.on_close.append(lambda _c: closed.set())
 
         def forward_output(msg: Any) -> None:  # worker prints, on to the client's console
-            payload = {"op": "output", "session": session, "stream": msg.stream, "task_name": msg.task_name,
-                       "pid": msg.pid, "text": msg.text}
+            payload = SessionOutput(session, msg)
             try:
                 token.run_sync_soon(lambda: conn.closed or conn.send(m.ServiceRequest(RELAY_SERVICE, payload)))
             except trio.RunFinishedError:
                 pass
 
         rt.log_sink = forward_output
-        await conn.request(m.ServiceRequest(RELAY_SERVICE, {
-            "op": "attach", "session": session, "address": rt.address, "node_id": rt.node_id,
-            "session_dir": rt.session_dir, "pid": os.getpid(),
-        }))
+        await conn.request(m.ServiceRequest(RELAY_SERVICE, AttachProxy(session, rt.address, rt.node_id,
+                                                                        rt.session_dir, os.getpid())))
         log.info("client_proxy_attached", session=session, address=rt.address)
         await closed.wait()  # the head let go of us: the client is gone
         nursery.cancel_scope.cancel()

@@ -1,6 +1,6 @@
 """The head's side of remote client mode: a proxy driver per client, and the relay between them.
 
-A client (cluster_client.remote) can reach only the head. It asks for a session (``open``);
+A client (cluster_client.remote) can reach only the head. It asks for a session (``OpenSession``);
 the head starts ``python -m cluster_client.proxy SESSION``, a driver of the cluster, waits
 until it attaches, and from then on relays each of the client's calls to it and the answer
 back. When the client's connection closes, its proxy is stopped, and with it everything it
@@ -22,6 +22,15 @@ import trio
 from cluster.errors import ClusterConnectionError, RemoteCallError
 from cluster.session import die_with_parent
 from cluster.wire import messages as m
+from cluster_client.messages import (
+    AttachProxy,
+    Call,
+    OpenSession,
+    RelayCall,
+    SessionEnded,
+    SessionOpened,
+    SessionOutput,
+)
 
 log = structlog.get_logger("cluster.client.relay")
 
@@ -38,7 +47,7 @@ class Session:
         self.client = client
         self.proc = proc
         self.proxy: Any = None  # its connection, once attached
-        self.info: dict = {}
+        self.attach: AttachProxy | None = None  # what its proxy driver said when it attached
         self.attached = trio.Event()
 
 
@@ -59,30 +68,33 @@ class ClientRelay:
             for session in list(self.sessions.values()):
                 self._end(session)
 
-    def _on_request(self, conn: Any, payload: dict, request_id: int) -> None:
-        op = payload.get("op")
-        if op == "open":
+    def _on_request(self, conn: Any, payload: Any, request_id: int) -> None:
+        kind = type(payload)
+        if kind is OpenSession:
             self._nursery.start_soon(self._open, conn, request_id)
             return
-        session = self.sessions.get(payload.get("session", ""))
+        if kind not in (RelayCall, AttachProxy, SessionOutput):
+            conn.reply_error(request_id, "unexpected", f"the client relay does not handle {kind.__name__}")
+            return
+        session = self.sessions.get(payload.session)
         if session is None:
             conn.reply_error(request_id, "closed", "this client session is over (its proxy driver is gone); "
                                                    "call cluster.init() again")
             return
-        if op == "call" and conn is session.client:
-            self._nursery.start_soon(self._relay, session, payload["call"], request_id)
-        elif op == "attach" and session.proxy is None:
+        if kind is RelayCall and conn is session.client:
+            self._nursery.start_soon(self._relay, session, payload.call, request_id)
+        elif kind is AttachProxy and session.proxy is None:
             session.proxy = conn
-            session.info = {k: payload[k] for k in ("address", "node_id", "session_dir", "pid")}
+            session.attach = payload
             conn.on_close.append(lambda _c: self._end(
                 session, "its proxy driver on the head exited (see client-proxy-*.out in the head's logs)"))
             session.attached.set()
             conn.reply(request_id, True)
-        elif op == "output" and conn is session.proxy:
+        elif kind is SessionOutput and conn is session.proxy:
             if not session.client.closed:
-                session.client.send(m.ServiceRequest(OUTPUT_SERVICE, payload))
+                session.client.send(m.ServiceRequest(OUTPUT_SERVICE, payload.lines))
         else:
-            conn.reply_error(request_id, "unexpected", f"client sessions do not take {op!r} here")
+            conn.reply_error(request_id, "unexpected", f"client sessions do not take {kind.__name__} here")
 
     async def _open(self, conn: Any, request_id: int) -> None:
         session_id = secrets.token_hex(8)
@@ -107,9 +119,11 @@ class ClientRelay:
             conn.reply_error(request_id, "proxy", f"the head could not start a driver for this client (see "
                                                   f"{log_path} on the head's machine)")
             return
-        conn.reply(request_id, {"session": session_id, "head_address": self.head.address, **session.info})
+        attach = session.attach
+        conn.reply(request_id, SessionOpened(session_id, self.head.address, attach.address, attach.node_id,
+                                             attach.session_dir, attach.pid))
 
-    async def _relay(self, session: Session, call: bytes, request_id: int) -> None:
+    async def _relay(self, session: Session, call: Call, request_id: int) -> None:
         try:
             reply = await session.proxy.request(m.ServiceRequest(CALL_SERVICE, call))
         except (ClusterConnectionError, RemoteCallError) as exc:
@@ -125,7 +139,7 @@ class ClientRelay:
             return
         log.info("client_session_ended", session=session.id, reason=reason or "the client left")
         if reason and not session.client.closed:
-            session.client.send(m.ServiceRequest(END_SERVICE, {"reason": reason}))
+            session.client.send(m.ServiceRequest(END_SERVICE, SessionEnded(reason)))
         if session.proc.poll() is None:
             session.proc.send_signal(signal.SIGTERM)
             if self._nursery is not None:

@@ -25,6 +25,7 @@ from cluster.objects.refs import ObjectRef
 from cluster.wire import messages as m
 from cluster.wire.connection import dial
 from cluster.wire.streams import parse_address
+from cluster_client.messages import Call, OpenSession, RelayCall, SessionEnded
 from cluster_client.relay import END_SERVICE, OUTPUT_SERVICE, RELAY_SERVICE
 
 RELEASE_EVERY_S = 0.1
@@ -98,7 +99,7 @@ class ClientRuntime:
                     self._conn = await dial(nursery, self.head_address, self.token, "client", self._on_message,
                                             what="the head")
                     self._conn.on_close.append(self._closed)
-                    info = await self._conn.request(m.ServiceRequest(RELAY_SERVICE, {"op": "open"}))
+                    info = await self._conn.request(m.ServiceRequest(RELAY_SERVICE, OpenSession()))
                 except (ClusterConnectionError, RemoteCallError) as exc:
                     self._error = ClusterConnectionError(
                         f"could not open a client session with the head at {self.head_address}: {exc}")
@@ -106,11 +107,11 @@ class ClientRuntime:
                 finally:
                     if self._error is not None:
                         ready.set()
-                self.session = info["session"]
-                self.address = info["address"]
-                self.node_id = info["node_id"]
-                self.session_dir = info["session_dir"]
-                self.proxy_pid = info["pid"]
+                self.session = info.session
+                self.address = info.address
+                self.node_id = info.node_id
+                self.session_dir = info.session_dir
+                self.proxy_pid = info.pid
                 ready.set()
                 nursery.start_soon(self._release_loop)
                 await self._stop.wait()
@@ -124,12 +125,12 @@ class ClientRuntime:
                                     "cluster.shutdown() and cluster.init() again to reconnect")
 
     def _on_message(self, conn: Any, msg: Any, request_id: int) -> None:
-        if type(msg) is m.ServiceRequest and msg.service == OUTPUT_SERVICE:
+        service, payload = (msg.service, msg.payload) if type(msg) is m.ServiceRequest else (None, None)
+        if service == OUTPUT_SERVICE and type(payload) is m.LogLines:
             if self.log_sink is not None:
-                p = msg.payload
-                self.log_sink(m.LogLines(p["task_name"], p["pid"], p["stream"], p["text"]))
-        elif type(msg) is m.ServiceRequest and msg.service == END_SERVICE:
-            self._lost = (f"the client session ended: {msg.payload['reason']}; the objects and actors this "
+                self.log_sink(payload)
+        elif service == END_SERVICE and type(payload) is SessionEnded:
+            self._lost = (f"the client session ended: {payload.reason}; the objects and actors this "
                           "client owned are gone. Call cluster.shutdown() and cluster.init() again")
         elif request_id:
             conn.reply_error(request_id, "unexpected", "a remote client takes no requests")
@@ -140,16 +141,14 @@ class ClientRuntime:
         """Run ``op`` on the proxy; ``build(value)`` makes the objects that hold its grants."""
         if self._lost:
             raise ClusterConnectionError(self._lost)
-        blob = cloudpickle.dumps((op, args))
-        payload = {"op": "call", "session": self.session, "call": blob}
+        payload = RelayCall(self.session, Call(op, cloudpickle.dumps(args)))
         try:
             reply = trio.from_thread.run(self._conn.request, m.ServiceRequest(RELAY_SERVICE, payload),
                                          trio_token=self._token)
         except (ClusterConnectionError, RemoteCallError, trio.RunFinishedError) as exc:
             raise ClusterConnectionError(self._lost or f"lost the client session with the head at "
                                                        f"{self.head_address}: {exc}") from None
-        data, grants = cloudpickle.loads(reply)
-        refs, handles = grants.get("refs", {}), grants.get("handles", {})
+        refs, handles = reply.refs, reply.handles
         with self._lock:
             # Counted as held until the value is built, so that a copy of the same ref dropped
             # meanwhile cannot give these grants back before the new objects take them.
@@ -158,8 +157,8 @@ class ClientRuntime:
             self._handle_grants.update(handles)
             self._handle_counts.update(handles)
         try:
-            status, value = cloudpickle.loads(data)
-            if status == "ok" and build is not None:
+            value = cloudpickle.loads(reply.value)
+            if not reply.raised and build is not None:
                 value = build(value)
         finally:
             for oid, n in refs.items():
@@ -168,7 +167,7 @@ class ClientRuntime:
             for actor_id, n in handles.items():
                 for _ in range(n):
                     self.actor_handle_dropped(actor_id)
-        if status == "err":
+        if reply.raised:
             raise value
         return value
 
@@ -278,9 +277,8 @@ class ClientRuntime:
                 self._released = {"refs": collections.Counter(), "handles": collections.Counter()}
             if self._conn is None or self._conn.closed:
                 return
-            blob = cloudpickle.dumps(("release", (dict(refs), dict(handles))))
+            call = Call("release", cloudpickle.dumps((dict(refs), dict(handles))))
             try:
-                await self._conn.request(m.ServiceRequest(RELAY_SERVICE, {"op": "call", "session": self.session,
-                                                                          "call": blob}))
+                await self._conn.request(m.ServiceRequest(RELAY_SERVICE, RelayCall(self.session, call)))
             except (ClusterConnectionError, RemoteCallError):
                 return
