@@ -97,9 +97,9 @@ def _wait_for_min_workers(config: Any, record: dict, timeout: float) -> None:
     while True:
         report = _ask_cluster(record["address"], None, ask_status)
         running: dict[str, int] = {}
-        for instance in (report.get("instances") or {}).values():
-            if instance["state"] == "running":
-                running[instance["node_type"]] = running.get(instance["node_type"], 0) + 1
+        for instance in report.instances.values():
+            if instance.state == "running":
+                running[instance.node_type] = running.get(instance.node_type, 0) + 1
         progress = ", ".join(f"{name} {min(running.get(name, 0), n)}/{n}" for name, n in sorted(wanted.items()))
         if progress != said:
             click.echo(f"Waiting for min_workers: {progress}", err=True)
@@ -107,7 +107,7 @@ def _wait_for_min_workers(config: Any, record: dict, timeout: float) -> None:
         if all(running.get(name, 0) >= n for name, n in wanted.items()):
             return
         if time.monotonic() > deadline:
-            errors = "; ".join(f"{e['node_type']}: {e['message']}" for e in report.get("errors") or [])
+            errors = "; ".join(f"{e.node_type}: {e.message}" for e in report.errors)
             raise click.ClickException(f"min_workers were not up within {timeout:.0f}s ({progress})"
                                        + (f"; launch errors: {errors}" if errors else "")
                                        + ". The head is still up: cluster status --explain, or cluster down")

@@ -30,10 +30,11 @@ def cluster_head_services(head: Any) -> list | None:
 def cluster_status_lines(request: Any, explain: bool) -> list[str] | None:
     from cluster.errors import RemoteCallError
     from cluster.wire import messages as m
+    from cluster_autoscaler.messages import GetStatus
     from cluster_autoscaler.service import SERVICE, status_lines
 
     try:
-        report = request(m.ServiceRequest(SERVICE, {"op": "status"}))
+        report = request(m.ServiceRequest(SERVICE, GetStatus()))
     except RemoteCallError:  # no autoscaler on this head
         return None
     return status_lines(report, explain)

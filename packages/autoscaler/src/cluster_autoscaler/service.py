@@ -9,8 +9,8 @@ round is a reconciliation, with no event bookkeeping:
 - it starts the launches and terminations in the background, so a slow provider never
   stalls the loop.
 
-Its latest report answers ``ServiceRequest("autoscaler", {"op": "status"})``, which
-`cluster status [--explain]` shows.
+Its latest report (an ``AutoscalerStatus``) answers ``ServiceRequest("autoscaler",
+GetStatus())``, which `cluster status [--explain]` shows.
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ from cluster import session
 from cluster.autoscaler import REQUESTED_KEY
 from cluster.resources import total_demand
 from cluster_autoscaler.config import ClusterConfig, load_config
+from cluster_autoscaler.messages import (
+    AutoscalerStatus,
+    DecisionStatus,
+    DemandStatus,
+    GetStatus,
+    InstanceStatus,
+    LaunchFailure,
+)
 from cluster_autoscaler.policy import (
     Demand,
     LaunchError,
@@ -61,8 +69,8 @@ class AutoscalerService:
         self.memory = Memory()
         self.idle_since: dict[str, float] = {}
         self.in_flight: dict[str, tuple[str, int]] = {}  # launch request id -> (node type, count)
-        self.errors: list[dict] = []  # the latest launch failures, for status
-        self.report: dict = {"state": "starting", "decisions": [], "instances": {}}
+        self.errors: list[LaunchFailure] = []  # the latest launch failures, for status
+        self.report = AutoscalerStatus("starting", self.config.cluster_name, self.config.provider.type)
         self._new_errors: list[LaunchError] = []  # since the last round
         self._rounds = itertools.count(1)
 
@@ -76,14 +84,14 @@ class AutoscalerService:
                     await self._round(nursery)
                 except Exception as exc:  # a round that fails is logged and retried; the head lives on
                     log.exception("autoscaler_round_failed", error=str(exc))
-                    self.report["error"] = f"the last round failed: {exc}"
+                    self.report = attrs.evolve(self.report, error=f"the last round failed: {exc}")
                 await trio.sleep(ROUND_S)
 
-    def _on_request(self, conn: Any, payload: dict, request_id: int) -> None:
-        if payload.get("op") == "status":
+    def _on_request(self, conn: Any, payload: Any, request_id: int) -> None:
+        if type(payload) is GetStatus:
             conn.reply(request_id, self.report)
         else:
-            conn.reply_error(request_id, "unexpected", f"the autoscaler does not know op {payload.get('op')!r}")
+            conn.reply_error(request_id, "unexpected", f"the autoscaler does not handle {type(payload).__name__}")
 
     # ------------------------------------------------------------------ a round
 
@@ -91,7 +99,7 @@ class AutoscalerService:
         now = time.monotonic()
         instances = await self.provider.non_terminated()
         for error in await self.provider.poll_errors():
-            self.errors = [*self.errors, {"node_type": error.node_type, "message": error.message, "at": error.at}][-10:]
+            self.errors = [*self.errors, LaunchFailure(error.node_type, error.message, error.at)][-10:]
             self._new_errors.append(LaunchError(error.node_type or "?", error.message))
         by_node = {i.node_id: i for i in instances.values() if i.node_id}
         nodes = []
@@ -141,18 +149,17 @@ class AutoscalerService:
             request_id = f"{self.config.cluster_name}-{int(time.time())}-{round_}-terminate"
             nursery.start_soon(self.provider.terminate, list(decision.terminate), request_id)
             log.info("autoscaler_terminate", instances=list(decision.terminate))
-        self.report = {
-            "state": "running",
-            "cluster_name": self.config.cluster_name,
-            "provider": self.config.provider.type,
-            "instances": {i.instance_id: {"node_type": i.node_type, "state": i.state, "node_id": i.node_id}
-                          for i in instances.values()},
-            "launching": {t: c for _, (t, c) in self.in_flight.items()},
-            "demand": [{"shape": dict(d.shape), "count": d.count} for d in demand],
-            "decisions": [{"kind": d.kind, "subject": d.subject, "reason": d.reason} for d in decision.decisions],
-            "errors": self.errors,
-            "min_workers": {t.name: t.min_workers for t in self.config.worker_types},
-        }
+        self.report = AutoscalerStatus(
+            "running",
+            self.config.cluster_name,
+            self.config.provider.type,
+            instances={i.instance_id: InstanceStatus(i.node_type, i.state, i.node_id) for i in instances.values()},
+            launching={t: c for _, (t, c) in self.in_flight.items()},
+            demand=[DemandStatus(dict(d.shape), d.count) for d in demand],
+            decisions=[DecisionStatus(d.kind, d.subject, d.reason) for d in decision.decisions],
+            errors=self.errors,
+            min_workers={t.name: t.min_workers for t in self.config.worker_types},
+        )
 
     async def _launch(self, node_type: str, count: int, request_id: str) -> None:
         try:
@@ -176,32 +183,31 @@ class AutoscalerService:
         return [Demand({k: float(v) for k, v in bundle.items()}, 1) for bundle in bundles]
 
 
-async def ask_status(connect: Any) -> dict:
+async def ask_status(connect: Any) -> AutoscalerStatus:
     """The autoscaler's latest report, asked of the head (for CLIs)."""
     from cluster.wire import messages as m
 
-    return await (await connect()).request(m.ServiceRequest(SERVICE, {"op": "status"}))
+    return await (await connect()).request(m.ServiceRequest(SERVICE, GetStatus()))
 
 
-def status_lines(report: dict, explain: bool) -> list[str]:
+def status_lines(report: AutoscalerStatus, explain: bool) -> list[str]:
     """`cluster status` lines for an autoscaler report."""
-    lines = [f"Autoscaler ({report.get('provider')} provider, cluster {report.get('cluster_name')!r}):"]
-    instances = report.get("instances") or {}
+    lines = [f"Autoscaler ({report.provider} provider, cluster {report.cluster_name!r}):"]
     by_state: dict[str, int] = {}
-    for instance in instances.values():
-        key = f"{instance['node_type']} {instance['state']}"
+    for instance in report.instances.values():
+        key = f"{instance.node_type} {instance.state}"
         by_state[key] = by_state.get(key, 0) + 1
     lines.append("  nodes: " + (", ".join(f"{n} {k}" for k, n in sorted(by_state.items())) or "none launched"))
-    if report.get("launching"):
-        lines.append("  launching: " + ", ".join(f"{n} {t}" for t, n in sorted(report["launching"].items())))
-    for error in report.get("errors") or []:
-        lines.append(f"  launch failed ({error['node_type']}): {error['message']}")
-    if report.get("error"):
-        lines.append(f"  {report['error']}")
-    decisions = report.get("decisions") or []
-    shown = decisions if explain else [d for d in decisions if d["kind"] in ("launch", "terminate")]
+    if report.launching:
+        lines.append("  launching: " + ", ".join(f"{n} {t}" for t, n in sorted(report.launching.items())))
+    for error in report.errors:
+        lines.append(f"  launch failed ({error.node_type}): {error.message}")
+    if report.error:
+        lines.append(f"  {report.error}")
+    decisions = report.decisions
+    shown = decisions if explain else [d for d in decisions if d.kind in ("launch", "terminate")]
     for d in shown:
-        lines.append(f"  {d['kind']} {d['subject']}: {d['reason']}")
+        lines.append(f"  {d.kind} {d.subject}: {d.reason}")
     if not explain and len(shown) < len(decisions):
         lines.append("  (cluster status --explain says why the rest waits or stays)")
     return lines
