@@ -7,6 +7,11 @@ from typing import Any
 
 from cluster.hookspec import hookimpl
 
+# Declared as the plugin loads: a daemon decodes a frame before any service of ours runs, and
+# a message whose type it does not know yet (say a GetStatus to a head with no autoscaler
+# started) would close the connection instead of getting the service's answer.
+from cluster_autoscaler import messages  # noqa: F401
+
 
 @hookimpl
 def cluster_make_provider(config: Any, context: Any) -> Any:
