@@ -47,11 +47,17 @@ def test_what_is_not_a_message_type_cannot_be_sent() -> None:
         codec.encode(m.Ok(Stranger()))
 
 
-def test_a_nested_message_of_an_unknown_tag_or_in_the_handshake_is_refused() -> None:
-    body = codec.encode(m.Ok(m.LeaseSpill("127.0.0.1:1")))[4:]
+def test_a_nested_message_of_a_type_unknown_here_arrives_as_data_and_a_top_level_one_is_refused() -> None:
+    body = codec.encode(m.ServiceRequest("jobs", m.LeaseSpill("127.0.0.1:1")))[4:]
     unknown = body.replace(m.LeaseSpill.TAG.to_bytes(2, "little"), (65000).to_bytes(2, "little"))
+    msg, _ = codec.decode(unknown)  # e.g. a plugin's payload, the plugin not installed here
+    assert msg == m.ServiceRequest("jobs", m.UnknownMessage(65000, ["127.0.0.1:1"]))
+    top = codec.encode(m.LeaseSpill("127.0.0.1:1"))[4:]
     with pytest.raises(ProtocolError, match="malformed"):
-        codec.decode(unknown)
+        codec.decode(top.replace(m.LeaseSpill.TAG.to_bytes(1, "little"), b"\xcd\xfd\xe8", 1))
+
+
+def test_a_nested_message_in_the_handshake_is_refused() -> None:
     hello = codec.encode(m.Hello(1, "head", m.Welcome(b"mac")))[4:]  # a message hidden in a field
     with pytest.raises(ProtocolError, match="malformed"):
         codec.decode(hello, allowed=frozenset({m.Hello.TAG}))

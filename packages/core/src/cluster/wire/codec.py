@@ -83,17 +83,32 @@ def _nested(msg: m.Message) -> list[Any]:
     return [codec.marker, *codec.get_fields(msg)]
 
 
-def _marker(code: int, data: bytes) -> _Codec:
+@attrs.frozen
+class _UnknownTag:
+    tag: int
+
+
+def _marker(code: int, data: bytes) -> _Codec | _UnknownTag:
     """``ext_hook`` of the unpacker: the codec of the message whose array this starts."""
     if code != EXT_MESSAGE:
         raise ValueError(f"unknown extension type {code}")
-    return _codec_by_tag(int.from_bytes(data, "little"))
+    tag = int.from_bytes(data, "little")
+    codec = _BY_TAG.get(tag)
+    if codec is None:
+        if tag not in m.MESSAGE_TYPES:
+            return _UnknownTag(tag)  # a type of a plugin not installed here
+        codec = _codec_of(m.MESSAGE_TYPES[tag])
+    return codec
 
 
-def _unnested(items: list[Any]) -> m.Message | list[Any]:
+def _unnested(items: list[Any]) -> m.Message | m.UnknownMessage | list[Any]:
     """``list_hook`` of the unpacker: rebuild a marked array as its message."""
-    if items and type(items[0]) is _Codec:
-        return items[0].make(*items[1:])
+    if items:
+        first = type(items[0])
+        if first is _Codec:
+            return items[0].make(*items[1:])
+        if first is _UnknownTag:
+            return m.UnknownMessage(items[0].tag, items[1:])
     return items
 
 

@@ -20,6 +20,16 @@ class Message:
     __attrs_attrs__: ClassVar[tuple[attrs.Attribute[Any], ...]]  # for attrs.fields(a type)
 
 
+@attrs.frozen
+class UnknownMessage:
+    """A message nested in another whose type this process does not know (a plugin that is
+    installed on the sender, not here): kept as data, so the receiver can say what is missing
+    (e.g. "this daemon runs no service 'jobs'") instead of dropping the connection."""
+
+    tag: int
+    fields: list[Any]
+
+
 _M = TypeVar("_M", bound=Message)
 
 MESSAGE_TYPES: dict[int, type[Message]] = {}
