@@ -104,11 +104,11 @@ def _marker(code: int, data: bytes) -> _Codec | _UnknownTag:
 def _unnested(items: list[Any]) -> m.Message | m.UnknownMessage | list[Any]:
     """``list_hook`` of the unpacker: rebuild a marked array as its message."""
     if items:
-        first = type(items[0])
-        if first is _Codec:
-            return items[0].make(*items[1:])
-        if first is _UnknownTag:
-            return m.UnknownMessage(items[0].tag, items[1:])
+        head = items[0]
+        if type(head) is _Codec:
+            return head.make(*items[1:])
+        if type(head) is _UnknownTag:
+            return m.UnknownMessage(head.tag, items[1:])
     return items
 
 
