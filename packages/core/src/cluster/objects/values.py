@@ -40,7 +40,8 @@ class Serialized:
         self.size = len(inband) + sum(memoryview(b).nbytes for b in buffers)
 
     def inline_entry(self) -> InlineValue:
-        return InlineValue(self.metadata, self.inband, [memoryview(b).tobytes() for b in self.buffers])
+        buffers = [memoryview(b).tobytes() for b in self.buffers] if self.buffers else []
+        return InlineValue(self.metadata, self.inband, buffers)
 
 
 def serialize(value: Any, metadata: bytes = b"") -> Serialized:

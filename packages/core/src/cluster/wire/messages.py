@@ -89,8 +89,11 @@ class Refuse(Message):
 # --- values: what an object's value is, for whoever needs it --------------------------------
 
 
+# Value entries are made once per put and per task result, the hottest path there is: they are
+# attrs classes without ``frozen`` (a frozen __init__ cost 0.98 µs here against 0.41 µs), and
+# nothing changes one once made.
 @message(80)
-@attrs.frozen
+@attrs.define(slots=True)
 class InlineValue(Message):
     """A small value itself, as pickle-5 parts; ``metadata`` is ``b"E"`` for an exception to
     raise where it is read (see :mod:`cluster.objects.values`)."""
@@ -105,7 +108,7 @@ class InlineValue(Message):
 
 
 @message(81)
-@attrs.frozen
+@attrs.define(slots=True)
 class StoredValue(Message):
     """A value in a node's shared-memory store: read it there zero-copy, or have the local node
     copy it from ``node_address`` (and tell ``owner``, the owning process, where the copy is)."""
