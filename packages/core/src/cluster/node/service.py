@@ -210,9 +210,9 @@ class NodeService:
         per_owner: dict[tuple, list[int]] = {}  # -> [queued requests, backlog of the newest]
         for request in self._queue:
             key = (id(request.conn), tuple(sorted(request.shape.items())))
-            entry = per_owner.setdefault(key, [0, 0])
-            entry[0] += 1
-            entry[1] = request.backlog
+            queued = per_owner.setdefault(key, [0, 0])
+            queued[0] += 1
+            queued[1] = request.backlog
         per_owner = {key: max(entry) for key, entry in per_owner.items()}
         by_shape: dict[tuple, int] = {}
         for (_, shape), count in per_owner.items():
