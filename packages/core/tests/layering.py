@@ -16,13 +16,17 @@ names the file, the line and what to do:
 
 Core imports no distribution that depends on it (``FORBIDDEN_DISTRIBUTIONS``).
 ``python packages/core/tests/layering.py [SRC]`` prints the violations (exit 1 if any).
+
+Rule 3 holds for every distribution of the repository, not only core: ``hidden_imports(src)``
+checks the packages under another distribution's ``src/`` for inner imports of our modules
+(``cluster``, ``cluster_*``) with no comment (``tests/test_no_hidden_imports.py`` runs it).
 """
 
 from __future__ import annotations
 
 import ast
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -97,7 +101,19 @@ def module_name(src: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(src: Path, path: Path, known: set[str]) -> Iterator[Import]:
+def core_sees(top: str) -> bool:
+    """The imports core's check follows: cluster's own, and the distributions it must not know."""
+    return top == PACKAGE or top in FORBIDDEN_DISTRIBUTIONS
+
+
+def is_ours(top: str) -> bool:
+    """A top-level package of ours or of a plugin built on us: ``cluster``, ``cluster_*``."""
+    return top == PACKAGE or top.startswith(PACKAGE + "_")
+
+
+def imports_of(src: Path, path: Path, known: set[str],
+               follow: Callable[[str], bool] = core_sees) -> Iterator[Import]:
+    """The imports in ``path`` whose top-level package ``follow`` accepts."""
     text = path.read_text()
     lines = text.splitlines()
     tree = ast.parse(text, str(path))
@@ -108,7 +124,8 @@ def imports_of(src: Path, path: Path, known: set[str]) -> Iterator[Import]:
         if "#" in lines[node.lineno - 1]:
             return True
         above = node.lineno - 2  # the comment may stand above a block of imports
-        while above >= 0 and lines[above].strip().startswith(("from ", "import ")):
+        while above >= 0 and (lines[above].strip().startswith(("from ", "import "))
+                              or not lines[above].strip()):  # isort's sections are one block
             above -= 1
         return above >= 0 and lines[above].strip().startswith("#")
 
@@ -130,7 +147,7 @@ def imports_of(src: Path, path: Path, known: set[str]) -> Iterator[Import]:
             if isinstance(child, ast.Import | ast.ImportFrom):
                 for target in targets(child):
                     top = target.split(".")[0]
-                    if top == PACKAGE or top in FORBIDDEN_DISTRIBUTIONS:
+                    if follow(top):
                         yield Import(module, target, path, child.lineno, at_top and not typing_only,
                                      typing_only, explained(child))
             elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
@@ -175,11 +192,28 @@ def check(src: Path) -> list[str]:
             elif low == high and high not in (top, bottom):
                 problems.append(f"{where}: {imp.module} imports {imp.target}, a sibling room on "
                                 f"the same layer ({mine} and {theirs} must not know each other)")
-        if not imp.at_top and not imp.typing_only and not imp.explained:
-            problems.append(f"{where}: {imp.module} imports {imp.target} inside a function; move "
-                            "it to the top, or say why it must wait in a comment")
+        if _hidden(imp):
+            problems.append(_hidden_problem(imp, where))
     problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in _cycles(found)]
     return problems
+
+
+def hidden_imports(src: Path) -> list[str]:
+    """Rule 3 for any distribution: inner imports of our modules, with no comment, under ``src``."""
+    files = sorted(src.rglob("*.py"))
+    known = {module_name(src, path) for path in files}
+    problems = [_hidden_problem(imp, f"{imp.path.relative_to(src)}:{imp.line}")
+                for path in files for imp in imports_of(src, path, known, is_ours) if _hidden(imp)]
+    return list(dict.fromkeys(problems))  # ``from x import a, b`` is one import, reported once
+
+
+def _hidden(imp: Import) -> bool:
+    return not imp.at_top and not imp.typing_only and not imp.explained
+
+
+def _hidden_problem(imp: Import, where: str) -> str:
+    return (f"{where}: {imp.module} imports {imp.target} inside a function; move it to the top, "
+            "or say why it must wait in a comment")
 
 
 def _cycles(found: list[Import]) -> list[list[str]]:
