@@ -13,10 +13,10 @@ __all__ = ["JobDetails", "JobStatus", "JobSubmissionClient", "JobSubmissionError
 
 
 def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'cluster_client' has no attribute {name!r}")
     # The SDK (and httpx) load on first use: every daemon imports this package for its plugin
     # hooks, and none of them needs an HTTP client.
-    if name in __all__:
-        from cluster_client import sdk
+    from cluster_client import sdk
 
-        return getattr(sdk, name)
-    raise AttributeError(f"module 'cluster_client' has no attribute {name!r}")
+    return getattr(sdk, name)

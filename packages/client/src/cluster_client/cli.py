@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cluster.resources import parse_size
+
 if TYPE_CHECKING:
     from cluster_client.sdk import JobSubmissionClient
 
@@ -31,7 +33,7 @@ def _client(address: str | None, token: str | None) -> JobSubmissionClient:
 @contextlib.contextmanager
 def _api_errors() -> Iterator[None]:
     """The API's refusals and unreachable heads, as one-line CLI errors (never a traceback)."""
-    from cluster_client.sdk import JobSubmissionError
+    from cluster_client.sdk import JobSubmissionError  # (httpx loads only for `cluster job`)
 
     try:
         yield
@@ -74,8 +76,6 @@ def submit(address: str | None, token: str | None, submission_id: str | None, wo
         extra = json.loads(resources) if resources else None
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--resources") from None
-    from cluster.resources import parse_size
-
     client = _client(address, token)
     client.max_working_dir_bytes = parse_size(max_working_dir_size, "--max-working-dir-size")
     runtime_env: dict[str, Any] = {}

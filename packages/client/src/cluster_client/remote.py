@@ -22,6 +22,7 @@ import trio
 from cluster.errors import ClusterConnectionError, ConfigError, RemoteCallError
 from cluster.objects import refs as object_ref_module
 from cluster.objects.refs import ObjectRef
+from cluster.owner.runtime import print_worker_output
 from cluster.wire import messages as m
 from cluster.wire.connection import dial
 from cluster.wire.streams import parse_address
@@ -50,8 +51,6 @@ class ClientRuntime:
         self.session_dir = ""
         self.session = ""
         self.proxy_pid = 0  # the proxy driver's, on the head's machine
-        from cluster.owner.runtime import print_worker_output
-
         self.log_sink: Any = print_worker_output
         self._lock = threading.Lock()
         self._counts: collections.Counter = collections.Counter()  # local refs per object id

@@ -64,7 +64,7 @@ class JobDetails:
 
 def _local_api() -> tuple[str | None, str | None]:
     """The HTTP API address and token of the cluster `cluster start --head` started here."""
-    from cluster import session
+    from cluster import session  # core (and trio) loads only when no address or token is given
 
     current = session.read_current() or {}
     token = session.read_token(current["token_file"]) if current.get("token_file") else None
