@@ -13,11 +13,17 @@ from typing import Any
 
 import click
 
+from cluster import session
+from cluster.cli.commands import _ask_cluster
+from cluster.plugins import get_plugin_manager
+
 UP_TIMEOUT_S = 180.0
 LOCAL_TYPES = ("local", "fake")  # providers whose head runs on this machine
 
 
 def _config(path: str) -> Any:
+    # The config, the service and the providers (some 25 ms) load only when `cluster up` or
+    # `cluster down` runs: every cluster command imports this module for its command list.
     from cluster_autoscaler.config import load_config
 
     try:
@@ -34,8 +40,6 @@ def _head_record(state_dir: str) -> dict | None:
 
 
 def _alive(record: dict) -> bool:
-    from cluster import session
-
     return session.pid_alive(record["pid"]) and session.process_start_time(record["pid"]) == record.get("start_time")
 
 
@@ -45,13 +49,10 @@ def _alive(record: dict) -> bool:
               help="Seconds to wait for the head and min_workers.")
 def up(config_path: str, timeout: float) -> None:
     """Start the cluster CONFIG describes: its head, with the autoscaler, then its min_workers."""
-    from cluster import session
-    from cluster_autoscaler.service import state_dir
+    from cluster_autoscaler.service import state_dir  # loaded when run (see _config)
 
     config = _config(config_path)
     if config.provider.type not in LOCAL_TYPES:
-        from cluster.plugins import get_plugin_manager
-
         if get_plugin_manager().hook.cluster_provider_up(config=config, config_path=config_path, timeout=timeout):
             return
         raise click.ClickException(
@@ -86,8 +87,7 @@ def up(config_path: str, timeout: float) -> None:
 
 
 def _wait_for_min_workers(config: Any, record: dict, timeout: float) -> None:
-    from cluster.cli.commands import _ask_cluster
-    from cluster_autoscaler.service import ask_status
+    from cluster_autoscaler.service import ask_status  # loaded when run (see _config)
 
     wanted = {t.name: t.min_workers for t in config.worker_types if t.min_workers}
     if not wanted:
@@ -120,14 +120,12 @@ def down(config_path: str) -> None:
     """Stop the cluster CONFIG describes: its head first (so nothing relaunches), then every node."""
     import trio
 
-    from cluster import session
+    # loaded when run (see _config)
     from cluster_autoscaler.provider import ProviderContext, make_provider
     from cluster_autoscaler.service import state_dir
 
     config = _config(config_path)
     if config.provider.type not in LOCAL_TYPES:
-        from cluster.plugins import get_plugin_manager
-
         if get_plugin_manager().hook.cluster_provider_down(config=config, config_path=config_path):
             return
         raise click.ClickException(f"no installed plugin takes down provider type {config.provider.type!r} "
@@ -160,8 +158,6 @@ def down(config_path: str) -> None:
 
 
 def _stop(pid: int, grace: float = 10.0) -> None:
-    from cluster import session
-
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:

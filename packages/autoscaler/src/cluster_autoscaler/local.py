@@ -23,6 +23,7 @@ import structlog
 import trio
 
 from cluster import session
+from cluster.launch import start_daemon
 from cluster_autoscaler.config import NodeType
 from cluster_autoscaler.provider import Instance, ProviderContext, ProviderError
 
@@ -101,8 +102,6 @@ class LocalProvider:
     id_prefix = "local"
 
     async def _start(self, instance_id: str, node_type: NodeType) -> None:
-        from cluster.launch import start_daemon
-
         session_dir = session.new_session_dir("node")
         args = ["--address", self.context.head_address, "--session-dir", str(session_dir),
                 "--resources", json.dumps(dict(node_type.resources)), "--labels", json.dumps(dict(node_type.labels)),

@@ -29,7 +29,9 @@ from typing import Any, Protocol
 
 import attrs
 
+from cluster.plugins import get_plugin_manager
 from cluster_autoscaler.config import ClusterConfig, NodeType
+from cluster_autoscaler.errors import ClusterConfigError
 
 INSTANCE_LABEL = "cluster.dev/instance"
 
@@ -78,9 +80,6 @@ class Provider(Protocol):
 
 def make_provider(config: ClusterConfig, context: ProviderContext) -> Any:
     """The provider for ``config.provider.type``, from the first plugin that knows the type."""
-    from cluster.plugins import get_plugin_manager
-    from cluster_autoscaler.errors import ClusterConfigError
-
     provider = get_plugin_manager().hook.cluster_make_provider(config=config, context=context)
     if provider is None:
         raise ClusterConfigError(

@@ -27,6 +27,7 @@ import trio
 from cluster import session
 from cluster.autoscaler import REQUESTED_KEY
 from cluster.resources import total_demand
+from cluster.wire import messages as m
 from cluster_autoscaler.config import ClusterConfig, load_config
 from cluster_autoscaler.messages import (
     AutoscalerStatus,
@@ -185,8 +186,6 @@ class AutoscalerService:
 
 async def ask_status(connect: Any) -> AutoscalerStatus:
     """The autoscaler's latest report, asked of the head (for CLIs)."""
-    from cluster.wire import messages as m
-
     return await (await connect()).request(m.ServiceRequest(SERVICE, GetStatus()))
 
 
