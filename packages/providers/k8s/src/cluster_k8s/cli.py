@@ -19,6 +19,8 @@ def manifests(config_path: str) -> None:
 
     A fresh cluster token is generated into the Secret each time.
     """
+    # The config and the manifests (yaml) load for this command only: every cluster command
+    # imports this module for its command list.
     from cluster_autoscaler.config import parse_config
 
     from cluster_k8s.manifests import render, to_yaml, validate
