@@ -335,23 +335,22 @@ class NodeService:
             if not request.conn.closed:
                 request.conn.reply_error(request.request_id, "stopping", f"node {self.node_id} is stopping")
         self._queue.clear()
-        for worker in self.workers.values():
-            if worker.pid is not None:
-                try:
-                    os.kill(worker.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        self._terminate_workers()
         if self.workers:
             await self._workers_gone.wait()
 
-    async def _stop_workers(self) -> None:
-        """SIGTERM the workers; the zygote, seeing its pipe close, kills any that linger."""
+    def _terminate_workers(self) -> None:
+        """Ask every worker to stop (SIGTERM: it finishes what it was given, then exits)."""
         for worker in self.workers.values():
             if worker.pid is not None:
                 try:
                     os.kill(worker.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+
+    async def _stop_workers(self) -> None:
+        """SIGTERM the workers; the zygote, seeing its pipe close, kills any that linger."""
+        self._terminate_workers()
         self.zygote.close()
         with trio.move_on_after(5):
             await trio.to_thread.run_sync(_reap, self.zygote.pid, abandon_on_cancel=True)
