@@ -164,10 +164,11 @@ class ClusterFactory:
     def __call__(self, *, num_cpus: float = 1, resources: dict | None = None,
                  env: dict[str, str] | None = None, start: bool = True,
                  object_store_memory: int | None = None, object_spilling: bool = True,
-                 object_store: str = "shared", head_args: list[str] | None = None) -> LocalCluster:
+                 object_store: str = "shared", head_args: list[str] | None = None,
+                 heartbeat_timeout: float = 10.0) -> LocalCluster:
         lc = LocalCluster(self.root / f"cluster{len(self.clusters)}", num_cpus=num_cpus, resources=resources,
                           object_store_memory=object_store_memory, object_spilling=object_spilling,
-                          object_store=object_store, head_args=head_args)
+                          object_store=object_store, head_args=head_args, heartbeat_timeout=heartbeat_timeout)
         lc.env.update(env or {})
         self.clusters.append(lc)
         if start:

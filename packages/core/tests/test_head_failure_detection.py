@@ -148,7 +148,7 @@ def test_a_silent_node_is_declared_dead_after_the_deadline_and_a_heartbeating_on
             assert head.nodes["silent"].state == "dead" and head.nodes["silent"].available == {}
             assert head.nodes["steady"].state == "alive"
         dead = [e for e in logs if e["event"] == "node_dead"]
-        assert [(e["node_id"], e["reason"]) for e in dead] == [("silent", "no heartbeat for 10s")]
+        assert [(e["node_id"], e["reason"]) for e in dead] == [("silent", "missed its heartbeat deadline (10s)")]
         # The head dropped the silent node's connection, and told the others it is gone.
         assert silent.conn.closed and not steady.conn.closed
         views = [msg.view for msg in steady.conn.sent if isinstance(msg, m.ViewUpdate)]

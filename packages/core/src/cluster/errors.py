@@ -73,7 +73,13 @@ class ActorDiedError(ClusterError):
 
 
 class ObjectLostError(ClusterError):
-    """An object's value is gone from every store and cannot be rebuilt."""
+    """An object's value is gone from every store and cannot be rebuilt; the message names the
+    object, where it lived and why it could not be rebuilt."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned an object (the one that created its ref) died: an object's
+    metadata lives with its owner, so the object is gone with it."""
 
 
 class ObjectStoreFullError(ClusterError, MemoryError):
@@ -160,6 +166,7 @@ __all__ = [
     "NotInitializedError",
     "ObjectLostError",
     "ObjectStoreFullError",
+    "OwnerDiedError",
     "ProtocolError",
     "ProtocolVersionError",
     "RemoteCallError",

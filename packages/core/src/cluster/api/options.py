@@ -46,6 +46,18 @@ def _count_or_unlimited(instance: Any, attribute: attrs.Attribute, value: Any) -
         raise ConfigError(f"{attribute.name} must be an integer >= 0 (or -1 for unlimited), got {value!r}")
 
 
+def _retry_exceptions(value: Any) -> bool | tuple[type[BaseException], ...]:
+    """Ray's ``retry_exceptions``: a bool, or a list of exception types to retry on."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, type) and issubclass(value, BaseException):
+        value = [value]
+    if isinstance(value, list | tuple) and value and all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in value):
+        return tuple(value)
+    raise ConfigError(f"retry_exceptions must be True, False or a list of exception types, got {value!r}")
+
+
 def _name(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value or "/" in value):
         raise ConfigError(f"{attribute.name} must be a non-empty string without '/', got {value!r}")
@@ -73,7 +85,7 @@ class TaskOptions:
     resources: Mapping[str, float] | None = attrs.field(default=None, validator=_custom_resources)
     num_returns: int = attrs.field(default=1, validator=_positive_integer)
     max_retries: int = attrs.field(default=3, validator=_count_or_unlimited)
-    retry_exceptions: bool = False
+    retry_exceptions: bool | tuple[type[BaseException], ...] = attrs.field(default=False, converter=_retry_exceptions)
     name: str | None = None
 
     @classmethod

@@ -60,8 +60,9 @@ class RemoteFunction:
             return_ids=[task_id + i.to_bytes(4, "little") for i in range(num_returns)],
             shape=self._shape,
             retries_left=self._retries,
-            retry_exceptions=bool(self._options.retry_exceptions),
+            retry_exceptions=self._options.retry_exceptions,
             held=held,
+            max_retries=self._retries,
         )
         refs = rt.submit(task)
         return refs[0] if num_returns == 1 else refs

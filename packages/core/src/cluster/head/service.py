@@ -41,6 +41,8 @@ class NodeRecord:
     state: str = "alive"
     last_seen: float = attrs.Factory(trio.current_time)  # trio's clock: tests can mock it
     joined_at: float = attrs.Factory(time.time)
+    died_at: float | None = None  # wall clock, once declared dead
+    death_reason: str = ""
 
     def public(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,8 @@ class NodeRecord:
             "store": attrs.asdict(self.store) if self.store is not None else {},
             "demand": [attrs.asdict(item) for item in self.demand],
             "state": self.state,
+            "died_at": self.died_at,
+            "death_reason": self.death_reason,
         }
 
 
@@ -102,7 +106,7 @@ class HeadService:
             now = trio.current_time()
             for node in self.nodes.values():
                 if node.state == "alive" and now - node.last_seen > self.heartbeat_timeout_s:
-                    self._mark_dead(node, f"no heartbeat for {self.heartbeat_timeout_s:.0f}s")
+                    self._mark_dead(node, f"missed its heartbeat deadline ({self.heartbeat_timeout_s:g}s)")
 
     def view(self) -> list[dict[str, Any]]:
         return [node.public() for node in self.nodes.values()]
@@ -111,6 +115,8 @@ class HeadService:
         if node.state == "dead":
             return
         node.state = "dead"
+        node.died_at = time.time()
+        node.death_reason = reason
         node.available = {}
         self.view_version += 1
         self._broadcast_view()

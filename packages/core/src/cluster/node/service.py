@@ -121,6 +121,7 @@ class NodeService:
     _by_pid: dict = attrs.Factory(dict)
     services: Any = None  # the daemon's plugin services (cluster.contracts.ServiceRegistry)
     _infeasible: dict = attrs.Factory(dict)  # shape -> (when last asked, backlog): fits no node now
+    _watchers: set = attrs.Factory(set)  # connections of owners told when a node dies (WatchNodes)
 
     def __attrs_post_init__(self) -> None:
         self.ledger = ResourceLedger(dict(self.resources))
@@ -152,6 +153,7 @@ class NodeService:
             m.ListWorkers: self._list_workers,
             m.DeleteObjects: self._delete_objects,
             m.WorkerBlocked: self._worker_blocked,
+            m.WatchNodes: self._watch_nodes,
         }
 
     # ------------------------------------------------------------------------ lifecycle
@@ -194,11 +196,36 @@ class NodeService:
 
     def _on_head_message(self, conn: Connection, msg: Any, request_id: int) -> None:
         if isinstance(msg, m.ViewUpdate):
-            if msg.version > self.view_version:
-                self.view, self.view_version = msg.view, msg.version
-                self._pump()
+            self._apply_view(msg.view, msg.version)
             return
         conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
+
+    def _apply_view(self, view: list[dict[str, Any]], version: int) -> None:
+        """A newer resource view from the head: nodes it declared dead since the last one are
+        announced to every watching owner (whose tasks and objects there are gone), and our
+        connections to them are dropped (a partitioned node's would hang rather than close)."""
+        if version <= self.view_version:
+            return
+        was_alive = {node["node_id"] for node in self.view if node["state"] == "alive"}
+        self.view, self.view_version = view, version
+        for node in view:
+            if node["state"] != "alive" and node["node_id"] in was_alive and node["node_id"] != self.node_id:
+                reason = node.get("death_reason") or "declared dead by the head"
+                log.warning("peer_node_dead", node_id=node["node_id"], address=node["address"], reason=reason)
+                conn = self._dialer.open(node["address"]) if self._dialer is not None else None
+                if conn is not None:
+                    conn.abort()
+                live = [[n["node_id"], n["address"]] for n in view if n["state"] == "alive"]
+                announcement = m.NodeDied(node["node_id"], node["address"], reason, live)
+                for watcher in list(self._watchers):
+                    if not watcher.closed:
+                        watcher.send(announcement)
+        self._pump()
+
+    def _watch_nodes(self, conn: Connection, msg: m.WatchNodes, request_id: int) -> None:
+        if conn not in self._watchers:
+            self._watchers.add(conn)
+            conn.on_close.append(self._watchers.discard)
 
     def demand(self) -> list[m.DemandItem]:
         """Work waiting here for resources, by shape: what the autoscaler sizes the cluster by.
@@ -248,9 +275,8 @@ class NodeService:
                 if self._shutting_down:
                     return  # the head stopped first (`cluster stop`) while our workers finish
                 raise
-            if ack.view is not None and ack.version > self.view_version:
-                self.view, self.view_version = ack.view, ack.version
-                self._pump()
+            if ack.view is not None:
+                self._apply_view(ack.view, ack.version)
 
     # -------------------------------------------------------------------------- workers
 

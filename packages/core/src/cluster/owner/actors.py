@@ -415,6 +415,7 @@ class Actors:
             self._actor_dead(state, "its constructor raised", error)
             return
         state.state = "alive"
+        state.cause = ""  # (what a fault left for _on_actor_lost to say is spent)
         state.ready.set()
         if state.detached and state.name_key:  # holders find a detached actor's worker through its name
             old = await self.kv_request(m.KvGet(state.name_key))
@@ -452,6 +453,15 @@ class Actors:
         state.conn, state.address, state.state = conn, address, "alive"
         state.ready.set()
         self._pump_actor(state)
+
+    def node_died(self, node_id: str, why: str) -> None:
+        """``node_id`` died: our actors leased there are lost (restart, or dead), even where
+        the connection to their worker stays open and silent (a partition)."""
+        for state in list(self._actors.values()):
+            if state.lease is not None and state.lease.node_id == node_id and state.conn is not None:
+                state.cause = f"it ran on {why}"
+                self.rt.failures.append(("actor_restart", f"{state.class_name}: {state.cause}"))
+                state.conn.abort()
 
     def _on_actor_lost(self, conn: Any) -> None:
         state = conn.context

@@ -32,8 +32,10 @@ from cluster_store.errors import ObjectStoreFullError as StoreFull
 from cluster.errors import (
     ClusterConnectionError,
     GetTimeoutError,
+    NodeDiedError,
     ObjectLostError,
     ObjectStoreFullError,
+    OwnerDiedError,
     RemoteCallError,
     TaskCancelledError,
     WorkerCrashedError,
@@ -43,6 +45,7 @@ from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
 from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.owner.actors import Actors, ActorState, HandleFields
+from cluster.owner.recovery import Recovery
 from cluster.owner.references import KEEP, Borrow, ReferenceTable
 from cluster.owner.tasks import Lease, PendingTask, Shape, ShapeQueue
 from cluster.plugins import make_object_store
@@ -63,6 +66,7 @@ PIPELINE_DEPTH = int(os.environ.get("CLUSTER_TASKS_IN_FLIGHT_PER_WORKER", "4"))
 MAX_LEASE_REQUESTS = 8  # concurrent lease requests per resource shape
 INFEASIBLE_RETRY_S = 1.0
 BORROWER_CHECK_S = 2.0  # how often an owner checks that its borrowers' processes still exist
+LOAD_ATTEMPTS = 4  # reads of a stored object, each after its owner recovered it, before giving up
 
 
 class Runtime:
@@ -107,6 +111,9 @@ class Runtime:
         self._trio_thread: threading.Thread | None = None
         self._warned_infeasible: set[Shape] = set()
         self._owned: set[bytes] = set()
+        self.recovery = Recovery(self)  # node deaths, lost objects, lineage
+        # The last faults this process survived or not: (kind, what), newest last.
+        self.failures: collections.deque[tuple[str, str]] = collections.deque(maxlen=100)
         self._dialer = Dialer(token, role, self._on_message, self._on_message_fast)
         self._ids = itertools.count()
         self._pid_prefix = os.getpid().to_bytes(4, "little")
@@ -199,6 +206,7 @@ class Runtime:
                 self.session_dir = reply.session_dir
                 self._set_node(choose_local_node(self.nodes, self.head_address))
             self.node_conn = await self._connect(self.node_address, "the node daemon")
+            self.node_conn.send(m.WatchNodes())  # (so that we hear of nodes that die: _node_died)
             nursery.start_soon(self._linger_loop)
             nursery.start_soon(self._borrower_sweep)
             self._ready.set()
@@ -280,6 +288,10 @@ class Runtime:
             self._unregister_borrowers(msg.object_ids, msg.borrower, msg.counts)
         elif kind is m.AddObjectLocation:
             conn.reply(request_id, self._add_location(msg.object_id, msg.node_address))
+        elif kind is m.NodeDied:
+            self.recovery.node_died(msg)
+        elif kind is m.RecoverObject:
+            self.spawn(self.recovery.serve_recover, conn, request_id, msg)
         elif kind is m.ListObjects:
             conn.reply(request_id, self.list_objects(msg.limit))
         elif self._chunks is not None and kind is m.PullChunk:
@@ -345,6 +357,7 @@ class Runtime:
             del self._values[object_id]
             self._owned.discard(object_id)
         self._drop(object_id, entry)
+        self.recovery.lineage.release(object_id, self._owned, self.address)
 
     def _drop(self, object_id: bytes, entry: m.ValueEntry) -> None:
         """Let go of a freed object: its stored copies, and the refs its value held."""
@@ -804,7 +817,8 @@ class Runtime:
         except ClusterConnectionError:
             node_conn.send(m.ReturnLease(answer.lease_id, False))
             return None
-        lease = Lease(answer.lease_id, node_conn, worker_conn, queue.shape, idle_since=time.monotonic())
+        lease = Lease(answer.lease_id, node_conn, worker_conn, queue.shape, idle_since=time.monotonic(),
+                      node_id=answer.node_id)
         worker_conn.context = lease
         if self._on_worker_lost not in worker_conn.on_close:
             worker_conn.on_close.append(self._on_worker_lost)
@@ -868,12 +882,20 @@ class Runtime:
             elif task.retries_left > 0:
                 task.retries_left -= 1
                 task.lease = None
-                log.info("task_retry", task=task.name, reason="worker died", retries_left=task.retries_left)
+                reason = lease.lost_reason or "its worker died"
+                log.info("task_retry", task=task.name, reason=reason, retries_left=task.retries_left)
+                self.failures.append(("task_retry", f"{task.name}: {reason}"))
                 self._enqueue(task, front=True)
+            elif lease.lost_reason:
+                err: WorkerCrashedError = NodeDiedError(
+                    f"{task.name} was running on {lease.lost_reason}, and the task has no retries "
+                    f"left (max_retries={task.max_retries}); raise max_retries to retry it")
+                self._finish(task, [v.serialize_error(err)] * task.num_returns)
             else:
                 err = WorkerCrashedError(
                     f"the worker running {task.name} died (process exited or the connection "
-                    f"to it was lost) and the task has no retries left; raise max_retries to retry it"
+                    f"to it was lost) and the task has no retries left (max_retries={task.max_retries}); "
+                    "raise max_retries to retry it"
                 )
                 self._finish(task, [v.serialize_error(err)] * task.num_returns)
         self._dispatch(queue)
@@ -893,8 +915,10 @@ class Runtime:
                 continue
             entries = result.entries
             first = entries[0]
-            if first.is_error and task.retry_exceptions and task.retries_left > 0 and not task.cancelled:
+            if first.is_error and task.retry_exceptions and task.retries_left > 0 and not task.cancelled \
+                    and _retries_on(task.retry_exceptions, first):
                 task.retries_left -= 1
+                self.failures.append(("task_retry", f"{task.name}: it raised"))
                 retry.append(task)
                 continue
             if len(entries) != task.num_returns:
@@ -953,14 +977,20 @@ class Runtime:
             tasks = self._tasks
             table = self.references
             refcounts, escaped, borrowers = table.local, table.escaped, table.borrowers
+            lineage = self.recovery.lineage
             for task, entries in done:
                 tasks.pop(task.task_id, None)
+                stored = False
                 for oid, entry in zip(task.return_ids, entries, strict=False):
+                    stored = stored or type(entry) is m.StoredValue
                     if oid in refcounts or oid in escaped or oid in borrowers:
                         values[oid] = entry
                     else:
                         self._owned.discard(oid)
                         to_free.append((oid, entry))
+                if stored and task.actor is None and not task.held:
+                    lineage.keep(task, self.address)  # (before its arguments go, below)
+                task.rebuilding = False
                 released.append((task.dep_refs, task.held))
                 task.dep_refs = task.held = []  # release the arguments
             self._cv.notify_all()
@@ -975,17 +1005,20 @@ class Runtime:
                             self.soon(event.set)
         for oid, entry in to_free:
             self._drop(oid, entry)
+            self.recovery.lineage.release(oid, self._owned, self.address)
         del released
 
     async def _wait_entry(self, ref: ObjectRef) -> m.ValueEntry:
         """Wait (in trio) until ``ref``'s value entry is known; fetch it from its owner if borrowed."""
-        object_id = ref.id
+        return await self._wait_entry_of(ref.id, ref.owner)
+
+    async def _wait_entry_of(self, object_id: bytes, owner: str) -> m.ValueEntry:
         while True:
             entry = self._values.get(object_id)
             if entry is not None:
                 return entry
-            if ref.owner != self.address:
-                self._start_fetch(ref)
+            if owner != self.address:
+                self._start_fetch(ObjectRef(object_id, owner))
             event = trio.Event()
             waiters = self._trio_waiters.setdefault(object_id, [])
             waiters.append(event)
@@ -995,6 +1028,26 @@ class Runtime:
                     self._trio_waiters.pop(object_id, None)
                 continue
             await event.wait()
+
+    def settle(self, object_id: bytes, entry: m.ValueEntry) -> None:
+        """Give ``object_id`` the value ``entry`` (on the trio thread); its waiters wake."""
+        with self._cv:
+            self._values[object_id] = entry
+            self._cv.notify_all()
+        for event in self._trio_waiters.pop(object_id, ()):
+            event.set()
+
+    def resubmit(self, task: PendingTask) -> None:
+        """Run a finished task again (on the trio thread), to rebuild its lost results."""
+        with self._cv:
+            self._tasks[task.task_id] = task
+            self._owned.update(task.return_ids)
+            for object_id in task.return_ids:
+                self._values.pop(object_id, None)
+        self._submitted.append(task)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self.soon(self._drain_submitted)
 
     def _start_fetch(self, ref: ObjectRef) -> None:
         if ref.id in self._fetching or ref.id in self._values:
@@ -1009,8 +1062,9 @@ class Runtime:
                 entry = await owner.request(m.GetObject(ref.id))
             except (ClusterConnectionError, RemoteCallError) as exc:
                 entry = v.serialize_error(
-                    ObjectLostError(
-                        f"object {ref.hex()} is lost: its owner at {ref.owner} is unreachable ({exc})"
+                    OwnerDiedError(
+                        f"object {ref.hex()} is lost: its owner at {ref.owner} is unreachable ({exc}); an "
+                        "object's metadata lives with the process that created it, so it is gone with it"
                     )
                 )
             with self._cv:
@@ -1108,8 +1162,25 @@ class Runtime:
         return ready, [ref for ref in refs if ref._id not in chosen]
 
     def load_entry(self, entry: m.ValueEntry, deadline: float | None = None) -> Any:
-        if isinstance(entry, m.InlineValue):
-            return self.loads(entry.metadata, entry.inband, entry.buffers)
+        """The value of ``entry``. A stored object no copy of which can be read is recovered by
+        its owner (from another copy, or rebuilt from lineage) and read again."""
+        for attempt in range(LOAD_ATTEMPTS + 1):
+            if isinstance(entry, m.InlineValue):
+                return self.loads(entry.metadata, entry.inband, entry.buffers)
+            if attempt == LOAD_ATTEMPTS:
+                break
+            try:
+                return self._load_stored(entry, deadline)
+            except ObjectLostError as exc:
+                if self._trio_token is None or threading.current_thread() is self._trio_thread:
+                    raise
+                log.info("object_unreadable", object_id=entry.object_id.hex(), node=entry.node_id, error=str(exc))
+                entry = self.call_async(self.recovery.recover, entry, str(exc))
+        assert type(entry) is m.StoredValue  # (an inline one returned above)
+        raise ObjectLostError(f"object {entry.object_id.hex()} was recovered {LOAD_ATTEMPTS} times, and "
+                              f"still no copy could be read (last on node {entry.node_id})")
+
+    def _load_stored(self, entry: m.StoredValue, deadline: float | None) -> Any:
         object_id = entry.object_id
         stored = self.store.get(object_id)
         attempts = 0
@@ -1193,6 +1264,18 @@ class Runtime:
             self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
         elif task.lease.conn is not None and not task.lease.conn.closed:
             task.lease.conn.send(m.CancelTask(task_id, force))
+
+
+def _retries_on(retry_exceptions: bool | tuple[type[BaseException], ...], entry: m.ValueEntry) -> bool:
+    """Whether a task that failed with ``entry`` runs again, by its ``retry_exceptions``."""
+    if retry_exceptions is True:
+        return True
+    try:
+        v.loads(entry.metadata, entry.inband, entry.buffers)  # type: ignore[union-attr]
+    except BaseException as exc:  # the task's error (a TaskError, also an instance of its cause)
+        cause = getattr(exc, "cause", exc)
+        return isinstance(cause, retry_exceptions or ())
+    return False
 
 
 def _mb(size: float) -> str:

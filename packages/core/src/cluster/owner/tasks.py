@@ -34,7 +34,8 @@ class PendingTask:
     return_ids: list[bytes]
     shape: Shape
     retries_left: int
-    retry_exceptions: bool
+    # Retry when the task raises: False, True (any exception), or a tuple of exception types.
+    retry_exceptions: bool | tuple[type[BaseException], ...]
     held: list[ObjectRef] = attrs.Factory(list)  # ObjectRefs pickled inside the arguments
     deps: list[ValueEntry] = attrs.Factory(list)  # the values of dep_refs, once known
     method: str = ""  # an actor call: the method's name
@@ -44,6 +45,11 @@ class PendingTask:
     actor: Any = None
     lease: Lease | ActorState | None = None
     cancelled: bool = False
+    max_retries: int = 0  # as asked (retries_left counts down from it), for messages
+    # Lineage, kept while a stored result may need rebuilding: its ObjectRef arguments as
+    # (object id, owner), once the task has finished and let go of dep_refs.
+    lineage_deps: list[tuple[bytes, str]] | None = None
+    rebuilding: bool = False  # running again, to rebuild a lost result
 
 
 @attrs.define(slots=True, eq=False)
@@ -60,6 +66,8 @@ class Lease:
     # take tasks out of it.
     lock: threading.Lock = attrs.Factory(threading.Lock)
     blocked: bool = False  # its worker's running task waits in get/wait: send it nothing more
+    node_id: str = ""  # the node whose worker it is
+    lost_reason: str = ""  # set when its node died: why its tasks must run again
 
 
 @attrs.define(slots=True, eq=False)

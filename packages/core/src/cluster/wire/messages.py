@@ -578,6 +578,35 @@ class ListWorkers(Message):
     """Ask a node for its live workers (reply: list of dicts)."""
 
 
+@message(51)
+@attrs.frozen
+class WatchNodes(Message):
+    """An owner -> its node daemon: tell me when a node of the cluster dies (``NodeDied``)."""
+
+
+@message(52)
+@attrs.frozen
+class NodeDied(Message):
+    """A node daemon -> the owners watching: the head declared node ``node_id`` dead. Its
+    workers' tasks and its store's objects are gone (a node that comes back rejoins as new)."""
+
+    node_id: str
+    address: str
+    reason: str
+    live: list[list[str]] = attrs.Factory(list)  # [node id, address] of the nodes still alive
+
+
+@message(74)
+@attrs.frozen
+class RecoverObject(Message):
+    """A borrower -> an object's owner: no copy of it could be read (request; the reply is the
+    object's value entry once rebuilt, or an error entry saying why it cannot be)."""
+
+    object_id: bytes
+    node_id: str  # where the reader looked (the owner rebuilds only if that is still where it lives)
+    reason: str
+
+
 # --- actors ---------------------------------------------------------------------------------
 
 
