@@ -134,7 +134,7 @@ def test_a_frozen_node_is_declared_dead_by_deadline_and_its_work_redone(make_clu
     lc = make_cluster(num_cpus=1, heartbeat_timeout=2.0)
     frozen = lc.add_node(num_cpus=2, resources={"pool": 1})
     lc.connect()
-    frozen_id = next(n["node_id"] for n in cluster.nodes() if n["pid"] == frozen["pid"])
+    frozen_id, frozen_address = next((n["node_id"], n["address"]) for n in cluster.nodes() if n["pid"] == frozen["pid"])
     refs = [slow_square.remote(i) for i in range(100)]
     e2e.wait_until(lambda: cluster.wait(refs, num_returns=5, timeout=0)[0], what="the first results")
     spare = lc.add_node(num_cpus=2, resources={"pool": 1})
@@ -156,6 +156,12 @@ def test_a_frozen_node_is_declared_dead_by_deadline_and_its_work_redone(make_clu
         chaos.verified("the frozen node's tasks ran again on the spare node")
         dead = next(n for n in cluster.nodes() if n["node_id"] == frozen_id)
         assert "heartbeat deadline" in dead["death_reason"], dead
+        status = e2e.wait_until(lambda: (out := lc.cli("status").stdout) and "task_retry" in out and out,
+                                timeout=30, what="the retries to reach `cluster status`")
+        assert f"{frozen_id} at {frozen_address}: missed its heartbeat deadline (2s) (" in status, status
+        assert f"node_dead: node {frozen_id}" in status, status
+        assert f"slow_square: node {frozen_id}" in status, status
+        chaos.verified("`cluster status` shows the dead node with when and why, and the tasks' retries")
     finally:
         for proc in procs:
             try:

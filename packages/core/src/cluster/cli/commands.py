@@ -23,6 +23,7 @@ from cluster.wire.connection import dial
 from cluster.wire.streams import parse_address
 
 DEFAULT_HEAD_PORT = 6380
+RECENT_FAILURES = 10  # faults `cluster status` lists
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -247,6 +248,11 @@ def status(address: str | None, token: str | None, as_json: bool, explain: bool)
         rows.append([n["node_id"] + (" (head)" if n["is_head"] else ""), n["address"], n["state"],
                      used("CPU"), used("GPU"), *(used(k) for k in names)])
     _print_table([[str(c) for c in row] for row in rows])
+    dead = [n for n in nodes if n["state"] != "alive"]
+    if dead:
+        click.echo("Dead nodes:")
+        for n in sorted(dead, key=lambda n: n.get("died_at") or 0):
+            click.echo(f"  {n['node_id']} at {n['address']}: {n.get('death_reason') or 'dead'}{_ago(n.get('died_at'))}")
     demand = total_demand(n.get("demand") for n in alive)
     if not demand:
         click.echo("Pending demand: none")
@@ -263,9 +269,24 @@ def status(address: str | None, token: str | None, as_json: bool, explain: bool)
         return _ask_cluster(address, token, ask)
 
 
+    failures = request(m.ListFailures())
+    if failures:
+        click.echo(f"Recent failures (last {min(len(failures), RECENT_FAILURES)} of {len(failures)} kept):")
+        for failure in failures[-RECENT_FAILURES:]:
+            click.echo(f"  {failure.kind}: {failure.what}{_ago(failure.when)}")
+
     for lines in get_plugin_manager().hook.cluster_status_lines(request=request, explain=explain):
         for line in lines or ():
             click.echo(line)
+
+
+def _ago(when: float | None) -> str:
+    """`` (12s ago, at 14:03:07)`` for a wall-clock time; "" for none."""
+    if not when:
+        return ""
+    seconds = max(0.0, time.time() - when)
+    since = f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    return f" ({since} ago, at {time.strftime('%H:%M:%S', time.localtime(when))})"
 
 
 def _head_and_token(address: str | None, token: str | None) -> tuple[str, str]:

@@ -6,6 +6,7 @@ passes through it.
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from cluster.wire import messages as m
 from cluster.wire.connection import Connection
 
 log = structlog.get_logger("cluster.head")
+
+MAX_FAILURES = 200  # kept for `cluster status`
 
 
 @attrs.define(eq=False)
@@ -86,6 +89,8 @@ class HeadService:
     autoscaling_config: str | None = None  # a cluster config (YAML) to autoscale by (cluster-autoscaler)
     # Called with each NodeRecord the head declares dead (plugins' head services add theirs).
     on_node_dead: list[Callable[[NodeRecord], None]] = attrs.Factory(list)
+    # The last faults of the cluster (nodes' reports and node deaths), oldest first.
+    failures: collections.deque[m.Failure] = attrs.Factory(lambda: collections.deque(maxlen=MAX_FAILURES))
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -97,6 +102,7 @@ class HeadService:
             m.KvPut: self._kv_put,
             m.KvGet: self._kv_get,
             m.KvDelete: self._kv_delete,
+            m.ListFailures: self._list_failures,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -121,6 +127,8 @@ class HeadService:
         self.view_version += 1
         self._broadcast_view()
         log.warning("node_dead", node_id=node.node_id, address=node.address, reason=reason)
+        self.failures.append(m.Failure("node_dead", f"node {node.node_id} at {node.address}: {reason}",
+                                       node.died_at or time.time(), node.node_id))
         for callback in self.on_node_dead:
             callback(node)
         if node.conn is not None and node.conn.nursery is not None:
@@ -166,6 +174,7 @@ class HeadService:
         node.last_seen = trio.current_time()
         node.store = msg.store
         node.demand = msg.demand
+        self.failures.extend(msg.failures)
         if node.available != msg.available:
             node.available = msg.available
             self.view_version += 1
@@ -181,6 +190,9 @@ class HeadService:
                                   "address": msg.address}
             conn.on_close.append(lambda c: self.drivers.pop(c, None))
         conn.reply(request_id, m.DriverRegistered(self.view(), self.session_dir, os.getpid()))
+
+    def _list_failures(self, conn: Connection, msg: m.ListFailures, request_id: int) -> None:
+        conn.reply(request_id, list(self.failures))
 
     def _list_nodes(self, conn: Connection, msg: m.ListNodes, request_id: int) -> None:
         conn.reply(request_id, self.view())

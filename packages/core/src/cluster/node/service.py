@@ -34,6 +34,7 @@ log = structlog.get_logger("cluster.node")
 
 HEARTBEAT_S = 0.25
 MAX_SPILLS = 2
+MAX_FAILURES_PER_HEARTBEAT = 50
 INFEASIBLE_STALE_S = 10.0  # an infeasible shape counts as demand this long after its owner last asked
 
 
@@ -122,6 +123,7 @@ class NodeService:
     services: Any = None  # the daemon's plugin services (cluster.contracts.ServiceRegistry)
     _infeasible: dict = attrs.Factory(dict)  # shape -> (when last asked, backlog): fits no node now
     _watchers: set = attrs.Factory(set)  # connections of owners told when a node dies (WatchNodes)
+    _failures: list = attrs.Factory(list)  # of Failure: reported here, for the head's next heartbeat
 
     def __attrs_post_init__(self) -> None:
         self.ledger = ResourceLedger(dict(self.resources))
@@ -154,6 +156,7 @@ class NodeService:
             m.DeleteObjects: self._delete_objects,
             m.WorkerBlocked: self._worker_blocked,
             m.WatchNodes: self._watch_nodes,
+            m.ReportFailure: self._report_failure,
         }
 
     # ------------------------------------------------------------------------ lifecycle
@@ -222,6 +225,10 @@ class NodeService:
                         watcher.send(announcement)
         self._pump()
 
+    def _report_failure(self, conn: Connection, msg: m.ReportFailure, request_id: int) -> None:
+        if len(self._failures) < MAX_FAILURES_PER_HEARTBEAT:  # (a storm is summed up by the first ones)
+            self._failures.append(attrs.evolve(msg.failure, when=time.time(), node_id=self.node_id))
+
     def _watch_nodes(self, conn: Connection, msg: m.WatchNodes, request_id: int) -> None:
         if conn not in self._watchers:
             self._watchers.add(conn)
@@ -267,9 +274,11 @@ class NodeService:
     async def _heartbeat_loop(self) -> None:
         while True:
             await trio.sleep(HEARTBEAT_S)
+            failures, self._failures = self._failures, []
             try:
                 ack = await self.head_conn.request(
-                    m.Heartbeat(self.node_id, self.ledger.available, self.view_version, self.store_stats(), self.demand())
+                    m.Heartbeat(self.node_id, self.ledger.available, self.view_version, self.store_stats(),
+                                self.demand(), failures)
                 )
             except ClusterConnectionError:
                 if self._shutting_down:

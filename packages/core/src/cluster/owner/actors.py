@@ -460,7 +460,6 @@ class Actors:
         for state in list(self._actors.values()):
             if state.lease is not None and state.lease.node_id == node_id and state.conn is not None:
                 state.cause = f"it ran on {why}"
-                self.rt.failures.append(("actor_restart", f"{state.class_name}: {state.cause}"))
                 state.conn.abort()
 
     def _on_actor_lost(self, conn: Any) -> None:
@@ -494,6 +493,7 @@ class Actors:
                 state.restarts_left -= 1
                 state.restarts += 1
                 log.warning("actor_restarting", actor=state.class_name, cause=cause, restarts_left=state.restarts_left)
+                self.rt.report_failure("actor_restart", f"{state.class_name} ({state.actor_id.hex()[:12]}): {cause}")
                 self.rt.spawn(self._start_actor, state)
             else:
                 self.rt.spawn(self._locate_actor, state)

@@ -217,7 +217,7 @@ class Recovery:
         task.retries_left -= 1
         task.rebuilding = True
         log.info("object_rebuild", object_id=object_id.hex(), task=task.name, retries_left=task.retries_left)
-        rt.failures.append(("reconstruction", f"{task.name}: rebuilding object {object_id.hex()}"))
+        rt.report_failure("reconstruction", f"{task.name}: run again to rebuild object {object_id.hex()}")
         task.dep_refs = [ObjectRef(dep_id, dep_owner) for dep_id, dep_owner in task.lineage_deps or ()]
         task.deps = []
         task.lease = None

@@ -112,8 +112,6 @@ class Runtime:
         self._warned_infeasible: set[Shape] = set()
         self._owned: set[bytes] = set()
         self.recovery = Recovery(self)  # node deaths, lost objects, lineage
-        # The last faults this process survived or not: (kind, what), newest last.
-        self.failures: collections.deque[tuple[str, str]] = collections.deque(maxlen=100)
         self._dialer = Dialer(token, role, self._on_message, self._on_message_fast)
         self._ids = itertools.count()
         self._pid_prefix = os.getpid().to_bytes(4, "little")
@@ -230,6 +228,12 @@ class Runtime:
         conn = self.call_async(self._connect, self.head_address, "the cluster")
         nodes: list[NodeInfo] = self.call_async(conn.request, m.ListNodes())
         return nodes
+
+    def report_failure(self, kind: str, what: str) -> None:
+        """Tell the cluster of a fault met here (``cluster status`` lists the last ones); trio thread."""
+        conn = self.node_conn
+        if conn is not None and not conn.closed:
+            conn.send(m.ReportFailure(m.Failure(kind, what)))
 
     def soon(self, fn: Any, *args: Any) -> None:
         """Schedule a sync function on the trio thread without waiting."""
@@ -884,7 +888,7 @@ class Runtime:
                 task.lease = None
                 reason = lease.lost_reason or "its worker died"
                 log.info("task_retry", task=task.name, reason=reason, retries_left=task.retries_left)
-                self.failures.append(("task_retry", f"{task.name}: {reason}"))
+                self.report_failure("task_retry", f"{task.name}: {reason}")
                 self._enqueue(task, front=True)
             elif lease.lost_reason:
                 err: WorkerCrashedError = NodeDiedError(
@@ -918,7 +922,7 @@ class Runtime:
             if first.is_error and task.retry_exceptions and task.retries_left > 0 and not task.cancelled \
                     and _retries_on(task.retry_exceptions, first):
                 task.retries_left -= 1
-                self.failures.append(("task_retry", f"{task.name}: it raised"))
+                self.report_failure("task_retry", f"{task.name}: it raised, and retry_exceptions allows it")
                 retry.append(task)
                 continue
             if len(entries) != task.num_returns:

@@ -213,6 +213,32 @@ class DemandItem(Message):
     infeasible: bool = False
 
 
+@message(55)
+@attrs.frozen
+class Failure(Message):
+    """A fault the cluster met: ``kind`` is task_retry, actor_restart, reconstruction or
+    node_dead; ``what`` says which and why. (``cluster status`` shows the last ones.)"""
+
+    kind: str
+    what: str
+    when: float = 0.0  # wall clock; the node that relays it fills it in, and its id
+    node_id: str = ""
+
+
+@message(53)
+@attrs.frozen
+class ReportFailure(Message):
+    """An owner -> its node daemon: a fault it met (relayed to the head with the next heartbeat)."""
+
+    failure: Failure
+
+
+@message(54)
+@attrs.frozen
+class ListFailures(Message):
+    """Ask the head for the last faults of the cluster (reply: list of Failure, oldest first)."""
+
+
 # --- actors: what their owners answer -------------------------------------------------------
 
 
@@ -330,6 +356,7 @@ class Heartbeat(Message):
     view_version: int
     store: StoreStats
     demand: list[DemandItem] = attrs.Factory(list)  # work waiting here
+    failures: list[Failure] = attrs.Factory(list)  # what owners here reported since the last one
 
 
 @message(27)
