@@ -159,3 +159,46 @@ def test_retry_exceptions_takes_a_list_of_exception_types(make_cluster, tmp_path
     assert len(os.listdir(tmp_path / "value")) == 1  # not retried: not a KeyError
     with pytest.raises(cluster.exceptions.ConfigError, match="retry_exceptions"):
         flaky.options(retry_exceptions=["KeyError"])
+
+
+def _remove_from_store(node: dict, ref) -> None:
+    """Delete an object's file from a node's store behind the cluster's back (a store that lost it)."""
+    from cluster_store._common import object_name
+
+    path = os.path.join(node["store_path"], object_name(ref.binary()))
+    os.unlink(path)
+
+
+def test_an_object_its_store_lost_is_rebuilt_when_its_owner_or_a_borrower_reads_it(make_cluster, chaos, tmp_path):
+    lc = make_cluster(num_cpus=1, resources={"reader": 1})
+    record = lc.add_node(num_cpus=1, resources={"pool": 1})
+    lc.connect()
+    node = next(n for n in cluster.nodes() if n["pid"] == record["pid"])
+    seed = chaos.rng.randrange(1 << 30)
+    expected = digest(__import__("random").Random(seed).randbytes(SIZE))
+
+    runs = str(tmp_path / "runs")
+    os.mkdir(runs)
+    mine = block.remote(seed, SIZE, runs)
+    cluster.wait([mine], timeout=60)
+    _remove_from_store(node, mine)
+    chaos.fault(f"delete object {mine.hex()} from node {node['node_id']}'s store (its owner reads it)")
+    assert digest(cluster.get(mine, timeout=60)) == expected
+    assert len(os.listdir(runs)) == 2
+    chaos.verified("the owner's get rebuilt it (the task ran again)")
+
+    @cluster.remote(resources={"reader": 0.01})
+    def read_nested(refs: list) -> str:
+        import hashlib
+
+        import cluster
+
+        return hashlib.sha256(cluster.get(refs[0])).hexdigest()
+
+    lent = block.remote(seed, SIZE, runs)
+    cluster.wait([lent], timeout=60)
+    _remove_from_store(node, lent)
+    chaos.fault(f"delete object {lent.hex()} from node {node['node_id']}'s store (a borrower reads it)")
+    assert cluster.get(read_nested.remote([lent]), timeout=60) == expected
+    assert len(os.listdir(runs)) == 4
+    chaos.verified("a borrower's get had the owner rebuild it (the task ran again)")

@@ -43,6 +43,10 @@ class ObjectRef:
     def hex(self) -> str:
         return self._id.hex()
 
+    def binary(self) -> bytes:
+        """The object id's bytes (Ray's ``ObjectRef.binary()``)."""
+        return self._id
+
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"
 
