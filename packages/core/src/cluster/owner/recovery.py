@@ -25,6 +25,7 @@ lineage. Imports: tasks, refs, values, messages.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -44,50 +45,75 @@ if TYPE_CHECKING:
 log = structlog.get_logger("cluster.recovery")
 
 PUT_SUFFIX = b"\xff\xff\xff\xff"  # the last bytes of a put object's id (Runtime.put)
+# Bytes of task arguments lineage may keep per process before the oldest go (Ray's
+# max_lineage_bytes, 1 GB by default there too); an object whose lineage went cannot be rebuilt.
+MAX_LINEAGE_BYTES = int(os.environ.get("CLUSTER_MAX_LINEAGE_BYTES", str(1 << 30)))
 
 
 class Lineage:
     """Finished tasks kept to rebuild their stored results; thread-safe (its own lock)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = MAX_LINEAGE_BYTES) -> None:
         self.lock = threading.Lock()
-        self.tasks: dict[bytes, PendingTask] = {}
+        self.tasks: dict[bytes, PendingTask] = {}  # oldest first
         self.pins: collections.Counter[bytes] = collections.Counter()  # object id -> kept tasks taking it
+        self.max_bytes = max_bytes
+        self.bytes = 0  # of the kept tasks' arguments
+        self.evicted = 0  # tasks dropped to stay under max_bytes
 
-    def keep(self, task: PendingTask, owner: str) -> None:
-        """Keep ``task`` (finished, with a stored result) to run again if that result is lost."""
+    def keep(self, task: PendingTask, alive: Any, owner: str) -> None:
+        """Keep ``task`` (finished, with a stored result) to run again if that result is lost;
+        ``alive`` holds the ids of our live objects."""
         with self.lock:
             if task.task_id in self.tasks:
                 return  # (a rebuild finished: kept already, its arguments pinned already)
             task.lineage_deps = [(ref._id, ref._owner) for ref in task.dep_refs]
             self.tasks[task.task_id] = task
+            self.bytes += len(task.args)
             if task.retries_left > 0:
                 for object_id, dep_owner in task.lineage_deps:
                     if dep_owner == owner:
                         self.pins[object_id] += 1
+            todo: list[bytes] = []
+            while self.bytes > self.max_bytes and len(self.tasks) > 1:
+                oldest = next(iter(self.tasks.values()))
+                if oldest.rebuilding:
+                    break
+                self.evicted += 1
+                self._drop(oldest, owner, todo)
+            self._sweep(todo, alive, owner)
 
     def task_of(self, object_id: bytes) -> PendingTask | None:
         return self.tasks.get(object_id[:16])
 
     def release(self, object_id: bytes, alive: Any, owner: str) -> None:
         """``object_id`` was freed: drop the tasks no live object or kept task needs any more."""
-        todo = [object_id[:16]]
         with self.lock:
-            while todo:
-                task = self.tasks.get(todo.pop())
-                if task is None or task.rebuilding:
+            self._sweep([object_id[:16]], alive, owner)
+
+    def _sweep(self, todo: list[bytes], alive: Any, owner: str) -> None:
+        """Drop the tasks on ``todo`` (by id) that nothing needs, and so on through their
+        arguments (lock held)."""
+        while todo:
+            task = self.tasks.get(todo.pop())
+            if task is None or task.rebuilding:
+                continue
+            if any(rid in alive or self.pins.get(rid) for rid in task.return_ids):
+                continue
+            self._drop(task, owner, todo)
+
+    def _drop(self, task: PendingTask, owner: str, todo: list[bytes]) -> None:
+        """Forget ``task``; the tasks of arguments no longer pinned go on ``todo`` (lock held)."""
+        del self.tasks[task.task_id]
+        self.bytes -= len(task.args)
+        if task.retries_left > 0:
+            for dep_id, dep_owner in task.lineage_deps or ():
+                if dep_owner != owner:
                     continue
-                if any(rid in alive or self.pins.get(rid) for rid in task.return_ids):
-                    continue
-                del self.tasks[task.task_id]
-                if task.retries_left > 0:
-                    for dep_id, dep_owner in task.lineage_deps or ():
-                        if dep_owner != owner:
-                            continue
-                        self.pins[dep_id] -= 1
-                        if self.pins[dep_id] <= 0:
-                            del self.pins[dep_id]
-                            todo.append(dep_id[:16])
+                self.pins[dep_id] -= 1
+                if self.pins[dep_id] <= 0:
+                    del self.pins[dep_id]
+                    todo.append(dep_id[:16])
 
 
 class Recovery:
@@ -191,8 +217,10 @@ class Recovery:
         if task is None:
             if object_id.endswith(PUT_SUFFIX):
                 return "it was stored with cluster.put, and a put object has no task to rebuild it from"
+            evicted = (f", or its lineage was dropped to keep under {self.lineage.max_bytes} bytes "
+                       "(CLUSTER_MAX_LINEAGE_BYTES)") if self.lineage.evicted else ""
             return ("no lineage was kept for it (it is the result of an actor call, or of a task whose "
-                    "arguments held ObjectRefs inside other values)")
+                    f"arguments held ObjectRefs inside other values{evicted})")
         if task.rebuilding:
             return None
         if task.retries_left <= 0:

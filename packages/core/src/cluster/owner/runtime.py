@@ -993,7 +993,7 @@ class Runtime:
                         self._owned.discard(oid)
                         to_free.append((oid, entry))
                 if stored and task.actor is None and not task.held:
-                    lineage.keep(task, self.address)  # (before its arguments go, below)
+                    lineage.keep(task, self._owned, self.address)  # (before its arguments go, below)
                 task.rebuilding = False
                 released.append((task.dep_refs, task.held))
                 task.dep_refs = task.held = []  # release the arguments
