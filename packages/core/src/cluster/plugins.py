@@ -17,7 +17,7 @@ from cluster.errors import ConfigError
 if TYPE_CHECKING:
     from cluster_store import SpillTarget
 
-    from cluster.contracts import ObjectStore
+    from cluster.contracts import MetadataStore, ObjectStore
 
 ENTRY_POINT_GROUP = "cluster.plugins"
 # name -> module; registered exactly like a third party's plugin, and can be disabled the same way.
@@ -73,7 +73,7 @@ def make_spill_target(node: dict) -> SpillTarget | None:
     return get_plugin_manager().hook.cluster_make_spill_target(node=node)
 
 
-def make_metadata_store(url: str) -> object:
+def make_metadata_store(url: str) -> MetadataStore:
     """The head's metadata store at ``url``, from the first plugin that knows its scheme."""
     store = get_plugin_manager().hook.cluster_make_metadata_store(url=url)
     if store is None:

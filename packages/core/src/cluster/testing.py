@@ -1,4 +1,6 @@
-"""Real multi-node clusters for tests: a head and nodes started through the CLI, on 127.0.0.1.
+"""For tests: real clusters (``LocalCluster``), and the metadata store contract as tests.
+
+``LocalCluster``: a head and nodes started through the CLI, on 127.0.0.1.
 
     with LocalCluster(tmp_path) as lc:          # head with 1 CPU
         lc.add_node(num_cpus=1)                 # a second node daemon
@@ -8,19 +10,26 @@
 Everything runs in its own ``CLUSTER_TMPDIR``, so tests never see each other's clusters or the
 user's. On exit, ``cluster stop`` stops the daemons by their recorded pids, and any process
 still alive that the cluster started (found by walking the daemons' children) is killed.
+
+``MetadataStoreConformance``: the checks every metadata store passes (core's SQLite store in
+core's tests, a plugin's store in its package's tests).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cluster
+from cluster.contracts import MetadataStore
+from cluster.plugins import make_metadata_store
 
 
 class LocalCluster:
@@ -115,3 +124,169 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# ------------------------------------------------------------------ metadata stores
+
+
+class MetadataStoreConformance:
+    """The contract of ``cluster.contracts.MetadataStore``, as tests any store's package can run.
+
+    Subclass it in a test module with a ``metadata_store_url`` fixture that returns a URL no test
+    wrote to yet; pytest then runs every check against the store that the
+    ``cluster_make_metadata_store`` hook opens for it (so the plugin's registration is checked
+    too)::
+
+        class TestSqliteMetadataStore(MetadataStoreConformance):
+            @pytest.fixture
+            def metadata_store_url(self, tmp_path):
+                return f"sqlite:///{tmp_path / 'metadata.db'}"
+
+    What the head relies on: values are JSON documents, given back as new objects; ``items``
+    lists a table in the order of the last write of each key (core's SQLite store's order: an
+    overwrite moves a key to the end); every write is there for a new store object on the same
+    URL, also after ``close``; tables never see each other's keys.
+    """
+
+    def test_a_missing_key_is_none_and_deleting_it_is_false(self, metadata_store_url: str) -> None:
+        with _opened(metadata_store_url) as store:
+            assert store.get("jobs", "nobody") is None
+            assert store.delete("jobs", "nobody") is False
+            assert store.items("jobs") == []
+
+    def test_a_value_comes_back_as_the_json_it_was(self, metadata_store_url: str) -> None:
+        values = {
+            "record": {"status": "SUCCEEDED", "exit_code": 0, "start": 1.5, "ok": True,
+                       "labels": {"b": "2", "a": "1"}, "none": None, "list": [1, "two", [3.0]]},
+            "number": 42, "float": 0.1, "text": "plain", "true": True, "null": None,
+            "tuple": (1, 2),  # JSON has no tuples: back as a list
+        }
+        with _opened(metadata_store_url) as store:
+            for key, value in values.items():
+                store.put("jobs", key, value)
+            for key, value in values.items():
+                got = store.get("jobs", key)
+                expected = list(value) if isinstance(value, tuple) else value
+                assert got == expected and type(got) is type(expected), (key, got)
+            assert list(store.get("jobs", "record")["labels"]) == ["b", "a"]  # a document keeps its key order
+            assert dict(store.items("jobs")) == {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    def test_a_value_is_copied_in_and_out(self, metadata_store_url: str) -> None:
+        record = {"status": "PENDING", "tags": ["a"]}
+        with _opened(metadata_store_url) as store:
+            store.put("jobs", "j1", record)
+            record["status"] = "changed after the put"
+            got = store.get("jobs", "j1")
+            assert got == {"status": "PENDING", "tags": ["a"]}
+            got["tags"].append("changed after the get")
+            assert store.get("jobs", "j1") == {"status": "PENDING", "tags": ["a"]}
+
+    def test_a_value_that_is_not_json_is_refused_and_changes_nothing(self, metadata_store_url: str) -> None:
+        with _opened(metadata_store_url) as store:
+            store.put("jobs", "j1", {"v": 1})
+            for bad in ({1, 2}, b"bytes", object()):
+                for key, value in (("j1", {"v": bad}), ("new", bad)):
+                    try:
+                        store.put("jobs", key, value)
+                    except TypeError:
+                        continue
+                    raise AssertionError(f"a put of {value!r} did not raise TypeError")
+            assert store.items("jobs") == [("j1", {"v": 1})]
+
+    def test_an_overwrite_replaces_the_value_and_moves_the_key_last(self, metadata_store_url: str) -> None:
+        with _opened(metadata_store_url) as store:
+            for key in ("a", "b", "c"):
+                store.put("jobs", key, {"v": key})
+            store.put("jobs", "a", {"v": "a2"})
+            assert store.get("jobs", "a") == {"v": "a2"}
+            assert store.items("jobs") == [("b", {"v": "b"}), ("c", {"v": "c"}), ("a", {"v": "a2"})]
+
+    def test_items_come_in_the_order_of_the_writes_not_sorted(self, metadata_store_url: str) -> None:
+        keys = [f"job-{(i * 37) % 101:03d}" for i in range(101)]  # a fixed order that is not sorted
+        with _opened(metadata_store_url) as store:
+            for i, key in enumerate(keys):
+                store.put("jobs", key, i)
+            assert store.items("jobs") == [(key, i) for i, key in enumerate(keys)]
+
+    def test_a_deleted_key_is_gone_and_written_again_comes_last(self, metadata_store_url: str) -> None:
+        with _opened(metadata_store_url) as store:
+            for key in ("a", "b", "c"):
+                store.put("jobs", key, key)
+            assert store.delete("jobs", "a") is True
+            assert store.delete("jobs", "a") is False
+            assert store.get("jobs", "a") is None
+            assert store.items("jobs") == [("b", "b"), ("c", "c")]
+            store.put("jobs", "a", "again")
+            assert store.items("jobs") == [("b", "b"), ("c", "c"), ("a", "again")]
+
+    def test_tables_are_independent(self, metadata_store_url: str) -> None:
+        with _opened(metadata_store_url) as store:
+            store.put("jobs", "x", "a job")
+            store.put("nodes", "x", "a node")
+            # names that would meet if a store joined table and key with a separator
+            store.put("a", "b:c", "table a")
+            store.put("a:b", "c", "table a:b")
+            store.put("a/b", "c", "table a/b")
+            assert store.delete("jobs", "x") is True
+            assert store.get("nodes", "x") == "a node"
+            assert store.items("jobs") == []
+            assert store.items("nodes") == [("x", "a node")]
+            assert store.items("a") == [("b:c", "table a")]
+            assert store.items("a:b") == [("c", "table a:b")]
+            assert store.items("a/b") == [("c", "table a/b")]
+
+    def test_unicode_in_tables_keys_and_values(self, metadata_store_url: str) -> None:
+        value = {"message": "日本語のログ 🎉", "ü": "naïve café", "nul": "a\x00b", "quote": "\"'\\"}
+        with _opened(metadata_store_url) as store:
+            store.put("jöbs", "задача-1 ✓", value)
+            store.put("jöbs", "", "the empty key")
+            assert store.get("jöbs", "задача-1 ✓") == value
+            assert store.items("jöbs") == [("задача-1 ✓", value), ("", "the empty key")]
+            assert store.items("jobs") == []
+
+    def test_a_large_value_round_trips(self, metadata_store_url: str) -> None:
+        value = {"log": "x" * (4 << 20), "numbers": list(range(100_000))}
+        with _opened(metadata_store_url) as store:
+            store.put("jobs", "big", value)
+            store.put("jobs", "small", 1)
+            assert store.get("jobs", "big") == value
+            assert store.items("jobs") == [("big", value), ("small", 1)]
+
+    def test_a_new_store_on_the_same_url_sees_every_write_in_order(self, metadata_store_url: str) -> None:
+        with _opened(metadata_store_url) as store:
+            for key in ("a", "b", "c", "d"):
+                store.put("jobs", key, {"v": key})
+            store.delete("jobs", "b")
+            store.put("jobs", "a", {"v": "a2"})
+            store.put("nodes", "n1", "alive")
+        with _opened(metadata_store_url) as again:
+            assert again.items("jobs") == [("c", {"v": "c"}), ("d", {"v": "d"}), ("a", {"v": "a2"})]
+            assert again.get("jobs", "b") is None
+            assert again.items("nodes") == [("n1", "alive")]
+
+    def test_two_stores_open_on_one_url_see_each_others_writes(self, metadata_store_url: str) -> None:
+        with _opened(metadata_store_url) as one, _opened(metadata_store_url) as two:
+            one.put("jobs", "j1", "from one")
+            assert two.get("jobs", "j1") == "from one"
+            two.put("jobs", "j1", "from two")
+            two.put("jobs", "j2", "from two")
+            assert one.items("jobs") == [("j1", "from two"), ("j2", "from two")]
+            assert one.delete("jobs", "j2") is True
+            assert two.get("jobs", "j2") is None
+
+    def test_close_keeps_what_was_written_and_may_be_repeated(self, metadata_store_url: str) -> None:
+        store = make_metadata_store(metadata_store_url)
+        store.put("jobs", "j1", "kept")
+        store.close()
+        store.close()
+        with _opened(metadata_store_url) as again:
+            assert again.get("jobs", "j1") == "kept"
+
+
+@contextlib.contextmanager
+def _opened(url: str) -> Iterator[MetadataStore]:
+    store = make_metadata_store(url)
+    try:
+        yield store
+    finally:
+        store.close()
