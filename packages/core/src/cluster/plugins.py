@@ -77,8 +77,12 @@ def make_metadata_store(url: str) -> MetadataStore:
     """The head's metadata store at ``url``, from the first plugin that knows its scheme."""
     store = get_plugin_manager().hook.cluster_make_metadata_store(url=url)
     if store is None:
-        raise ConfigError(f"no installed plugin opens the metadata store {url!r}; core opens "
-                          "sqlite:///PATH (install the plugin for that scheme, or use a SQLite file)")
+        scheme, sep, _ = url.partition("://")
+        named = f"URLs of the scheme {scheme}://" if sep else f"{url!r} (not a URL)"  # no password shown
+        off = ", ".join(sorted(disabled_plugins())) or "none"
+        raise ConfigError(f"no installed plugin opens metadata stores at {named}; core opens "
+                          "sqlite:///PATH, cluster-redis redis://, rediss:// and unix:// (pip install "
+                          f"cluster-redis). Disabled plugins: {off}.")
     return store
 
 
