@@ -26,7 +26,7 @@ SOURCES = sorted(pyproject.parent / "src" for pyproject in
 
 def test_every_distribution_is_checked() -> None:
     packages = {package.name for src in SOURCES for package in src.iterdir() if package.is_dir()}
-    assert {"cluster", "cluster_store", "cluster_client", "cluster_autoscaler", "cluster_k8s",
+    assert {"cluster", "cluster_store", "cluster_client", "cluster_autoscaler", "cluster_k8s", "cluster_redis",
             "cluster_provider_shell"} <= packages
 
 

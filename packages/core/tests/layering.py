@@ -63,7 +63,7 @@ LAYERS: list[tuple[str, ...]] = [
     ),
 ]
 
-FORBIDDEN_DISTRIBUTIONS = ("cluster_client", "cluster_autoscaler", "cluster_k8s", "cluster_aws")
+FORBIDDEN_DISTRIBUTIONS = ("cluster_client", "cluster_autoscaler", "cluster_k8s", "cluster_aws", "cluster_redis")
 
 
 @attrs.frozen
