@@ -159,8 +159,10 @@ def cluster_make_metadata_store(url: str) -> MetadataStore | None:
     --metadata-store URL``; default ``sqlite:///<session dir>/metadata.db``).
 
     Return an object with :class:`cluster.contracts.MetadataStore`'s methods, or None when the
-    URL's scheme is not yours; the first answer wins. Core answers ``sqlite:///PATH``.
-    Called once, in the head daemon, before head services start.
+    URL's scheme is not yours; the first answer wins. Core answers ``sqlite:///PATH``
+    (cluster-redis ``redis://``, ``rediss://`` and ``unix://``); a store proves itself with
+    ``cluster.testing.MetadataStoreConformance``. Called once, in the head daemon, before head
+    services start.
     """
 
 

@@ -55,7 +55,8 @@ def cli() -> None:
 @click.option("--autoscaling-config", type=click.Path(exists=True, dir_okay=False),
               help="Head: autoscale by this cluster config (YAML; needs cluster-autoscaler; `cluster up` sets it).")
 @click.option("--metadata-store", help="Head: where job records and other metadata are kept, as a URL "
-                                       "[default: sqlite:///<session dir>/metadata.db]. Reuse one to keep records across restarts.")
+                                       "[default: sqlite:///<session dir>/metadata.db]. Reuse one to keep records across restarts; "
+                                       "with cluster-redis, redis://[:PASSWORD@]HOST:PORT/DB or unix:///PATH/redis.sock keeps them in Redis.")
 @click.option("--block", is_flag=True, help="Stay in the foreground until interrupted.")
 def start(
     head: bool, address: str | None, host: str, port: int | None, node_ip: str | None,
