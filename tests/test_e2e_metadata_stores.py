@@ -1,6 +1,6 @@
-"""The head's metadata store on Redis (cluster-redis), against a real head and a real redis-server.
+"""The head's metadata stores against a real head: core's SQLite file and Redis (cluster-redis).
 
-Each test gets a throwaway redis-server (``cluster_redis.testing.RedisServer``: its own temp dir,
+Each test on Redis gets a throwaway redis-server (``cluster_redis.testing.RedisServer``: its own temp dir,
 no persistence, stopped by its pid); the tests skip, saying why, where redis-server is not
 installed (``nox -s tests`` installs it when run as root).
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cluster_client import JobStatus, JobSubmissionClient
@@ -66,3 +68,33 @@ def test_a_head_whose_redis_is_down_or_locked_does_not_start_and_says_why(make_c
     finally:
         locked.stop()
     assert not lc.daemon_records()  # no head was left running
+
+
+def wait_for(client: JobSubmissionClient, job_id: str, state: JobStatus, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (info := client.get_job_info(job_id)).status != state:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} is {info.status} ({info.message}), not {state}")
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_restarted_head_lists_its_jobs_oldest_first_as_the_one_before(make_cluster, tmp_path, kind, request):
+    """The older job ends last, so its record is written last: the store must keep it first."""
+    url = (f"sqlite:///{tmp_path / 'jobs.db'}" if kind == "sqlite"
+           else request.getfixturevalue("redis_server").url(prefix="order:"))
+    go = tmp_path / "go"
+    waits = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    first = make_cluster(num_cpus=1, head_args=["--metadata-store", url])
+    with JobSubmissionClient(first.dashboard_url, first.token) as client:
+        older = client.submit_job(entrypoint=waits, submission_id="older")
+        wait_for(client, older, JobStatus.RUNNING)
+        newer = client.submit_job(entrypoint="echo newer", submission_id="newer")
+        wait_for(client, newer, JobStatus.SUCCEEDED)
+        Path(go).touch()
+        wait_for(client, older, JobStatus.SUCCEEDED)
+        assert [j.submission_id for j in client.list_jobs()] == ["older", "newer"]
+    first.stop()
+    second = make_cluster(num_cpus=1, head_args=["--metadata-store", url])
+    listed = job(second, "list")
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["older", "newer"], listed.stdout

@@ -74,7 +74,7 @@ def test_records_are_a_hash_and_a_sorted_set_under_the_prefix(redis_server: Redi
     client = redis_server.client()
     assert sorted(client.keys(f"{prefix}*")) == [f"{prefix}order:jobs", f"{prefix}rows:jobs", f"{prefix}seq"]
     assert json.loads(client.hget(f"{prefix}rows:jobs", "j1")) == {"status": "SUCCEEDED"}
-    assert client.zrange(f"{prefix}order:jobs", 0, -1) == ["j2", "j1"]
+    assert client.zrange(f"{prefix}order:jobs", 0, -1) == ["j1", "j2"]
 
 
 def test_two_clusters_with_their_own_prefixes_share_one_redis(redis_server: RedisServer) -> None:

@@ -84,7 +84,9 @@ class DriverRuntime(Protocol):
 
 class MetadataStore(Protocol):
     """Small tables that outlive the head process; values are JSON documents. Synchronous and
-    quick: the head calls them on its event loop."""
+    quick: the head calls them on its event loop. ``items`` lists a table in the order its keys
+    were first written (an overwrite keeps a key's place). ``cluster.testing.MetadataStoreConformance``
+    is this contract as tests."""
 
     def put(self, table: str, key: str, value: Any) -> None: ...
     def get(self, table: str, key: str) -> Any | None: ...

@@ -143,9 +143,10 @@ class MetadataStoreConformance:
                 return f"sqlite:///{tmp_path / 'metadata.db'}"
 
     What the head relies on: values are JSON documents, given back as new objects; ``items``
-    lists a table in the order of the last write of each key (core's SQLite store's order: an
-    overwrite moves a key to the end); every write is there for a new store object on the same
-    URL, also after ``close``; tables never see each other's keys.
+    lists a table in the order its keys were first written, as a dict does (an overwrite keeps a
+    key's place; a key deleted and written again goes last), so a restarted head lists its jobs
+    oldest first as the one before it did; every write is there for a new store object on the
+    same URL, also after ``close``; tables never see each other's keys.
     """
 
     def test_a_missing_key_is_none_and_deleting_it_is_false(self, metadata_store_url: str) -> None:
@@ -193,20 +194,22 @@ class MetadataStoreConformance:
                     raise AssertionError(f"a put of {value!r} did not raise TypeError")
             assert store.items("jobs") == [("j1", {"v": 1})]
 
-    def test_an_overwrite_replaces_the_value_and_moves_the_key_last(self, metadata_store_url: str) -> None:
+    def test_an_overwrite_replaces_the_value_and_keeps_the_key_s_place(self, metadata_store_url: str) -> None:
         with _opened(metadata_store_url) as store:
             for key in ("a", "b", "c"):
                 store.put("jobs", key, {"v": key})
             store.put("jobs", "a", {"v": "a2"})
             assert store.get("jobs", "a") == {"v": "a2"}
-            assert store.items("jobs") == [("b", {"v": "b"}), ("c", {"v": "c"}), ("a", {"v": "a2"})]
+            assert store.items("jobs") == [("a", {"v": "a2"}), ("b", {"v": "b"}), ("c", {"v": "c"})]
 
-    def test_items_come_in_the_order_of_the_writes_not_sorted(self, metadata_store_url: str) -> None:
+    def test_items_come_in_the_order_keys_were_first_written_not_sorted(self, metadata_store_url: str) -> None:
         keys = [f"job-{(i * 37) % 101:03d}" for i in range(101)]  # a fixed order that is not sorted
         with _opened(metadata_store_url) as store:
             for i, key in enumerate(keys):
                 store.put("jobs", key, i)
-            assert store.items("jobs") == [(key, i) for i, key in enumerate(keys)]
+            for key in reversed(keys[::3]):  # a job's record is written again as it runs and ends
+                store.put("jobs", key, "again")
+            assert store.items("jobs") == [(key, "again" if i % 3 == 0 else i) for i, key in enumerate(keys)]
 
     def test_a_deleted_key_is_gone_and_written_again_comes_last(self, metadata_store_url: str) -> None:
         with _opened(metadata_store_url) as store:
@@ -260,7 +263,7 @@ class MetadataStoreConformance:
             store.put("jobs", "a", {"v": "a2"})
             store.put("nodes", "n1", "alive")
         with _opened(metadata_store_url) as again:
-            assert again.items("jobs") == [("c", {"v": "c"}), ("d", {"v": "d"}), ("a", {"v": "a2"})]
+            assert again.items("jobs") == [("a", {"v": "a2"}), ("c", {"v": "c"}), ("d", {"v": "d"})]
             assert again.get("jobs", "b") is None
             assert again.items("nodes") == [("n1", "alive")]
 

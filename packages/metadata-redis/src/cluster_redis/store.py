@@ -2,10 +2,10 @@
 
 Under the URL's prefix P (``cluster:`` unless ``?prefix=`` says otherwise), table T is two keys:
 ``P rows:T``, a hash from each key to its JSON value, and ``P order:T``, a sorted set from each key
-to the sequence number of its last write (``P seq``, one counter for every table). ``items`` lists
-a table by that number, so it comes in the order SQLite's store gives: the order of the last
-writes, an overwritten key moving to the end. A write is one Lua script, so the hash and the
-sorted set never disagree.
+to the sequence number of its first write (``P seq``, one counter for every table). ``items``
+lists a table by that number: in the order its keys were first written, as core's SQLite store
+does (an overwrite keeps a key's place; a key deleted and written again goes last). A write is
+one Lua script, so the hash and the sorted set never disagree.
 
 Every call is bounded by the client's timeouts (5 s unless the URL's ``socket_timeout`` and
 ``socket_connect_timeout`` say otherwise) and reconnects once if its connection broke, so a head
@@ -32,9 +32,10 @@ TIMEOUT_S = 5.0  # connect and answer; the head calls the store on its event loo
 
 # KEYS: rows, order, seq; ARGV: key, JSON value.
 _PUT = """
-local seq = redis.call('INCR', KEYS[3])
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+    redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
 """
 
 _ADDRESS_HELP = ("--metadata-store takes redis://[:PASSWORD@]HOST[:PORT][/DB] or "

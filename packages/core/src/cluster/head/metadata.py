@@ -19,7 +19,7 @@ __all__ = ["MetadataStore", "SqliteMetadataStore", "sqlite_path"]
 
 
 class SqliteMetadataStore:
-    """One SQLite file; a row per (table, key) with a JSON value. Each write commits."""
+    """One SQLite file; a row per (table, key) with a JSON value, listed by rowid. Each write commits."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -34,7 +34,10 @@ class SqliteMetadataStore:
                               "(--metadata-store sqlite:///PATH) and that its directory is writable.") from None
 
     def put(self, table: str, key: str, value: Any) -> None:
-        self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", (table, key, json.dumps(value)))
+        # an update in place keeps the row's rowid, so the key keeps its place in items()
+        # (INSERT OR REPLACE deletes the row and adds a new one: an overwrite moved the key last)
+        self._db.execute("INSERT INTO records VALUES (?, ?, ?) "
+                         "ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value", (table, key, json.dumps(value)))
 
     def get(self, table: str, key: str) -> Any | None:
         row = self._db.execute("SELECT value FROM records WHERE tbl = ? AND key = ?", (table, key)).fetchone()
