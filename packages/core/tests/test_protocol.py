@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from cluster.errors import AuthenticationError, ProtocolError, ProtocolVersionError
+from cluster.errors import AuthenticationError, ProtocolError, ProtocolVersionError, RemoteCallError
 from cluster.wire import codec, connection, handshake, streams
 from cluster.wire import messages as m
 
@@ -200,6 +200,26 @@ def test_connection_request_reply_over_a_real_socket() -> None:
         return replies
 
     assert trio.run(scenario) == [["echo", "k0"], ["echo", "k1"], ["echo", "k2"]]
+
+
+def test_a_handler_that_raises_fails_its_request_and_the_process_and_connection_go_on() -> None:
+    async def scenario() -> tuple[str, list]:
+        def on_message(conn: connection.Connection, msg: object, request_id: int) -> None:
+            if msg.key == "bad":
+                raise OSError(28, "No space left on device")
+            conn.reply(request_id, msg.key)
+
+        async with trio.open_nursery() as nursery:
+            conn = await _serve_and_dial(nursery, on_message)
+            with pytest.raises(RemoteCallError) as excinfo:
+                await conn.request(m.KvGet("bad"))
+            after = [await conn.request(m.KvGet(f"k{i}")) for i in range(2)]
+            nursery.cancel_scope.cancel()
+        return str(excinfo.value), after
+
+    message, after = trio.run(scenario)
+    assert "handling KvGet failed: OSError" in message and "No space left" in message, message
+    assert after == ["k0", "k1"]
 
 
 def test_raw_replies_land_in_their_destination_between_ordinary_frames() -> None:

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 import trio
 
 from cluster.errors import ClusterConnectionError, ProtocolError, RemoteCallError
@@ -26,6 +27,8 @@ from cluster.wire import messages as m
 from cluster.wire.codec import MAX_FRAME, RAW_FLAG, decode, encode, packb, unpackb
 from cluster.wire.handshake import HANDSHAKE_TIMEOUT, client_handshake
 from cluster.wire.streams import open_stream
+
+log = structlog.get_logger("cluster.wire")
 
 # --- connections ------------------------------------------------------------------------------
 
@@ -353,13 +356,22 @@ class Connection:
                         continue
                 elif isinstance(msg, int):  # a raw frame that answers no request
                     continue
-                self.handler(self, msg, request_id)
+                try:
+                    self.handler(self, msg, request_id)
+                except Exception as exc:  # a handler's failure is its request's, not the process's
+                    self._handler_failed(msg, request_id, exc)
                 if self.closed:
                     return
         finally:
             # Only now may the reader handle messages itself again: until the last one of
             # this batch is handled, a fast message would overtake the batch's later ones.
             self._handled += 1
+
+    def _handler_failed(self, msg: Any, request_id: int, exc: Exception) -> None:
+        log.error("handler_failed", message=type(msg).__name__, peer=self.peer, error=repr(exc), exc_info=exc)
+        if request_id and not self.closed:
+            self.reply_error(request_id, "internal", f"handling {type(msg).__name__} failed: "
+                             f"{type(exc).__name__}: {exc} (the log of the process that handled it has the traceback)")
 
     def _read_raw(self, sock: socket.socket, wait: Callable[[], Any], buf: bytearray, pos: int,
                   end: int, size: int, batch: _Batch) -> int | None:
