@@ -18,6 +18,7 @@ import pytest
 from cluster_client import JobStatus, JobSubmissionClient
 from cluster_redis.testing import RedisServer
 
+import cluster
 from cluster.testing import LocalCluster
 
 
@@ -98,3 +99,22 @@ def test_a_restarted_head_lists_its_jobs_oldest_first_as_the_one_before(make_clu
     second = make_cluster(num_cpus=1, head_args=["--metadata-store", url])
     listed = job(second, "list")
     assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["older", "newer"], listed.stdout
+
+
+def test_a_head_whose_redis_goes_away_says_so_to_job_clients_and_keeps_running(make_cluster, redis_server, e2e):
+    lc = make_cluster(num_cpus=1, head_args=["--metadata-store", redis_server.tcp_url(prefix="gone:")])
+    lc.connect()
+    redis_server.stop()  # by its pid: the store is gone while the head runs
+    with JobSubmissionClient(lc.dashboard_url, lc.token) as client, pytest.raises(Exception) as excinfo:
+        client.submit_job(entrypoint="echo never")
+    message = str(excinfo.value)
+    assert "Redis" in message or "redis" in message, message
+    assert "Traceback" not in message, message
+    head = lc.pids[0]
+    assert e2e.is_running(head), "the head died with its metadata store"
+
+    @cluster.remote
+    def still_works() -> int:
+        return 7
+
+    assert cluster.get(still_works.remote(), timeout=60) == 7  # the head is not on the task path

@@ -55,13 +55,25 @@ class JobApi:
                     return
         if scope["type"] != "http":
             return
+        started = []
+
+        async def tracked(event: dict) -> None:
+            started.append(True)
+            await send(event)
+
         try:
             self._authorize(scope)
-            await self._route(scope, receive, send)
+            await self._route(scope, receive, tracked)
         except HttpError as exc:
             await _json(send, exc.status, {"error": str(exc)})
         except JobError as exc:
             await _json(send, exc.status, {"error": str(exc)})
+        except Exception as exc:  # (e.g. the metadata store went away): say so, keep serving
+            log.error("http_request_failed", method=scope.get("method"), path=scope.get("path"),
+                      error=repr(exc), exc_info=exc)
+            if not started:
+                await _json(send, 500, {"error": f"the head could not handle {scope.get('method')} "
+                                                 f"{scope.get('path')}: {type(exc).__name__}: {exc}"})
 
     def _authorize(self, scope: dict) -> None:
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
