@@ -80,10 +80,9 @@ async def open_stream(address: str, *, timeout: float = 10.0, what: str = "the c
                       str(exc))
         if any(isinstance(c, ConnectionRefusedError) for c in causes):
             reason = "connection refused (nothing is listening there)"
-        raise ClusterConnectionError(
-            f"could not reach {what} at {address}: {reason}. Is the cluster running? Start one "
-            "with `cluster start --head`, or check the address."
-        ) from None
+        hint = (" Is the cluster running? Start one with `cluster start --head`, or check the address."
+                if what in ("the cluster", "the head") else "")  # (else a process of the cluster, which has gone)
+        raise ClusterConnectionError(f"could not reach {what} at {address}: {reason}.{hint}") from None
 
 
 def _leaf_errors(exc: BaseException | None) -> list[BaseException]:
