@@ -76,6 +76,9 @@ class Metric:
     # False: measured outside the shared single-node cluster, in a child process or in a
     # cluster the metric starts and stops itself (before the shared one exists).
     in_cluster: bool = True
+    # True: not part of a default run, only run when named (or their group, "faults") in
+    # --only; the fault metrics, slow and with processes of their own to kill.
+    opt_in: bool = False
 
 
 METRICS: tuple[Metric, ...] = (
@@ -137,6 +140,12 @@ METRICS: tuple[Metric, ...] = (
     ),
 )
 METRIC_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+DEFAULT_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if not m.opt_in)
+# Names --only takes for a group of metrics.
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "faults": tuple(m.name for m in METRICS if m.opt_in),
+    "default": DEFAULT_METRICS,
+}
 
 
 @dataclass(frozen=True)
@@ -1151,15 +1160,21 @@ def _log(message: str) -> None:
 
 
 def parse_only(text: str | Sequence[str] | None) -> list[str] | None:
-    """``"a,b"`` or ``["a", "b"]`` -> validated names; None -> all metrics."""
+    """``"a,b"`` or ``["a", "b"]`` -> validated names, a group (``faults``, ``default``)
+    standing for its metrics; None -> None (the default metrics)."""
     if text is None:
         return None
     parts = text.split(",") if isinstance(text, str) else list(text)
-    names = [p.strip() for p in parts if p.strip()]
+    names: list[str] = []
+    for part in (p.strip() for p in parts):
+        for name in METRIC_GROUPS.get(part, (part,) if part else ()):
+            if name not in names:
+                names.append(name)
     unknown = [n for n in names if n not in METRIC_BY_NAME]
     if unknown:
         raise ValueError(
-            f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRIC_BY_NAME)}"
+            f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRIC_BY_NAME)}, "
+            f"or a group: {', '.join(METRIC_GROUPS)}"
         )
     return names
 
@@ -1238,14 +1253,15 @@ def _run_in_cluster(
 def run_backend(
     backend: Backend, *, quick: bool = False, only: Sequence[str] | None = None
 ) -> list[dict]:
-    """Measure the selected metrics (all by default) and return one dict per metric.
+    """Measure the selected metrics (``DEFAULT_METRICS``: all but the opt-in ones, by
+    default) and return one dict per metric.
 
     A metric that raises becomes an entry with ``value: None`` and an ``error`` string.
     Cold start runs first, before the driver's own cluster exists, so nothing competes with
     it for the CPUs. On SIGINT (Ctrl-C, or bench/run.py's time limit) the cluster is shut
     down and the metrics measured so far are still returned.
     """
-    names = set(METRIC_BY_NAME if only is None else only)
+    names = set(DEFAULT_METRICS if only is None else only)
     selected = [m for m in METRICS if m.name in names]
     counts = counts_for(quick)
     results: dict[str, dict] = {}
@@ -1324,7 +1340,8 @@ def build_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         metavar="NAME,...",
-        help="comma-separated metric names; known: " + ", ".join(METRIC_BY_NAME),
+        help="comma-separated metric names, or groups: faults (opt-in, not run by default), "
+        "default; known: " + ", ".join(METRIC_BY_NAME),
     )
     return parser
 

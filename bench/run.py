@@ -27,7 +27,14 @@ import threading
 import time
 from pathlib import Path
 
-from _engine import METRIC_BY_NAME, REPO, format_value, parse_only, stop_process_group
+from _engine import (
+    DEFAULT_METRICS,
+    METRIC_BY_NAME,
+    REPO,
+    format_value,
+    parse_only,
+    stop_process_group,
+)
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"
@@ -328,7 +335,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="task counts / 10, 200 MB transfer, 400 MB through the spill store (smoke test)",
     )
-    parser.add_argument("--only", metavar="NAME,...", help="metric names to run (default: all)")
+    parser.add_argument(
+        "--only",
+        metavar="NAME,...",
+        help="metric names to run, or groups: faults (the opt-in fault metrics), default "
+        "(default: every metric but the opt-in ones)",
+    )
     parser.add_argument("--write-results", metavar="PATH", help="also write a markdown report")
     parser.add_argument(
         "--timeout",
@@ -371,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             (out_dir / f"{fw}-{rep + 1}.json").write_text(json.dumps(payload, indent=2) + "\n")
             runs[fw].append(payload)
-    names = args.only_names or list(METRIC_BY_NAME)
+    names = args.only_names or list(DEFAULT_METRICS)
     summary = Summary(runs, names)
     print()
     print(render_table(build_rows(summary, frameworks)))
