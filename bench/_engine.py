@@ -2,7 +2,8 @@
 
 Most metrics run on one shared single-node cluster of 2 worker CPUs; a few start a cluster of
 their own (two nodes on this machine, a node with a small object store, or a head serving the
-job API) and stop it again.
+job API) and stop it again. The fault metrics (opt-in: ``--only faults``) start clusters of
+their own too, and freeze or kill some of their processes (``FaultCluster``).
 
 The engine (``METRICS``, ``run_backend``, ``main_for``) knows how to time each metric against
 any object implementing the small ``Backend`` protocol. Each half is a script next to this
@@ -18,6 +19,7 @@ need them.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import gc
 import json
@@ -55,6 +57,11 @@ ACTOR_SETTLE_S = 0.2
 # job_submit_to_succeeded_s: how often the client asks for a job's status (both frameworks).
 JOB_POLL_S = 0.02
 JOB_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# The fault metrics: every framework is told to declare a silent node dead after this long.
+FAULT_DEADLINE_S = 2.0
+FAULT_POLL_S = 0.02  # how often they ask the cluster for its node list (or a task's state)
+FAULT_SETTLE_S = 1.0  # untimed: a fresh node runs this long before it is frozen
+RECONSTRUCT_OBJECT_BYTES = 10**6  # one result rebuilt by reconstruct_200x1mb_s
 
 # Guards so that a framework that hangs turns into an error entry instead of a stuck run.
 GET_TIMEOUT_S = 120.0  # one get of one ref
@@ -63,6 +70,10 @@ WAIT_TIMEOUT_S = 120.0  # one wait() call on refs that are already finished
 COLD_START_TIMEOUT_S = 300.0  # spawn -> result line
 COLD_SHUTDOWN_TIMEOUT_S = 120.0  # result line -> child exited (not timed)
 JOB_TIMEOUT_S = 120.0  # one trivial job: submit -> terminal status
+FAULT_TIMEOUT_S = 60.0  # a node to be listed dead, a process to go, a task after a head restart
+# head_restart_first_task_s gives up early (with what the head lists) when the driver's node is
+# not listed alive this long after the head is back and the task has not returned.
+HEAD_REJOIN_S = 5 * FAULT_DEADLINE_S
 
 RESULT_PREFIX = "RESULT "  # what the cold-start child prints in front of the task result
 
@@ -138,6 +149,35 @@ METRICS: tuple[Metric, ...] = (
         "status until SUCCEEDED (one job at a time)",
         in_cluster=False,
     ),
+    # Fault metrics (opt-in: --only faults). Each starts a cluster of its own whose nodes
+    # declare a silent node dead after FAULT_DEADLINE_S, and kills some of its processes.
+    Metric(
+        "node_death_detect_s",
+        "s",
+        False,
+        "a node frozen with SIGSTOP (no socket closes), until the cluster lists it dead; "
+        "2 s deadline",
+        in_cluster=False,
+        opt_in=True,
+    ),
+    Metric(
+        "reconstruct_200x1mb_s",
+        "s",
+        False,
+        "SIGKILL the node holding 200 task results of 1 MB; once it is listed dead a "
+        "replacement joins; from the kill until all 200 are got (rebuilt) and checked",
+        in_cluster=False,
+        opt_in=True,
+    ),
+    Metric(
+        "head_restart_first_task_s",
+        "s",
+        False,
+        "SIGKILL the head, start it again (same port, durable metadata): from the restart until "
+        "a new task submitted by the connected driver returns",
+        in_cluster=False,
+        opt_in=True,
+    ),
 )
 METRIC_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 DEFAULT_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if not m.opt_in)
@@ -169,6 +209,8 @@ class Counts:
     transfer_reps: int
     spill_objects: int  # how many SPILL_OBJECT_BYTES objects spill_peak_mem_gb puts
     jobs: int  # trivial jobs submitted one at a time by job_submit_to_succeeded_s
+    detect_reps: int  # nodes frozen, one after the other, by node_death_detect_s
+    reconstruct_objects: int  # results of RECONSTRUCT_OBJECT_BYTES rebuilt (at most 256)
 
 
 def counts_for(quick: bool) -> Counts:
@@ -192,6 +234,8 @@ def counts_for(quick: bool) -> Counts:
             transfer_reps=3,
             spill_objects=4,
             jobs=3,
+            detect_reps=1,
+            reconstruct_objects=20,
         )
     return Counts(
         cold_start_runs=3,
@@ -211,6 +255,8 @@ def counts_for(quick: bool) -> Counts:
         transfer_reps=5,
         spill_objects=10,
         jobs=5,
+        detect_reps=3,
+        reconstruct_objects=200,
     )
 
 
@@ -293,6 +339,67 @@ class Backend(Protocol):
         ``submit_job(entrypoint=...) -> id``, ``get_job_status(id)`` (a ``str`` enum, or
         anything whose ``value`` is "PENDING", "RUNNING", "SUCCEEDED", "FAILED" or "STOPPED")
         and ``get_job_logs(id) -> str``."""
+        ...
+
+    # The fault metrics.
+    def fault_cluster(
+        self, scratch: str, *, head_cpus: float, durable_head: bool
+    ) -> AbstractContextManager[FaultCluster]:
+        """A head on this machine (127.0.0.1 only) offering ``head_cpus`` CPUs, which declares
+        a node dead once it has shown no sign of life for ``FAULT_DEADLINE_S``.
+
+        ``durable_head``: the head keeps its state outside its process, on a port fixed for
+        the cluster's life, so that ``FaultCluster.restart_head`` can start it again as the
+        same cluster. Yields the cluster; the driver connects only through its ``connect``.
+        On exit, everything is stopped by pid, frozen processes too."""
+        ...
+
+    def fill_logged_task(self, nbytes: int, fill: int, node: str, folder: str) -> Any:
+        """``fill_task``, that also creates a file in ``folder`` (shared by every process of
+        the machine) named after ``fill``, one per execution."""
+        ...
+
+    def is_ready(self, ref: Any) -> bool:
+        """Whether the task of ``ref`` has finished; does not block."""
+        ...
+
+
+class FaultCluster(Protocol):
+    """A cluster whose nodes the fault metrics freeze and kill. Nodes are opaque handles."""
+
+    # How this framework was told of the deadline (and, for a durable head, where it keeps
+    # its state), in words: it ends the metric's note.
+    setup: str
+
+    def add_node(self, num_cpus: float, resources: dict[str, float]) -> Any:
+        """Start a node that joins the cluster; return it once the cluster lists it alive."""
+        ...
+
+    def connect(self, node: Any | None = None) -> None:
+        """Connect the driver, attached to ``node`` (by default, the head's node): the
+        Backend's task methods then run on this cluster."""
+        ...
+
+    def node_state(self, node: Any) -> str:
+        """How the cluster lists ``node`` to the driver: "alive", "dead" or "missing"."""
+        ...
+
+    def freeze_node(self, node: Any) -> None:
+        """SIGSTOP every process of ``node`` (its daemon and workers), so that none of its
+        sockets closes."""
+        ...
+
+    def kill_node(self, node: Any) -> None:
+        """SIGKILL every process of ``node``, frozen or not, and return once all are gone."""
+        ...
+
+    def kill_head(self) -> None:
+        """SIGKILL every process of the head; return once all are gone."""
+        ...
+
+    def restart_head(self) -> None:
+        """Start the head again, on the same port and with the same durable state and
+        credentials (``durable_head``); return once it is up."""
         ...
 
 
@@ -710,6 +817,171 @@ def _m_job_submit(b: Backend, c: Counts) -> tuple[float, str]:
     return med, note
 
 
+def _wait_listed(
+    fc: FaultCluster, node: Any, state: str, timeout: float = FAULT_TIMEOUT_S
+) -> float:
+    """Ask for the node list every ``FAULT_POLL_S`` until it shows ``node`` as ``state``;
+    returns the ``perf_counter`` at which it first did."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        seen = fc.node_state(node)
+        now = time.perf_counter()
+        if seen == state:
+            return now
+        if now > deadline:
+            raise TimeoutError(
+                f"the node is still listed {seen!r}, not {state!r}, after {timeout:.0f} s"
+            )
+        time.sleep(FAULT_POLL_S)
+
+
+def _m_node_death_detect(b: Backend, c: Counts) -> tuple[float, str]:
+    times: list[float] = []
+    with (
+        _own_cluster_scope("bench-detect-") as (scratch, tree),
+        b.fault_cluster(scratch, head_cpus=1, durable_head=False) as fc,
+    ):
+        fc.connect()
+        for _ in range(c.detect_reps):
+            node = fc.add_node(1, {})
+            try:
+                time.sleep(FAULT_SETTLE_S)  # several heartbeats: a node like any other
+                tree.pids()
+                start = time.perf_counter()
+                fc.freeze_node(node)
+                times.append(_wait_listed(fc, node, "dead") - start)
+            finally:
+                fc.kill_node(node)
+    med = statistics.median(times)
+    note = (
+        f"{len(times)} node(s) of 1 CPU, one at a time, each frozen (SIGSTOP of every process "
+        f"of the node) {FAULT_SETTLE_S:g} s after it joined; timed from the SIGSTOP until the "
+        f"driver's node list (asked every {FAULT_POLL_S * 1e3:.0f} ms) shows it dead: "
+        + ", ".join(f"{t:.2f}" for t in times)
+        + f" s; {fc.setup}"
+    )
+    return med, note
+
+
+def _m_reconstruct(b: Backend, c: Counts) -> tuple[float, str]:
+    n, size = c.reconstruct_objects, RECONSTRUCT_OBJECT_BYTES
+    if not 0 < n <= 256:
+        raise ValueError(f"reconstruct_objects={n}: each result is filled with its own byte")
+    with _own_cluster_scope("bench-rebuild-") as (scratch, tree):
+        runs = os.path.join(scratch, "runs")  # one file per execution of a task
+        os.mkdir(runs)
+        with b.fault_cluster(scratch, head_cpus=1, durable_head=False) as fc:
+            fc.connect()
+            doomed = fc.add_node(2, {"x": 2})
+            refs = [b.fill_logged_task(size, i, "x", runs) for i in range(n)]
+            b.wait_done(refs)  # made and stored on node x, not fetched to the driver
+            tree.pids()
+            start = time.perf_counter()
+            fc.kill_node(doomed)
+            killed = time.perf_counter()
+            dead = _wait_listed(fc, doomed, "dead")
+            fc.add_node(2, {"x": 2})
+            up = time.perf_counter()
+            tree.pids()
+            values = b.get_many(refs)
+            end = time.perf_counter()
+            if len(values) != n:
+                raise RuntimeError(f"got {len(values)} results for {n} tasks")
+            for i, value in enumerate(values):
+                if value.nbytes != size or int(value.min()) != i or int(value.max()) != i:
+                    raise RuntimeError(f"result {i} came back wrong after the rebuild")
+            del values
+        runs_per_task = collections.Counter(name.split("-")[0] for name in os.listdir(runs))
+    once = [fill for fill in range(n) if runs_per_task[str(fill)] < 2]
+    if once:
+        raise RuntimeError(
+            f"{len(once)} of {n} results were not rebuilt (their tasks ran once): a copy "
+            "outlived the killed node, so this did not measure a reconstruction"
+        )
+    extra = sum(runs_per_task.values()) - 2 * n
+    again = (
+        f"every task ran again ({extra} more run(s) than that)" if extra else "every task ran again"
+    )
+    note = (
+        f"{n} results of {size / MB:g} MB made by tasks pinned to node x (2 CPUs, custom "
+        "resource x), waited for without fetching; timed from the SIGKILL of every process of "
+        f"x until all {n} are back in the driver and checked: processes gone "
+        f"{killed - start:.2f} s, listed dead {dead - start:.2f} s, a replacement with the "
+        f"same resources up {up - start:.2f} s (started once x was listed dead), get "
+        f"{end - up:.2f} s; {again}; {fc.setup}"
+    )
+    return end - start, note
+
+
+def _listing_of(fc: FaultCluster, node: Any) -> str:
+    """How the cluster lists ``node``, in words, for an error message."""
+    try:
+        state = fc.node_state(node)
+    except Exception as exc:
+        return f"unknown (listing the nodes raised {exc!r})"
+    return "missing from the node list" if state == "missing" else f"listed {state}"
+
+
+def _await_after_restart(b: Backend, fc: FaultCluster, node: Any, ref: Any, up: float) -> None:
+    """Block until the task of ``ref``, submitted after the head came back, has finished.
+
+    Gives up early, saying what the head lists, if the driver's node is not listed alive
+    ``HEAD_REJOIN_S`` after the head came back and the task has not returned by then."""
+    rejoin_checked = False
+    while True:
+        try:
+            if b.is_ready(ref):
+                return
+        except Exception as exc:
+            raise RuntimeError(
+                f"the task submitted after the head restart failed: {exc!r}"
+            ) from exc
+        now = time.perf_counter()
+        if not rejoin_checked and now - up > HEAD_REJOIN_S:
+            rejoin_checked = True
+            listing = _listing_of(fc, node)
+            if listing != "listed alive":
+                raise RuntimeError(
+                    "the cluster did not survive the restart of its head: "
+                    f"{HEAD_REJOIN_S:g} s after the head came back, the driver's node is "
+                    f"{listing} and the task submitted since has not returned"
+                )
+        if now - up > FAULT_TIMEOUT_S:
+            raise TimeoutError(
+                f"the task submitted after the head restart has not returned after "
+                f"{FAULT_TIMEOUT_S:.0f} s (the driver's node is {_listing_of(fc, node)})"
+            )
+        time.sleep(FAULT_POLL_S)
+
+
+def _m_head_restart(b: Backend, c: Counts) -> tuple[float, str]:
+    with (
+        _own_cluster_scope("bench-headft-") as (scratch, tree),
+        b.fault_cluster(scratch, head_cpus=0, durable_head=True) as fc,
+    ):
+        node = fc.add_node(1, {})
+        fc.connect(node)
+        _check_none(b.get(b.noop()))  # untimed: a worker is up on the node
+        tree.pids()
+        fc.kill_head()
+        start = time.perf_counter()
+        fc.restart_head()
+        up = time.perf_counter()
+        tree.pids()
+        ref = b.noop()
+        _await_after_restart(b, fc, node, ref, up)
+        _check_none(b.get(ref))
+        end = time.perf_counter()
+    note = (
+        "a head with no CPUs and a node of 1 CPU, the driver attached to the node; every "
+        "process of the head SIGKILLed, then the head started again at once on the same port "
+        "with the same durable state; timed from that start until a no-op task submitted by "
+        f"the same driver returns: head up {up - start:.2f} s, then the task "
+        f"{end - up:.2f} s; {fc.setup}"
+    )
+    return end - start, note
+
+
 MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
     "cold_start_s": _m_cold_start,
     "noop_sync_per_s": _m_noop_sync,
@@ -727,6 +999,9 @@ MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
     "transfer_1gb_gbps": _m_transfer,
     "spill_peak_mem_gb": _m_spill_peak_mem,
     "job_submit_to_succeeded_s": _m_job_submit,
+    "node_death_detect_s": _m_node_death_detect,
+    "reconstruct_200x1mb_s": _m_reconstruct,
+    "head_restart_first_task_s": _m_head_restart,
 }
 
 
@@ -923,6 +1198,69 @@ class ProcessTree:
             return proc.is_running() and proc.status() != self._psutil.STATUS_ZOMBIE
         except self._psutil.Error:
             return False
+
+
+def process_family(pids: Sequence[int]) -> list[Any]:
+    """``psutil.Process`` objects of ``pids`` and of all their live descendants, now."""
+    import psutil
+
+    found: dict[int, Any] = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            found.setdefault(proc.pid, proc)
+            for child in proc.children(recursive=True):
+                found.setdefault(child.pid, child)
+        except psutil.Error:
+            continue  # gone already
+    return list(found.values())
+
+
+def signal_processes(procs: Sequence[Any], sig: int) -> None:
+    """Send ``sig`` to each process (psutil checks that its pid still names the same one)."""
+    import psutil
+
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def wait_gone(procs: Sequence[Any], timeout: float = FAULT_TIMEOUT_S) -> None:
+    """Return once every process has exited; a zombie counts as exited (it holds no socket
+    or memory any more, and the reaping of orphans is up to PID 1)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    left = list(procs)
+    while left:
+        alive = []
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+        left = alive
+        if left and time.monotonic() > deadline:
+            raise TimeoutError(
+                f"pids {[p.pid for p in left]} still run {timeout:.0f} s after SIGKILL"
+            )
+        if left:
+            time.sleep(0.005)
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports free on ``host`` right now (all held until all are chosen, so distinct)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind((host, 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 @dataclass(frozen=True)
@@ -1327,8 +1665,8 @@ def build_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
         prog=prog,
         description=(
             f"Microbenchmarks of {framework}: a single-node cluster of 2 worker CPUs, plus "
-            "clusters of their own for the two-node transfer, the small-store spill and the "
-            "job API."
+            "clusters of their own for the two-node transfer, the small-store spill, the "
+            "job API and (opt-in: --only faults) node and head faults."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -1399,6 +1737,8 @@ class TaskFunctions:
     fill: Callable[[int, int], Any]  # np.full(nbytes, fill, dtype=np.uint8)
     probe: Callable[[Any], tuple[int, int, int]]  # (nbytes, first, last) of a uint8 array
     actor: type  # a class with no constructor arguments whose method noop() returns None
+    # fill, after creating an empty file named "<fill>-<pid>-<random>" in a folder
+    fill_logged: Callable[[int, int, str], Any]
 
 
 class RayStyleBackend:
@@ -1421,6 +1761,7 @@ class RayStyleBackend:
         self._fill = api.remote(self._tasks.fill)
         self._probe = api.remote(self._tasks.probe)
         self._actor_class = api.remote(self._tasks.actor)
+        self._fill_logged = api.remote(self._tasks.fill_logged)
 
     def stop(self) -> None:
         if self._api is not None:
@@ -1441,6 +1782,9 @@ class RayStyleBackend:
 
     def probe_task(self, ref: Any, node: str) -> Any:
         return self._probe.options(resources={node: 1}).remote(ref)
+
+    def fill_logged_task(self, nbytes: int, fill: int, node: str, folder: str) -> Any:
+        return self._fill_logged.options(resources={node: 1}).remote(nbytes, fill, folder)
 
     def new_actor(self) -> Any:
         return self._actor_class.remote()
@@ -1463,6 +1807,10 @@ class RayStyleBackend:
     def wait_all(self, refs: list[Any]) -> int:
         ready, _ = self._api.wait(refs, num_returns=len(refs), timeout=WAIT_TIMEOUT_S)
         return len(ready)
+
+    def is_ready(self, ref: Any) -> bool:
+        ready, _ = self._api.wait([ref], num_returns=1, timeout=0, **self.wait_done_options)
+        return bool(ready)
 
     def wait_done(self, refs: list[Any]) -> None:
         ready, _ = self._api.wait(

@@ -6,26 +6,35 @@
 ``cluster.get``, ``cluster.put``, ``cluster.wait``, ``cluster.nodes``, ``cluster.shutdown``); the
 clusters of their own (two nodes, the job API's head) are started with the ``cluster start``
 CLI through ``cluster.testing.LocalCluster``, and jobs go through
-``cluster_client.JobSubmissionClient``. ``cluster`` and ``numpy`` are imported lazily, as in
-the peers' halves.
+``cluster_client.JobSubmissionClient``. The fault metrics' clusters are ``LocalCluster``s
+too, their processes frozen and killed by pid (``_ClusterFaults``). ``cluster`` and ``numpy``
+are imported lazily, as in the peers' halves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
+import signal
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from _engine import (
+    FAULT_DEADLINE_S,
     RESULT_PREFIX,
     RayStyleBackend,
     TaskFunctions,
+    free_ports,
     main_for,
     parse_only,
+    process_family,
     run_backend,
     scoped_env,
+    signal_processes,
+    wait_gone,
 )
 
 
@@ -56,6 +65,15 @@ class _NoopActor:
         return None
 
 
+def _fill_logged(nbytes: int, fill: int, folder: str) -> Any:
+    import os
+
+    import numpy as np
+
+    open(os.path.join(folder, f"{fill}-{os.getpid()}-{os.urandom(4).hex()}"), "w").close()
+    return np.full(nbytes, fill, dtype=np.uint8)
+
+
 _CLUSTER_COLD_START = f"""
 import cluster
 cluster.init(num_cpus=2)
@@ -73,7 +91,9 @@ class ClusterBackend(RayStyleBackend):
     framework = "cluster"
 
     def __init__(self) -> None:
-        super().__init__(TaskFunctions(_noop, _sleep, _sum, _fill, _probe, _NoopActor))
+        super().__init__(
+            TaskFunctions(_noop, _sleep, _sum, _fill, _probe, _NoopActor, _fill_logged)
+        )
 
     def version(self) -> str:
         from importlib import metadata
@@ -170,6 +190,102 @@ class ClusterBackend(RayStyleBackend):
                 if client is not None:
                     client.close()
                 head.stop()  # `cluster stop`, then kills what is left by pid
+
+    @contextlib.contextmanager
+    def fault_cluster(
+        self, scratch: str, *, head_cpus: float, durable_head: bool
+    ) -> Iterator[_ClusterFaults]:
+        from cluster.testing import LocalCluster
+
+        head_args = []
+        if durable_head:
+            # What a head started again needs to be the same cluster: its port, its metadata
+            # store (a file that outlives the process) and its token.
+            (port,) = free_ports(1)
+            head_args = [
+                "--port", str(port),
+                "--metadata-store", f"sqlite:///{os.path.join(scratch, 'stable.db')}",
+                "--token", secrets.token_hex(16),
+            ]  # fmt: skip
+        with scoped_env(CLUSTER_TMPDIR=scratch, CLUSTER_ADDRESS=None, CLUSTER_TOKEN=None):
+            nodes = LocalCluster(
+                scratch,
+                num_cpus=head_cpus,
+                heartbeat_timeout=FAULT_DEADLINE_S,
+                head_args=head_args,  # after LocalCluster's own `--port 0`: the last one wins
+            )
+            faults = None
+            try:
+                nodes.start()
+                faults = _ClusterFaults(self, nodes, durable_head)
+                yield faults
+            finally:
+                self._api = None
+                if faults is not None:
+                    faults.release_frozen()  # or `cluster stop` would wait for them in vain
+                nodes.stop()  # disconnects, `cluster stop`, then kills what is left by pid
+
+
+class _ClusterFaults:
+    """The fault metrics' cluster: a ``LocalCluster`` (``cluster start``) whose head declares a
+    node dead after ``FAULT_DEADLINE_S`` without a heartbeat. A node is its daemon's record.
+
+    A daemon leads its own process group, which its zygote and workers share: freezing and
+    killing signal the group and, to be sure, every descendant of the daemon.
+    """
+
+    def __init__(self, backend: ClusterBackend, nodes: Any, durable: bool) -> None:
+        self._backend = backend
+        self._nodes = nodes  # cluster.testing.LocalCluster
+        self._head_pid = nodes.pids[-1]
+        self._frozen: list[Any] = []
+        self.setup = f"head: cluster start --head --heartbeat-timeout {FAULT_DEADLINE_S:g}"
+        if durable:
+            self.setup += " --port P --metadata-store sqlite:///<scratch>/stable.db --token T"
+
+    def add_node(self, num_cpus: float, resources: dict[str, float]) -> dict[str, Any]:
+        # `cluster start --address` returns once the head has registered the node.
+        return self._nodes.add_node(num_cpus=num_cpus, resources=resources)
+
+    def connect(self, node: dict[str, Any] | None = None) -> None:
+        import cluster
+
+        # CLUSTER_NODE_ID: the node a driver on this machine attaches to (default: the head's).
+        with scoped_env(CLUSTER_NODE_ID=node["node_id"] if node else None):
+            self._nodes.connect()
+        self._backend._bind(cluster)
+
+    def node_state(self, node: dict[str, Any]) -> str:
+        for listed in self._backend._api.nodes():
+            if listed["node_id"] == node["node_id"]:
+                return str(listed["state"])
+        return "missing"
+
+    def _signal(self, pid: int, sig: int) -> list[Any]:
+        procs = process_family([pid])
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        signal_processes(procs, sig)
+        return procs
+
+    def freeze_node(self, node: dict[str, Any]) -> None:
+        self._frozen += self._signal(node["pid"], signal.SIGSTOP)
+
+    def kill_node(self, node: dict[str, Any]) -> None:
+        wait_gone(self._signal(node["pid"], signal.SIGKILL))
+
+    def kill_head(self) -> None:
+        wait_gone(self._signal(self._head_pid, signal.SIGKILL))
+
+    def restart_head(self) -> None:
+        self._nodes.start()  # the same `cluster start --head` arguments: port, store, token
+        self._head_pid = self._nodes.pids[-1]
+
+    def release_frozen(self) -> None:
+        """SIGKILL whatever is still frozen (then SIGCONT, for a process that ignored it)."""
+        signal_processes(self._frozen, signal.SIGKILL)
+        signal_processes(self._frozen, signal.SIGCONT)
+        self._frozen = []
 
 
 def run(*, quick: bool = False, only: list[str] | None = None) -> list[dict]:
