@@ -14,18 +14,35 @@ Two nodes, for the transfer metric, are the two worker processes of a LocalClust
 holding its objects in its own memory; a task is pinned to one with ``workers=[address]``.
 The spill metric has no Dask equivalent (see ``small_store_cluster``) and reports n/a, and
 so has the job metric (see ``job_cluster``).
+
+The fault metrics' nodes are ``dask worker --no-nanny`` processes started here (a nanny would
+restart what the metric kills), with the scheduler's ``worker-ttl`` set to the metrics'
+deadline; the head restart has no Dask equivalent (see ``fault_cluster``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from _engine import BULK_TIMEOUT_S, GET_TIMEOUT_S, NotMeasured, main_for
+from _engine import (
+    BULK_TIMEOUT_S,
+    FAULT_DEADLINE_S,
+    FAULT_TIMEOUT_S,
+    GET_TIMEOUT_S,
+    NotMeasured,
+    main_for,
+    process_family,
+    signal_processes,
+    wait_gone,
+)
 
 HOST = "127.0.0.1"
 CLUSTER_KWARGS: dict[str, Any] = {
@@ -77,12 +94,120 @@ class _NoopActor:
         return None
 
 
+def _fill_logged(nbytes: int, fill: int, folder: str) -> Any:
+    import os
+
+    import numpy as np
+
+    open(os.path.join(folder, f"{fill}-{os.getpid()}-{os.urandom(4).hex()}"), "w").close()
+    return np.full(nbytes, fill, dtype=np.uint8)
+
+
 @dataclass(frozen=True)
 class DaskActor:
     """A Dask actor: the future that created it (cancelled to stop it) and its proxy."""
 
     future: Any  # distributed.Future
     proxy: Any  # distributed.Actor
+
+
+@dataclass
+class DaskNode:
+    """A worker process started by ``_DaskFaults.add_node``, known to the scheduler by name."""
+
+    name: str
+    proc: subprocess.Popen
+
+
+class _DaskFaults:
+    """The fault metrics' cluster: an in-process scheduler (a LocalCluster, maybe with one
+    worker for the "head"), plus ``dask worker --no-nanny`` processes as its other nodes.
+
+    Dask lists no dead workers: a worker is dead once the scheduler has removed it.
+    """
+
+    def __init__(self, backend: DaskBackend, scratch: str) -> None:
+        self._backend = backend
+        self._scratch = scratch
+        self._nodes: list[DaskNode] = []
+        self._frozen: list[Any] = []
+        from distributed.scheduler import heartbeat_interval
+
+        ttl = backend._cluster.scheduler.worker_ttl
+        floor = 10 * heartbeat_interval(2)  # what the scheduler applies with 2 workers
+        self.setup = (
+            f"scheduler worker_ttl={FAULT_DEADLINE_S:g}s, which Dask raises to 10 heartbeat "
+            f"intervals ({max(ttl, floor):g} s here) and checks every {ttl:g} s; nodes: dask "
+            "worker --no-nanny"
+        )
+
+    def _names(self) -> set[str]:
+        workers = self._backend._client.scheduler_info(n_workers=-1)["workers"]
+        return {str(w.get("name")) for w in workers.values()}
+
+    def add_node(self, num_cpus: float, resources: dict[str, float]) -> DaskNode:
+        name = f"fault-node-{len(self._nodes) + 1}"
+        folder = os.path.join(self._scratch, name)
+        os.mkdir(folder)
+        argv = [
+            sys.executable, "-m", "distributed.cli.dask_worker",
+            self._backend._client.scheduler.address,
+            "--name", name, "--nthreads", str(max(1, int(num_cpus))), "--no-nanny",
+            "--host", HOST, "--no-dashboard", "--local-directory", folder,
+        ]  # fmt: skip
+        if resources:
+            argv += ["--resources", ",".join(f"{k}={v:g}" for k, v in resources.items())]
+        with open(os.path.join(folder, "worker.log"), "wb") as log:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        node = DaskNode(name, proc)
+        self._nodes.append(node)
+        deadline = time.monotonic() + FAULT_TIMEOUT_S
+        while name not in self._names():
+            if proc.poll() is not None:
+                raise RuntimeError(f"dask worker {name} exited with {proc.returncode} at start")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dask worker {name} did not join in {FAULT_TIMEOUT_S:.0f} s")
+            time.sleep(0.05)
+        return node
+
+    def connect(self, node: DaskNode | None = None) -> None:
+        pass  # the client is connected already, and a Dask client sits on no node
+
+    def node_state(self, node: DaskNode) -> str:
+        return "alive" if node.name in self._names() else "dead"
+
+    def freeze_node(self, node: DaskNode) -> None:
+        procs = process_family([node.proc.pid])
+        signal_processes(procs, signal.SIGSTOP)
+        self._frozen += procs
+
+    def kill_node(self, node: DaskNode) -> None:
+        procs = process_family([node.proc.pid])
+        signal_processes(procs, signal.SIGKILL)
+        node.proc.wait()
+        wait_gone(procs)
+
+    def kill_head(self) -> None:
+        raise NotMeasured("Dask's scheduler cannot be started again as the same cluster")
+
+    def restart_head(self) -> None:
+        raise NotMeasured("Dask's scheduler cannot be started again as the same cluster")
+
+    def stop(self) -> None:
+        """SIGKILL what is frozen, stop the workers by pid (SIGTERM, then SIGKILL)."""
+        signal_processes(self._frozen, signal.SIGKILL)
+        signal_processes(self._frozen, signal.SIGCONT)
+        for node in self._nodes:
+            if node.proc.poll() is None:
+                node.proc.terminate()
+        for node in self._nodes:
+            try:
+                node.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
 
 
 async def _call_results(calls: list[Any]) -> list[Any]:
@@ -125,7 +250,7 @@ class DaskBackend:
 
         self._wait = wait
         self._actor_future = BaseActorFuture
-        self._cluster = LocalCluster(**CLUSTER_KWARGS, **cluster_options)
+        self._cluster = LocalCluster(**{**CLUSTER_KWARGS, **cluster_options})
         self._client = Client(self._cluster)
         self._address = self._client.scheduler.address
         workers = self._client.scheduler_info()["workers"]
@@ -162,6 +287,35 @@ class DaskBackend:
             "reports its status (a client program connects to the scheduler itself)"
         )
 
+    @contextlib.contextmanager
+    def fault_cluster(
+        self, scratch: str, *, head_cpus: float, durable_head: bool
+    ) -> Iterator[_DaskFaults]:
+        if durable_head:
+            raise NotMeasured(
+                "Dask's scheduler keeps its state (tasks, futures, workers) in its own memory "
+                "only: a scheduler started again is a new, empty cluster"
+            )
+        faults = None
+        try:
+            self.start(
+                n_workers=1 if head_cpus else 0,
+                threads_per_worker=max(1, int(head_cpus)),
+                local_directory=scratch,
+                # How long a worker may go without a heartbeat (worker-ttl). Dask holds it to
+                # at least 10 heartbeat intervals (0.5 s each on a small cluster), and checks
+                # every worker_ttl.
+                scheduler_kwargs={"worker_ttl": f"{FAULT_DEADLINE_S:g}s"},
+            )
+            faults = _DaskFaults(self, scratch)
+            yield faults
+        finally:
+            try:
+                self.stop()
+            finally:
+                if faults is not None:
+                    faults.stop()
+
     def stop(self) -> None:
         try:
             if self._client is not None:
@@ -189,6 +343,15 @@ class DaskBackend:
             allow_other_workers=False,
             pure=False,
         )
+
+    def fill_logged_task(self, nbytes: int, fill: int, node: str, folder: str) -> Any:
+        # Pinned by a resource, as in Ray, so that a replacement worker can run it again.
+        return self._client.submit(
+            _fill_logged, nbytes, fill, folder, resources={node: 1}, pure=False
+        )
+
+    def is_ready(self, ref: Any) -> bool:
+        return bool(ref.done())
 
     def probe_task(self, ref: Any, node: str) -> Any:
         return self._client.submit(
