@@ -387,10 +387,13 @@ class RayBackend(RayStyleBackend):
         import ray
         from ray.cluster_utils import Cluster
 
+        (agent_port,) = free_ports(1, NODE_IP)
         head: dict[str, Any] = {
             "num_cpus": head_cpus,
             "node_ip_address": NODE_IP,
             "include_dashboard": False,
+            # The head's dashboard agent runs all the same, by default on a fixed port (52365).
+            "dashboard_agent_listen_port": agent_port,
             "_system_config": _health_check_config(FAULT_DEADLINE_S),
         }
         with contextlib.ExitStack() as stack:
