@@ -1,14 +1,18 @@
-"""The head's metadata store: small tables that outlive the head process (job records, ...).
+"""The head's metadata store: small tables that outlive the head process.
 
 A store is made by the ``cluster_make_metadata_store(url)`` hook; core answers ``sqlite:///PATH``
 (the default is a file in the head's session directory; ``cluster start --head
---metadata-store sqlite:///somewhere/stable.db`` keeps records across head restarts).
+--metadata-store sqlite:///somewhere/stable.db`` keeps the cluster across head restarts:
+its identity and token, nodes, KV, jobs and their logs, see :mod:`cluster.head.tables`).
 Values are JSON documents. Calls are quick and synchronous: the head calls them on its loop.
+The store holds the cluster token, so the SQLite file (and the journal files SQLite makes
+beside it, which take its mode) is readable by its owner only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from typing import Any
 
@@ -24,12 +28,13 @@ class SqliteMetadataStore:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # before SQLite creates it 0644
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS records (tbl TEXT, key TEXT, value TEXT, PRIMARY KEY (tbl, key))"
             )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the metadata store {path}: {exc}. Check the path "
                               "(--metadata-store sqlite:///PATH) and that its directory is writable.") from None
 
