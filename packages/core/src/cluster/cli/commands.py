@@ -15,8 +15,9 @@ import click
 
 from cluster import session
 from cluster.errors import ClusterConnectionError, ClusterError, ConfigError, RemoteCallError
+from cluster.head.tables import stored_identity
 from cluster.launch import spawn_daemon
-from cluster.plugins import get_plugin_manager
+from cluster.plugins import get_plugin_manager, make_metadata_store
 from cluster.resources import format_shape, parse_size, resources_arg, total_demand
 from cluster.wire import messages as m
 from cluster.wire.connection import dial
@@ -86,7 +87,7 @@ def start(
     session_dir = session.new_session_dir("session" if head else "node")
     token_file = None
     if head:
-        token = token or session.new_token()
+        token = token or _stored_token(metadata_store) or session.new_token()
         token_file = str(session.write_token(session_dir, token))
     args = ["--session-dir", str(session_dir), "--host", host, "--resources", resources_json, "--labels", labels_json,
             "--port", str(port if port is not None else (DEFAULT_HEAD_PORT if head else 0)),
@@ -120,10 +121,16 @@ def start(
     if head:
         session.write_current({"address": info["address"], "pid": info["pid"],
                                "session_dir": str(session_dir), "token_file": token_file,
-                               "dashboard_url": info.get("dashboard_url")})
+                               "dashboard_url": info.get("dashboard_url"), "cluster_id": info.get("cluster_id")})
     cpus = json.loads(resources_json)["CPU"]
     if head:
-        click.echo(f"Started the head of a new cluster at {info['address']} ({cpus:g} CPUs), pid {info['pid']}.")
+        if info.get("recovered"):
+            click.echo(f"Started the head of cluster {info['cluster_id']} again at {info['address']} ({cpus:g} "
+                       f"CPUs), pid {info['pid']}: its nodes, actors' names and jobs come back from "
+                       f"{metadata_store}.")
+        else:
+            click.echo(f"Started the head of a new cluster {info.get('cluster_id')} at {info['address']} "
+                       f"({cpus:g} CPUs), pid {info['pid']}.")
         click.echo(f"  session dir: {session_dir}")
         click.echo(f"  token file:  {token_file} (mode 0600)")
         if info.get("dashboard_url"):
@@ -163,6 +170,19 @@ def _wait_in_foreground(proc: Any, session_dir: Path) -> None:
         click.echo(f"The daemon exited with code {proc.returncode}; see its log in {session_dir / 'logs'}.",
                    err=True)
         raise SystemExit(proc.returncode)
+
+
+def _stored_token(metadata_store: str | None) -> str | None:
+    """The token of the cluster whose head kept its tables in ``metadata_store`` before (a
+    head started again is the same cluster: nodes and drivers reconnect with that token)."""
+    if not metadata_store:
+        return None  # the default store is new with each session
+    store = make_metadata_store(metadata_store)
+    try:
+        identity = stored_identity(store)
+    finally:
+        store.close()
+    return identity.token if identity is not None else None
 
 
 def _local_token_for(address: str) -> str | None:

@@ -27,6 +27,7 @@ from cluster import log as cluster_log
 from cluster import session
 from cluster.errors import ClusterError, ConfigError
 from cluster.head.service import HeadService
+from cluster.head.tables import claim_identity
 from cluster.node.service import NodeService
 from cluster.plugins import get_plugin_manager, make_metadata_store
 from cluster.wire import messages as m
@@ -190,13 +191,17 @@ async def run_daemon(
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, serve, listeners)
         head = None
+        recovered = False  # a head started again on the metadata store of an earlier one
         if config.head:
             head = HeadService(session_dir=config.session_dir, address=address,
                                heartbeat_timeout_s=config.heartbeat_timeout_s,
                                dashboard_host=config.dashboard_host, dashboard_port=config.dashboard_port,
                                token=token, autoscaling_config=config.autoscaling_config)
-            head.metadata = make_metadata_store(
-                config.metadata_store or f"sqlite:///{os.path.join(config.session_dir, 'metadata.db')}")
+            store_url = config.metadata_store or f"sqlite:///{os.path.join(config.session_dir, 'metadata.db')}"
+            head.metadata = make_metadata_store(store_url)
+            identity, recovered = claim_identity(head.metadata, token, store_url)
+            head.cluster_id = identity.cluster_id
+            log.info("cluster_identity", cluster_id=identity.cluster_id, recovered=recovered, store=store_url)
             head.services = services
             router.add(head.handlers())
             await nursery.start(head.run)
@@ -228,7 +233,9 @@ async def run_daemon(
                 await nursery.start(service)
         task_status.started({"address": address, "node_id": node.node_id, "pid": os.getpid(),
                              "session_dir": config.session_dir, "store_path": node.store_path,
-                             "dashboard_url": head.dashboard_url if head is not None else None})
+                             "dashboard_url": head.dashboard_url if head is not None else None,
+                             "cluster_id": head.cluster_id if head is not None else None,
+                             "recovered": recovered if head is not None else False})
 
 
 def _own_ip() -> str:

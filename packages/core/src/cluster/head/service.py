@@ -82,6 +82,7 @@ class HeadService:
     drivers: dict[Connection, dict] = attrs.Factory(dict)
     services: Any = None  # the daemon's plugin services (cluster.contracts.ServiceRegistry)
     token: str = ""  # the cluster token (head services that accept other protocols check it)
+    cluster_id: str = ""  # kept in the metadata store with the token (cluster.head.tables)
     metadata: Any = None  # the metadata store (cluster.contracts.MetadataStore)
     dashboard_host: str = "127.0.0.1"  # where the head's HTTP service should listen ...
     dashboard_port: int | None = None  # ... (None: 8265, or any free port if that is taken)
@@ -164,7 +165,8 @@ class HeadService:
         self._broadcast_view()
         conn.on_close.append(lambda _c: self._mark_dead(record, "connection to the node closed"))
         log.info("node_joined", node_id=msg.node_id, address=msg.address, resources=msg.resources)
-        conn.reply(request_id, m.NodeRegistered(self.session_dir, self.view(), self.view_version))
+        conn.reply(request_id, m.NodeRegistered(self.session_dir, self.view(), self.view_version,
+                                               self.cluster_id))
 
     def _heartbeat(self, conn: Connection, msg: m.Heartbeat, request_id: int) -> None:
         node = self.nodes.get(msg.node_id)
@@ -189,7 +191,7 @@ class HeadService:
             self.drivers[conn] = {"kind": "driver", "pid": msg.pid, "hostname": msg.hostname,
                                   "address": msg.address}
             conn.on_close.append(lambda c: self.drivers.pop(c, None))
-        conn.reply(request_id, m.DriverRegistered(self.view(), self.session_dir, os.getpid()))
+        conn.reply(request_id, m.DriverRegistered(self.view(), self.session_dir, os.getpid(), self.cluster_id))
 
     def _list_failures(self, conn: Connection, msg: m.ListFailures, request_id: int) -> None:
         conn.reply(request_id, list(self.failures))

@@ -164,6 +164,7 @@ class NodeRegistered(Message):
     session_dir: str
     view: list[dict[str, Any]]  # the resource view: a dict per node (NodeRecord.public)
     version: int
+    cluster_id: str = ""  # the same across restarts of the head (cluster.head.tables)
 
 
 @message(87)
@@ -183,6 +184,7 @@ class DriverRegistered(Message):
     nodes: list[dict[str, Any]]  # the resource view
     session_dir: str
     head_pid: int
+    cluster_id: str = ""
 
 
 @message(89)
