@@ -26,10 +26,10 @@ import trio
 from cluster import log as cluster_log
 from cluster import session
 from cluster.errors import ClusterError, ConfigError
-from cluster.head.service import HeadService
+from cluster.head.service import HeadService, NodeRecord
 from cluster.head.tables import claim_identity
 from cluster.node.service import NodeService
-from cluster.plugins import get_plugin_manager, make_metadata_store
+from cluster.plugins import get_plugin_manager, make_metadata_store, make_object_store
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, run_connection
 from cluster.wire.handshake import server_handshake
@@ -205,6 +205,8 @@ async def run_daemon(
             head.services = services
             router.add(head.handlers())
             await nursery.start(head.run)
+            for previous in head.previous_head_nodes:
+                _remove_store(previous)
             for started in pm.hook.cluster_head_services(head=head):
                 for service in started or ():
                     await nursery.start(service)
@@ -236,6 +238,21 @@ async def run_daemon(
                              "dashboard_url": head.dashboard_url if head is not None else None,
                              "cluster_id": head.cluster_id if head is not None else None,
                              "recovered": recovered if head is not None else False})
+
+
+def _remove_store(node: NodeRecord) -> None:
+    """Remove the object store (and what it spilled) of a previous head process of this
+    cluster: nobody serves it any more, and its objects were declared lost with its node."""
+    if node.hostname != socket.gethostname() or not node.store_path:
+        return
+    try:
+        make_object_store(node.store_path, {"node_id": node.node_id, "store_path": node.store_path,
+                                            "store_capacity": node.store_capacity, "spill_dir": node.spill_dir,
+                                            "object_store": node.object_store}).destroy()
+    except Exception as exc:  # a store we cannot open is not worth failing the head's start
+        log.warning("previous_store_not_removed", node_id=node.node_id, store_path=node.store_path, error=repr(exc))
+    else:
+        log.info("previous_store_removed", node_id=node.node_id, store_path=node.store_path)
 
 
 def _own_ip() -> str:

@@ -1,12 +1,19 @@
 """The head service: node membership, failure detection, the cluster's resource view, a KV store.
 
 The head is on the control path only (nodes joining, heartbeats, drivers attaching); no task
-passes through it.
+passes through it, so the cluster's work goes on while it is down.
+
+It keeps its node table and KV in the metadata store (:mod:`cluster.head.tables`). A head
+started again on that store takes them back: a node it knew alive has one heartbeat deadline
+from then to come back under its id (it reconnects by itself, with what it has free now), or
+it is declared dead, and a node declared dead is refused under its old id (it rejoins as a
+new node). The node of the previous head process is dead at once: its workers went with it.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -16,6 +23,7 @@ import attrs
 import structlog
 import trio
 
+from cluster.head import tables
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection
 
@@ -45,7 +53,14 @@ class NodeRecord:
     last_seen: float = attrs.Factory(trio.current_time)  # trio's clock: tests can mock it
     joined_at: float = attrs.Factory(time.time)
     died_at: float | None = None  # wall clock, once declared dead
-    death_reason: str = ""
+    death_reason: str = ""  # why it was declared dead
+    returned: bool = True  # False: known from before the head restarted, not back yet
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> NodeRecord:
+        """A node as a previous head process left it in the ``nodes`` table (not connected)."""
+        fields = {name: row[name] for name in tables.NODE_FIELDS if name in row}
+        return cls(**fields, available={}, conn=None, returned=False)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -90,8 +105,11 @@ class HeadService:
     autoscaling_config: str | None = None  # a cluster config (YAML) to autoscale by (cluster-autoscaler)
     # Called with each NodeRecord the head declares dead (plugins' head services add theirs).
     on_node_dead: list[Callable[[NodeRecord], None]] = attrs.Factory(list)
+    # The nodes of earlier head processes of this cluster, declared dead as this one started.
+    previous_head_nodes: list[NodeRecord] = attrs.Factory(list)
     # The last faults of the cluster (nodes' reports and node deaths), oldest first.
     failures: collections.deque[m.Failure] = attrs.Factory(lambda: collections.deque(maxlen=MAX_FAILURES))
+    _nursery: trio.Nursery | None = None  # while it runs
 
     def handlers(self) -> dict[type, Any]:
         return {
@@ -107,13 +125,45 @@ class HeadService:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        self._recover()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._detect_failures()
+        finally:
+            self._nursery = None  # stopping: connections that close now say nothing of their nodes
+
+    async def _detect_failures(self) -> None:
         while True:
             await trio.sleep(min(1.0, self.heartbeat_timeout_s / 4))
             now = trio.current_time()
             for node in self.nodes.values():
                 if node.state == "alive" and now - node.last_seen > self.heartbeat_timeout_s:
-                    self._mark_dead(node, f"missed its heartbeat deadline ({self.heartbeat_timeout_s:g}s)")
+                    if node.returned:
+                        self._mark_dead(node, f"missed its heartbeat deadline ({self.heartbeat_timeout_s:g}s)")
+                    else:
+                        self._mark_dead(node, f"it did not come back within {self.heartbeat_timeout_s:.0f}s "
+                                              "of the head's restart")
+
+    def _recover(self) -> None:
+        """Take back the KV and the node table that earlier head processes of this cluster
+        kept in the metadata store. A node known alive has until one heartbeat deadline from
+        now to register again; the previous head's own node is dead now."""
+        if self.metadata is None:
+            return
+        self._kv.update(tables.stored_kv(self.metadata))
+        for row in tables.stored_nodes(self.metadata):
+            record = NodeRecord.from_row(row)
+            self.nodes[record.node_id] = record
+        for record in list(self.nodes.values()):
+            if record.is_head and record.state == "alive":
+                self.previous_head_nodes.append(record)
+                self._mark_dead(record, "the head restarted (that node's workers and objects went with "
+                                        "the head process)")
+        if self.nodes or self._kv:
+            log.info("head_recovered", nodes=len(self.nodes), kv=len(self._kv),
+                     waiting_for=sorted(n.node_id for n in self.nodes.values() if n.state == "alive"))
 
     def view(self) -> list[dict[str, Any]]:
         return [node.public() for node in self.nodes.values()]
@@ -125,6 +175,7 @@ class HeadService:
         node.died_at = time.time()
         node.death_reason = reason
         node.available = {}
+        self._save_node(node)
         self.view_version += 1
         self._broadcast_view()
         log.warning("node_dead", node_id=node.node_id, address=node.address, reason=reason)
@@ -144,29 +195,69 @@ class HeadService:
 
     # -- handlers --
 
+    def _save_node(self, node: NodeRecord) -> None:
+        if self.metadata is not None:
+            self.metadata.put(tables.NODES_TABLE, node.node_id, tables.node_row(node))
+
+    def _refusal(self, msg: m.RegisterNode) -> str | None:
+        """Why a node may not register under its id (it must join as a new node), or None."""
+        if msg.cluster_id and self.cluster_id and msg.cluster_id != self.cluster_id:
+            return (f"this head runs cluster {self.cluster_id}, not cluster {msg.cluster_id} that node "
+                    f"{msg.node_id} joined")
+        known = self.nodes.get(msg.node_id)
+        if known is not None and known.state == "dead":
+            return f"node {msg.node_id} was declared dead ({known.death_reason})"
+        return None
+
     def _register_node(self, conn: Connection, msg: m.RegisterNode, request_id: int) -> None:
-        record = NodeRecord(
-            node_id=msg.node_id,
-            address=msg.address,
-            resources=msg.resources,
-            available=dict(msg.resources),
-            labels=msg.labels,
-            hostname=msg.hostname,
-            pid=msg.pid,
-            store_path=msg.store_path,
-            is_head=msg.is_head,
-            store_capacity=msg.store_capacity,
-            spill_dir=msg.spill_dir,
-            conn=conn,
-            object_store=msg.object_store,
-        )
-        self.nodes[msg.node_id] = record
+        refusal = self._refusal(msg)
+        if refusal is not None:
+            log.warning("node_refused", node_id=msg.node_id, address=msg.address, reason=refusal)
+            conn.reply_error(request_id, "dead", f"{refusal}; it may only come back as a new node")
+            return
+        available = dict(msg.resources if msg.available is None else msg.available)
+        record = self.nodes.get(msg.node_id)
+        returning = record is not None
+        if record is None:
+            record = self.nodes[msg.node_id] = NodeRecord(
+                node_id=msg.node_id, address=msg.address, resources=msg.resources, available=available,
+                labels=msg.labels, hostname=msg.hostname, pid=msg.pid, store_path=msg.store_path,
+                is_head=msg.is_head, store_capacity=msg.store_capacity, spill_dir=msg.spill_dir,
+                conn=conn, object_store=msg.object_store,
+            )
+        else:  # back: the head restarted, or its connection broke
+            previous = record.conn
+            record.address, record.resources, record.available = msg.address, msg.resources, available
+            record.labels, record.hostname, record.pid = msg.labels, msg.hostname, msg.pid
+            record.store_path, record.store_capacity, record.spill_dir = msg.store_path, msg.store_capacity, msg.spill_dir
+            record.object_store, record.conn, record.returned = msg.object_store, conn, True
+            record.last_seen = trio.current_time()
+            if previous is not None and previous is not conn:
+                previous.abort()  # (its close no longer speaks for the node: see _connection_closed)
+        self._save_node(record)
         self.view_version += 1
         self._broadcast_view()
-        conn.on_close.append(lambda _c: self._mark_dead(record, "connection to the node closed"))
-        log.info("node_joined", node_id=msg.node_id, address=msg.address, resources=msg.resources)
+        conn.on_close.append(functools.partial(self._connection_closed, record))
+        log.info("node_rejoined" if returning else "node_joined", node_id=msg.node_id, address=msg.address,
+                 resources=msg.resources)
         conn.reply(request_id, m.NodeRegistered(self.session_dir, self.view(), self.view_version,
-                                               self.cluster_id))
+                                               self.cluster_id, self.heartbeat_timeout_s))
+
+    def _connection_closed(self, record: NodeRecord, conn: Connection) -> None:
+        if record.conn is not conn or self._nursery is None:  # (replaced since, or the head stops)
+            return
+        try:
+            self._nursery.start_soon(self._connection_gone, record, conn)
+        except RuntimeError:  # closed to new arrivals: the head is stopping
+            pass
+
+    async def _connection_gone(self, record: NodeRecord, conn: Connection) -> None:
+        # One checkpoint first: when the head itself is stopping (every connection closes as
+        # its daemon is cancelled), this never gets past it, and the node table keeps the
+        # nodes alive for the head started next.
+        await trio.sleep(0)
+        if record.conn is conn:
+            self._mark_dead(record, "connection to the node closed")
 
     def _heartbeat(self, conn: Connection, msg: m.Heartbeat, request_id: int) -> None:
         node = self.nodes.get(msg.node_id)
@@ -207,6 +298,8 @@ class HeadService:
             conn.reply(request_id, False)
             return
         self._kv[msg.key] = msg.value
+        if self.metadata is not None:
+            tables.put_kv(self.metadata, msg.key, msg.value)
         conn.reply(request_id, True)
 
     def kv_get(self, key: str) -> bytes | None:
@@ -217,4 +310,7 @@ class HeadService:
         conn.reply(request_id, self._kv.get(msg.key))
 
     def _kv_delete(self, conn: Connection, msg: m.KvDelete, request_id: int) -> None:
-        conn.reply(request_id, self._kv.pop(msg.key, None) is not None)
+        found = self._kv.pop(msg.key, None) is not None
+        if found and self.metadata is not None:
+            tables.delete_kv(self.metadata, msg.key)
+        conn.reply(request_id, found)

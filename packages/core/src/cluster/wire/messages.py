@@ -165,6 +165,7 @@ class NodeRegistered(Message):
     view: list[dict[str, Any]]  # the resource view: a dict per node (NodeRecord.public)
     version: int
     cluster_id: str = ""  # the same across restarts of the head (cluster.head.tables)
+    heartbeat_timeout_s: float = 10.0  # a node silent this long is declared dead
 
 
 @message(87)
@@ -348,6 +349,10 @@ class RegisterNode(Message):
     store_capacity: int
     spill_dir: str | None
     object_store: str = "shared"
+    # A node that comes back (the head restarted, or it lost its connection) registers again
+    # under its id with what it has free now, and the cluster it joined ("" the first time).
+    available: dict[str, float] | None = None
+    cluster_id: str = ""
 
 
 @message(21)
