@@ -35,6 +35,11 @@ class ProtocolError(ClusterConnectionError):
     """A peer sent something that is not a valid cluster message."""
 
 
+class HeadUnreachableError(ClusterConnectionError):
+    """The head stayed unreachable for as long as a call that needs it may wait
+    (``$CLUSTER_HEAD_WAIT_S``); the message names the head and how to bring it back."""
+
+
 class RemoteCallError(ClusterError):
     """A daemon answered a request with an error."""
 
@@ -162,6 +167,7 @@ __all__ = [
     "ClusterError",
     "ConfigError",
     "GetTimeoutError",
+    "HeadUnreachableError",
     "NodeDiedError",
     "NotInitializedError",
     "ObjectLostError",

@@ -4,7 +4,9 @@
 - :mod:`.codec`: frames and the msgpack codec, bytes in and out, no I/O;
 - :mod:`.handshake`: the versioned, token-authenticated handshake;
 - :mod:`.streams`: addresses, TCP and same-host Unix-socket streams;
-- :mod:`.connection`: authenticated connections (reader threads, request/reply) and the dialer.
+- :mod:`.connection`: authenticated connections (reader threads, request/reply) and the dialer;
+- :mod:`.headlink`: the connection to the head, dialled again whenever it closes, and calls
+  that wait (bounded) for the head while it is away.
 
 May import: the leaf modules of ``cluster`` (errors) and nothing else of ours.
 """
