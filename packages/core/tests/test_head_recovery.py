@@ -111,7 +111,7 @@ def test_a_restarted_head_takes_back_its_nodes_and_kv_and_waits_one_deadline_for
                 assert set(nodes) == {"comes-back", "stays-away", "head-node", "already-dead"}
                 assert nodes["already-dead"].state == "dead"
                 assert [n.node_id for n in second.previous_head_nodes] == ["head-node"]
-                assert nodes["head-node"].state == "dead" and "the head restarted" in nodes["head-node"].death
+                assert nodes["head-node"].state == "dead" and "the head restarted" in nodes["head-node"].death_reason
                 assert nodes["comes-back"].state == nodes["stays-away"].state == "alive"  # within the grace
                 assert second.kv_get("actor/ns/counter") == b"\x00record" and second.kv_get("gone") is None
 

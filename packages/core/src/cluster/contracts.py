@@ -142,7 +142,14 @@ class Node(Protocol):
     token: str
     session_dir: str
     services: ServiceRegistry
-    head_conn: Any  # the node's Connection to the head
+    head_conn: Any  # the node's Connection to the head (None while the head is away)
+    # (old id, new id): the head had declared the node dead, and it joined again as a new node
+    # (its workers were killed and its store emptied; a plugin stops what it ran for the old one).
+    on_new_identity: list[Callable[[str, str], None]]
+
+    async def head_connection(self) -> Any:
+        """The Connection to the head; while the head is away, waits (bounded) for it to come back."""
+        ...
 
     def reserve(self, shape: dict[str, float]) -> bool:
         """Hold ``shape`` of this node's resources for a plugin's own work; False if it does not fit."""

@@ -4,17 +4,27 @@ An owner asks for a lease for a resource shape. The node grants one when the sha
 available resources and a worker is idle; when it does not fit now but fits elsewhere in the
 head's resource view, the answer is "spill back to node X"; otherwise the request waits here.
 Workers are pre-started (one per CPU), replaced when they die, and added on demand.
+
+The node keeps working while the head is away (docs/design/0012): its connection to the head
+(a :class:`~cluster.wire.headlink.HeadLink`) is dialled again until the head is back, and the
+node registers again as itself, with what it has free. If the head says this node was
+declared dead meanwhile (it missed its deadline: stopped, cut off, or the restarted head's
+grace ran out), the node drops that identity, as everyone else has: it kills its workers
+(their tasks were or will be run elsewhere), empties its store (its objects were declared
+lost), and joins as a new node, under a new id.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import secrets
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -28,7 +38,8 @@ from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.plugins import make_object_store, make_scheduler
 from cluster.resources import default_object_store_memory, fits, format_shape
 from cluster.wire import messages as m
-from cluster.wire.connection import Connection, Dialer, dial
+from cluster.wire.connection import Connection, Dialer
+from cluster.wire.headlink import HeadLink, head_wait_s
 
 log = structlog.get_logger("cluster.node")
 
@@ -105,7 +116,12 @@ class NodeService:
     max_workers: int = attrs.field(init=False)
     view: list = attrs.Factory(list)
     view_version: int = 0
-    head_conn: Connection | None = None
+    head_link: HeadLink | None = None  # the connection to the head, dialled again when it closes
+    cluster_id: str = ""  # the cluster this node joined (the head says, as it registers)
+    heartbeat_timeout_s: float = 10.0  # the head's (it says, as the node registers)
+    # Called with (old id, new id) when this node drops an identity the head declared dead and
+    # joins as a new node (plugins stop what they ran for the old one).
+    on_new_identity: list[Callable[[str, str], None]] = attrs.Factory(list)
     workers: dict[str, WorkerProc] = attrs.Factory(dict)
     leases: dict[int, Lease] = attrs.Factory(dict)
     _queue: collections.deque = attrs.Factory(collections.deque)
@@ -122,8 +138,10 @@ class NodeService:
     _by_pid: dict = attrs.Factory(dict)
     services: Any = None  # the daemon's plugin services (cluster.contracts.ServiceRegistry)
     _infeasible: dict = attrs.Factory(dict)  # shape -> (when last asked, backlog): fits no node now
+    _retiring: set = attrs.Factory(set)  # ids of the workers of a dropped identity, until they exit
     _watchers: set = attrs.Factory(set)  # connections of owners told when a node dies (WatchNodes)
     _failures: list = attrs.Factory(list)  # of Failure: reported here, for the head's next heartbeat
+    _retired_gone: trio.Event = attrs.Factory(trio.Event)  # set once none of them runs
 
     def __attrs_post_init__(self) -> None:
         self.ledger = ResourceLedger(dict(self.resources))
@@ -138,6 +156,17 @@ class NodeService:
         self.max_workers = self.pool_size * 4 + 8
         # Testing only: drop the connection of a pulling node after every N chunks served.
         self._drop_every = int(os.environ.get("CLUSTER_TESTING_DROP_PULL_EVERY", "0") or 0)
+
+    @property
+    def head_conn(self) -> Connection | None:
+        """The connection to the head while there is one (plugins: see :meth:`head_connection`)."""
+        return self.head_link.conn if self.head_link is not None else None
+
+    async def head_connection(self) -> Connection:
+        """The connection to the head; while the head is away, waits for it to come back (at
+        most ``$CLUSTER_HEAD_WAIT_S``, then HeadUnreachableError)."""
+        assert self.head_link is not None, "the node is not running"
+        return await self.head_link.connection()
 
     def info(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address, "store_path": self.store_path,
@@ -167,18 +196,10 @@ class NodeService:
                 self._nursery = nursery
                 self._dialer = Dialer(self.token, "node", self._on_peer_message)
                 self._dialer.nursery = nursery
-                self.head_conn = await dial(
-                    nursery, self.head_address, self.token, "node", self._on_head_message, what="the head"
-                )
-                reply = await self.head_conn.request(
-                    m.RegisterNode(
-                        self.node_id, self.address, self.resources, self.labels,
-                        socket.gethostname(), os.getpid(), self.store_path, self.is_head,
-                        self.store_capacity, self.spill_dir, self.object_store,
-                    )
-                )
-                self.view, self.view_version = reply.view, reply.version
-                self.head_conn.on_close.append(self._head_lost)
+                self.head_link = HeadLink(self.head_address, self.token, "node", self._on_head_message,
+                                          on_connect=self._register)
+                # Joining waits for a head that is not there yet (being started, or restarted).
+                await nursery.start(functools.partial(self.head_link.run, first_wait_s=head_wait_s()))
                 nursery.start_soon(self._zygote_events)
                 for _ in range(self.pool_size):
                     self._spawn_worker()
@@ -191,11 +212,66 @@ class NodeService:
                 await self._stop_workers()
                 self.store.destroy()
 
-    def _head_lost(self, _conn: Connection) -> None:
-        if not self._shutting_down:
-            log.error("head_lost", head=self.head_address)
-            self._shutting_down = True
-            self._nursery.cancel_scope.cancel()
+    async def _register(self, conn: Connection) -> None:
+        """Register with the head on a new connection: as this node (joining, or back after the
+        head restarted or the connection broke), or as a new node if the head declared this
+        one dead (or is another cluster's now)."""
+        while True:
+            try:
+                reply = await conn.request(m.RegisterNode(
+                    self.node_id, self.address, self.resources, self.labels, socket.gethostname(),
+                    os.getpid(), self.store_path, self.is_head, self.store_capacity, self.spill_dir,
+                    self.object_store, available=dict(self.ledger.available), cluster_id=self.cluster_id,
+                ))
+            except RemoteCallError as exc:
+                if exc.kind != "dead":
+                    raise
+                await self._become_new_node(str(exc))
+                continue
+            break
+        if self.cluster_id and reply.cluster_id != self.cluster_id:
+            log.warning("cluster_changed", was=self.cluster_id, now=reply.cluster_id)
+        self.cluster_id = reply.cluster_id
+        self.heartbeat_timeout_s = reply.heartbeat_timeout_s
+        self._apply_view(reply.view, reply.version, fresh=True)  # (a restarted head counts versions anew)
+        if self.head_link is not None and self.head_link.outages:
+            log.info("node_registered_again", node_id=self.node_id, head=self.head_address)
+        self._pump()
+
+    async def _become_new_node(self, reason: str) -> None:
+        """Drop the identity the head declared dead, as everyone else has: kill its workers
+        (their owners run their tasks elsewhere), empty the store (its objects were declared
+        lost), then take a new node id. Resources held by plugins stay held until they let go."""
+        old = self.node_id
+        log.warning("node_rejoining_as_new", node_id=old, reason=reason)
+        for request in self._queue:
+            if not request.conn.closed:
+                request.conn.reply_error(request.request_id, "stopping", f"node {old} was declared dead; "
+                                         "it joins the cluster again as a new node")
+        self._queue.clear()
+        for lease in self.leases.values():
+            self._release(lease)
+        self.leases.clear()
+        retired, self.workers = list(self.workers.values()), {}
+        self._retiring.update(worker.worker_id for worker in retired)  # (those starting are killed as they come up)
+        for worker in retired:
+            self._kill(worker)
+        if self._retiring:
+            self._retired_gone = trio.Event()
+            with trio.move_on_after(5):  # none may write into the store once it is emptied
+                await self._retired_gone.wait()
+        self.store.destroy()
+        self.node_id = secrets.token_hex(8)
+        # The same directory, empty now: the node's other processes (a driver attached to it)
+        # find it where they look, and the daemon's record of it for `cluster stop` holds.
+        self.store = make_object_store(self.store_path, self.info())
+        self.chunks = ChunkSource(self.store)
+        self._infeasible.clear()
+        for callback in self.on_new_identity:
+            callback(old, self.node_id)
+        for _ in range(self.pool_size):
+            self._spawn_worker()
+        log.info("node_new_identity", node_id=self.node_id, was=old, store_path=self.store_path)
 
     def _on_head_message(self, conn: Connection, msg: Any, request_id: int) -> None:
         if isinstance(msg, m.ViewUpdate):
@@ -203,11 +279,11 @@ class NodeService:
             return
         conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
 
-    def _apply_view(self, view: list[dict[str, Any]], version: int) -> None:
+    def _apply_view(self, view: list[dict[str, Any]], version: int, fresh: bool = False) -> None:
         """A newer resource view from the head: nodes it declared dead since the last one are
         announced to every watching owner (whose tasks and objects there are gone), and our
         connections to them are dropped (a partitioned node's would hang rather than close)."""
-        if version <= self.view_version:
+        if version <= self.view_version and not fresh:
             return
         was_alive = {node["node_id"] for node in self.view if node["state"] == "alive"}
         self.view, self.view_version = view, version
@@ -274,16 +350,28 @@ class NodeService:
     async def _heartbeat_loop(self) -> None:
         while True:
             await trio.sleep(HEARTBEAT_S)
+            conn = self.head_conn
+            if conn is None:
+                continue  # the head is away: the link dials it again, and we register again
             failures, self._failures = self._failures, []
-            try:
-                ack = await self.head_conn.request(
-                    m.Heartbeat(self.node_id, self.ledger.available, self.view_version, self.store_stats(),
-                                self.demand(), failures)
-                )
-            except ClusterConnectionError:
-                if self._shutting_down:
-                    return  # the head stopped first (`cluster stop`) while our workers finish
-                raise
+            with trio.move_on_after(self.heartbeat_timeout_s) as silent:
+                try:
+                    ack = await conn.request(
+                        m.Heartbeat(self.node_id, self.ledger.available, self.view_version, self.store_stats(),
+                                    self.demand(), failures)
+                    )
+                except ClusterConnectionError:
+                    continue  # it closed: the link dials the head again
+                except RemoteCallError as exc:
+                    if exc.kind != "dead":
+                        raise
+                    log.warning("declared_dead", node_id=self.node_id, reason=str(exc))
+                    conn.abort()  # registering again, it is told the same, and joins as a new node
+                    continue
+            if silent.cancelled_caught:  # the head is gone without closing (cut off, stopped)
+                log.warning("head_silent", head=self.head_address, seconds=self.heartbeat_timeout_s)
+                conn.abort()
+                continue
             if ack.view is not None:
                 self._apply_view(ack.view, ack.version)
 
@@ -309,9 +397,16 @@ class NodeService:
                 if worker is not None:
                     worker.pid = event.pid
                     self._by_pid[event.pid] = worker
+                elif event.worker_id in self._retiring:  # asked for by an identity since dropped
+                    worker = self._by_pid[event.pid] = WorkerProc(event.worker_id, event.pid)
+                    self._kill(worker)
             elif type(event) is m.WorkerExited:
                 worker = self._by_pid.pop(event.pid, None)
-                if worker is not None:
+                if worker is not None and worker.worker_id in self._retiring:
+                    self._retiring.discard(worker.worker_id)
+                    if not self._retiring:
+                        self._retired_gone.set()
+                elif worker is not None:
                     self._worker_exited(worker, event.code)
         if not self._shutting_down:
             log.error("zygote_exited")
