@@ -512,6 +512,12 @@ async def dial(
             f"{what} at {address} accepted the connection but did not complete the handshake "
             f"within {HANDSHAKE_TIMEOUT:.0f}s; is that port really a cluster daemon?"
         ) from None
+    except ClusterConnectionError:  # refused (a wrong token, another version): says so itself
+        await trio.aclose_forcefully(stream)
+        raise
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        await trio.aclose_forcefully(stream)  # (e.g. reset by a daemon that was just stopping)
+        raise ClusterConnectionError(f"the connection to {what} at {address} broke during the handshake: {exc}") from None
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
