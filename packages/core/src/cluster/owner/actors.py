@@ -206,6 +206,8 @@ class Actors:
         """Take ``key`` for a new actor; a name left behind by a dead actor is taken over."""
         if await self.kv_request(m.KvPut(key, record, False)):
             return True
+        if await self.kv_request(m.KvGet(key)) == record:
+            return True  # ours: the head took it and went away before it answered, and it was asked again
         if await self._live_record(key) is not None:
             return False
         return bool(await self.kv_request(m.KvPut(key, record, True)))
@@ -318,8 +320,7 @@ class Actors:
     # ------------------------------------------------------------------ trio thread
 
     async def kv_request(self, msg: Any) -> Any:
-        head = await self.rt._connect(self.rt.head_address, "the cluster")
-        return await head.request(msg)
+        return await self.rt.head_request(msg)
 
     def _actor_state(self, handle: Any) -> ActorState:
         state = self._actors.get(handle._actor_id)

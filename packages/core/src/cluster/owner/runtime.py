@@ -11,11 +11,17 @@ in a background thread; the user's thread calls in through a few thread-safe ent
 4. workers answer on the same connection; small values arrive inline, large ones stay in the
    executing node's shared-memory store and only their location comes back;
 5. a lease with no more work of its shape is returned to its node after a short linger.
+
+The head is not on that path. A driver holds a connection to it (a
+:class:`~cluster.wire.headlink.HeadLink`, a worker too once it first needs the head) that is
+dialled again whenever it closes; what needs the head (named actors, ``nodes()``) waits for it
+while it is away, bounded.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import socket
@@ -52,6 +58,7 @@ from cluster.plugins import make_object_store
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, Dialer, run_connection
 from cluster.wire.handshake import server_handshake
+from cluster.wire.headlink import HeadLink
 from cluster.wire.streams import open_local_listener
 
 if TYPE_CHECKING:
@@ -123,7 +130,8 @@ class Runtime:
         self._crashed: BaseException | None = None  # the trio thread died of this
         self._stopped = False
         self.node_conn: Connection | None = None
-        self.head_conn: Connection | None = None
+        self.cluster_id = ""  # the head says, as this driver registers
+        self._head_link: HeadLink | None = None  # a driver's from the start; a worker's once it needs the head
 
     def _set_node(self, node: NodeInfo) -> None:
         self.node = node
@@ -196,12 +204,9 @@ class Runtime:
             self._serve_private_store()
             nursery.start_soon(trio.serve_listeners, self._serve_incoming, listeners)
             if self.role == "driver":
-                self.head_conn = await self._connect(self.head_address, "the cluster")
-                reply = await self.head_conn.request(
-                    m.RegisterDriver(os.getpid(), socket.gethostname(), self.address)
-                )
-                self.nodes = reply.nodes
-                self.session_dir = reply.session_dir
+                self._head_link = HeadLink(self.head_address, self.token, self.role, self._on_message,
+                                           on_connect=self._register_driver, say=_tell_user)
+                await nursery.start(self._head_link.run)  # (the first connect does not wait)
                 self._set_node(choose_local_node(self.nodes, self.head_address))
             self.node_conn = await self._connect(self.node_address, "the node daemon")
             self.node_conn.send(m.WatchNodes())  # (so that we hear of nodes that die: _node_died)
@@ -224,9 +229,8 @@ class Runtime:
         return trio.from_thread.run(fn, *args, trio_token=self._trio_token)
 
     def list_nodes(self) -> list[NodeInfo]:
-        """The cluster's nodes as the head sees them."""
-        conn = self.call_async(self._connect, self.head_address, "the cluster")
-        nodes: list[NodeInfo] = self.call_async(conn.request, m.ListNodes())
+        """The cluster's nodes as the head sees them (waits, bounded, while the head is away)."""
+        nodes: list[NodeInfo] = self.call_async(self.head_request, m.ListNodes())
         return nodes
 
     def report_failure(self, kind: str, what: str) -> None:
@@ -234,6 +238,58 @@ class Runtime:
         conn = self.node_conn
         if conn is not None and not conn.closed:
             conn.send(m.ReportFailure(m.Failure(kind, what)))
+
+    # ------------------------------------------------------------------ the head (trio)
+
+    @property
+    def head_conn(self) -> Connection | None:
+        """The connection to the head, while there is one."""
+        return self._head_link.conn if self._head_link is not None else None
+
+    async def head_request(self, msg: m.Message) -> Any:
+        """Ask the head ``msg`` (one that means the same sent twice); while the head is away,
+        wait for it (at most ``$CLUSTER_HEAD_WAIT_S``, then HeadUnreachableError)."""
+        if self._head_link is None:  # a worker: it connects the first time it needs the head
+            self._head_link = HeadLink(self.head_address, self.token, self.role, self._on_message)
+            self.spawn(functools.partial(self._head_link.run, first_wait_s=None))
+        return await self._head_link.request(msg)
+
+    async def _register_driver(self, conn: Connection) -> None:
+        """Register with the head, on each connection to it: the head lists this driver again
+        after it restarted; if the node this driver used is gone with it (the head's own), the
+        driver moves to the node that replaced it."""
+        reply = await conn.request(m.RegisterDriver(os.getpid(), socket.gethostname(), self.address))
+        if self.cluster_id and reply.cluster_id != self.cluster_id:
+            _tell_user(f"the head at {self.head_address} came back as another cluster ({reply.cluster_id}, "
+                       f"was {self.cluster_id}): what the old one kept (actor names, jobs) is gone")
+        self.cluster_id = reply.cluster_id
+        self.nodes = reply.nodes
+        if self.session_dir is None:
+            self.session_dir = reply.session_dir
+        mine = getattr(self, "node_id", None)
+        if mine is not None and not any(n["node_id"] == mine and n["state"] == "alive" for n in reply.nodes):
+            self.spawn(self._move_to_new_local_node, mine)
+
+    async def _move_to_new_local_node(self, old: str) -> None:
+        """This driver's node is dead (it was the previous head process's): use the one on this
+        machine now, once it has joined (the head's new node registers just after the head)."""
+        deadline = trio.current_time() + 30
+        while True:
+            nodes: list[NodeInfo] = await self.head_request(m.ListNodes())
+            try:
+                node = choose_local_node(nodes, self.head_address)
+            except ClusterConnectionError:
+                node = None
+            if node is not None and node["node_id"] != old:
+                break
+            if trio.current_time() > deadline:
+                log.warning("no_local_node", was=old, head=self.head_address)
+                return
+            await trio.sleep(0.2)
+        self._set_node(node)
+        self.node_conn = await self._connect(self.node_address, "the node daemon")
+        self.node_conn.send(m.WatchNodes())
+        log.info("driver_moved_node", was=old, node_id=self.node_id, address=self.node_address)
 
     def soon(self, fn: Any, *args: Any) -> None:
         """Schedule a sync function on the trio thread without waiting."""
@@ -336,7 +392,7 @@ class Runtime:
 
     async def kv_request(self, msg: Any) -> Any:
         """Send a KV message (KvPut, KvGet, KvDelete) to the head; its answer."""
-        return await self.actors.kv_request(msg)
+        return await self.head_request(msg)
 
     # ---------------------------------------------------------------- ids and references
 
@@ -1308,6 +1364,12 @@ def choose_local_node(nodes: list[NodeInfo], head_address: str) -> NodeInfo:
         "for its objects. Start one here with `cluster start --address "
         f"{head_address}`, or run the script on a machine of the cluster."
     )
+
+
+def _tell_user(text: str) -> None:
+    """Say something the driver's user should know (on stderr, as the infeasible warning)."""
+    log.warning("driver_notice", message=text)
+    print(f"cluster: {text}", file=sys.stderr, flush=True)
 
 
 def _first_error(exc: BaseException) -> BaseException:
