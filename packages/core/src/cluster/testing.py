@@ -56,6 +56,8 @@ class LocalCluster:
         self.dashboard_url = ""
         self.address = ""
         self.token = ""
+        self.cluster_id = ""
+        self.head_pid = 0
         self.pids: list[int] = []
         self._saved_env: dict[str, str | None] = {}
 
@@ -73,8 +75,31 @@ class LocalCluster:
         self.address = current["address"]
         self.token = Path(current["token_file"]).read_text().strip()
         self.dashboard_url = current.get("dashboard_url") or ""
+        self.cluster_id = current.get("cluster_id") or ""
+        self.head_pid = current["pid"]
         self.pids.append(current["pid"])
         return self
+
+    def kill_head(self, signum: int = signal.SIGKILL) -> int:
+        """Signal the head daemon (SIGKILL: it dies at once, its own workers with it); its pid."""
+        pid = self.head_pid
+        os.kill(pid, signum)
+        return pid
+
+    def restart_head(self, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+        """``cluster start --head`` again where the head was: its port, its HTTP API's port and
+        its options (give the cluster ``--metadata-store`` in ``head_args`` to have it come back
+        as the same cluster). Returns the finished ``cluster start``."""
+        args = list(self._head_args)
+        if self.dashboard_url and "--dashboard-port" in args:
+            args[args.index("--dashboard-port") + 1] = self.dashboard_url.rpartition(":")[2]
+        proc = self.cli("start", "--head", "--port", self.address.rpartition(":")[2], *args, *extra, check=check)
+        if proc.returncode == 0:
+            current = json.loads((self.root / "current.json").read_text())
+            assert current["address"] == self.address, (current, self.address)
+            self.head_pid = current["pid"]
+            self.pids.append(current["pid"])
+        return proc
 
     def add_node(self, *, num_cpus: float = 1, resources: dict | None = None,
                  object_store_memory: int | None = None) -> dict[str, Any]:

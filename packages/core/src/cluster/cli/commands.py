@@ -16,11 +16,12 @@ import click
 from cluster import session
 from cluster.errors import ClusterConnectionError, ClusterError, ConfigError, RemoteCallError
 from cluster.head.tables import stored_identity
-from cluster.launch import spawn_daemon
+from cluster.launch import START_TIMEOUT_S, spawn_daemon
 from cluster.plugins import get_plugin_manager, make_metadata_store
 from cluster.resources import format_shape, parse_size, resources_arg, total_demand
 from cluster.wire import messages as m
 from cluster.wire.connection import dial
+from cluster.wire.headlink import head_wait_s
 from cluster.wire.streams import parse_address
 
 DEFAULT_HEAD_PORT = 6380
@@ -115,7 +116,9 @@ def start(
         args += ["--spill-dir", os.path.abspath(object_spilling_dir or session_dir / "spill")]
     role = "head" if head else "node"
     click.echo(f"Starting a {role} daemon...", err=True)
-    proc, info = spawn_daemon(args, token, session_dir, keep_stdin=block)
+    # A node waits for a head that is not up yet (being started or restarted), within bounds.
+    timeout = START_TIMEOUT_S if head else START_TIMEOUT_S + head_wait_s()
+    proc, info = spawn_daemon(args, token, session_dir, keep_stdin=block, timeout=timeout)
     info.update(role=role, token_file=token_file, start_time=session.process_start_time(proc.pid))
     session.record_daemon(info)
     if head:
