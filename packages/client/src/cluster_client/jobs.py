@@ -1,9 +1,18 @@
 """The head's job manager: job records, placement on a node, logs, stop.
 
 A job is a shell command (its *entrypoint*) run as a subprocess on a node with the resources it
-asked for. The head keeps the record (in its metadata store, so it outlives the head process)
-and the whole log (under ``<session dir>/jobs/``); the node that runs the entrypoint
+asked for. The head keeps the record and the whole log; the node that runs the entrypoint
 (cluster_client.runner) streams its output here and says when it exits.
+
+Both outlive the head process, in its metadata store (which a head started again on it takes
+back, docs/design/0012): the record in table ``jobs``, the log in a table of its own per job
+(``job_logs/<id>``), one row per chunk as it arrived, keyed by its offset. The store is the one
+place that lasts whatever its kind (a SQLite file, another engineer's Redis): a directory beside
+it would exist for SQLite only, and the session directory is new with each head. A file per
+job under ``<session dir>/jobs/`` is the head's working copy, written from the store as the head
+starts, and read by the API. A job whose node is still alive when the head starts again goes
+on, and its runner reports to the new head (a chunk the old head wrote just before it died may
+come twice); one whose node is gone (or does not come back within the grace) has FAILED.
 
 States: PENDING -> RUNNING -> SUCCEEDED | FAILED | STOPPED. A terminal state never changes.
 While PENDING, ``message`` says what the job waits for.
@@ -11,6 +20,7 @@ While PENDING, ``message`` says what the job waits for.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import secrets
@@ -41,6 +51,7 @@ from cluster_client.packaging import valid_package_name
 log = structlog.get_logger("cluster.jobs")
 
 TABLE = "jobs"
+LOG_TABLE = "job_logs/{}"  # a job's log: a row per chunk, keyed by its offset (16 digits)
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 RUNNER_SERVICE = "job-runner"  # on every node (cluster_client.runner)
 MANAGER_SERVICE = "jobs"  # on the head: where runners report
@@ -78,12 +89,16 @@ class JobManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for key, record in self.store.items(TABLE):
-            if record["status"] not in TERMINAL:  # it ran (or waited) under a head that is gone
+            self._restore_log(key)
+            node_id = record["driver_node_id"]
+            node = self.head.nodes.get(node_id) if node_id else None
+            if record["status"] not in TERMINAL and node_id and (node is None or node.state != "alive"):
+                # It ran (or was starting) under a head that is gone, on a node that is gone too.
                 record.update(status="FAILED", end_time=_now_ms(),
-                              message=f"the head restarted while the job was {record['status']}; "
-                                      "its outcome is unknown")
+                              message=f"the head restarted while the job was {record['status']}, and the "
+                                      f"node that ran it ({node_id}) is gone; its outcome is unknown")
                 self.store.put(TABLE, key, record)
-            self.jobs[key] = record
+            self.jobs[key] = record  # (PENDING and unplaced: placed by this head; on a live node: goes on)
         self.head.services.add(MANAGER_SERVICE, self._on_report)
         self.head.on_node_dead.append(self._node_died)
         async with trio.open_nursery() as nursery:
@@ -165,6 +180,9 @@ class JobManager:
                            "can be deleted)")
         del self.jobs[job_id]
         self.store.delete(TABLE, job_id)
+        table = LOG_TABLE.format(job_id)
+        for offset, _ in self.store.items(table):
+            self.store.delete(table, offset)
         (self.log_dir / f"{job_id}.log").unlink(missing_ok=True)
         self._notify()
         return True
@@ -318,9 +336,7 @@ class JobManager:
                               driver_pid=payload.pid)
                 self._save(record)
         elif kind is JobLog:
-            with open(self.log_dir / f"{record['submission_id']}.log", "ab") as f:
-                f.write(payload.data)
-            self._notify()
+            self._append_log(record["submission_id"], payload.data)
         else:
             code = payload.code
             record["driver_exit_code"] = code
@@ -344,6 +360,23 @@ class JobManager:
         for record in self.jobs.values():
             if record["status"] not in TERMINAL and record["driver_node_id"] == node.node_id:
                 self._finish(record, "FAILED", f"the node that ran it ({node.node_id} at {node.address}) died")
+
+    # ------------------------------------------------------------------ logs
+
+    def _append_log(self, job_id: str, data: bytes) -> None:
+        path = self.log_dir / f"{job_id}.log"
+        offset = path.stat().st_size if path.exists() else 0
+        self.store.put(LOG_TABLE.format(job_id), f"{offset:016d}", base64.b64encode(data).decode("ascii"))
+        with open(path, "ab") as f:
+            f.write(data)
+        self._notify()
+
+    def _restore_log(self, job_id: str) -> None:
+        """The head's working copy of a job's log, from the chunks in the store."""
+        chunks = sorted(self.store.items(LOG_TABLE.format(job_id)))
+        with open(self.log_dir / f"{job_id}.log", "wb") as f:
+            for _, chunk in chunks:
+                f.write(base64.b64decode(chunk))
 
     # ------------------------------------------------------------------ records
 

@@ -1,5 +1,9 @@
 """The node side of jobs: run an entrypoint with the resources it asked for, stream its output
-to the head, stop it on request (SIGTERM to its process group, SIGKILL after a grace period)."""
+to the head, stop it on request (SIGTERM to its process group, SIGKILL after a grace period).
+
+A job goes on while the head is away: its reports wait for the head to come back (the output
+waits in the pipe meanwhile). A node that rejoins as a new node (the head had declared it dead)
+kills its jobs: the head has failed them with the old node."""
 
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ class JobRunner:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.node.services.add(RUNNER_SERVICE, self._on_request)
+        self.node.on_new_identity.append(self._node_replaced)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -54,6 +59,12 @@ class JobRunner:
             for proc in self.running.values():  # the daemon stops: so do its jobs
                 if proc is not None:
                     _signal_group(proc, signal.SIGKILL)
+
+    def _node_replaced(self, old: str, new: str) -> None:
+        for job_id, proc in self.running.items():
+            if proc is not None:
+                log.warning("job_killed", submission_id=job_id, reason=f"node {old} was declared dead")
+                _signal_group(proc, signal.SIGKILL)
 
     def _on_request(self, conn: Any, payload: Any, request_id: int) -> None:
         kind = type(payload)
@@ -141,8 +152,8 @@ class JobRunner:
                 with open(zip_path + ".part", "wb") as f:
                     offset, total = 0, None
                     while total is None or offset < total:
-                        reply = await self.node.head_conn.request(m.ServiceRequest(
-                            MANAGER_SERVICE, FetchPackageChunk(name, offset)))
+                        head = await self.node.head_connection()
+                        reply = await head.request(m.ServiceRequest(MANAGER_SERVICE, FetchPackageChunk(name, offset)))
                         if type(reply) is PackageMissing:
                             raise ValueError(reply.error)
                         total = reply.total
@@ -170,13 +181,15 @@ class JobRunner:
         log.info("job_process_exited", submission_id=job_id, code=code)
 
     async def _report(self, payload: JobRunning | JobLog | JobExited) -> None:
-        conn = self.node.head_conn
-        if conn is None or conn.closed:
-            return
-        try:
-            await conn.request(m.ServiceRequest(MANAGER_SERVICE, payload))
-        except ClusterConnectionError:
-            pass
+        """Tell the head; while it is away, wait for it (however long: what the job printed
+        and how it ended are its record), and tell it again if it went before it answered."""
+        while True:
+            try:
+                conn = await self.node.head_connection()
+                await conn.request(m.ServiceRequest(MANAGER_SERVICE, payload))
+                return
+            except ClusterConnectionError:  # gone before it answered, or away for long: wait on
+                continue
 
     async def _stop(self, proc: subprocess.Popen) -> None:
         _signal_group(proc, signal.SIGTERM)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -147,8 +148,7 @@ class JobSubmissionClient:
         except ValueError as exc:
             raise JobSubmissionError(str(exc)) from None
         try:
-            with self._errors():
-                known = self._http.get(f"/api/packages/{name}")
+            known = self._request("GET", f"/api/packages/{name}")
             if known.status_code == 200:
                 self._say(f"Working dir {directory}: the head has it already ({name}).\n")
                 return name
@@ -157,9 +157,8 @@ class JobSubmissionClient:
                 while True:
                     f.seek(offset)
                     chunk = f.read(UPLOAD_CHUNK)
-                    with self._errors():
-                        response = self._http.put(f"/api/packages/{name}", params={"offset": offset, "total": size},
-                                                  content=chunk, timeout=max(self._timeout, 120))
+                    response = self._request("PUT", f"/api/packages/{name}", params={"offset": offset, "total": size},
+                                             content=chunk, timeout=max(self._timeout, 120))
                     if response.status_code == 409:  # a half-finished upload: go on from where it is
                         resume = re.search(r"resume from (\d+)", response.text)
                         if resume and int(resume.group(1)) != offset:
@@ -218,10 +217,35 @@ class JobSubmissionClient:
     # -- plumbing --
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        with self._errors():
-            response = self._http.request(method, path, **kwargs)
+        response = self._request(method, path, **kwargs)
         self._check(response, response.content)
         return response.json()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request; while the head cannot be connected to (it is being restarted, say),
+        wait for it, at most ``$CLUSTER_HEAD_WAIT_S`` seconds (60 by default), saying so once.
+        Only a request that never reached the head is sent again."""
+        waited_since: float | None = None
+        delay = 0.1
+        while True:
+            try:
+                with self._errors(connect_errors=False):
+                    return self._http.request(method, path, **kwargs)
+            except httpx.ConnectError as exc:
+                now = time.monotonic()
+                limit = _head_wait_s()
+                if waited_since is None:
+                    waited_since = now
+                    print(f"cluster: the head at {self.address} is unreachable; waiting for it to come back "
+                          f"(at most {limit:.0f}s)", file=sys.stderr, flush=True)
+                if now - waited_since >= limit:
+                    raise JobSubmissionError(
+                        f"could not reach the cluster's HTTP API at {self.address} for {limit:.0f}s ({exc}); "
+                        "gave up waiting ($CLUSTER_HEAD_WAIT_S). Is the head running (`cluster status`)? Start "
+                        "it again with the same --port and --metadata-store, or check the address."
+                    ) from None
+                time.sleep(min(delay, max(0.0, limit - (now - waited_since))))
+                delay = min(delay * 2, 2.0)
 
     def _check(self, response: httpx.Response, body: bytes) -> None:
         if response.status_code < 400:
@@ -233,18 +257,29 @@ class JobSubmissionClient:
         raise JobSubmissionError(f"{message} (HTTP {response.status_code} from {self.address})",
                                  response.status_code)
 
-    def _errors(self) -> Any:
-        return _TranslateErrors(self.address)
+    def _errors(self, connect_errors: bool = True) -> Any:
+        return _TranslateErrors(self.address, connect_errors)
+
+
+def _head_wait_s() -> float:
+    text = os.environ.get("CLUSTER_HEAD_WAIT_S") or "60"  # (as core's cluster.wire.headlink reads it)
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        raise JobSubmissionError(f"CLUSTER_HEAD_WAIT_S must be a number of seconds, got {text!r}") from None
 
 
 class _TranslateErrors:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, connect_errors: bool = True) -> None:
         self.address = address
+        self.connect_errors = connect_errors  # False: a ConnectError goes through, for the caller to wait
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, httpx.ConnectError) and not self.connect_errors:
+            return False
         if isinstance(exc, httpx.TransportError):
             raise JobSubmissionError(
                 f"could not reach the cluster's HTTP API at {self.address}: {exc or type(exc).__name__}. "
