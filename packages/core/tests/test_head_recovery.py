@@ -186,3 +186,25 @@ def test_a_node_that_reconnects_is_not_killed_by_its_old_connection_closing(tmp_
             nursery.cancel_scope.cancel()
 
     run(test)
+
+
+def test_a_head_that_stood_still_gives_its_nodes_a_deadline_before_judging_them(tmp_path) -> None:
+    store = SqliteMetadataStore(str(tmp_path / "meta.db"))
+    clock = trio.testing.MockClock(autojump_threshold=0)
+
+    async def test() -> None:
+        async with trio.open_nursery() as nursery:
+            head = new_head(store)
+            await nursery.start(head.run)
+            node = await Peer(head, "patient").open(nursery)
+            assert node.register("patient")[0] == "ok"
+            await trio.sleep(CHECK_S)
+            clock.jump(3 * TIMEOUT_S)  # the head's process was stopped this long (SIGSTOP, a frozen VM)
+            await trio.sleep(2 * CHECK_S)
+            assert head.nodes["patient"].state == "alive"  # its heartbeats were waiting to be read
+            assert node.heartbeat("patient")[0] == "ok"
+            await trio.sleep(TIMEOUT_S + 2 * CHECK_S)  # then silent for real: judged as ever
+            assert head.nodes["patient"].state == "dead"
+            nursery.cancel_scope.cancel()
+
+    trio.run(test, clock=clock)

@@ -135,9 +135,19 @@ class HeadService:
             self._nursery = None  # stopping: connections that close now say nothing of their nodes
 
     async def _detect_failures(self) -> None:
+        every = min(1.0, self.heartbeat_timeout_s / 4)
+        last = trio.current_time()
         while True:
-            await trio.sleep(min(1.0, self.heartbeat_timeout_s / 4))
+            await trio.sleep(every)
             now = trio.current_time()
+            if now - last > self.heartbeat_timeout_s / 2:
+                # The head itself stood still (stopped, its machine frozen): the silence was its
+                # own, and the heartbeats waiting on its connections are read only now. Every
+                # node gets one deadline from now, as after a restart.
+                log.warning("head_stalled", seconds=round(now - last, 1))
+                for node in self.nodes.values():
+                    node.last_seen = max(node.last_seen, now)
+            last = now
             for node in self.nodes.values():
                 if node.state == "alive" and now - node.last_seen > self.heartbeat_timeout_s:
                     if node.returned:
