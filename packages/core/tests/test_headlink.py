@@ -29,11 +29,14 @@ def free_port() -> int:
 
 
 class StandInHead:
-    """A head that answers ListNodes with its generation (how many times it was started)."""
+    """A head that answers ListNodes with its generation (how many times it was started), or
+    (``mute``) reads requests and never answers, as one whose machine went away would."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, mute: bool = False) -> None:
         self.port = port
+        self.mute = mute
         self.generation = 0
+        self.accepted = 0
         self.scope: trio.CancelScope | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -41,9 +44,11 @@ class StandInHead:
         generation = self.generation
 
         def handler(conn: Connection, msg: Any, request_id: int) -> None:
-            conn.reply(request_id, generation)
+            if not self.mute:
+                conn.reply(request_id, generation)
 
         async def one(stream: trio.SocketStream) -> None:
+            self.accepted += 1
             try:
                 role = await server_handshake(stream, TOKEN, "head")
             except ClusterConnectionError:  # a wrong token: refused, as a daemon does
@@ -158,6 +163,24 @@ def test_the_first_connect_fails_at_once_or_waits_as_asked() -> None:
             wrong = HeadLink(f"127.0.0.1:{port}", "w" * 64, "node", lambda *a: None)
             with pytest.raises(AuthenticationError):  # a wrong token: waiting would not help
                 await nursery.start(lambda **kw: wrong.run(first_wait_s=20, **kw))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_head_that_never_answers_counts_as_unreachable_and_is_dialled_again() -> None:
+    async def main() -> None:
+        head = StandInHead(free_port(), mute=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(head.serve)
+            link = HeadLink(f"127.0.0.1:{head.port}", TOKEN, "driver", lambda *a: None, say=lambda text: None)
+            await nursery.start(link.run)
+            with pytest.raises(HeadUnreachableError, match="no answer on the connection for 1s"):
+                await link.request(m.ListNodes(), wait_s=1.0)
+            with trio.fail_after(10):
+                while head.accepted < 2:  # the silent connection was dropped, and the link dialled again
+                    await trio.sleep(0.01)
+            assert link.outages == 1
             nursery.cancel_scope.cancel()
 
     trio.run(main)

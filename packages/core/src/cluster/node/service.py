@@ -47,6 +47,7 @@ HEARTBEAT_S = 0.25
 MAX_SPILLS = 2
 MAX_FAILURES_PER_HEARTBEAT = 50
 INFEASIBLE_STALE_S = 10.0  # an infeasible shape counts as demand this long after its owner last asked
+HEAD_SILENT_DEADLINES = 3  # heartbeat deadlines with no answer from the head before it counts as gone
 
 
 def _reap(pid: int) -> None:
@@ -354,7 +355,11 @@ class NodeService:
             if conn is None:
                 continue  # the head is away: the link dials it again, and we register again
             failures, self._failures = self._failures, []
-            with trio.move_on_after(self.heartbeat_timeout_s) as silent:
+            # A head silent this long has gone without closing (its machine vanished): drop the
+            # connection and dial again. Longer than the head's own deadline: a head that was only
+            # stopped reads the waiting heartbeats when it resumes (and forgives its own silence),
+            # while a connection dropped here would have it declare this node dead at once.
+            with trio.move_on_after(HEAD_SILENT_DEADLINES * self.heartbeat_timeout_s) as silent:
                 try:
                     ack = await conn.request(
                         m.Heartbeat(self.node_id, self.ledger.available, self.view_version, self.store_stats(),
@@ -369,7 +374,8 @@ class NodeService:
                     conn.abort()  # registering again, it is told the same, and joins as a new node
                     continue
             if silent.cancelled_caught:  # the head is gone without closing (cut off, stopped)
-                log.warning("head_silent", head=self.head_address, seconds=self.heartbeat_timeout_s)
+                log.warning("head_silent", head=self.head_address,
+                            seconds=HEAD_SILENT_DEADLINES * self.heartbeat_timeout_s)
                 conn.abort()
                 continue
             if ack.view is not None:

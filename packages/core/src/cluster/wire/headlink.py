@@ -131,14 +131,22 @@ class HeadLink:
         """Ask the head ``msg`` and return its answer, waiting for the head while it is away,
         also when the connection closes before the answer came: ``msg`` is sent again, so it
         must mean the same twice (a read, a put, a delete)."""
-        deadline = trio.current_time() + (head_wait_s() if wait_s is None else wait_s)
+        wait = head_wait_s() if wait_s is None else wait_s
+        deadline = trio.current_time() + wait
         while True:
             conn = await self.connection(max(0.0, deadline - trio.current_time()))
-            try:
-                return await conn.request(msg)
-            except ClusterConnectionError:
-                if not conn.closed:
-                    raise
+            with trio.move_on_after(max(0.0, deadline - trio.current_time())):
+                try:
+                    return await conn.request(msg)
+                except ClusterConnectionError:
+                    if not conn.closed:
+                        raise
+                    continue
+            # No answer in all that time: the connection is dead without having closed (the
+            # head's machine went away); drop it, so that the link dials again.
+            self._last_error = f"no answer on the connection for {wait:.0f}s"
+            conn.abort()
+            raise HeadUnreachableError(self._unreachable(wait))
 
     def down_for(self) -> float:
         """Seconds since the connection was lost (0 while connected)."""
