@@ -27,6 +27,11 @@ def square(x: int, pause: float) -> int:
     return x * x
 
 
+@cluster.remote  # (1 CPU: on the node, the head has none)
+def length(data: bytes) -> int:
+    return len(data)
+
+
 @cluster.remote
 class Counter:
     def __init__(self) -> None:
@@ -99,7 +104,9 @@ def test_a_head_killed_mid_workload_comes_back_and_nothing_is_lost(make_cluster,
     chaos.verified(f"all {TASKS} results arrived and are right")
 
     assert cluster.get(square.remote(12, 0.0), timeout=60) == 144
-    chaos.verified("a task submitted after the restart ran")
+    size = rng.randint(1 << 20, 4 << 20)
+    assert cluster.get(length.remote(cluster.put(b"y" * size)), timeout=60) == size
+    chaos.verified(f"tasks submitted after the restart ran (one on a {size}-byte object put since)")
 
     found = cluster.get_actor("counter", namespace="chaos")
     assert cluster.get(found.incr.remote(), timeout=60) == increments + 1
