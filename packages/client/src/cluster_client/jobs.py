@@ -5,7 +5,7 @@ asked for. The head keeps the record and the whole log; the node that runs the e
 (cluster_client.runner) streams its output here and says when it exits.
 
 Both outlive the head process, in its metadata store (which a head started again on it takes
-back, docs/design/0012): the record in table ``jobs``, the log in a table of its own per job
+back, docs/design/0013): the record in table ``jobs``, the log in a table of its own per job
 (``job_logs/<id>``), one row per chunk as it arrived, keyed by its offset. The store is the one
 place that lasts whatever its kind (a SQLite file, another engineer's Redis): a directory beside
 it would exist for SQLite only, and the session directory is new with each head. A file per

@@ -5,7 +5,7 @@ available resources and a worker is idle; when it does not fit now but fits else
 head's resource view, the answer is "spill back to node X"; otherwise the request waits here.
 Workers are pre-started (one per CPU), replaced when they die, and added on demand.
 
-The node keeps working while the head is away (docs/design/0012): its connection to the head
+The node keeps working while the head is away (docs/design/0013): its connection to the head
 (a :class:`~cluster.wire.headlink.HeadLink`) is dialled again until the head is back, and the
 node registers again as itself, with what it has free. If the head says this node was
 declared dead meanwhile (it missed its deadline: stopped, cut off, or the restarted head's

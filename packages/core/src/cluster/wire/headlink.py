@@ -1,4 +1,4 @@
-"""A process's connection to the head, which comes back by itself (docs/design/0012).
+"""A process's connection to the head, which comes back by itself (docs/design/0013).
 
 The head is off the task path: a node, a driver or a worker goes on working while the head is
 away (killed, being started again, cut off). :class:`HeadLink` holds the connection to it.
