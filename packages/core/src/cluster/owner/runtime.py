@@ -274,21 +274,25 @@ class Runtime:
         """This driver's node is dead (it was the previous head process's): use the one on this
         machine now, once it has joined (the head's new node registers just after the head)."""
         deadline = trio.current_time() + 30
-        while True:
-            nodes: list[NodeInfo] = await self.head_request(m.ListNodes())
-            try:
-                node = choose_local_node(nodes, self.head_address)
-            except ClusterConnectionError:
-                node = None
-            if node is not None and node["node_id"] != old:
-                break
-            if trio.current_time() > deadline:
-                log.warning("no_local_node", was=old, head=self.head_address)
-                return
-            await trio.sleep(0.2)
-        self._set_node(node)
-        self.node_conn = await self._connect(self.node_address, "the node daemon")
-        self.node_conn.send(m.WatchNodes())
+        try:
+            while True:
+                nodes: list[NodeInfo] = await self.head_request(m.ListNodes())
+                try:
+                    node = choose_local_node(nodes, self.head_address)
+                except ClusterConnectionError:
+                    node = None
+                if node is not None and node["node_id"] != old:
+                    break
+                if trio.current_time() > deadline:
+                    log.warning("no_local_node", was=old, head=self.head_address)
+                    return
+                await trio.sleep(0.2)  # (it registers within moments of the head's start)
+            self._set_node(node)
+            self.node_conn = await self._connect(self.node_address, "the node daemon")
+            self.node_conn.send(m.WatchNodes())
+        except ClusterConnectionError as exc:  # the head (or that node) went away again: the next
+            log.warning("driver_not_moved", was=old, error=str(exc))  # registration tries again
+            return
         log.info("driver_moved_node", was=old, node_id=self.node_id, address=self.node_address)
 
     def soon(self, fn: Any, *args: Any) -> None:
