@@ -6,7 +6,8 @@
   a new node: old id dead, new id alive and usable, its workers and objects gone;
 - what needs the head (a named-actor lookup, ``cluster.nodes()``, a job submission, a node
   joining) waits while it is down and goes on once it is back, or fails after
-  ``$CLUSTER_HEAD_WAIT_S`` saying which head and what to do; tasks need no head at all.
+  ``$CLUSTER_HEAD_WAIT_S`` saying which head and what to do; tasks need no head at all;
+- a node waiting for its head still stops with its ``cluster start --block``, or a signal.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from cluster_client import JobSubmissionClient
 
@@ -192,3 +197,29 @@ def test_a_call_that_needs_the_head_gives_up_naming_it_while_tasks_need_no_head(
     assert f"cluster start --head --port {lc.address.rpartition(':')[2]} --metadata-store URL" in message
     with pytest.raises(HeadUnreachableError):
         cluster.get_actor("anyone")
+
+
+def test_a_node_waiting_for_its_head_still_stops_with_its_cluster_start_or_a_signal(tmp_path, e2e):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{sock.getsockname()[1]}"  # no head there (yet)
+    env = {**os.environ, "CLUSTER_TMPDIR": str(tmp_path), "CLUSTER_TOKEN": "t" * 64, "CLUSTER_HEAD_WAIT_S": "120"}
+    for stop in ("kill its cluster start --block", "SIGTERM the daemon"):
+        start = subprocess.Popen([sys.executable, "-m", "cluster", "start", "--address", nowhere, "--block"],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tree: list[int] = []
+        try:
+            cli = psutil.Process(start.pid)
+            daemon = e2e.wait_until(lambda cli=cli: next((c for c in cli.children()
+                                                          if "cluster.daemon" in " ".join(c.cmdline())), None),
+                                    timeout=30, what="the node daemon to start")
+            tree = [daemon.pid, *(c.pid for c in daemon.children(recursive=True))]
+            if stop == "SIGTERM the daemon":
+                daemon.send_signal(signal.SIGTERM)
+            else:
+                start.kill()  # (its stdin pipe to the daemon closes with it)
+            assert e2e.still_running(tree, timeout=20) == [], stop
+        finally:
+            start.kill()
+            start.wait()
+            e2e.kill_all(pid for pid in tree if e2e.is_running(pid))

@@ -264,21 +264,34 @@ def _own_ip() -> str:
 
 async def _main(config: DaemonConfig, token: str, sock: socket.socket, zygote: Zygote) -> None:
     drains: list = []
+    stop = trio.Event()
+    ready = False
     async with trio.open_nursery() as nursery:
-        info = await nursery.start(functools.partial(run_daemon, drains=drains), config, token, sock, zygote)
-        os.write(1, (json.dumps(info) + "\n").encode())
-        log_path = os.path.join(config.session_dir, "logs", f"{'head' if config.head else 'node'}-{os.getpid()}.out")
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        log.info("daemon_ready", **info)
+        # Both from the very start: a node may wait long for its head before it is ready.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    log.info("daemon_stopping", signal=signal.Signals(signum).name)
+                    if ready:
+                        stop.set()  # let running work finish (below)
+                    else:
+                        nursery.cancel_scope.cancel()  # still starting: nothing runs yet
+                    return
+
+            nursery.start_soon(watch_signals)
             if config.exit_with_stdin:
                 nursery.start_soon(_watch_stdin, nursery.cancel_scope)
-            async for signum in signals:
-                log.info("daemon_stopping", signal=signal.Signals(signum).name)
-                break
+            info = await nursery.start(functools.partial(run_daemon, drains=drains), config, token, sock, zygote)
+            ready = True
+            os.write(1, (json.dumps(info) + "\n").encode())
+            log_path = os.path.join(config.session_dir, "logs", f"{'head' if config.head else 'node'}-{os.getpid()}.out")
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+            log.info("daemon_ready", **info)
+            await stop.wait()
         nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
         for drain in drains:
             await drain()  # running tasks finish, within the grace (the deadline cuts it short)
