@@ -28,6 +28,10 @@ NODE_TYPES = {
             "node_config": {"pod": {"metadata": {"labels": {"team": "ml"}},
                                     "spec": {"containers": [{"name": "node", "env": [{"name": "X", "value": "1"}]}]}}}},
     "huge": {"resources": {"CPU": 64}},  # more than any node has: the scheduler refuses it
+    # A node waits for a head it cannot reach ($CLUSTER_HEAD_WAIT_S, 60 s by default): this one, 1 s.
+    "impatient": {"resources": {"CPU": 1},
+                  "node_config": {"pod": {"spec": {"containers": [
+                      {"name": "node", "env": [{"name": "CLUSTER_HEAD_WAIT_S", "value": "1"}]}]}}}},
 }
 
 
@@ -136,12 +140,13 @@ def test_a_pod_that_cannot_be_scheduled_is_a_launch_error_with_the_scheduler_s_r
 def test_a_crash_looping_pod_is_a_launch_error_with_its_exit_code_and_last_log_lines(kube, head, token_secret,
                                                                                      tmp_path):
     provider = provider_for(kube, head, tmp_path, address="127.0.0.1:1")  # its node cannot reach a head
-    trio.run(provider.launch, make_config(kube).node_types["small"], 1, "req-crash")
+    trio.run(provider.launch, make_config(kube).node_types["impatient"], 1, "req-crash")
 
     (error,) = wait_until(lambda: trio.run(provider.poll_errors), "the crash loop reported", timeout=120)
-    assert error.node_type == "small"
+    assert error.node_type == "impatient"
     assert "CrashLoopBackOff: exit code 1" in error.message
-    assert "could not reach the head at 127.0.0.1:1" in error.message  # from the pod's log
+    assert "the head at 127.0.0.1:1 has been unreachable" in error.message  # from the pod's log
+    assert "could not reach the head at 127.0.0.1:1" in error.message
     wait_until(lambda: not trio.run(provider.non_terminated), "the crashing pod deleted")
 
 
