@@ -1,4 +1,4 @@
-"""The head goes away and comes back (docs/design/0012), on real processes.
+"""The head goes away and comes back (docs/design/0013), on real processes.
 
 - started again on its port and metadata store, it is the same cluster: same id and token,
   its nodes reconnect as themselves, and a ``--token`` that contradicts the store is refused;
