@@ -27,7 +27,7 @@ import pytest
 from cluster_client import JobSubmissionClient
 
 import cluster
-from cluster.errors import HeadUnreachableError
+from cluster.errors import HeadUnreachableError, ObjectLostError
 
 
 @cluster.remote
@@ -89,7 +89,7 @@ def test_a_node_declared_dead_while_stopped_comes_back_as_a_new_node(make_cluste
     lc.connect()
     old_id, old_worker = cluster.get(where.options(resources={"b": 1}).remote(), timeout=60)
     assert old_id == node["node_id"]
-    stored = big.options(resources={"b": 1}).remote()
+    stored = big.options(resources={"b": 1}, max_retries=0).remote()  # (not rebuilt: see below)
     cluster.wait([stored], timeout=60)
     store = Path(node["store_path"])
     assert [p for p in store.iterdir() if not p.name.startswith(".")], "the object should be in the node's store"
@@ -112,8 +112,10 @@ def test_a_node_declared_dead_while_stopped_comes_back_as_a_new_node(make_cluste
     assert old_id in status and new["node_id"] in status
     assert e2e.still_running([old_worker], timeout=30) == []  # its old workers were killed ...
     assert [p for p in store.iterdir() if not p.name.startswith(".")] == []  # ... its objects dropped
+    with pytest.raises(ObjectLostError, match=f"lived on node {old_id}.*max_retries=0"):
+        cluster.get(stored, timeout=60)  # (with retries, its owner would have rebuilt it)
     log = "".join(p.read_text() for p in lc.root.glob("node_*/logs/node-*.jsonl"))
-    assert f"node {old_id} was declared dead (no heartbeat for 2s)" in log  # it says why
+    assert f"node {old_id} was declared dead (missed its heartbeat deadline (2s))" in log  # it says why
 
     new_id, _ = cluster.get(where.options(resources={"b": 1}).remote(), timeout=60)
     assert new_id == new["node_id"]  # its resources are usable under the new id

@@ -153,7 +153,7 @@ def test_a_node_declared_dead_or_of_another_cluster_is_refused_under_its_id(tmp_
 
             again = await Peer(head, "sleeper, reconnected").open(nursery)
             kind, message = again.register("sleeper", cluster_id=head.cluster_id)
-            assert kind == "dead" and "was declared dead (no heartbeat for 10s)" in message
+            assert kind == "dead" and "was declared dead (missed its heartbeat deadline (10s))" in message
             assert "new node" in message
             assert head.nodes["sleeper"].state == "dead"
 
