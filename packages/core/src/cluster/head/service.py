@@ -138,7 +138,11 @@ class HeadService:
         every = min(1.0, self.heartbeat_timeout_s / 4)
         last = trio.current_time()
         while True:
-            await trio.sleep(every)
+            # Look again at the first node's deadline (just past it), or after ``every`` at the
+            # latest: a silent node is found within moments of its deadline, not up to ``every`` late.
+            due = min((n.last_seen + self.heartbeat_timeout_s for n in self.nodes.values() if n.state == "alive"),
+                      default=last + every)
+            await trio.sleep(min(every, max(0.005, due - trio.current_time() + 0.005)))
             now = trio.current_time()
             if now - last > self.heartbeat_timeout_s / 2:
                 # The head itself stood still (stopped, its machine frozen): the silence was its
