@@ -8,6 +8,10 @@
   ``b``), with this process connected as the driver. For tests that leave it as they found it.
 - ``make_cluster``: dedicated clusters for tests that break things. On teardown every process
   they started must be gone (checked, then killed if not), and so must their object stores.
+- ``make_hosts``: separate machines on this one, ``make_hosts(3)`` or ``make_hosts(["head",
+  "node"])``: a network namespace each on a private bridge, with its own hostname, /dev/shm
+  and CLUSTER_TMPDIR (tests/hosts.py). Skipped, with the reason, where that needs what the
+  machine does not allow (root, iproute2). On teardown every process, namespace and file goes.
 
 Functions shipped to workers must be self-contained (imports inside, no module-level helpers):
 cloudpickle ships a decorated function by value, but a plain module-level function or class of
@@ -30,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hosts
 import psutil
 import pytest
 
@@ -219,6 +224,38 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture
+def make_hosts() -> Iterator[Callable[..., hosts.Network]]:
+    """``make_hosts(n)`` or ``make_hosts(names)`` -> a hosts.Network (hosts h1..hn by default).
+
+    ``shm_size="2G"`` bounds each host's /dev/shm. Tests talk to the hosts only by running
+    commands on them (``host.run``, ``host.spawn``, ``host.start_head``, ...), never by
+    connecting to their addresses from this process.
+    """
+    reason = hosts.unavailable()
+    if reason:
+        pytest.skip(reason)
+    root = Path(tempfile.mkdtemp(prefix="cluster-e2e-hosts-"))
+    networks: list[hosts.Network] = []
+
+    def make(names: int | list[str] = 2, *, shm_size: str | None = None) -> hosts.Network:
+        wanted = [f"h{i}" for i in range(1, names + 1)] if isinstance(names, int) else list(names)
+        net = hosts.Network.create(wanted, root=root / f"net{len(networks)}", shm_size=shm_size)
+        networks.append(net)
+        return net
+
+    try:
+        yield make
+    finally:
+        problems = []
+        for net in networks:
+            print(net.logs())  # captured: pytest shows it when the test failed
+            problems += net.close()
+        shutil.rmtree(root, ignore_errors=True)
+        if problems:
+            raise AssertionError("the hosts did not clean up:\n" + "\n".join(problems))
 
 
 @pytest.fixture(scope="module")
