@@ -59,7 +59,7 @@ from cluster.wire import messages as m
 from cluster.wire.connection import Connection, Dialer, run_connection
 from cluster.wire.handshake import server_handshake
 from cluster.wire.headlink import HeadLink
-from cluster.wire.streams import open_local_listener
+from cluster.wire.streams import open_local_listener, parse_address
 
 if TYPE_CHECKING:
     from cluster.contracts import ObjectStore
@@ -86,11 +86,13 @@ class Runtime:
         head_address: str,
         node: NodeInfo | None,
         role: str,
-        listen_host: str = "127.0.0.1",
+        listen_host: str | None = None,
     ) -> None:
         self.token = token
         self.head_address = head_address
         self.role = role
+        # Where peers (workers of any node, other owners) reach this process; None: the host of
+        # its node's address, which the node told the cluster it is reachable at.
         self.listen_host = listen_host
         self.address = ""
         self.executor: Any = None  # set by cluster.worker in worker processes
@@ -195,9 +197,15 @@ class Runtime:
             self._nursery = self._dialer.nursery = nursery
             self._trio_token = trio.lowlevel.current_trio_token()
             self._trio_thread = threading.current_thread()
-            listeners = await trio.open_tcp_listeners(0, host=self.listen_host)
+            if self.role == "driver":  # its node first: the driver listens where its node is reached
+                first = await self._connect(self.head_address, "the cluster")
+                self.nodes = await first.request(m.ListNodes())
+                first.abort()  # (the head link below is the driver's connection to the head)
+                self._set_node(choose_local_node(self.nodes, self.head_address))
+            host = self.listen_host or parse_address(self.node_address)[0]
+            listeners = await trio.open_tcp_listeners(0, host=host)
             port = listeners[0].socket.getsockname()[1]
-            self.address = f"{self.listen_host}:{port}"
+            self.address = f"{host}:{port}"
             local = open_local_listener(self.address)
             if local is not None:
                 listeners.append(local)
@@ -207,7 +215,6 @@ class Runtime:
                 self._head_link = HeadLink(self.head_address, self.token, self.role, self._on_message,
                                            on_connect=self._register_driver, say=_tell_user)
                 await nursery.start(self._head_link.run)  # (the first connect does not wait)
-                self._set_node(choose_local_node(self.nodes, self.head_address))
             self.node_conn = await self._connect(self.node_address, "the node daemon")
             self.node_conn.send(m.WatchNodes())  # (so that we hear of nodes that die: _node_died)
             nursery.start_soon(self._linger_loop)

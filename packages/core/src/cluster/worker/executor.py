@@ -431,7 +431,6 @@ def run(config: dict[str, Any]) -> None:
         head_address=config["head_address"],
         node=node,
         role="worker",
-        listen_host=node["address"].rpartition(":")[0],
     )
     executor = _executor = Executor(runtime, config["worker_id"])
     runtime.executor = executor
