@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import ipaddress
 import json
 import os
 import secrets
@@ -33,6 +34,7 @@ from cluster.plugins import get_plugin_manager, make_metadata_store, make_object
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, run_connection
 from cluster.wire.handshake import server_handshake
+from cluster.wire.streams import parse_address
 from cluster.worker.zygote import Zygote, start_zygote
 
 log = structlog.get_logger("cluster.daemon")
@@ -172,7 +174,8 @@ async def run_daemon(
     async functions that let in-flight work finish before a graceful stop."""
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
     port = sock.getsockname()[1]
-    advertised = config.node_ip or (config.host if config.host not in ("0.0.0.0", "::", "") else _own_ip())
+    advertised = config.node_ip or (config.host if config.host not in ("0.0.0.0", "::", "") else
+                                    _own_ip(toward=None if config.head else config.head_address))
     address = f"{advertised}:{port}"
     router = Router()
     services = Services()
@@ -255,11 +258,37 @@ def _remove_store(node: NodeRecord) -> None:
         log.info("previous_store_removed", node_id=node.node_id, store_path=node.store_path)
 
 
-def _own_ip() -> str:
+# Where a route out of this machine starts, when nothing better is known (TEST-NET-1: a
+# documentation address; asking the kernel for its route sends no packet).
+_SOME_REMOTE_HOST = "192.0.2.1"
+
+
+def _own_ip(*, toward: str | None) -> str:
+    """The address other machines reach this one at, for a daemon listening on every interface
+    with no --node-ip: the source address of the route toward ``toward`` (a node: the head),
+    else what the hostname resolves to unless that is a loopback address (Debian maps the
+    hostname to 127.0.1.1), else the source of the default route, else 127.0.0.1."""
+    if toward is not None:
+        routed = _route_source(parse_address(toward)[0])
+        if routed:
+            return routed
     try:
-        return socket.gethostbyname(socket.gethostname())
+        named = socket.gethostbyname(socket.gethostname())
     except OSError:
-        return "127.0.0.1"
+        named = None
+    if named and not ipaddress.ip_address(named).is_loopback:
+        return named
+    return _route_source(_SOME_REMOTE_HOST) or named or "127.0.0.1"
+
+
+def _route_source(host: str) -> str | None:
+    """This machine's address on the route to ``host`` (a UDP socket's connect sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return None
 
 
 async def _main(config: DaemonConfig, token: str, sock: socket.socket, zygote: Zygote) -> None:
