@@ -1373,7 +1373,9 @@ def choose_local_node(nodes: list[NodeInfo], head_address: str) -> NodeInfo:
     raise ClusterConnectionError(
         f"no node of the cluster at {head_address} runs on this machine, and a driver needs one "
         "for its objects. Start one here with `cluster start --address "
-        f"{head_address}`, or run the script on a machine of the cluster."
+        f"{head_address} --host <this machine's address>`, run the script on a machine of the "
+        f"cluster, or connect as a remote client: cluster.init('cluster://{head_address}') "
+        "(pip install cluster-client), whose calls go through the head."
     )
 
 
