@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import importlib
+import ipaddress
 import json
 import math
 import socket
@@ -16,6 +17,7 @@ import structlog
 import trio
 
 from cluster.errors import ConfigError
+from cluster.wire.streams import parse_address
 from cluster_client.jobs import JobError, JobManager, public
 from cluster_client.packaging import valid_package_name
 
@@ -234,6 +236,8 @@ def bind_api_socket(host: str, port: int | None) -> socket.socket:
 async def serve_api(head: Any, jobs: JobManager, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     sock = bind_api_socket(head.dashboard_host, head.dashboard_port)
     host, port = sock.getsockname()[:2]
+    if ipaddress.ip_address(host).is_unspecified:  # every interface: say the one others reach the head at
+        host = parse_address(head.address)[0]
     head.dashboard_url = f"http://{host}:{port}"
     # Ready as soon as the port is bound (requests wait in its backlog). The HTTP server costs
     # ~0.4 s of imports: paid when the first request arrives, not by every cluster.init().
