@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -78,7 +79,11 @@ def start(
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--labels") from None
     store_bytes = parse_size(object_store_memory, "--object-store-memory") if object_store_memory else None
     if address:
-        parse_address(address)
+        head_host, _ = parse_address(address)
+        if _is_loopback(host) and not node_ip and not _is_loopback(head_host):
+            click.echo(f"Warning: this node will listen on {host} only, but it joins a head at {address}: "
+                       "the head and other machines cannot reach it there. Pass --host <this machine's "
+                       "address> (or --host 0.0.0.0, and --node-ip if others reach it at another).", err=True)
         token = token or _local_token_for(address)
         if not token:
             raise ConfigError(
@@ -147,6 +152,13 @@ def start(
                    f"joined to the cluster at {address}.")
     if block:
         _wait_in_foreground(proc, session_dir)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: only "localhost" is surely this machine alone
+        return host == "localhost"
 
 
 def _wait_in_foreground(proc: Any, session_dir: Path) -> None:
