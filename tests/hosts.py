@@ -227,8 +227,9 @@ class Host:
     def command(self, argv: Sequence[str], *, cwd: str | os.PathLike | None = None) -> list[str]:
         """``argv`` as a command line that runs it on this host."""
         assert self._anchor is not None and self._anchor.poll() is None, f"host {self.name} is not up"
-        wd = [f"--wd={cwd}"] if cwd is not None else []
-        return ["nsenter", f"--target={self._anchor.pid}", "--net", "--uts", "--mount", *wd, "--", *argv]
+        # Entering a mount namespace moves to its root directory: come back to where we were.
+        wd = os.fspath(cwd) if cwd is not None else os.getcwd()
+        return ["nsenter", f"--target={self._anchor.pid}", "--net", "--uts", "--mount", f"--wd={wd}", "--", *argv]
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, input: str | None = None,
             cwd: str | os.PathLike | None = None, timeout: float = 120, check: bool = True,
@@ -307,7 +308,7 @@ class Host:
         """The end of every log this host's processes wrote."""
         out = []
         for path in sorted(self.root.rglob("*")):
-            if path.is_file() and path.suffix in (".out", ".err") and path.stat().st_size:
+            if path.is_file() and path.suffix in (".out", ".err", ".jsonl") and path.stat().st_size:
                 text = path.read_text(errors="replace").splitlines()[-lines:]
                 out.append(f"--- {self.name}: {path.relative_to(self.root)}\n" + "\n".join(text))
         return "\n".join(out)
