@@ -85,10 +85,35 @@ def ensure_redis_server(session: nox.Session) -> None:
                      "store's tests will be skipped")
 
 
+# What the tests on separate hosts (tests/hosts.py: network namespaces) run, by Debian package.
+HOST_TOOLS = {"ip": "iproute2", "unshare": "util-linux", "nsenter": "util-linux", "mount": "mount"}
+
+
+def ensure_host_tools(session: nox.Session) -> None:
+    """The tests on separate hosts run HOST_TOOLS: as root, install the missing ones."""
+    missing = sorted({package for tool, package in HOST_TOOLS.items() if not shutil.which(tool)})
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        session.warn(f"{', '.join(missing)} not installed, and installing needs root and apt-get: the tests "
+                     f"on separate hosts will be skipped (apt-get install -y {' '.join(missing)})")
+        return
+    session.log(f"installing Debian's {', '.join(missing)} for the tests on separate hosts")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        session.run("apt-get", "update", "-qq", external=True, silent=True, env=env)
+        session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing,
+                    external=True, silent=True, env=env)
+    except nox.command.CommandFailed:
+        session.warn(f"installing {', '.join(missing)} with apt-get failed (its output is above): the tests "
+                     "on separate hosts will be skipped")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Typecheck, then run every package's tests and the cross-package end-to-end tests."""
     ensure_redis_server(session)
+    ensure_host_tools(session)
     install_packages(session, "pytest>=8", "pytest-timeout", "numpy", "psutil", "hatchling",
                      *TYPECHECK_DEPS)
     run_typecheck(session)
