@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import hosts
+
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 
 # Echoes each line back and says what it got (one line per message, on stdout).
@@ -154,12 +156,14 @@ THREE_HOSTS = textwrap.dedent(
 def test_tasks_and_a_50_mb_object_cross_three_hosts(make_hosts):
     net = make_hosts(3)
     h1, h2, h3 = net
-    head = h1.start_head("--num-cpus", "1", "--resources", '{"a": 1}')
+    # Three ways to say where a daemon is: every interface and --node-ip (as in a pod), one
+    # interface, every interface and nothing else (the address on the route to the head).
+    head = h1.start_head("--host", "0.0.0.0", "--node-ip", h1.ip, "--num-cpus", "1", "--resources", '{"a": 1}')
     node2 = h2.join(head, "--num-cpus", "1", "--resources", '{"b": 1}')
     node3 = h3.join(head, "--host", "0.0.0.0", "--num-cpus", "1", "--resources", '{"c": 1}')
     assert head.address.startswith(f"{h1.ip}:")
     assert node2["address"].startswith(f"{h2.ip}:")
-    assert node3["address"].startswith(f"{h3.ip}:")  # listens everywhere, tells the route to the head
+    assert node3["address"].startswith(f"{h3.ip}:")
 
     out = json.loads(h3.python(THREE_HOSTS, env=head.env(), timeout=300).stdout)
 
@@ -229,3 +233,13 @@ def test_the_job_api_serves_other_hosts_on_the_dashboard_host(make_hosts):
     proc = laptop.run([sys.executable, "-m", "cluster", "job", "submit", "--address", head.dashboard_url,
                        "--", "python", "-c", JOB], env={"CLUSTER_TOKEN": head.token}, timeout=300)
     assert "driver on head task on node" in proc.stdout
+
+
+def test_where_hosts_cannot_be_made_the_reason_names_the_fix(monkeypatch):
+    probe = hosts.unavailable.__wrapped__  # (unavailable() itself remembers its first answer)
+    monkeypatch.setattr(hosts.os, "geteuid", lambda: 1000)
+    assert "need root" in probe()
+    monkeypatch.setattr(hosts.os, "geteuid", lambda: 0)
+    real = hosts.shutil.which
+    monkeypatch.setattr(hosts.shutil, "which", lambda tool: None if tool == "ip" else real(tool))
+    assert probe() == "separate hosts need ip (iproute2): apt-get install iproute2 util-linux"
