@@ -801,6 +801,10 @@ class Runtime:
             if task is not None:
                 task.lease = None
                 queue.pending.appendleft(task)
+        if not victim.in_flight and victim.idle_since is None:
+            # Its last results came while these were being taken back: nobody else marks it
+            # idle, and a lease never marked idle is never given back (its node's CPU stays held).
+            victim.idle_since = time.monotonic()
         if stolen:
             log.debug("tasks_stolen", count=len(stolen))
             self._dispatch(queue)
