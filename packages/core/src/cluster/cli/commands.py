@@ -143,8 +143,13 @@ def start(
         click.echo(f"  token file:  {token_file} (mode 0600)")
         if info.get("dashboard_url"):
             click.echo(f"  HTTP API:    {info['dashboard_url']} (jobs: cluster job submit -- python script.py)")
-        click.echo("To join another machine to this cluster, run there:")
-        click.echo(f"  cluster start --address {info['address']} --token {token}")
+        if _is_loopback(parse_address(info["address"])[0]):
+            click.echo("To add a node on this machine, run (other machines cannot reach a head on loopback; "
+                       "start it with --host IP for them):")
+            click.echo(f"  cluster start --address {info['address']} --token {token}")
+        else:
+            click.echo("To join another machine to this cluster, run there:")
+            click.echo(f"  cluster start --address {info['address']} --token {token} --host <its address>")
         click.echo("To use it from Python on this machine:  cluster.init()")
         click.echo("To stop what `cluster start` started here:  cluster stop")
     else:
