@@ -74,7 +74,8 @@ mounts = [["-t", "tmpfs", "-o", options, "cluster-host-shm", "/dev/shm"],
           ["--bind", os.path.join(etc, "hosts"), "/etc/hosts"],
           ["--bind", os.path.join(etc, "resolv.conf"), "/etc/resolv.conf"]]
 for args in mounts:
-    subprocess.run(["mount", *args], check=True)
+    if os.path.exists(args[-1]):  # (a machine without /etc/resolv.conf has nothing to hide)
+        subprocess.run(["mount", *args], check=True)
 print("ready", flush=True)
 while sys.stdin.buffer.read(4096):
     pass
@@ -330,7 +331,6 @@ class Network:
     subnet: str  # e.g. "10.142.3.0/24"
     root: Path
     hosts: list[Host] = attrs.Factory(list)
-    _switch_ns_id: tuple[int, int] | None = None
     _closed: bool = False
 
     @property
@@ -366,7 +366,6 @@ class Network:
     def _build(self, names: Sequence[str], subnet: str, shm_size: str | None) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         _ip("netns", "add", self.switch)
-        self._switch_ns_id = _ns_id(f"/run/netns/{self.switch}")
         _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.switch, "link", "set", "br0", "up")
         for i, name in enumerate(names, start=1):
@@ -385,9 +384,9 @@ class Network:
         for host in self.hosts:
             # As Debian writes it for a machine without a static address (its own name is a
             # loopback address, which a daemon must not advertise), plus its neighbours' names.
-            names = [("127.0.0.1", "localhost"), ("127.0.1.1", host.name), ("::1", "localhost")]
-            names += [(other.ip, other.name) for other in self.hosts if other is not host]
-            (host.root / "etc" / "hosts").write_text("".join(f"{ip}\t{name}\n" for ip, name in names))
+            known = [("127.0.0.1", "localhost"), ("127.0.1.1", host.name), ("::1", "localhost")]
+            known += [(other.ip, other.name) for other in self.hosts if other is not host]
+            (host.root / "etc" / "hosts").write_text("".join(f"{ip}\t{name}\n" for ip, name in known))
             (host.root / "etc" / "resolv.conf").write_text("# no name server: names are in /etc/hosts\n")
             with (host.root / "logs" / "anchor.err").open("ab") as err:
                 host._anchor = subprocess.Popen(
@@ -409,7 +408,10 @@ class Network:
     def __getitem__(self, key: int | str) -> Host:
         if isinstance(key, int):
             return self.hosts[key]
-        return next(h for h in self.hosts if h.name == key)
+        for host in self.hosts:
+            if host.name == key:
+                return host
+        raise KeyError(f"no host named {key!r} (there are {[h.name for h in self.hosts]})")
 
     # ------------------------------------------------------------------------ faults
 
