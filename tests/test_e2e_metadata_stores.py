@@ -118,3 +118,36 @@ def test_a_head_whose_redis_goes_away_says_so_to_job_clients_and_keeps_running(m
         return 7
 
     assert cluster.get(still_works.remote(), timeout=60) == 7  # the head is not on the task path
+
+
+@cluster.remote
+class Tally:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self) -> int:
+        self.n += 1
+        return self.n
+
+
+def test_a_head_killed_and_started_again_on_redis_is_the_same_cluster(make_cluster, redis_server, e2e):
+    """Head fault tolerance through the Redis store, as Ray's GCS fault tolerance uses Redis."""
+    url = redis_server.tcp_url(prefix="ft:")
+    lc = make_cluster(num_cpus=0, head_args=["--metadata-store", url, "--heartbeat-timeout", "3"])
+    node = lc.add_node(num_cpus=1, resources={"b": 1})
+    lc.connect()
+    tally = Tally.options(name="tally", lifetime="detached", resources={"b": 0.01}).remote()
+    assert cluster.get([tally.add.remote() for _ in range(3)], timeout=60) == [1, 2, 3]
+    cluster_id, token = lc.cluster_id, lc.token
+    cluster.shutdown()
+
+    assert e2e.still_running([lc.kill_head()], timeout=30) == []
+    again = lc.restart_head()
+    assert f"Started the head of cluster {cluster_id} again" in again.stdout
+    current = json.loads((lc.root / "current.json").read_text())
+    assert current["cluster_id"] == cluster_id and Path(current["token_file"]).read_text().strip() == token
+
+    lc.connect()
+    e2e.wait_until(lambda: any(n["node_id"] == node["node_id"] and n["state"] == "alive" for n in cluster.nodes()),
+                   timeout=60, what="the node to come back under its id")
+    assert cluster.get(cluster.get_actor("tally").add.remote(), timeout=60) == 4  # found by name, state kept
