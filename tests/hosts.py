@@ -57,6 +57,8 @@ from typing import Any
 
 import attrs
 
+from cluster.session import pid_alive
+
 PREFIX = "clh"
 TOOLS = {"ip": "iproute2", "unshare": "util-linux", "nsenter": "util-linux", "mount": "mount"}
 KILL_TIMEOUT_S = 30.0  # a bound, not an expectation: a SIGKILLed process is gone in milliseconds
@@ -471,7 +473,7 @@ def reap_stale() -> list[str]:
     reaped = []
     for name in _netns_names():
         found = _STALE.match(name)
-        if found is None or _pid_alive(int(found.group(1))):
+        if found is None or pid_alive(int(found.group(1))):
             continue
         try:
             ns = _ns_id(f"/run/netns/{name}")
