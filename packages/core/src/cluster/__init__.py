@@ -32,11 +32,14 @@ from cluster.errors import TaskError
 from cluster.hookspec import hookimpl
 from cluster.objects.refs import ObjectRef
 
+ObjectID = ObjectRef  # Ray's old name, still imported by Ray programs
+
 __version__ = "0.1.0"
 
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "ObjectID",
     "ObjectRef",
     "RemoteFunction",
     "TaskError",

@@ -18,7 +18,6 @@ from cluster.api.options import ActorOptions
 from cluster.errors import ConfigError
 from cluster.objects import refs as object_ref
 from cluster.objects.functions import pack_once
-from cluster.owner.tasks import DEFAULT_NAMESPACE
 
 
 def _method_names(cls: type) -> dict[str, int]:
@@ -165,6 +164,6 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
         raise TypeError(f"get_actor() takes an actor name, got {name!r}")
     fields = current_runtime().named_actor(name, namespace)
     if fields is None:
-        raise ValueError(f"no actor named {name!r} in namespace {namespace or DEFAULT_NAMESPACE!r}")
+        raise ValueError(f"no actor named {name!r} in namespace {namespace or current_runtime().namespace!r}")
     return ActorHandle(*fields)
 

@@ -7,9 +7,12 @@ and the local cluster ``init()`` may start. Imports: owner (lazily), wire.stream
 from __future__ import annotations
 
 import atexit
+import json
+import logging
 import os
 import subprocess
 import threading
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +53,20 @@ def init(
     token: str | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
+    labels: Mapping[str, str] | None = None,
+    namespace: str | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int | None = None,
+    include_dashboard: bool | None = None,
+    local_mode: bool = False,
+    job_config: Any = None,
+    configure_logging: bool = True,
+    logging_level: int | str = logging.INFO,
+    logging_format: str | None = None,
+    logging_config: Any = None,
+    storage: str | None = None,
+    **ray_private: Any,
 ) -> dict[str, Any]:
     """Connect this process to a cluster, starting a local one if there is none.
 
@@ -66,10 +83,34 @@ def init(
     shared-memory store per node (for machines whose /dev/shm is tiny; no zero-copy sharing).
     ``token`` is the cluster token; by default it is found in ``$CLUSTER_TOKEN`` or in the
     session directory of a cluster started on this machine.
+
+    The rest are Ray's ``ray.init`` parameters: ``labels`` (of a new local cluster's node),
+    ``namespace`` (of the actor names this driver creates and looks up; default "default"),
+    ``dashboard_host``/``dashboard_port`` (a new local cluster's HTTP API), ``logging_level``
+    (of this process's cluster logs). ``include_dashboard``, ``job_config``,
+    ``configure_logging``, ``logging_format``, ``logging_config``, ``storage`` and Ray's private
+    ``_``-options (``_node_ip_address``, ``_temp_dir``, ``_system_config``, ...) are accepted and
+    have no effect here; ``local_mode=True`` warns that tasks still run in worker processes.
+    docs/ray-compatibility.md says what each does.
     """
     try:
+        unknown = sorted(set(ray_private) - RAY_PRIVATE_INIT_OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown keyword argument(s) {unknown} for cluster.init(); Ray's private "
+                              f"options it accepts (and ignores) are {sorted(RAY_PRIVATE_INIT_OPTIONS)}")
+        if runtime_env:
+            raise ConfigError(
+                f"cluster.init(runtime_env=...) is not supported yet (got keys {sorted(runtime_env)}); "
+                "a job takes env vars and a working dir (`cluster job submit --env K=V --working-dir DIR -- ...`)")
+        if namespace is not None and (not isinstance(namespace, str) or not namespace or "/" in namespace):
+            raise ConfigError(f"namespace must be a non-empty string without '/', got {namespace!r}")
+        if local_mode:
+            warnings.warn("cluster.init(local_mode=True) is accepted but tasks still run in worker "
+                          "processes of a local cluster (Ray deprecated local mode too)", stacklevel=2)
+        _set_logging_level(logging_level)
+        local = {"labels": labels, "dashboard_host": dashboard_host, "dashboard_port": dashboard_port}
         return _init(address, num_cpus, num_gpus, resources, object_store_memory, object_spilling,
-                     object_store, token, ignore_reinit_error, log_to_driver)
+                     object_store, token, ignore_reinit_error, log_to_driver, namespace, local)
     except ClusterError as exc:
         # The message says what went wrong and what to do; our frames would only be noise.
         raise exc.with_traceback(None) from None
@@ -86,8 +127,11 @@ def _init(
     token: str | None,
     ignore_reinit_error: bool,
     log_to_driver: bool,
+    namespace: str | None = None,
+    local: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     global _runtime, _local_cluster, _local_session
+    local = local or {}
     with _lock:
         if _runtime is not None:
             if ignore_reinit_error:
@@ -100,13 +144,14 @@ def _init(
             return _connect_by_scheme(address, token, num_cpus, num_gpus, resources, object_store_memory,
                                       object_store, log_to_driver)
         resolved, token = _resolve_address(address, token)
-        sizing = num_cpus is not None or num_gpus is not None or resources or object_store_memory or object_store
+        sizing = (num_cpus is not None or num_gpus is not None or resources or object_store_memory or object_store
+                  or local.get("labels") or local.get("dashboard_port") is not None)
         if object_store not in (None, "shared", "memory"):
             raise ConfigError(f'object_store must be "shared" or "memory", got {object_store!r}')
         if resolved is not None and sizing:
             raise ConfigError(
-                "num_cpus, num_gpus, resources, object_store_memory and object_store set up a new "
-                "local cluster; "
+                "num_cpus, num_gpus, resources, labels, object_store_memory, object_store and "
+                "dashboard_port set up a new local cluster; "
                 "they can't be given "
                 f"when connecting to an existing one ({resolved})"
             )
@@ -129,6 +174,11 @@ def _init(
                 args += ["--spill-dir", str(_local_session / "spill")]
             if object_store:
                 args += ["--object-store", object_store]
+            if local.get("labels"):
+                args += ["--labels", json.dumps(dict(local["labels"]))]
+            args += ["--dashboard-host", local.get("dashboard_host") or "127.0.0.1"]
+            if local.get("dashboard_port") is not None:
+                args += ["--dashboard-port", str(local["dashboard_port"])]
             starting = start_daemon(args, token, _local_session, keep_stdin=True)
             _local_cluster = starting.proc
             # Import the runtime while the daemon boots: the two overlap on a multi-core machine.
@@ -150,6 +200,8 @@ def _init(
         else:
             cluster_log.configure(None, "driver")
         runtime = Runtime(token=token, head_address=resolved, node=None, role="driver")
+        if namespace:
+            runtime.namespace = namespace
         if log_to_driver:
             runtime.log_sink = print_worker_output
         try:
@@ -161,6 +213,23 @@ def _init(
         _runtime = runtime
         atexit.register(shutdown)
         return _context()
+
+
+# Ray's private ray.init options (``**kwargs`` there): accepted, and without effect here.
+RAY_PRIVATE_INIT_OPTIONS = frozenset({
+    "_node_ip_address", "_temp_dir", "_system_config", "_enable_object_reconstruction", "_redis_max_memory",
+    "_plasma_directory", "_node_name", "_driver_object_store_memory", "_memory", "_redis_password",
+    "_java_worker_options", "_metrics_export_port", "_tracing_startup_hook", "_skip_env_hook",
+    "_cluster_id", "_load_code_from_local", "_lru_evict",
+})
+
+
+def _set_logging_level(level: int | str) -> None:
+    """Ray's ``logging_level``: how much of cluster's own logging this process shows."""
+    try:
+        logging.getLogger("cluster").setLevel(level)
+    except (TypeError, ValueError):
+        raise ConfigError(f"logging_level must be a logging level (logging.INFO, \"DEBUG\", ...), got {level!r}") from None
 
 
 def _resolve_address(address: str | None, token: str | None) -> tuple[str | None, str]:

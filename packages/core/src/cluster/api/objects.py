@@ -40,10 +40,15 @@ def put(value: Any) -> ObjectRef:
 
 
 def wait(
-    refs: Iterable[ObjectRef], *, num_returns: int = 1, timeout: float | None = None
+    refs: Iterable[ObjectRef], *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True
 ) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    """Wait until ``num_returns`` of ``refs`` are ready or ``timeout`` passes: (ready, not_ready)."""
+    """Wait until ``num_returns`` of ``refs`` are ready or ``timeout`` passes: (ready, not_ready).
+
+    No refs: two empty lists, at once (as Ray). ``fetch_local`` is Ray's: objects are read where
+    they are when fetched, so it changes nothing here."""
     ref_list = _ref_list(refs, "wait")
+    if not ref_list:
+        return [], []
     if len({ref._id for ref in ref_list}) != len(ref_list):
         raise ValueError("wait() got the same ObjectRef more than once")
     if not isinstance(num_returns, int) or not 0 <= num_returns <= len(ref_list):
@@ -53,10 +58,12 @@ def wait(
     return current_runtime().wait(ref_list, num_returns, timeout)
 
 
-def cancel(ref: ObjectRef, *, force: bool = False) -> None:
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``ref``; ``get`` then raises TaskCancelledError.
 
     A queued task is dropped; a running one is interrupted (``force=True`` kills its worker).
+    ``recursive`` is Ray's (cancel the tasks it submitted too); here only the task itself is
+    cancelled, whatever it says (docs/ray-compatibility.md).
     """
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")

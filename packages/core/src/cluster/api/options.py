@@ -58,6 +58,39 @@ def _retry_exceptions(value: Any) -> bool | tuple[type[BaseException], ...]:
     raise ConfigError(f"retry_exceptions must be True, False or a list of exception types, got {value!r}")
 
 
+def _optional_dict(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(f"{attribute.name} must be a dict or None, got {type(value).__name__}")
+
+
+def _scheduling_strategy(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None or value in ("DEFAULT", "SPREAD"):
+        return
+    raise ConfigError(
+        f"scheduling_strategy={value!r} is not supported yet: use None, \"DEFAULT\" or \"SPREAD\" "
+        "(node affinity and placement groups are coming), or resources= to pin work to nodes")
+
+
+def _runtime_env(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None or (isinstance(value, Mapping) and not value):
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"runtime_env must be a dict or None, got {type(value).__name__}")
+    raise ConfigError(
+        f"runtime_env for tasks and actors is not supported yet (got keys {sorted(value)}); a job takes "
+        "env vars and a working dir (`cluster job submit --env K=V --working-dir DIR -- ...`)")
+
+
+def _placement_group(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in ("default", None):
+        raise ConfigError("placement groups are not supported yet (placement_group=...)")
+
+
+def _max_calls(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"max_calls must be an integer >= 0 (0: no limit), got {value!r}")
+
+
 def _name(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value or "/" in value):
         raise ConfigError(f"{attribute.name} must be a non-empty string without '/', got {value!r}")
@@ -69,6 +102,14 @@ def _from_user(cls: type, options: Mapping[str, Any], base: Any, what: str) -> A
     if unknown:
         raise ConfigError(f"unknown {what}(s) {sorted(unknown)}; known: {sorted(known)}")
     return cls(**options) if base is None else attrs.evolve(base, **options)
+
+
+def _with_accelerator(resources: Mapping[str, float] | None, accelerator_type: str | None) -> Mapping[str, float] | None:
+    """Ray's ``accelerator_type="X"``: a sliver of the resource ``accelerator_type:X`` that nodes
+    with such an accelerator offer (``cluster start --resources '{"accelerator_type:X": 1}'``)."""
+    if accelerator_type is None:
+        return resources
+    return {**(resources or {}), f"accelerator_type:{accelerator_type}": 0.001}
 
 
 def _shape(num_cpus: float, num_gpus: float, resources: Mapping[str, float] | None) -> tuple:
@@ -87,6 +128,27 @@ class TaskOptions:
     max_retries: int = attrs.field(default=3, validator=_count_or_unlimited)
     retry_exceptions: bool | tuple[type[BaseException], ...] = attrs.field(default=False, converter=_retry_exceptions)
     name: str | None = None
+    # Accepted as Ray documents them; what each does here is in docs/ray-compatibility.md.
+    memory: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative_number))
+    accelerator_type: str | None = None
+    label_selector: Mapping[str, str] | None = attrs.field(default=None, validator=_optional_dict)
+    fallback_strategy: list | None = None
+    scheduling_strategy: Any = attrs.field(default=None, validator=_scheduling_strategy)
+    runtime_env: Mapping[str, Any] | None = attrs.field(default=None, validator=_runtime_env)
+    max_calls: int = attrs.field(default=0, validator=_max_calls)
+    enable_task_events: bool = True
+    placement_group: Any = attrs.field(default="default", validator=_placement_group)
+    placement_group_bundle_index: int = -1
+    placement_group_capture_child_tasks: bool | None = None
+    object_store_memory: int | None = None
+    _generator_backpressure_num_objects: int | None = attrs.field(default=None, alias="_generator_backpressure_num_objects")
+    _labels: Mapping[str, str] | None = attrs.field(default=None, alias="_labels")
+
+    def __attrs_post_init__(self) -> None:
+        if self.object_store_memory is not None:
+            raise ConfigError("setting object_store_memory is not implemented for tasks (as in Ray)")
+        if self.accelerator_type is not None and not isinstance(self.accelerator_type, str):
+            raise ConfigError(f"accelerator_type must be a string, got {self.accelerator_type!r}")
 
     @classmethod
     def from_user(cls, options: Mapping[str, Any], base: TaskOptions | None = None) -> TaskOptions:
@@ -96,7 +158,7 @@ class TaskOptions:
     @property
     def shape(self) -> tuple:
         """The resources a task needs, as sorted (name, amount) pairs without zeros."""
-        return _shape(self.num_cpus, self.num_gpus, self.resources)
+        return _shape(self.num_cpus, self.num_gpus, _with_accelerator(self.resources, self.accelerator_type))
 
 
 @attrs.frozen(kw_only=True)
@@ -113,10 +175,27 @@ class ActorOptions:
     max_restarts: int = attrs.field(default=0, validator=_count_or_unlimited)
     max_task_retries: int = attrs.field(default=0, validator=_count_or_unlimited)
     max_concurrency: int | None = None  # async actors: 1000; sync actors: 1 (more: a thread pool)
+    # Accepted as Ray documents them; what each does here is in docs/ray-compatibility.md.
+    memory: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative_number))
+    accelerator_type: str | None = None
+    label_selector: Mapping[str, str] | None = attrs.field(default=None, validator=_optional_dict)
+    fallback_strategy: list | None = None
+    scheduling_strategy: Any = attrs.field(default=None, validator=_scheduling_strategy)
+    runtime_env: Mapping[str, Any] | None = attrs.field(default=None, validator=_runtime_env)
+    max_pending_calls: int = attrs.field(default=-1, validator=_count_or_unlimited)
+    concurrency_groups: Any = None
+    allow_out_of_order_execution: bool | None = None
+    enable_tensor_transport: bool | None = None
+    enable_task_events: bool = True
+    placement_group: Any = attrs.field(default="default", validator=_placement_group)
+    placement_group_bundle_index: int = -1
+    placement_group_capture_child_tasks: bool | None = None
+    object_store_memory: int | None = None
+    _labels: Mapping[str, str] | None = attrs.field(default=None, alias="_labels")
 
     def __attrs_post_init__(self) -> None:
-        if self.lifetime not in (None, "detached"):
-            raise ConfigError(f'lifetime must be None or "detached", got {self.lifetime!r}')
+        if self.lifetime not in (None, "detached", "non_detached"):
+            raise ConfigError(f'lifetime must be None, "detached" or "non_detached", got {self.lifetime!r}')
         if self.lifetime == "detached":
             if not self.name:
                 raise ConfigError('a detached actor needs a name (find it again with cluster.get_actor(name))')
@@ -135,7 +214,7 @@ class ActorOptions:
     @property
     def shape(self) -> tuple:
         """The resources the actor holds for its lifetime, as sorted (name, amount) pairs."""
-        return _shape(self.num_cpus, self.num_gpus, self.resources)
+        return _shape(self.num_cpus, self.num_gpus, _with_accelerator(self.resources, self.accelerator_type))
 
 
 # What @cluster.remote(...) can check before it knows whether it decorates a function or a class.

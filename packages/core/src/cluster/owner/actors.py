@@ -29,7 +29,7 @@ from cluster.errors import (
 )
 from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
-from cluster.owner.tasks import DEFAULT_NAMESPACE, Lease, PendingTask, Shape, ShapeQueue
+from cluster.owner.tasks import Lease, PendingTask, Shape, ShapeQueue
 from cluster.wire import messages as m
 from cluster.wire.codec import packb, unpackb
 
@@ -110,7 +110,7 @@ class Actors:
         detached = opts.lifetime == "detached"
         name_key = None
         if opts.name:
-            name_key = f"actor/{opts.namespace or DEFAULT_NAMESPACE}/{opts.name}"
+            name_key = f"actor/{opts.namespace or self.rt.namespace}/{opts.name}"
         if detached:  # no owner to ask after we exit: holders find it by name
             handle = (actor_id, actor_class.__name__, actor_class._methods, "", name_key or "")
         else:
@@ -124,7 +124,7 @@ class Actors:
                         return existing
                 raise ConfigError(
                     f"an actor named {opts.name!r} already exists in namespace "
-                    f"{opts.namespace or DEFAULT_NAMESPACE!r}; pick another name, kill that actor, "
+                    f"{opts.namespace or self.rt.namespace!r}; pick another name, kill that actor, "
                     "or pass get_if_exists=True to get its handle"
                 )
         restarts = opts.max_restarts
@@ -195,7 +195,7 @@ class Actors:
 
     def named_actor(self, name: str, namespace: str | None) -> HandleFields | None:
         """The handle fields of the live actor ``name`` in ``namespace``, or None."""
-        key = f"actor/{namespace or DEFAULT_NAMESPACE}/{name}"
+        key = f"actor/{namespace or self.rt.namespace}/{name}"
         record = self.rt.call_async(self._live_record, key)
         if record is None:
             return None

@@ -53,7 +53,7 @@ from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.owner.actors import Actors, ActorState, HandleFields
 from cluster.owner.recovery import Recovery
 from cluster.owner.references import KEEP, Borrow, ReferenceTable
-from cluster.owner.tasks import Lease, PendingTask, Shape, ShapeQueue
+from cluster.owner.tasks import DEFAULT_NAMESPACE, Lease, PendingTask, Shape, ShapeQueue
 from cluster.plugins import make_object_store
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, Dialer, run_connection
@@ -121,6 +121,7 @@ class Runtime:
         self._warned_infeasible: set[Shape] = set()
         self._owned: set[bytes] = set()
         self.recovery = Recovery(self)  # node deaths, lost objects, lineage
+        self.namespace = DEFAULT_NAMESPACE  # of the actor names it creates and looks up (init(namespace=))
         self._dialer = Dialer(token, role, self._on_message, self._on_message_fast)
         self._ids = itertools.count()
         self._pid_prefix = os.getpid().to_bytes(4, "little")

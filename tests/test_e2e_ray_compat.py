@@ -1,0 +1,86 @@
+"""Ray's parameters, accepted as Ray documents them (docs/ray-compatibility.md says what each
+does here): a Ray program's first lines must not fail on them."""
+
+from __future__ import annotations
+
+import pytest
+
+import cluster
+from cluster.exceptions import ConfigError
+
+
+@cluster.remote
+def plus_one(x: int) -> int:
+    return x + 1
+
+
+@cluster.remote
+class Box:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def get(self) -> int:
+        return self.value
+
+
+def test_init_takes_rays_parameters_and_namespace_scopes_actor_names(make_cluster):
+    lc = make_cluster(num_cpus=1)
+    cluster.init(lc.address, token=lc.token, namespace="team-a", include_dashboard=False,
+                 logging_level="WARNING", configure_logging=True, job_config=None,
+                 _node_ip_address="127.0.0.1", _system_config={"object_timeout_milliseconds": 200})
+    Box.options(name="box", lifetime="non_detached").remote(5)
+    assert cluster.get(cluster.get_actor("box").get.remote(), timeout=60) == 5
+    assert cluster.get(cluster.get_actor("box", namespace="team-a").get.remote(), timeout=60) == 5
+    with pytest.raises(ValueError, match="no actor named 'box' in namespace 'default'"):
+        cluster.get_actor("box", namespace="default")
+    Box.options(name="box", namespace="default").remote(7)  # the same name, another namespace
+    assert cluster.get(cluster.get_actor("box", namespace="default").get.remote(), timeout=60) == 7
+
+
+def test_task_and_actor_options_of_ray_are_accepted(make_cluster):
+    lc = make_cluster(num_cpus=1)
+    lc.connect()
+    f = plus_one.options(memory=100 * 1024**2, scheduling_strategy="SPREAD", max_calls=1,
+                         label_selector={"zone": "a"}, enable_task_events=False, fallback_strategy=None,
+                         placement_group="default", _generator_backpressure_num_objects=2)
+    assert cluster.get(f.remote(1), timeout=60) == 2
+    box = Box.options(memory=10**6, max_pending_calls=100, concurrency_groups={"io": 2},
+                      allow_out_of_order_execution=False, scheduling_strategy="DEFAULT").remote(3)
+    assert cluster.get(box.get.remote(), timeout=60) == 3
+
+    @cluster.remote(memory=1, max_calls=2, num_returns=1)
+    def decorated() -> str:
+        return "ok"
+
+    assert cluster.get(decorated.remote(), timeout=60) == "ok"
+
+
+def test_rays_options_that_cannot_work_yet_say_so(make_cluster):
+    for bad, said in [({"object_store_memory": 10}, "not implemented for tasks"),
+                      ({"runtime_env": {"pip": ["requests"]}}, "runtime_env for tasks and actors is not supported yet"),
+                      ({"scheduling_strategy": object()}, "is not supported yet"),
+                      ({"max_calls": -1}, "max_calls must be"),
+                      ({"memory": -5}, "memory must be a non-negative number")]:
+        with pytest.raises(ConfigError, match=said):
+            plus_one.options(**bad)
+    with pytest.raises(ConfigError, match="unknown keyword argument"):
+        cluster.init(_no_such_option=1)
+    with pytest.raises(ConfigError, match="runtime_env=...\\) is not supported yet"):
+        cluster.init(runtime_env={"env_vars": {"A": "1"}})
+    assert not cluster.is_initialized()
+
+
+def test_accelerator_type_needs_a_node_that_offers_it(make_cluster):
+    lc = make_cluster(num_cpus=1, resources={"accelerator_type:T4": 1})
+    lc.connect()
+    assert cluster.get(plus_one.options(accelerator_type="T4").remote(1), timeout=60) == 2
+
+
+def test_wait_on_nothing_and_rays_other_names(shared_cluster):
+    assert cluster.wait([]) == ([], [])
+    assert cluster.wait([], num_returns=0, fetch_local=False) == ([], [])
+    ref = plus_one.remote(1)
+    assert isinstance(ref, cluster.ObjectID) and cluster.ObjectID is cluster.ObjectRef
+    assert ref.binary() == bytes.fromhex(ref.hex())
+    cluster.cancel(plus_one.remote(2), recursive=True)  # accepted
+    assert cluster.get(ref, timeout=60) == 2
