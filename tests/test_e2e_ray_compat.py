@@ -65,7 +65,7 @@ def test_rays_options_that_cannot_work_yet_say_so(make_cluster):
             plus_one.options(**bad)
     with pytest.raises(ConfigError, match="unknown keyword argument"):
         cluster.init(_no_such_option=1)
-    with pytest.raises(ConfigError, match="runtime_env=...\\) is not supported yet"):
+    with pytest.raises(ConfigError, match=r"runtime_env=\.\.\.\) is not supported yet"):
         cluster.init(runtime_env={"env_vars": {"A": "1"}})
     assert not cluster.is_initialized()
 
