@@ -84,3 +84,24 @@ def test_wait_on_nothing_and_rays_other_names(shared_cluster):
     assert ref.binary() == bytes.fromhex(ref.hex())
     cluster.cancel(plus_one.remote(2), recursive=True)  # accepted
     assert cluster.get(ref, timeout=60) == 2
+
+
+def test_arguments_that_do_not_bind_fail_at_remote_in_the_caller(shared_cluster):
+    with pytest.raises(TypeError, match=r"plus_one.remote\(\): missing a required argument: 'x'"):
+        plus_one.remote()
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        plus_one.remote(1, 2)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'y'"):
+        plus_one.remote(1, y=2)
+    assert cluster.get(plus_one.remote(x=1), timeout=60) == 2
+    with pytest.raises(TypeError, match=r"Box.remote\(\): missing a required argument: 'value'"):
+        Box.remote()
+
+    @cluster.remote
+    class Plain:
+        def get(self) -> str:
+            return "plain"
+
+    with pytest.raises(TypeError, match=r"Plain.remote\(\): Plain\(\) takes no arguments"):
+        Plain.remote(1)
+    assert cluster.get(Plain.remote().get.remote(), timeout=60) == "plain"

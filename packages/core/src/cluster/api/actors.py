@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from cluster.api.args import pack_args
+from cluster.api.args import Check, pack_args, signature_check
 from cluster.api.lifecycle import current_runtime
 from cluster.api.options import ActorOptions
 from cluster.errors import ConfigError
@@ -42,6 +42,19 @@ def method(*, num_returns: int = 1) -> Any:
     return wrap
 
 
+def _constructor_check(cls: type) -> Check:
+    """The check that ``cls(*args, **kwargs)``'s arguments bind to its ``__init__``."""
+    what = f"{cls.__name__}.remote()"
+    if cls.__init__ is object.__init__:  # no __init__ of its own or its bases': it takes nothing
+
+        def no_arguments(args: tuple, kwargs: dict) -> None:
+            if args or kwargs:
+                raise TypeError(f"{what}: {cls.__name__}() takes no arguments")
+
+        return no_arguments
+    return signature_check(cls.__init__, what, bound_method=True)
+
+
 class ActorClass:
     """A class made remote: ``C.remote(*args)`` starts an actor and returns its handle."""
 
@@ -65,6 +78,10 @@ class ActorClass:
         return pack_once(self._shared, self._cls, f"actor class {self.__name__}")
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        check = self._shared.get("check")
+        if check is None:
+            check = self._shared["check"] = _constructor_check(self._cls)
+        check(args, kwargs)
         runtime = current_runtime()
         _, blob = self._pickled()
         payload, dep_refs, held = pack_args(runtime, args, kwargs)

@@ -5,7 +5,9 @@ Owns: how ``f.remote(*args, **kwargs)`` becomes a payload. Imports: objects (ref
 
 from __future__ import annotations
 
+import inspect
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -46,3 +48,41 @@ def pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[bytes, list, list]:
             payload = cloudpickle.dumps((args, kwargs), protocol=5)
     return payload, dep_refs, held
 
+
+
+Check = Callable[[tuple, dict], None]
+
+
+def signature_check(fn: Any, what: str, bound_method: bool = False) -> Check:
+    """A check that ``fn(*args, **kwargs)`` binds, raising Python's TypeError in the caller (as
+    Ray does at ``.remote()``), not later in a worker. ``bound_method``: skip ``self``. Calls of
+    plain positional parameters without keywords take a fast path (this runs on every submit)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
+        return _no_check
+    parameters = list(signature.parameters.values())
+    if bound_method and parameters:
+        signature = signature.replace(parameters=parameters[1:])
+        parameters = parameters[1:]
+
+    def slow(args: tuple, kwargs: dict) -> None:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{what}: {exc}") from None
+
+    if all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters):
+        most = len(parameters)
+        least = sum(1 for p in parameters if p.default is inspect.Parameter.empty)
+
+        def fast(args: tuple, kwargs: dict) -> None:
+            if kwargs or not least <= len(args) <= most:
+                slow(args, kwargs)
+
+        return fast
+    return slow
+
+
+def _no_check(args: tuple, kwargs: dict) -> None:
+    return None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cluster.api.actors import ActorClass
-from cluster.api.args import pack_args
+from cluster.api.args import pack_args, signature_check
 from cluster.api.lifecycle import current_runtime
 from cluster.api.options import SHARED_OPTIONS, UNLIMITED, ActorOptions, TaskOptions
 from cluster.objects.functions import pack_once
@@ -29,6 +29,9 @@ class RemoteFunction:
         self._shape = options.shape
         self._name = options.name or getattr(function, "__qualname__", repr(function))
         self._retries = 1 << 30 if options.max_retries == UNLIMITED else options.max_retries
+        self._check_args = self._shared.get("check")
+        if self._check_args is None:
+            self._check_args = self._shared["check"] = signature_check(function, f"{self._name}.remote()")
         functools.update_wrapper(self, function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -44,6 +47,7 @@ class RemoteFunction:
         return pack_once(self._shared, self._function, f"remote function {self._name}")
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_args(args, kwargs)
         rt = current_runtime()
         fid, data = self._pickled()
         payload, dep_refs, held = pack_args(rt, args, kwargs)
