@@ -105,3 +105,40 @@ def test_arguments_that_do_not_bind_fail_at_remote_in_the_caller(shared_cluster)
     with pytest.raises(TypeError, match=r"Plain.remote\(\): Plain\(\) takes no arguments"):
         Plain.remote(1)
     assert cluster.get(Plain.remote().get.remote(), timeout=60) == "plain"
+
+
+def test_the_runtime_context_says_where_and_as_what_code_runs(shared_cluster, node_ids):
+    context = cluster.get_runtime_context()
+    assert context.get_node_id() == node_ids["head"]  # this driver's node
+    assert context.get_task_id() is None and context.get_actor_id() is None
+    assert context.namespace == "default"
+
+    @cluster.remote(resources={"b": 0.01})
+    def inside() -> dict:
+        import cluster
+
+        return cluster.get_runtime_context().get()
+
+    ref = inside.remote()
+    seen = cluster.get(ref, timeout=60)
+    assert seen["node_id"] == node_ids["node"] and seen["task_id"] == ref.hex()[:32]
+    assert seen["actor_id"] is None
+
+    @cluster.remote(max_concurrency=4)
+    class Where:
+        def ids(self) -> tuple:
+            import cluster
+
+            context = cluster.get_runtime_context()
+            return context.get_actor_id(), context.get_task_id()
+
+        async def ids_async(self) -> tuple:
+            import cluster
+
+            context = cluster.get_runtime_context()
+            return context.get_actor_id(), context.get_task_id()
+
+    actor = Where.remote()
+    calls = [actor.ids.remote() for _ in range(2)] + [actor.ids_async.remote() for _ in range(4)]
+    for call, (actor_id, task_id) in zip(calls, cluster.get(calls, timeout=60), strict=True):
+        assert actor_id == actor._actor_id.hex() and task_id == call.hex()[:32]

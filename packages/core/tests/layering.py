@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, ...]] = [
         "cluster.hookspec",
         "cluster.plugins",
         "cluster.launch",
+        "cluster.context",
     ),
     ("cluster.wire",),
     ("cluster.objects",),

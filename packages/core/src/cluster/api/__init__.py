@@ -4,12 +4,14 @@
 - :mod:`.tasks`: ``remote`` and :class:`RemoteFunction`;
 - :mod:`.actors`: :class:`ActorClass`, :class:`ActorHandle`, ``method``, ``kill``, ``get_actor``;
 - :mod:`.objects`: ``get``, ``put``, ``wait``, ``cancel``;
+- :mod:`.context`: ``get_runtime_context`` and :class:`RuntimeContext`;
 - :mod:`.options`, :mod:`.args`: option checks, argument packing.
 
 May import: owner, objects, wire, and the leaf modules. Nothing below imports api.
 """
 
 from cluster.api.actors import ActorClass, ActorHandle, ActorMethod, get_actor, kill, method
+from cluster.api.context import RuntimeContext, get_runtime_context
 from cluster.api.lifecycle import current_runtime, init, is_initialized, nodes, shutdown
 from cluster.api.objects import cancel, get, put, wait
 from cluster.api.tasks import RemoteFunction, remote
@@ -19,10 +21,12 @@ __all__ = [
     "ActorHandle",
     "ActorMethod",
     "RemoteFunction",
+    "RuntimeContext",
     "cancel",
     "current_runtime",
     "get",
     "get_actor",
+    "get_runtime_context",
     "init",
     "is_initialized",
     "kill",

@@ -24,6 +24,7 @@ from typing import Any
 
 from cluster import log as cluster_log
 from cluster.api.lifecycle import set_worker_runtime
+from cluster.context import current_task_id
 from cluster.errors import ClusterConnectionError, ClusterError, TaskCancelledError, TaskError
 from cluster.objects import values as v
 from cluster.objects.functions import unpack_function
@@ -184,7 +185,11 @@ class Executor:
                     args, kwargs = self._load_arguments(spec.args, spec.deps)
                 except ClusterError as exc:  # an argument failed or is lost: pass it on as is
                     return m.TaskResult(task_id, [v.serialize_error(exc)], self.pid)
-                out = fn(*args, **kwargs)
+                running = current_task_id.set(task_id)
+                try:
+                    out = fn(*args, **kwargs)
+                finally:
+                    current_task_id.reset(running)
             finally:
                 for stream in _streams:
                     stream.flush_partial((conn, spec))
@@ -261,6 +266,7 @@ class Executor:
 
     async def _run_async(self, conn: Any, spec: Any, fn: Any, args: tuple, kwargs: dict) -> None:
         async with self._async_limit:
+            current_task_id.set(spec.task_id)  # (this coroutine's own context)
             try:
                 out = fn(*args, **kwargs)
                 if inspect.isawaitable(out):
@@ -271,10 +277,13 @@ class Executor:
         self._send_one(conn, result)
 
     def _run_threaded(self, conn: Any, spec: Any, fn: Any, args: tuple, kwargs: dict) -> None:
+        running = current_task_id.set(spec.task_id)
         try:
             result = self._result(spec, fn(*args, **kwargs))
         except BaseException as exc:
             result = self._error_result(spec, exc)
+        finally:
+            current_task_id.reset(running)
         self._send_one(conn, result)
 
     def _error_result(self, spec: Any, exc: BaseException) -> m.TaskResult:
