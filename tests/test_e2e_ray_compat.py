@@ -142,3 +142,42 @@ def test_the_runtime_context_says_where_and_as_what_code_runs(shared_cluster, no
     calls = [actor.ids.remote() for _ in range(2)] + [actor.ids_async.remote() for _ in range(4)]
     for call, (actor_id, task_id) in zip(calls, cluster.get(calls, timeout=60), strict=True):
         assert actor_id == actor._actor_id.hex() and task_id == call.hex()[:32]
+
+
+def test_exit_actor_ends_it_for_good_and_runs_its_atexit_handlers(shared_cluster, tmp_path, e2e):
+    import os
+
+    from cluster.exceptions import ActorDiedError
+
+    with pytest.raises(TypeError, match="only be called inside an actor"):
+        cluster.actor.exit_actor()
+
+    @cluster.remote(max_restarts=2)
+    class Leaving:
+        def __init__(self, marker: str) -> None:
+            import atexit
+
+            atexit.register(lambda: open(marker, "w").close())
+
+        def ping(self) -> str:
+            return "pong"
+
+        def leave(self) -> None:
+            import cluster
+
+            cluster.actor.exit_actor()
+
+        async def leave_async(self) -> None:  # (makes it an async actor: calls run on its event loop)
+            import cluster
+
+            cluster.actor.exit_actor()
+
+    for method in ("leave", "leave_async"):
+        marker = str(tmp_path / f"{method}.atexit")
+        actor = Leaving.remote(marker)
+        assert cluster.get(actor.ping.remote(), timeout=60) == "pong"
+        with pytest.raises(ActorDiedError, match=r"exited intentionally \(exit_actor\(\) in Leaving\." + method):
+            cluster.get(getattr(actor, method).remote(), timeout=60)
+        with pytest.raises(ActorDiedError, match="exited intentionally"):
+            cluster.get(actor.ping.remote(), timeout=60)  # not restarted, though max_restarts=2
+        e2e.wait_until(lambda marker=marker: os.path.exists(marker), timeout=30, what="its atexit handler")

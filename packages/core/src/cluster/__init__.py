@@ -10,7 +10,7 @@
     print(cluster.get([square.remote(i) for i in range(10)]))
 """
 
-from cluster import exceptions
+from cluster import actor, exceptions
 from cluster.api import (
     ActorClass,
     ActorHandle,
@@ -45,6 +45,7 @@ __all__ = [
     "RemoteFunction",
     "TaskError",
     "__version__",
+    "actor",
     "cancel",
     "exceptions",
     "get",

@@ -3,6 +3,6 @@
 The classes live in :mod:`cluster.api.actors`; this module only re-exports them.
 """
 
-from cluster.api.actors import ActorClass, ActorHandle, ActorMethod, method
+from cluster.api.actors import ActorClass, ActorHandle, ActorMethod, exit_actor, method
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "exit_actor", "method"]

@@ -10,3 +10,8 @@ from __future__ import annotations
 import contextvars
 
 current_task_id: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("cluster_task_id", default=None)
+
+
+class ActorExitRequested(BaseException):
+    """Raised by ``cluster.actor.exit_actor()`` inside an actor method; the worker ends the actor.
+    A BaseException, so that the method's ``except Exception`` does not swallow it."""

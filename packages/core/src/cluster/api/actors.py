@@ -10,11 +10,12 @@ the owner where the actor lives, then talks to its worker directly.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, NoReturn
 
 from cluster.api.args import Check, pack_args, signature_check
 from cluster.api.lifecycle import current_runtime
 from cluster.api.options import ActorOptions
+from cluster.context import ActorExitRequested
 from cluster.errors import ConfigError
 from cluster.objects import refs as object_ref
 from cluster.objects.functions import pack_once
@@ -163,6 +164,17 @@ class ActorMethod:
         payload, dep_refs, held = pack_args(runtime, args, kwargs)
         refs = runtime.submit_actor_call(self._handle, self._name, self._num_returns, payload, dep_refs, held)
         return refs[0] if self._num_returns == 1 else refs
+
+
+def exit_actor() -> NoReturn:
+    """End the actor this runs in, on purpose (Ray's ``ray.actor.exit_actor``): the caller of
+    this call sees the actor's death (ActorDiedError) rather than a return value, calls not
+    started yet fail the same way, the actor is not restarted, and its atexit handlers run."""
+    runtime = object_ref._runtime
+    executor = getattr(runtime, "executor", None)
+    if executor is None or executor.actor_id is None:
+        raise TypeError("exit_actor() can only be called inside an actor (use cluster.kill(handle) from outside)")
+    raise ActorExitRequested()
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:

@@ -577,6 +577,13 @@ class Actors:
             elif self.rt.executor is not None and self.rt.executor.actor_id == msg.actor_id:
                 log.info("actor_killed", actor_id=msg.actor_id.hex())
                 os._exit(0)  # a detached actor, told to stop by a handle holder: the node cleans up
+        elif kind is m.ActorExited:
+            state = self._actors.get(msg.actor_id)
+            if state is not None:
+                with state.lock:
+                    state.restarts_left = 0  # (ended on purpose: its connection closing next is no crash)
+                    state.cause = msg.reason
+                log.info("actor_exited", actor=state.class_name, reason=msg.reason)
         elif kind is m.ListActors:
             conn.reply(request_id, m.ActorTable(self.actor_table(), self._hosted_actor()))
         elif kind is m.CreateActor and self.rt.executor is not None:

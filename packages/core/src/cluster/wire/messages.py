@@ -644,6 +644,16 @@ class RecoverObject(Message):
 # --- actors ---------------------------------------------------------------------------------
 
 
+@message(75)
+@attrs.frozen
+class ActorExited(Message):
+    """An actor's worker -> its owner, on the owner's connection: the actor ended itself
+    (``exit_actor()``); it is dead for good (no restart), and the worker exits next."""
+
+    actor_id: bytes
+    reason: str
+
+
 @message(69)
 @attrs.frozen
 class CreateActor(Message):

@@ -9,6 +9,7 @@ results go back to each task's owner, batched while more tasks are queued.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import inspect
 import io
@@ -20,12 +21,18 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from cluster import log as cluster_log
 from cluster.api.lifecycle import set_worker_runtime
-from cluster.context import current_task_id
-from cluster.errors import ClusterConnectionError, ClusterError, TaskCancelledError, TaskError
+from cluster.context import ActorExitRequested, current_task_id
+from cluster.errors import (
+    ActorDiedError,
+    ClusterConnectionError,
+    ClusterError,
+    TaskCancelledError,
+    TaskError,
+)
 from cluster.objects import values as v
 from cluster.objects.functions import unpack_function
 from cluster.objects.refs import collect_incoming
@@ -59,6 +66,7 @@ class Executor:
         self._concurrent: Any = None  # an asyncio loop or a thread pool, for concurrent actors
         self._async_limit: Any = None
         self._actor_error: list | None = None
+        self._owner_conn: Any = None  # an actor's: the connection its owner created it on
 
     def create_actor(self, conn: Any, request_id: int, msg: m.CreateActor) -> None:
         """Queue the actor's construction: it runs on the main thread, before any call."""
@@ -196,6 +204,8 @@ class Executor:
                 with self._lock:
                     self._current = None
             return self._result(spec, out)
+        except ActorExitRequested:
+            self.exit_actor(conn, spec)
         except KeyboardInterrupt:
             if task_id in self._cancelled:
                 self._cancelled.discard(task_id)
@@ -272,6 +282,8 @@ class Executor:
                 if inspect.isawaitable(out):
                     out = await out
                 result = self._result(spec, out)
+            except ActorExitRequested:
+                self.exit_actor(conn, spec)
             except BaseException as exc:
                 result = self._error_result(spec, exc)
         self._send_one(conn, result)
@@ -280,11 +292,29 @@ class Executor:
         running = current_task_id.set(spec.task_id)
         try:
             result = self._result(spec, fn(*args, **kwargs))
+        except ActorExitRequested:
+            self.exit_actor(conn, spec)
         except BaseException as exc:
             result = self._error_result(spec, exc)
         finally:
             current_task_id.reset(running)
         self._send_one(conn, result)
+
+    def exit_actor(self, conn: Any, spec: Any) -> NoReturn:
+        """``exit_actor()`` ran in ``spec``: its caller sees the actor's death, the owner hears it
+        was meant (no restart), what was sent goes out, the atexit handlers run, and the worker
+        exits. Calls queued behind it fail with ActorDiedError as the connections close."""
+        name = type(self._actor).__name__
+        reason = f"it exited intentionally (exit_actor() in {spec.name})"
+        error = ActorDiedError(f"actor {name} ({(self.actor_id or b'').hex()[:12]}) is dead: {reason}")
+        if self._owner_conn is not None:
+            _send_quietly(self._owner_conn, m.ActorExited(self.actor_id or b"", reason))
+        self._send_one(conn, m.TaskResult(spec.task_id, [v.serialize_error(error)], self.pid))
+        _results_flushed({conn, self._owner_conn} - {None}, timeout=5)
+        try:
+            atexit._run_exitfuncs()  # (os._exit below skips them, as it skips everything else)
+        finally:
+            os._exit(0)
 
     def _error_result(self, spec: Any, exc: BaseException) -> m.TaskResult:
         if isinstance(exc, ClusterError) and not isinstance(exc, TaskError):
@@ -311,6 +341,7 @@ class Executor:
                 args, kwargs = v.fill_deps(args, kwargs, [load(entry) for entry in msg.deps])
             self._actor = cls(*args, **kwargs)
             self.actor_id = msg.actor_id
+            self._owner_conn = conn
             self._set_up_concurrency(cls, msg.max_concurrency)
         except BaseException as exc:
             error = v.serialize_error(TaskError(f"{msg.class_name}.__init__", _remote_traceback(), exc))
@@ -357,6 +388,13 @@ def _send_results(batch: dict) -> None:
             conn.send_threadsafe(m.TaskResults(results))
         except ClusterConnectionError:
             pass  # the owner is gone
+
+
+def _results_flushed(conns: set, timeout: float) -> None:
+    """Wait (bounded) until what was sent on ``conns`` is out of this process."""
+    deadline = time.monotonic() + timeout
+    while any(not conn.closed and conn.sending for conn in conns) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _send_quietly(conn: Any, msg: Any) -> None:
