@@ -181,3 +181,22 @@ def test_exit_actor_ends_it_for_good_and_runs_its_atexit_handlers(shared_cluster
         with pytest.raises(ActorDiedError, match="exited intentionally"):
             cluster.get(actor.ping.remote(), timeout=60)  # not restarted, though max_restarts=2
         e2e.wait_until(lambda marker=marker: os.path.exists(marker), timeout=30, what="its atexit handler")
+
+
+def test_an_actor_class_cannot_be_subclassed_but_its_plain_base_can(shared_cluster):
+    with pytest.raises(TypeError, match="actor class Box cannot be subclassed"):
+        class Bigger(Box):
+            pass
+
+    class Base:
+        unit = 10
+
+        def scaled(self, n: int) -> int:
+            return n * type(self).unit
+
+    @cluster.remote
+    class Derived(Base):
+        def twice(self, n: int) -> int:
+            return 2 * self.scaled(n)
+
+    assert cluster.get(Derived.remote().twice.remote(2), timeout=60) == 40

@@ -71,6 +71,11 @@ class ActorClass:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor class {self.__name__} cannot be instantiated directly; use {self.__name__}.remote(...)")
 
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        raise TypeError(
+            f"actor class {self.__name__} cannot be subclassed (as in Ray): subclass the plain class "
+            f"{self.__name__} was made from, and decorate the subclass with @cluster.remote")
+
     def options(self, **options: Any) -> ActorClass:
         """A copy with some options changed (``name``, ``num_cpus``, ``max_restarts``...)."""
         return ActorClass(self._cls, ActorOptions.from_user(options, self._options), self._shared)
