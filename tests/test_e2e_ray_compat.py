@@ -200,3 +200,40 @@ def test_an_actor_class_cannot_be_subclassed_but_its_plain_base_can(shared_clust
             return 2 * self.scaled(n)
 
     assert cluster.get(Derived.remote().twice.remote(2), timeout=60) == 40
+
+
+def test_a_value_that_cannot_be_serialized_is_named_with_where_it_was_found(shared_cluster):
+    import threading
+
+    class Holder:
+        def __init__(self) -> None:
+            self.conn = threading.Lock()
+
+    with pytest.raises(TypeError, match=r"the part that cannot be pickled: arguments\['y'\]\[1\]\.conn \(a lock\)"):
+        _two_args.remote(1, y=[1, Holder()])
+
+    @cluster.remote
+    def returns_a_lock() -> dict:
+        import threading
+
+        return {"ok": 1, "bad": threading.Lock()}
+
+    with pytest.raises(TypeError) as excinfo:
+        cluster.get(returns_a_lock.remote(), timeout=60)
+    message = str(excinfo.value)
+    assert "could not serialize its return value" in message and "the value['bad'] (a lock)" in message
+    assert "cloudpickle" not in message, message  # no frames of ours or of cloudpickle
+
+    lock = threading.Lock()
+
+    @cluster.remote
+    def captures() -> bool:
+        return lock.locked()
+
+    with pytest.raises(TypeError, match=r"remote function .*captures's captured lock \(a lock\)"):
+        captures.remote()
+
+
+@cluster.remote
+def _two_args(x: int, y: object = None) -> int:
+    return x

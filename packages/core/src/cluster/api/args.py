@@ -34,7 +34,8 @@ def pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[bytes, list, list]:
         with collect_outgoing() as held:
             payload = cloudpickle.dumps((args, kwargs), protocol=5)
     except Exception as exc:
-        raise TypeError(f"could not serialize the task's arguments: {exc}") from exc
+        where = v.where_unpicklable({**{f"#{i}": a for i, a in enumerate(args)}, **kwargs}, "arguments")
+        raise TypeError(f"could not serialize the task's arguments: {exc}{where}") from None
     if len(payload) > v.INLINE_LIMIT:
         # Large arguments travel through the object store, like cluster.put values.
         def spill(value: Any) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 
 import cloudpickle
 
+from cluster.objects import values
 from cluster.plugins import working_dir_of
 
 MAX_SOURCE_BYTES = 256 * 1024
@@ -74,7 +75,7 @@ def pack_once(cache: dict, target: Any, what: str) -> tuple[bytes, bytes]:
         try:
             blob = pack_function(target)
         except Exception as exc:
-            raise TypeError(f"could not serialize {what}: {exc}") from exc
+            raise TypeError(f"could not serialize {what}: {exc}{values.where_unpicklable(target, what)}") from None
         cache["blob"] = blob
         cache["id"] = hashlib.blake2b(blob, digest_size=16).digest()
     return cache["id"], cache["blob"]

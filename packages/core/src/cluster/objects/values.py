@@ -60,11 +60,55 @@ def serialize(value: Any, metadata: bytes = b"") -> Serialized:
 _PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
-def _unserializable(value: Any, exc: Exception) -> TypeError:
+def _unserializable(value: Any, exc: Exception, what: str = "a value") -> TypeError:
     return TypeError(
-        f"could not serialize a value of type {type(value).__name__} to send it to the "
-        f"cluster: {exc}. Values that hold locks, open files or sockets cannot travel."
+        f"could not serialize {what} of type {type(value).__name__} to send it to the "
+        f"cluster: {exc}{where_unpicklable(value)}. Values that hold locks, open files or sockets cannot travel."
     )
+
+
+def where_unpicklable(value: Any, name: str = "it") -> str:
+    """``"; the part that cannot be pickled: it[2].conn (a socket)"``, or "" if none is found.
+    Walks containers, object attributes and a function's globals and closure; only called once
+    pickling has failed, so its cost does not matter."""
+    found = _first_unpicklable(value, name, 0, set())
+    if found is None or found[0] == name:
+        return ""
+    return f"; the part that cannot be pickled: {found[0]} (a {found[1]})"
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value, protocol=5)
+    except Exception:
+        return False
+    return True
+
+
+def _first_unpicklable(value: Any, name: str, depth: int, seen: set[int]) -> tuple[str, str] | None:
+    if id(value) in seen or _picklable(value):
+        return None
+    seen.add(id(value))
+    children: list[tuple[str, Any]] = []
+    if depth < 8:
+        if isinstance(value, dict):
+            children = [(f"{name}[{key!r}]", item) for key, item in value.items()]
+        elif isinstance(value, list | tuple | set | frozenset):
+            children = [(f"{name}[{i}]", item) for i, item in enumerate(value)]
+        elif callable(value) and hasattr(value, "__code__"):
+            code = value.__code__
+            globals_ = getattr(value, "__globals__", {})
+            children = [(f"{name}'s global {g}", globals_[g]) for g in code.co_names if g in globals_]
+            cells = getattr(value, "__closure__", None) or ()
+            children += [(f"{name}'s captured {var}", cell.cell_contents)
+                         for var, cell in zip(code.co_freevars, cells, strict=False)]
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            children = [(f"{name}.{attr}", item) for attr, item in vars(value).items()]
+    for child_name, child in children:
+        found = _first_unpicklable(child, child_name, depth + 1, seen)
+        if found is not None:
+            return found
+    return name, type(value).__qualname__
 
 
 def serialize_error(exc: BaseException) -> InlineValue:

@@ -243,7 +243,12 @@ class Executor:
         entries = []
         contained = []
         for i, o in enumerate(outs):
-            ser = v.serialize(o)
+            try:
+                ser = v.serialize(o)
+            except TypeError as exc:  # (raised without our frames: the message says what and where)
+                what = "its return value" if spec.num_returns == 1 else f"its return value #{i}"
+                raise TypeError(f"{spec.name}: could not serialize {what}: "
+                                f"{exc.__cause__ or exc}{v.where_unpicklable(o, 'the value')}") from None
             entries.append(entry_for(task_id + i.to_bytes(4, "little"), ser, spec.owner))
             if ser.refs:
                 unique = {ref.id: ref for ref in ser.refs}
