@@ -237,3 +237,40 @@ def test_a_value_that_cannot_be_serialized_is_named_with_where_it_was_found(shar
 @cluster.remote
 def _two_args(x: int, y: object = None) -> int:
     return x
+
+
+def test_class_attributes_redefinitions_and_oversized_captures(shared_cluster):
+    @cluster.remote
+    class Scaled:
+        factor = 3
+
+        @staticmethod
+        def double(n: int) -> int:
+            return 2 * n
+
+        def apply(self, n: int) -> int:
+            return Scaled.double(n) * Scaled.factor  # through the decorated name, as Ray allows
+
+    assert Scaled.factor == 3
+    assert cluster.get(Scaled.remote().apply.remote(1), timeout=60) == 6
+
+    @cluster.remote
+    def version() -> int:
+        return 1
+
+    assert cluster.get(version.remote(), timeout=60) == 1
+
+    @cluster.remote
+    def version() -> int:  # noqa: F811 - redefined on purpose: the new body runs
+        return 2
+
+    assert cluster.get(version.remote(), timeout=60) == 2
+
+    big = b"x" * 101_000_000
+
+    @cluster.remote
+    def captures_big() -> int:
+        return len(big)
+
+    with pytest.raises(ValueError, match=r"captures_big pickles to 101 MB, because of what it captures \(big: 101.0 MB\)"):
+        captures_big.remote()

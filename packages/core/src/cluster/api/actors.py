@@ -71,6 +71,13 @@ class ActorClass:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor class {self.__name__} cannot be instantiated directly; use {self.__name__}.remote(...)")
 
+    def __getattr__(self, name: str) -> Any:
+        """The class's own attributes (class variables, static and class methods), as Ray lets
+        code reach them through the decorated name (``A.x`` inside ``A``'s methods)."""
+        if name.startswith("__") or name in ("_cls", "_options", "_shared", "_methods"):
+            raise AttributeError(name)
+        return getattr(self._cls, name)
+
     def __mro_entries__(self, bases: tuple) -> tuple:
         raise TypeError(
             f"actor class {self.__name__} cannot be subclassed (as in Ray): subclass the plain class "

@@ -15,6 +15,7 @@ import linecache
 import os
 import sys
 import types
+import warnings
 from typing import Any
 
 import cloudpickle
@@ -24,6 +25,26 @@ from cluster.plugins import working_dir_of
 
 MAX_SOURCE_BYTES = 256 * 1024
 DYNAMIC = "<dynamic-code>"
+
+
+def _largest_captures(target: Any) -> str:
+    """The largest globals and closure variables ``target`` (a function, or a class's methods)
+    refers to, with their pickled sizes."""
+    functions = [target] if hasattr(target, "__code__") else [
+        member for member in vars(target).values() if hasattr(member, "__code__")]
+    sizes: dict[str, int] = {}
+    for fn in functions:
+        code, globals_ = fn.__code__, getattr(fn, "__globals__", {})
+        named = {g: globals_[g] for g in code.co_names if g in globals_}
+        named.update({var: cell.cell_contents for var, cell in
+                      zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False)})
+        for name, value in named.items():
+            try:
+                sizes[name] = len(cloudpickle.dumps(value, protocol=5))
+            except Exception:
+                continue
+    largest = sorted(sizes.items(), key=lambda item: -item[1])[:3]
+    return ", ".join(f"{name}: {size / 1e6:.1f} MB" for name, size in largest) or "nothing it names"
 
 
 def pack_function(fn: Any) -> bytes:
@@ -69,13 +90,26 @@ _BY_VALUE: set[str] = set()
 _working_dirs: dict[str, str] = {}  # job package -> where it is unpacked on this node
 
 
+# Ray's thresholds for a pickled function or class: warn past the first, refuse past the second.
+FUNCTION_SIZE_WARN_BYTES = 10 * 1000**2
+FUNCTION_SIZE_ERROR_BYTES = 100 * 1000**2
+
+
 def pack_once(cache: dict, target: Any, what: str) -> tuple[bytes, bytes]:
-    """(id, packed bytes) of ``target``, packed on first use and kept in ``cache``."""
+    """(id, packed bytes) of ``target``, packed on first use and kept in ``cache``. Too large
+    (it captured big data) is refused, and near that warned about, naming what it captured."""
     if "blob" not in cache:
         try:
             blob = pack_function(target)
         except Exception as exc:
             raise TypeError(f"could not serialize {what}: {exc}{values.where_unpicklable(target, what)}") from None
+        if len(blob) > FUNCTION_SIZE_WARN_BYTES:
+            message = (f"{what} pickles to {len(blob) / 1e6:.0f} MB, because of what it captures "
+                       f"({_largest_captures(target)}): pass large data as arguments or with "
+                       "cluster.put() instead, so it travels once, through the object store")
+            if len(blob) > FUNCTION_SIZE_ERROR_BYTES:
+                raise ValueError(f"{message} (the limit is {FUNCTION_SIZE_ERROR_BYTES / 1e6:.0f} MB)")
+            warnings.warn(message, stacklevel=3)
         cache["blob"] = blob
         cache["id"] = hashlib.blake2b(blob, digest_size=16).digest()
     return cache["id"], cache["blob"]
