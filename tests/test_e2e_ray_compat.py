@@ -261,7 +261,7 @@ def test_class_attributes_redefinitions_and_oversized_captures(shared_cluster):
     assert cluster.get(version.remote(), timeout=60) == 1
 
     @cluster.remote
-    def version() -> int:  # noqa: F811 - redefined on purpose: the new body runs
+    def version() -> int:  # (redefined on purpose: the new body runs)
         return 2
 
     assert cluster.get(version.remote(), timeout=60) == 2
