@@ -9,6 +9,8 @@ registers with the owner before it uses the ref and tells the owner when it drop
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 from typing import Any
 
@@ -55,6 +57,18 @@ class ObjectRef:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ObjectRef) and other._id == self._id
+
+    def future(self) -> concurrent.futures.Future:
+        """A ``concurrent.futures.Future`` of the value (Ray's ``ObjectRef.future()``): it
+        completes, or raises the task's error, as ``get`` would; nothing blocks meanwhile."""
+        if _runtime is None:
+            raise RuntimeError("ObjectRef.future() needs cluster.init() first")
+        future: concurrent.futures.Future = _runtime.future(self)
+        return future
+
+    def __await__(self) -> Any:
+        """``await ref`` in async code (a driver's, an async actor's): the value, as ``get``."""
+        return asyncio.wrap_future(self.future()).__await__()
 
     def __copy__(self) -> ObjectRef:
         return ObjectRef(self._id, self._owner)

@@ -21,6 +21,7 @@ while it is away, bounded.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import itertools
 import os
@@ -121,6 +122,7 @@ class Runtime:
         self._warned_infeasible: set[Shape] = set()
         self._owned: set[bytes] = set()
         self.recovery = Recovery(self)  # node deaths, lost objects, lineage
+        self._loaders: concurrent.futures.ThreadPoolExecutor | None = None  # for futures of stored values
         self.namespace = DEFAULT_NAMESPACE  # of the actor names it creates and looks up (init(namespace=))
         self._dialer = Dialer(token, role, self._on_message, self._on_message_fast)
         self._ids = itertools.count()
@@ -169,6 +171,8 @@ class Runtime:
         if self._stopped:
             return
         self._stopped = True
+        if self._loaders is not None:
+            self._loaders.shutdown(wait=False, cancel_futures=True)
         if object_ref_module._runtime is self:
             object_ref_module._runtime = None
         if self._trio_token is not None and self._nursery is not None:
@@ -1105,6 +1109,27 @@ class Runtime:
                 continue
             await event.wait()
 
+    # ------------------------------------------------------- futures: ref.future(), await ref
+
+    def future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+        """A future of ``ref``'s value, settled from the trio thread as soon as it is known."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.soon(self.spawn, self._settle_future, ref, future)
+        return future
+
+    async def _settle_future(self, ref: ObjectRef, future: concurrent.futures.Future[Any]) -> None:
+        entry = await self._wait_entry(ref)
+        if isinstance(entry, m.InlineValue):
+            _settle(future, self.load_inline, entry)
+            return
+        # A stored value may first be copied to this node, through this thread: load it elsewhere.
+        if self._loaders is None:
+            self._loaders = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="cluster-load")
+        self._loaders.submit(_settle, future, self.load_entry, entry)
+
+    def load_inline(self, entry: m.InlineValue) -> Any:
+        return self.loads(entry.metadata, entry.inband, entry.buffers)
+
     def settle(self, object_id: bytes, entry: m.ValueEntry) -> None:
         """Give ``object_id`` the value ``entry`` (on the trio thread); its waiters wake."""
         with self._cv:
@@ -1340,6 +1365,15 @@ class Runtime:
             self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
         elif task.lease.conn is not None and not task.lease.conn.closed:
             task.lease.conn.send(m.CancelTask(task_id, force))
+
+
+def _settle(future: concurrent.futures.Future[Any], load: Callable[[Any], Any], entry: m.ValueEntry) -> None:
+    try:
+        value = load(entry)
+    except BaseException as exc:  # the task's error (or the object's loss): the future raises it
+        future.set_exception(exc)
+    else:
+        future.set_result(value)
 
 
 def _retries_on(retry_exceptions: bool | tuple[type[BaseException], ...], entry: m.ValueEntry) -> bool:
