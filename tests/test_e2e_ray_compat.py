@@ -38,6 +38,15 @@ def test_init_takes_rays_parameters_and_namespace_scopes_actor_names(make_cluste
     Box.options(name="box", namespace="default").remote(7)  # the same name, another namespace
     assert cluster.get(cluster.get_actor("box", namespace="default").get.remote(), timeout=60) == 7
 
+    @cluster.remote
+    def from_a_task() -> tuple:
+        import cluster
+
+        # A task works in its caller's namespace: the names it uses are the caller's.
+        return cluster.get_runtime_context().namespace, cluster.get(cluster.get_actor("box").get.remote())
+
+    assert cluster.get(from_a_task.remote(), timeout=60) == ("team-a", 5)
+
 
 def test_task_and_actor_options_of_ray_are_accepted(make_cluster):
     lc = make_cluster(num_cpus=1)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextvars
 
 current_task_id: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("cluster_task_id", default=None)
+# The namespace of the caller of the task running now ("": the default), for the actor names it uses.
+current_namespace: contextvars.ContextVar[str] = contextvars.ContextVar("cluster_namespace", default="")
 
 
 class ActorExitRequested(BaseException):

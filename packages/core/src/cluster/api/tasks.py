@@ -67,6 +67,7 @@ class RemoteFunction:
             retry_exceptions=self._options.retry_exceptions,
             held=held,
             max_retries=self._retries,
+            namespace=rt.caller_namespace(),
         )
         refs = rt.submit(task)
         return refs[0] if num_returns == 1 else refs

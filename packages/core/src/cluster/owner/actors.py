@@ -161,6 +161,7 @@ class Actors:
             retries_left=0,
             retry_exceptions=False,
             held=held,
+            namespace=self.rt.caller_namespace(),
         )
         task.method = method
         task.actor = handle
@@ -186,7 +187,7 @@ class Actors:
         task.actor = task.lease = state
         state.in_flight[task.task_id] = task
         spec = m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, [], task.num_returns,
-                          self.rt.address, task.method)
+                          self.rt.address, task.method, task.namespace)
         try:
             conn.send_threadsafe(m.PushTasks([spec]))
         except ClusterConnectionError:
@@ -368,7 +369,7 @@ class Actors:
             task.lease = state
             state.in_flight[task.task_id] = task
             specs.append(m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, task.deps,
-                                    task.num_returns, self.rt.address, task.method))
+                                    task.num_returns, self.rt.address, task.method, task.namespace))
         if specs and state.conn is not None:
             try:
                 state.conn.send(m.PushTasks(specs))

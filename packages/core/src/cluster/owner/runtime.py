@@ -36,6 +36,7 @@ import structlog
 import trio
 from cluster_store.errors import ObjectStoreFullError as StoreFull
 
+from cluster.context import current_namespace
 from cluster.errors import (
     ClusterConnectionError,
     GetTimeoutError,
@@ -123,7 +124,7 @@ class Runtime:
         self._owned: set[bytes] = set()
         self.recovery = Recovery(self)  # node deaths, lost objects, lineage
         self._loaders: concurrent.futures.ThreadPoolExecutor | None = None  # for futures of stored values
-        self.namespace = DEFAULT_NAMESPACE  # of the actor names it creates and looks up (init(namespace=))
+        self._namespace = ""  # of the actor names it creates and looks up (init(namespace=)); "": the default
         self._dialer = Dialer(token, role, self._on_message, self._on_message_fast)
         self._ids = itertools.count()
         self._pid_prefix = os.getpid().to_bytes(4, "little")
@@ -137,6 +138,19 @@ class Runtime:
         self.node_conn: Connection | None = None
         self.cluster_id = ""  # the head says, as this driver registers
         self._head_link: HeadLink | None = None  # a driver's from the start; a worker's once it needs the head
+
+    @property
+    def namespace(self) -> str:
+        """The namespace of actor names here: a task's caller's, else this process's own."""
+        return current_namespace.get() or self._namespace or DEFAULT_NAMESPACE
+
+    @namespace.setter
+    def namespace(self, value: str) -> None:
+        self._namespace = value
+
+    def caller_namespace(self) -> str:
+        """The namespace a task submitted now carries to its worker ("": the default)."""
+        return current_namespace.get() or self._namespace
 
     def _set_node(self, node: NodeInfo) -> None:
         self.node = node
@@ -771,7 +785,7 @@ class Runtime:
                     specs.append(
                         m.TaskSpec(
                             task.task_id, task.name, task.function_id, fn, task.args,
-                            task.deps, task.num_returns, self.address,
+                            task.deps, task.num_returns, self.address, "", task.namespace,
                         )
                     )
                 try:

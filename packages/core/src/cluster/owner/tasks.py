@@ -50,6 +50,7 @@ class PendingTask:
     # (object id, owner), once the task has finished and let go of dep_refs.
     lineage_deps: list[tuple[bytes, str]] | None = None
     rebuilding: bool = False  # running again, to rebuild a lost result
+    namespace: str = ""  # its caller's, for the actor names it uses ("": the default)
 
 
 @attrs.define(slots=True, eq=False)

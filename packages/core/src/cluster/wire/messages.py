@@ -487,6 +487,7 @@ class TaskSpec(Message):
     num_returns: int
     owner: str
     method: str = ""  # a call of this actor method (the worker holds the actor), else a task
+    namespace: str = ""  # of the caller's actor names ("": the default), for code that names actors
 
 
 @message(61)

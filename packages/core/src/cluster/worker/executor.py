@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 from cluster import log as cluster_log
 from cluster.api.lifecycle import set_worker_runtime
-from cluster.context import ActorExitRequested, current_task_id
+from cluster.context import ActorExitRequested, current_namespace, current_task_id
 from cluster.errors import (
     ActorDiedError,
     ClusterConnectionError,
@@ -194,9 +194,11 @@ class Executor:
                 except ClusterError as exc:  # an argument failed or is lost: pass it on as is
                     return m.TaskResult(task_id, [v.serialize_error(exc)], self.pid)
                 running = current_task_id.set(task_id)
+                caller = current_namespace.set(spec.namespace)
                 try:
                     out = fn(*args, **kwargs)
                 finally:
+                    current_namespace.reset(caller)
                     current_task_id.reset(running)
             finally:
                 for stream in _streams:
@@ -282,6 +284,7 @@ class Executor:
     async def _run_async(self, conn: Any, spec: Any, fn: Any, args: tuple, kwargs: dict) -> None:
         async with self._async_limit:
             current_task_id.set(spec.task_id)  # (this coroutine's own context)
+            current_namespace.set(spec.namespace)
             try:
                 out = fn(*args, **kwargs)
                 if inspect.isawaitable(out):
@@ -295,6 +298,7 @@ class Executor:
 
     def _run_threaded(self, conn: Any, spec: Any, fn: Any, args: tuple, kwargs: dict) -> None:
         running = current_task_id.set(spec.task_id)
+        caller = current_namespace.set(spec.namespace)
         try:
             result = self._result(spec, fn(*args, **kwargs))
         except ActorExitRequested:
@@ -302,6 +306,7 @@ class Executor:
         except BaseException as exc:
             result = self._error_result(spec, exc)
         finally:
+            current_namespace.reset(caller)
             current_task_id.reset(running)
         self._send_one(conn, result)
 
