@@ -61,6 +61,7 @@ LAYERS: list[tuple[str, ...]] = [
         "cluster.builtins",
         "cluster.cli",
         "cluster.testing",
+        "cluster.util",
     ),
 ]
 

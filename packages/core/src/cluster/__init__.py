@@ -10,6 +10,8 @@
     print(cluster.get([square.remote(i) for i in range(10)]))
 """
 
+from typing import Any
+
 from cluster import actor, exceptions
 from cluster.api import (
     ActorClass,
@@ -60,5 +62,16 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "util",
     "wait",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``cluster.util`` (Ray's ``ray.util``), loaded the first time it is named."""
+    if name == "util":
+        # Not at the top: `import cluster` stays as quick as it was for programs without it.
+        import cluster.util as util
+
+        return util
+    raise AttributeError(f"module 'cluster' has no attribute {name!r}")
