@@ -131,6 +131,151 @@ def test_actor_pool_is_reachable_as_cluster_util_after_import_cluster(shared_clu
     import sys
 
     code = ("import sys, cluster; assert 'cluster.util' not in sys.modules; "
-            "assert cluster.util.ActorPool is not None; "
+            "assert cluster.util.ActorPool is not None; assert cluster.util.queue.Queue; "
             "assert 'joblib' not in sys.modules and 'multiprocessing.pool' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------------- Queue
+
+
+def test_queue_is_first_in_first_out_from_the_driver(shared_cluster):
+    from cluster.util.queue import Queue
+
+    q = Queue()
+    assert q.empty() and not q.full() and q.size() == 0
+    for item in range(10):
+        q.put(item)
+    assert len(q) == q.qsize() == 10 and not q.empty()
+    assert [q.get() for _ in range(10)] == list(range(10))
+    assert q.empty()
+    q.shutdown()
+
+
+def test_queue_raises_empty_and_full_as_the_standard_library_does(shared_cluster):
+    import queue as stdlib_queue
+
+    from cluster.util.queue import Empty, Full, Queue
+
+    q = Queue(maxsize=2)
+    with pytest.raises(Empty):
+        q.get_nowait()
+    with pytest.raises(stdlib_queue.Empty):
+        q.get(block=False)
+    started = time.monotonic()
+    with pytest.raises(Empty):
+        q.get(timeout=0.2)
+    assert time.monotonic() - started >= 0.2
+    q.put_nowait("a")
+    q.put("b", timeout=1)
+    assert q.full()
+    with pytest.raises(Full):
+        q.put_nowait("c")
+    with pytest.raises(stdlib_queue.Full):
+        q.put("c", timeout=0.2)
+    with pytest.raises(ValueError, match="non-negative"):
+        q.put("c", timeout=-1)
+    with pytest.raises(ValueError, match="non-negative"):
+        q.get(timeout=-1)
+    assert [q.get_nowait(), q.get_nowait()] == ["a", "b"]
+    q.shutdown()
+
+
+def test_queue_batches_go_in_whole_or_not_at_all(shared_cluster):
+    from cluster.util.queue import Empty, Full, Queue
+
+    q = Queue(maxsize=3)
+    q.put_nowait_batch([1, 2])
+    with pytest.raises(Full):
+        q.put_nowait_batch([3, 4])
+    assert q.size() == 2  # nothing of the refused batch went in
+    with pytest.raises(Empty):
+        q.get_nowait_batch(3)
+    assert q.get_nowait_batch(2) == [1, 2]
+    assert q.get_nowait_batch(0) == []
+    with pytest.raises(TypeError):
+        q.put_nowait_batch(5)
+    with pytest.raises(TypeError):
+        q.get_nowait_batch("2")
+    with pytest.raises(ValueError):
+        q.get_nowait_batch(-1)
+    q.shutdown()
+
+
+def test_a_task_puts_into_a_queue_the_driver_reads(shared_cluster):
+    from cluster.util.queue import Queue
+
+    q = Queue()
+
+    @cluster.remote(resources={"b": 1})  # on the other node
+    def produce(queue, n):
+        import time
+
+        time.sleep(0.3)  # the driver is already waiting in get()
+        for i in range(n):
+            queue.put(("task", i))
+        return n
+
+    done = produce.remote(q, 50)
+    assert q.get(timeout=60) == ("task", 0)  # a blocking get, woken by the task's put
+    assert [q.get(timeout=60) for _ in range(49)] == [("task", i) for i in range(1, 50)]
+    assert cluster.get(done, timeout=60) == 50
+    q.shutdown()
+
+
+def test_an_actor_waits_in_get_for_what_the_driver_puts(shared_cluster):
+    from cluster.util.queue import Queue
+
+    @cluster.remote
+    class Consumer:
+        def take(self, queue, n):
+            return [queue.get(timeout=60) for _ in range(n)]
+
+    q = Queue()
+    consumer = Consumer.remote()
+    taken = consumer.take.remote(q, 3)
+    time.sleep(0.2)
+    assert q.empty()
+    for item in "xyz":
+        q.put(item)
+    assert cluster.get(taken, timeout=60) == ["x", "y", "z"]
+    q.shutdown()
+
+
+def test_queue_async_put_and_get(shared_cluster):
+    import asyncio
+
+    from cluster.util.queue import Empty, Queue
+
+    q = Queue(maxsize=1)
+
+    async def main():
+        await q.put_async(1)
+        getter = asyncio.ensure_future(q.get_async(timeout=30))
+        value = await getter
+        with pytest.raises(Empty):
+            await q.get_async(block=False)
+        return value
+
+    assert asyncio.run(main()) == 1
+    q.shutdown()
+
+
+def test_queue_actor_options_and_shutdown(shared_cluster):
+    from cluster.exceptions import ActorDiedError
+    from cluster.util.queue import Queue
+
+    q = Queue(actor_options={"name": "util-test-queue", "num_cpus": 0})
+    assert cluster.get_actor("util-test-queue") == q.actor
+    actor = q.actor
+    q.put(1)
+    q.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        q.put(2)
+    with pytest.raises(ActorDiedError):
+        cluster.get(actor.qsize.remote(), timeout=30)
+    q.shutdown()  # twice is fine
+
+    forced = Queue()
+    forced.shutdown(force=True)
+    assert forced.actor is None
