@@ -279,3 +279,175 @@ def test_queue_actor_options_and_shutdown(shared_cluster):
     forced = Queue()
     forced.shutdown(force=True)
     assert forced.actor is None
+
+
+# ------------------------------------------------------------------- multiprocessing.Pool
+
+
+def test_pool_map_over_1000_items_equals_the_builtin_map(shared_cluster):
+    from cluster.util.multiprocessing import Pool
+
+    def f(x):
+        return x * x - 3
+
+    with Pool() as pool:  # one process per CPU of the cluster: 2
+        assert pool.map(f, range(1000)) == list(map(f, range(1000)))
+        assert pool.map(f, range(1000), chunksize=7) == list(map(f, range(1000)))
+        assert pool.map(f, []) == []
+
+
+def test_pool_imap_starmap_and_apply(shared_cluster):
+    from cluster.util.multiprocessing import Pool
+
+    def slow_square(x):
+        import time
+
+        time.sleep(0.5 if x == 0 else 0)
+        return x * x
+
+    def add(a, b=0, c=0):
+        return a + b + c
+
+    with Pool(2) as pool:
+        assert list(pool.imap(slow_square, range(20))) == [x * x for x in range(20)]
+        assert list(pool.imap(slow_square, iter(range(20)), chunksize=3)) == [x * x for x in range(20)]
+        unordered = list(pool.imap_unordered(slow_square, range(20)))
+        assert sorted(unordered) == [x * x for x in range(20)]
+        assert unordered.index(0) >= 10  # the other process's ten results did not wait for the slow one
+        assert pool.starmap(add, [(1, 2), (3, 4), (5, 6)]) == [3, 7, 11]
+        assert pool.starmap_async(add, [(1, 1)]).get(timeout=60) == [2]
+        assert pool.apply(add, (1,), {"b": 2, "c": 3}) == 6
+
+
+def test_pool_async_results_wait_time_out_and_call_back(shared_cluster):
+    import multiprocessing
+    import threading
+
+    from cluster.util.multiprocessing import Pool, TimeoutError
+
+    assert TimeoutError is multiprocessing.TimeoutError
+
+    def sleepy(seconds):
+        import time
+
+        time.sleep(seconds)
+        return seconds
+
+    got, done = [], threading.Event()
+    with Pool(2) as pool:
+        slow = pool.apply_async(sleepy, (1.0,), callback=lambda value: (got.append(value), done.set()))
+        assert not slow.ready()
+        with pytest.raises(ValueError, match="not ready"):
+            slow.successful()
+        with pytest.raises(TimeoutError):
+            slow.get(timeout=0.05)
+        slow.wait(timeout=0.05)
+        assert not slow.ready()
+        slow.wait()
+        assert slow.ready() and slow.successful() and slow.get() == 1.0
+        assert done.wait(timeout=30) and got == [1.0]
+
+        mapped = pool.map_async(sleepy, [0.0, 0.1, 0.0], chunksize=1)
+        assert mapped.get(timeout=60) == [0.0, 0.1, 0.0]
+
+
+def test_pool_raises_the_function_s_own_exception(shared_cluster):
+    import threading
+
+    from cluster.util.multiprocessing import Pool
+
+    def check(x):
+        if x == 3:
+            raise KeyError(f"bad {x}")
+        return x
+
+    errors, called = [], threading.Event()
+    with Pool(2) as pool:
+        with pytest.raises(KeyError, match="bad 3"):
+            pool.map(check, range(10))
+        failed = pool.apply_async(check, (3,), error_callback=lambda exc: (errors.append(exc), called.set()))
+        failed.wait(timeout=60)
+        assert failed.ready() and not failed.successful()
+        assert called.wait(timeout=30) and isinstance(errors[0], KeyError)
+        results = pool.imap(check, range(5))
+        assert [next(results), next(results), next(results)] == [0, 1, 2]
+        with pytest.raises(KeyError):
+            next(results)
+        assert next(results) == 4  # the iterator goes on after a failed item, as multiprocessing's does
+
+
+def test_pool_initializer_runs_in_each_process_and_maxtasksperchild_replaces_it(shared_cluster):
+    from cluster.util.multiprocessing import Pool
+
+    def initializer(value):
+        import builtins
+
+        builtins.pool_test_initialized = value
+
+    def read(_):
+        import builtins
+        import os
+
+        return builtins.pool_test_initialized, os.getpid()
+
+    with Pool(1, initializer=initializer, initargs=("ready",), maxtasksperchild=1) as pool:
+        outcomes = [pool.apply(read, (i,)) for i in range(3)]
+    assert {value for value, _ in outcomes} == {"ready"}
+    assert len({pid for _, pid in outcomes}) == 3  # a fresh process for each task
+
+
+def test_pool_close_join_terminate_and_bad_arguments(shared_cluster):
+    from cluster.util.multiprocessing import Pool
+
+    def ident(x):
+        return x
+
+    pool = Pool(2)
+    pending = pool.map_async(ident, range(10))
+    with pytest.raises(ValueError, match="still running"):
+        pool.join()
+    pool.close()
+    with pytest.raises(ValueError, match="not running"):
+        pool.apply(ident, (1,))
+    pool.join()  # waits for what was submitted, then stops the processes
+    assert pending.get(timeout=10) == list(range(10))
+
+    with Pool(1) as pool:
+        pass
+    with pytest.raises(ValueError, match="not running"):
+        pool.map(ident, [1])  # __exit__ terminated it
+
+    with pytest.raises(ValueError, match="at least 1"):
+        Pool(0)
+    with pytest.raises(ValueError, match="the cluster has 2"):
+        Pool(3)
+    with pytest.raises(TypeError, match="initializer"):
+        Pool(1, initializer=5)
+    with pytest.raises(ValueError, match="maxtasksperchild"):
+        Pool(1, maxtasksperchild=0)
+    with Pool(1) as pool:
+        with pytest.raises(ValueError, match="Chunksize"):
+            pool.map(ident, [1], chunksize=0)
+        with pytest.raises(NotImplementedError):
+            import pickle
+
+            pickle.dumps(pool)
+
+
+def test_pool_connects_a_process_that_is_not_connected_yet(shared_cluster):
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import cluster\n"
+        "from cluster.util.multiprocessing import Pool\n"
+        "assert not cluster.is_initialized()\n"
+        f"with Pool(1, ray_address={shared_cluster.address!r}) as pool:\n"
+        "    print(pool.map(abs, [-1, -2, 3]))\n"
+        "assert cluster.is_initialized()\n"
+    )
+    env = {**os.environ, "CLUSTER_TOKEN": shared_cluster.token}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[1, 2, 3]"
