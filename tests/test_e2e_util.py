@@ -131,7 +131,7 @@ def test_actor_pool_is_reachable_as_cluster_util_after_import_cluster(shared_clu
     import sys
 
     code = ("import sys, cluster; assert 'cluster.util' not in sys.modules; "
-            "assert cluster.util.ActorPool is not None; assert cluster.util.queue.Queue; "
+            "assert cluster.util.ActorPool is not None; assert cluster.util.queue.Queue; import cluster.util.joblib; "
             "assert 'joblib' not in sys.modules and 'multiprocessing.pool' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -451,3 +451,55 @@ def test_pool_connects_a_process_that_is_not_connected_yet(shared_cluster):
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[1, 2, 3]"
+
+
+# ------------------------------------------------------------------------------- joblib
+
+
+def test_joblib_parallel_runs_on_the_cluster_under_both_names(shared_cluster):
+    import os
+
+    import joblib
+
+    from cluster.util.joblib import register_cluster, register_ray
+
+    def where(i):
+        import os
+
+        return i * 10, os.getpid()
+
+    register_ray()
+    with joblib.parallel_backend("ray"):  # n_jobs=-1: every CPU of the cluster
+        out = joblib.Parallel()(joblib.delayed(where)(i) for i in range(200))
+    assert [value for value, _ in out] == [i * 10 for i in range(200)]
+    assert os.getpid() not in {pid for _, pid in out}  # none ran in the driver
+
+    register_cluster()
+    with joblib.parallel_backend("cluster"):
+        assert joblib.Parallel(n_jobs=2)(joblib.delayed(pow)(i, 2) for i in range(10)) == [i * i for i in range(10)]
+
+
+def test_joblib_raises_the_function_s_exception(shared_cluster):
+    import joblib
+
+    from cluster.util.joblib import register_ray
+
+    def check(i):
+        if i == 7:
+            raise ZeroDivisionError(f"no {i}")
+        return i
+
+    register_ray()
+    with joblib.parallel_backend("ray"), pytest.raises(ZeroDivisionError, match="no 7"):
+        joblib.Parallel(n_jobs=2)(joblib.delayed(check)(i) for i in range(20))
+
+
+def test_joblib_missing_is_a_clear_import_error():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['joblib'] = None\n"
+            "from cluster.util.joblib import register_ray\n"
+            "try:\n    register_ray()\nexcept ImportError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "the joblib backend needs joblib: pip install joblib", proc.stderr

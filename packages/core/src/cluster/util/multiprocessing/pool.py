@@ -24,7 +24,7 @@ from cluster.api.tasks import remote
 from cluster.errors import GetTimeoutError
 from cluster.objects.refs import ObjectRef
 
-__all__ = ["AsyncResult", "IMapIterator", "Pool"]
+__all__ = ["AsyncResult", "IMapIterator", "Pool", "cluster_cpus"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ class _PoolProcess:
 
 
 _PoolProcessClass = remote(_PoolProcess)
+
+
+def cluster_cpus() -> int:
+    """The CPUs of the cluster's live nodes, in all."""
+    return int(sum(n["resources"].get("CPU", 0) for n in nodes() if n.get("state", "alive") == "alive"))
 
 
 class Pool:
@@ -96,7 +101,7 @@ class Pool:
 
     def _check_processes(self, processes: int | None) -> int:
         cpu_each = float(self._remote_args.get("num_cpus") or 0)
-        cpus = int(sum(n["resources"].get("CPU", 0) for n in nodes() if n.get("state", "alive") == "alive"))
+        cpus = cluster_cpus()
         if processes is None:
             processes = max(cpus, 1)
         if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
