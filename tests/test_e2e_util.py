@@ -351,6 +351,23 @@ def test_pool_async_results_wait_time_out_and_call_back(shared_cluster):
         assert mapped.get(timeout=60) == [0.0, 0.1, 0.0]
 
 
+def test_pool_hands_new_work_to_the_process_that_is_free(shared_cluster):
+    from cluster.util.multiprocessing import Pool
+
+    def pid_after(seconds):
+        import os
+        import time
+
+        time.sleep(seconds)
+        return os.getpid()
+
+    with Pool(2) as pool:
+        slow = pool.apply_async(pid_after, (3.0,))
+        quick = [pool.apply_async(pid_after, (0.0,)).get(timeout=60) for _ in range(4)]
+        assert not slow.ready()  # none of the quick calls waited behind the slow one
+        assert slow.get(timeout=60) not in quick and len(set(quick)) == 1
+
+
 def test_pool_raises_the_function_s_own_exception(shared_cluster):
     import threading
 

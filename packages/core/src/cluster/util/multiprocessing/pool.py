@@ -2,7 +2,8 @@
 
 Each of the pool's ``processes`` is an actor holding one CPU (``ray_remote_args`` changes
 that) that ran ``initializer(*initargs)`` when it started. Work is cut into chunks, as the
-standard library cuts it, and each chunk is one call to the next actor in turn; an actor that
+standard library cuts it, and each chunk is one call to the actor with the fewest unfinished
+chunks when it is submitted (all of a map's chunks are handed out at once); an actor that
 has run ``maxtasksperchild`` chunks is replaced by a fresh one (the old one stops once its
 calls are done). Results and errors come back as the standard library gives them: a function's
 exception is raised again, as itself, by ``get``, ``map`` or the iterator.
@@ -96,8 +97,10 @@ class Pool:
         self._state = RUN
         self._actors = [self._start_process() for _ in range(self._processes)]
         self._chunks_run = [0] * self._processes
-        self._turn = 0
-        self._outstanding: list[ObjectRef] = []  # every chunk's result, for join()
+        # The unfinished chunks of each process, oldest first (a process runs them in order),
+        # and those of processes replaced after maxtasksperchild: what join() waits for.
+        self._in_flight: list[list[ObjectRef]] = [[] for _ in range(self._processes)]
+        self._retired: list[ObjectRef] = []
 
     def _check_processes(self, processes: int | None) -> int:
         cpu_each = float(self._remote_args.get("num_cpus") or 0)
@@ -118,21 +121,39 @@ class Pool:
 
     # ------------------------------------------------------------------------- submitting
 
-    def _submit(self, func: Any, calls: list[Call]) -> ObjectRef:
-        """One chunk, to the next process in turn."""
+    def _submit(self, func: Any, chunks: Iterable[list[Call]]) -> list[ObjectRef]:
+        """Each chunk to the process with the fewest unfinished chunks (the first of them)."""
+        refs = []
         with self._lock:
             if self._state != RUN:
                 raise ValueError("Pool not running")
-            slot = self._turn
-            self._turn = (slot + 1) % self._processes
-            ref: ObjectRef = self._actors[slot].run_chunk.remote(func, calls)
-            self._outstanding.append(ref)
-            self._chunks_run[slot] += 1
-            if self._maxtasksperchild is not None and self._chunks_run[slot] >= self._maxtasksperchild:
-                # Dropping the last handle stops the actor once its calls are done.
-                self._actors[slot] = self._start_process()
-                self._chunks_run[slot] = 0
-        return ref
+            self._forget_finished()
+            for chunk in chunks:
+                slot = min(range(self._processes), key=lambda i: len(self._in_flight[i]))
+                ref: ObjectRef = self._actors[slot].run_chunk.remote(func, chunk)
+                refs.append(ref)
+                self._in_flight[slot].append(ref)
+                self._chunks_run[slot] += 1
+                if self._maxtasksperchild is not None and self._chunks_run[slot] >= self._maxtasksperchild:
+                    # Dropping the last handle stops the actor once its calls are done.
+                    self._actors[slot] = self._start_process()
+                    self._chunks_run[slot] = 0
+                    self._retired += self._in_flight[slot]
+                    self._in_flight[slot] = []
+        return refs
+
+    def _forget_finished(self) -> None:
+        """Drop the finished chunks from the books (so their results are not kept alive here)."""
+        if self._retired:
+            self._retired = wait(self._retired, num_returns=len(self._retired), timeout=0)[1]
+        while True:  # a process finishes its chunks in order: look at the oldest of each
+            oldest = [queue[0] for queue in self._in_flight if queue]
+            done = set(wait(oldest, num_returns=len(oldest), timeout=0)[0]) if oldest else set()
+            if not done:
+                return
+            for queue in self._in_flight:
+                if queue and queue[0] in done:
+                    queue.pop(0)
 
     def _submit_chunks(self, func: Callable[..., Any], calls: Iterable[Call], chunksize: int) -> list[ObjectRef]:
         if self._state != RUN:
@@ -143,9 +164,9 @@ class Pool:
             return []
         second = next(chunks, None)
         if second is None:
-            return [self._submit(func, first)]
+            return self._submit(func, [first])
         shipped = put(func)  # pickled once, however many chunks
-        return [self._submit(shipped, chunk) for chunk in itertools.chain([first, second], chunks)]
+        return self._submit(shipped, itertools.chain([first, second], chunks))
 
     def _default_chunksize(self, count: int) -> int:
         chunksize, extra = divmod(count, self._processes * 4)
@@ -161,8 +182,8 @@ class Pool:
                     callback: Callable[[Any], Any] | None = None,
                     error_callback: Callable[[BaseException], Any] | None = None) -> AsyncResult:
         """``func(*args, **kwds)`` in a process of the pool; an AsyncResult at once."""
-        ref = self._submit(func, [(tuple(args), dict(kwds or {}))])
-        return AsyncResult([ref], single=True, callback=callback, error_callback=error_callback)
+        refs = self._submit(func, [[(tuple(args), dict(kwds or {}))]])
+        return AsyncResult(refs, single=True, callback=callback, error_callback=error_callback)
 
     # -------------------------------------------------------------------------------- map
 
@@ -227,7 +248,7 @@ class Pool:
         if self._state == RUN:
             raise ValueError("Pool is still running")
         with self._lock:
-            outstanding, self._outstanding = self._outstanding, []
+            outstanding = [*self._retired, *(ref for queue in self._in_flight for ref in queue)]
         if outstanding:
             wait(outstanding, num_returns=len(outstanding))
         self.terminate()
