@@ -52,6 +52,8 @@ class ClientRuntime:
         self.session = ""
         self.proxy_pid = 0  # the proxy driver's, on the head's machine
         self.log_sink: Any = print_worker_output
+        self.namespace = "default"  # (the proxy driver's on the head: names resolve there)
+        self.executor: Any = None  # (no task runs in a client)
         self._lock = threading.Lock()
         self._counts: collections.Counter = collections.Counter()  # local refs per object id
         self._grants: collections.Counter = collections.Counter()  # how many the proxy granted
@@ -178,6 +180,9 @@ class ClientRuntime:
         return [(ref.id, ref.owner) for ref in refs]
 
     # what cluster.api, ActorClass and ActorMethod call:
+
+    def caller_namespace(self) -> str:
+        return ""  # the proxy driver submits, in its own namespace
 
     def new_task_id(self) -> bytes:
         return b"client" + os.urandom(10)

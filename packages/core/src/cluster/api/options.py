@@ -118,7 +118,26 @@ def _shape(num_cpus: float, num_gpus: float, resources: Mapping[str, float] | No
 
 
 @attrs.frozen(kw_only=True)
-class TaskOptions:
+class _RayOptions:
+    """The options tasks and actors share that Ray documents and we accept: what each does
+    here is in docs/ray-compatibility.md (some are checked no-ops)."""
+
+    memory: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative_number))
+    accelerator_type: str | None = None
+    label_selector: Mapping[str, str] | None = attrs.field(default=None, validator=_optional_dict)
+    fallback_strategy: list | None = None
+    scheduling_strategy: Any = attrs.field(default=None, validator=_scheduling_strategy)
+    runtime_env: Mapping[str, Any] | None = attrs.field(default=None, validator=_runtime_env)
+    enable_task_events: bool = True
+    placement_group: Any = attrs.field(default="default", validator=_placement_group)
+    placement_group_bundle_index: int = -1
+    placement_group_capture_child_tasks: bool | None = None
+    object_store_memory: int | None = None
+    _labels: Mapping[str, str] | None = attrs.field(default=None, alias="_labels")
+
+
+@attrs.frozen(kw_only=True)
+class TaskOptions(_RayOptions):
     """``@cluster.remote(...)`` / ``f.options(...)`` of a remote function."""
 
     num_cpus: float = attrs.field(default=1, validator=_non_negative_number)
@@ -128,21 +147,8 @@ class TaskOptions:
     max_retries: int = attrs.field(default=3, validator=_count_or_unlimited)
     retry_exceptions: bool | tuple[type[BaseException], ...] = attrs.field(default=False, converter=_retry_exceptions)
     name: str | None = None
-    # Accepted as Ray documents them; what each does here is in docs/ray-compatibility.md.
-    memory: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative_number))
-    accelerator_type: str | None = None
-    label_selector: Mapping[str, str] | None = attrs.field(default=None, validator=_optional_dict)
-    fallback_strategy: list | None = None
-    scheduling_strategy: Any = attrs.field(default=None, validator=_scheduling_strategy)
-    runtime_env: Mapping[str, Any] | None = attrs.field(default=None, validator=_runtime_env)
     max_calls: int = attrs.field(default=0, validator=_max_calls)
-    enable_task_events: bool = True
-    placement_group: Any = attrs.field(default="default", validator=_placement_group)
-    placement_group_bundle_index: int = -1
-    placement_group_capture_child_tasks: bool | None = None
-    object_store_memory: int | None = None
     _generator_backpressure_num_objects: int | None = attrs.field(default=None, alias="_generator_backpressure_num_objects")
-    _labels: Mapping[str, str] | None = attrs.field(default=None, alias="_labels")
 
     def __attrs_post_init__(self) -> None:
         if self.object_store_memory is not None:
@@ -162,7 +168,7 @@ class TaskOptions:
 
 
 @attrs.frozen(kw_only=True)
-class ActorOptions:
+class ActorOptions(_RayOptions):
     """``@cluster.remote(...)`` / ``C.options(...)`` of an actor class."""
 
     num_cpus: float = attrs.field(default=0, validator=_non_negative_number)  # held for its life (Ray: 1 to place it, 0 while it runs)
@@ -175,23 +181,10 @@ class ActorOptions:
     max_restarts: int = attrs.field(default=0, validator=_count_or_unlimited)
     max_task_retries: int = attrs.field(default=0, validator=_count_or_unlimited)
     max_concurrency: int | None = None  # async actors: 1000; sync actors: 1 (more: a thread pool)
-    # Accepted as Ray documents them; what each does here is in docs/ray-compatibility.md.
-    memory: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative_number))
-    accelerator_type: str | None = None
-    label_selector: Mapping[str, str] | None = attrs.field(default=None, validator=_optional_dict)
-    fallback_strategy: list | None = None
-    scheduling_strategy: Any = attrs.field(default=None, validator=_scheduling_strategy)
-    runtime_env: Mapping[str, Any] | None = attrs.field(default=None, validator=_runtime_env)
     max_pending_calls: int = attrs.field(default=-1, validator=_count_or_unlimited)
     concurrency_groups: Any = None
     allow_out_of_order_execution: bool | None = None
     enable_tensor_transport: bool | None = None
-    enable_task_events: bool = True
-    placement_group: Any = attrs.field(default="default", validator=_placement_group)
-    placement_group_bundle_index: int = -1
-    placement_group_capture_child_tasks: bool | None = None
-    object_store_memory: int | None = None
-    _labels: Mapping[str, str] | None = attrs.field(default=None, alias="_labels")
 
     def __attrs_post_init__(self) -> None:
         if self.lifetime not in (None, "detached", "non_detached"):
