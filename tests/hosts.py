@@ -547,13 +547,3 @@ def _kill_namespace(ns: tuple[int, int] | None, children: Iterable[subprocess.Po
         except subprocess.TimeoutExpired:
             pass
     return []
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

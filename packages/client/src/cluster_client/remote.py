@@ -53,7 +53,6 @@ class ClientRuntime:
         self.proxy_pid = 0  # the proxy driver's, on the head's machine
         self.log_sink: Any = print_worker_output
         self.namespace = "default"  # (the proxy driver's on the head: names resolve there)
-        self.executor: Any = None  # (no task runs in a client)
         self._lock = threading.Lock()
         self._counts: collections.Counter = collections.Counter()  # local refs per object id
         self._grants: collections.Counter = collections.Counter()  # how many the proxy granted

@@ -288,6 +288,7 @@ class NodeService:
             return
         was_alive = {node["node_id"] for node in self.view if node["state"] == "alive"}
         self.view, self.view_version = view, version
+        live = [[n["node_id"], n["address"]] for n in view if n["state"] == "alive"]
         for node in view:
             if node["state"] != "alive" and node["node_id"] in was_alive and node["node_id"] != self.node_id:
                 reason = node.get("death_reason") or "declared dead by the head"
@@ -295,7 +296,6 @@ class NodeService:
                 conn = self._dialer.open(node["address"]) if self._dialer is not None else None
                 if conn is not None:
                     conn.abort()
-                live = [[n["node_id"], n["address"]] for n in view if n["state"] == "alive"]
                 announcement = m.NodeDied(node["node_id"], node["address"], reason, live)
                 for watcher in list(self._watchers):
                     if not watcher.closed:

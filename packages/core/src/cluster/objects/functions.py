@@ -34,11 +34,7 @@ def _largest_captures(target: Any) -> str:
         member for member in vars(target).values() if hasattr(member, "__code__")]
     sizes: dict[str, int] = {}
     for fn in functions:
-        code, globals_ = fn.__code__, getattr(fn, "__globals__", {})
-        named = {g: globals_[g] for g in code.co_names if g in globals_}
-        named.update({var: cell.cell_contents for var, cell in
-                      zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False)})
-        for name, value in named.items():
+        for _, name, value in values.captures(fn):
             try:
                 sizes[name] = len(cloudpickle.dumps(value, protocol=5))
             except Exception:

@@ -77,6 +77,15 @@ def where_unpicklable(value: Any, name: str = "it") -> str:
     return f"; the part that cannot be pickled: {found[0]} (a {found[1]})"
 
 
+def captures(fn: Any) -> list[tuple[str, str, Any]]:
+    """What function ``fn`` refers to beyond its arguments: ("global" | "captured", name, value)."""
+    code, globals_ = fn.__code__, getattr(fn, "__globals__", {})
+    found = [("global", name, globals_[name]) for name in code.co_names if name in globals_]
+    cells = getattr(fn, "__closure__", None) or ()
+    found += [("captured", var, cell.cell_contents) for var, cell in zip(code.co_freevars, cells, strict=False)]
+    return found
+
+
 def _picklable(value: Any) -> bool:
     try:
         cloudpickle.dumps(value, protocol=5)
@@ -96,12 +105,7 @@ def _first_unpicklable(value: Any, name: str, depth: int, seen: set[int]) -> tup
         elif isinstance(value, list | tuple | set | frozenset):
             children = [(f"{name}[{i}]", item) for i, item in enumerate(value)]
         elif callable(value) and hasattr(value, "__code__"):
-            code = value.__code__
-            globals_ = getattr(value, "__globals__", {})
-            children = [(f"{name}'s global {g}", globals_[g]) for g in code.co_names if g in globals_]
-            cells = getattr(value, "__closure__", None) or ()
-            children += [(f"{name}'s captured {var}", cell.cell_contents)
-                         for var, cell in zip(code.co_freevars, cells, strict=False)]
+            children = [(f"{name}'s {how} {var}", item) for how, var, item in captures(value)]
         elif hasattr(value, "__dict__") and not isinstance(value, type):
             children = [(f"{name}.{attr}", item) for attr, item in vars(value).items()]
     for child_name, child in children:
