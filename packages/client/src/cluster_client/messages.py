@@ -161,7 +161,7 @@ CALL_OPS: dict[str, tuple[str, ...]] = {
     "put": ("value",),
     "get": ("refs", "timeout"),
     "wait": ("refs", "num_returns", "timeout"),
-    "cancel": ("ref", "force"),
+    "cancel": ("ref", "force", "recursive"),
     "kill_actor": ("spec", "no_restart"),
     "named_actor": ("name", "namespace"),
     "handle_escaped": ("actor_id",),

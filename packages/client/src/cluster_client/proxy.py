@@ -145,8 +145,8 @@ class Proxy:
         ready_ids = {ref.id for ref in ready}
         return [i for i, ref in enumerate(objects) if ref.id in ready_ids]
 
-    def op_cancel(self, grants: dict, ref: tuple, force: bool) -> None:
-        self.rt.cancel(self._ref(*ref), force)
+    def op_cancel(self, grants: dict, ref: tuple, force: bool, recursive: bool) -> None:
+        self.rt.cancel(self._ref(*ref), force, recursive)
 
     def op_kill_actor(self, grants: dict, spec: tuple, no_restart: bool) -> None:
         self.rt.kill_actor(self._handle(spec), no_restart)

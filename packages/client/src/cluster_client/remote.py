@@ -216,8 +216,8 @@ class ClientRuntime:
         ready = set(self._call("wait", self._wire(refs), num_returns, timeout))
         return ([r for i, r in enumerate(refs) if i in ready], [r for i, r in enumerate(refs) if i not in ready])
 
-    def cancel(self, ref: ObjectRef, force: bool) -> None:
-        self._call("cancel", (ref.id, ref.owner), force)
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
+        self._call("cancel", (ref.id, ref.owner), force, recursive)
 
     def kill_actor(self, handle: Any, no_restart: bool) -> None:
         spec = (handle._actor_id, handle._class_name, handle._methods, handle._owner, handle._name_key)

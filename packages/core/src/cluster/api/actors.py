@@ -108,15 +108,18 @@ class ActorHandle:
     actor.
     """
 
-    __slots__ = ("__weakref__", "_actor_id", "_class_name", "_methods", "_name_key", "_owner")
+    __slots__ = ("__weakref__", "_actor_id", "_class_name", "_lifetime", "_methods", "_name_key", "_owner")
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int], owner: str,
-                 name_key: str = "") -> None:
+                 name_key: str = "", lifetime: object_ref.ObjectRef | None = None) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._owner = owner  # "" for a detached actor: it is found through its name
         self._name_key = name_key
+        # An unnamed actor's handles hold this ref (in every process they reach): the owner's
+        # reference counting ends the actor when the last one is gone.
+        self._lifetime = lifetime
         runtime = object_ref._runtime
         if runtime is not None and owner == runtime.address:
             runtime.actor_handle_added(actor_id)
@@ -147,10 +150,12 @@ class ActorHandle:
         return hash(self._actor_id)
 
     def __reduce__(self) -> Any:
-        runtime = object_ref._runtime
-        if runtime is not None and self._owner == runtime.address:
-            runtime.actor_handle_escaped(self._actor_id)  # it lives on elsewhere: keep the actor
-        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._owner, self._name_key))
+        if self._lifetime is None:
+            runtime = object_ref._runtime
+            if runtime is not None and self._owner == runtime.address:
+                runtime.actor_handle_escaped(self._actor_id)  # it lives on elsewhere: keep the actor
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._owner, self._name_key,
+                              self._lifetime))
 
 
 class ActorMethod:

@@ -62,12 +62,13 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     """Cancel the task that produces ``ref``; ``get`` then raises TaskCancelledError.
 
     A queued task is dropped; a running one is interrupted (``force=True`` kills its worker).
-    ``recursive`` is Ray's (cancel the tasks it submitted too); here only the task itself is
-    cancelled, whatever it says (docs/ray-compatibility.md).
+    With ``recursive`` (the default, as Ray's) the tasks it submitted that have not finished
+    are cancelled too, and theirs. Tasks that take its result as an argument fail with the
+    same TaskCancelledError without running; other work goes on.
     """
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
-    current_runtime().cancel(ref, force)
+    current_runtime().cancel(ref, force, recursive)
 
 
 def _ref_list(refs: Any, what: str) -> list[ObjectRef]:

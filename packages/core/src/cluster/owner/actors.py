@@ -20,6 +20,7 @@ import attrs
 import structlog
 import trio
 
+from cluster.context import current_task_id
 from cluster.errors import (
     ActorDiedError,
     ClusterConnectionError,
@@ -50,8 +51,12 @@ def unpack_record(record: bytes) -> m.ActorNameRecord:
     return found
 
 
-# What an ActorHandle is made of: (actor_id, class_name, methods, owner, name_key).
-HandleFields = tuple[bytes, str, dict[str, int], str, str]
+# What an ActorHandle is made of: (actor_id, class_name, methods, owner, name_key[, lifetime]).
+# ``lifetime`` is the ref that keeps an unnamed actor alive (see Actors.create_actor).
+HandleFields = tuple[Any, ...]
+
+# The last four bytes of an actor's lifetime object's id (the first 16 are the actor's id).
+LIFETIME_SUFFIX = b"\xfe\xff\xff\xff"
 
 
 @attrs.define(slots=True, eq=False)
@@ -96,8 +101,7 @@ class Actors:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self._actors: dict[bytes, ActorState] = {}
-        self._actor_handles: collections.Counter[bytes] = collections.Counter()  # live handles here, by actor
-        self._actors_escaped: set[bytes] = set()  # pickled where we cannot follow: live as long as we do
+        self._actors_escaped: set[bytes] = set()  # named, or pickled where we cannot follow: live as long as we do
 
     # ------------------------------------------------------------------ user thread
 
@@ -111,10 +115,16 @@ class Actors:
         name_key = None
         if opts.name:
             name_key = f"actor/{opts.namespace or self.rt.namespace}/{opts.name}"
+        handle: HandleFields
         if detached:  # no owner to ask after we exit: holders find it by name
             handle = (actor_id, actor_class.__name__, actor_class._methods, "", name_key or "")
-        else:
+        elif name_key:  # reachable by name: lives as long as its owner
             handle = (actor_id, actor_class.__name__, actor_class._methods, self.rt.address, "")
+        else:
+            # Every handle, here or in any process it was passed to, holds this ref: the actor
+            # lives until the reference counting frees it (lifetime_ended), as Ray's do.
+            lifetime = self.rt.owned_marker(actor_id + LIFETIME_SUFFIX)
+            handle = (actor_id, actor_class.__name__, actor_class._methods, self.rt.address, "", lifetime)
         if name_key:
             record = self._name_record(actor_id, actor_class.__name__, actor_class._methods, detached, "")
             if not self.rt.call_async(self._claim_name, name_key, record):
@@ -141,7 +151,7 @@ class Actors:
         )
         self._actors[actor_id] = state
         if name_key:
-            self._actors_escaped.add(actor_id)  # reachable by name: lives as long as its owner
+            self._actors_escaped.add(actor_id)
         self.rt.soon(self.rt.spawn, self._start_actor, state, dep_refs)
         return handle
 
@@ -165,6 +175,10 @@ class Actors:
         )
         task.method = method
         task.actor = handle
+        if self.rt.executor is not None:
+            task.parent = current_task_id.get()
+        if handle._lifetime is not None and handle._owner != self.rt.address:
+            held.append(handle._lifetime)  # a borrower's call in flight keeps the actor alive
         state = self._actors.get(handle._actor_id)
         refs = [ObjectRef(oid, self.rt.address) for oid in task.return_ids]  # before a reply can come
         if state is not None:
@@ -246,24 +260,16 @@ class Actors:
         """What the head keeps under an actor's name: the owner to ask, or (detached) where it runs."""
         return packb(m.ActorNameRecord(actor_id, class_name, methods, "" if detached else self.rt.address, address))
 
-    def actor_handle_added(self, actor_id: bytes) -> None:
-        with self.rt.references.lock:
-            self._actor_handles[actor_id] += 1
-
     def actor_handle_escaped(self, actor_id: bytes) -> None:
+        """A handle without a lifetime ref left the process (through a remote client): the
+        actor lives as long as we do."""
         self._actors_escaped.add(actor_id)
 
-    def actor_handle_dropped(self, actor_id: bytes) -> None:
-        """The owner's last handle went, and none left the process: stop the actor once its
-        calls are done (as Ray does for actors that are neither named nor detached)."""
-        with self.rt.references.lock:
-            count = self._actor_handles[actor_id] - 1
-            if count > 0:
-                self._actor_handles[actor_id] = count
-                return
-            del self._actor_handles[actor_id]
-            if actor_id in self._actors_escaped:
-                return
+    def lifetime_ended(self, actor_id: bytes) -> None:
+        """The last handle anywhere is gone (the reference counting freed the actor's lifetime
+        object): stop the actor once its calls are done, as Ray does for unnamed actors."""
+        if actor_id in self._actors_escaped:
+            return
         if self.rt._trio_token is not None and not self.rt._stopped:
             try:
                 self.rt.soon(self.rt.spawn, self._release_actor, actor_id)
@@ -418,6 +424,11 @@ class Actors:
             return
         state.state = "alive"
         state.cause = ""  # (what a fault left for _on_actor_lost to say is spent)
+        if state.restarts_left == 0:
+            # No restart will need the constructor's arguments again: let go of the refs in
+            # them (the worker borrowed what it kept), so that an actor handle passed in does
+            # not live as long as this actor does.
+            state.held = []
         state.ready.set()
         if state.detached and state.name_key:  # holders find a detached actor's worker through its name
             old = await self.kv_request(m.KvGet(state.name_key))

@@ -36,7 +36,7 @@ import structlog
 import trio
 from cluster_store.errors import ObjectStoreFullError as StoreFull
 
-from cluster.context import current_namespace
+from cluster.context import current_namespace, current_task_id
 from cluster.errors import (
     ClusterConnectionError,
     GetTimeoutError,
@@ -52,7 +52,7 @@ from cluster.objects import refs as object_ref_module
 from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
 from cluster.objects.transfer import ChunkSource, pull_object
-from cluster.owner.actors import Actors, ActorState, HandleFields
+from cluster.owner.actors import LIFETIME_SUFFIX, Actors, ActorState, HandleFields
 from cluster.owner.recovery import Recovery
 from cluster.owner.references import KEEP, Borrow, ReferenceTable
 from cluster.owner.tasks import DEFAULT_NAMESPACE, Lease, PendingTask, Shape, ShapeQueue
@@ -75,6 +75,7 @@ PIPELINE_DEPTH = int(os.environ.get("CLUSTER_TASKS_IN_FLIGHT_PER_WORKER", "4"))
 MAX_LEASE_REQUESTS = 8  # concurrent lease requests per resource shape
 INFEASIBLE_RETRY_S = 1.0
 BORROWER_CHECK_S = 2.0  # how often an owner checks that its borrowers' processes still exist
+_NONE_ENTRY = v.serialize(None).inline_entry()  # the value of marker objects (owned_marker)
 LOAD_ATTEMPTS = 4  # reads of a stored object, each after its owner recovered it, before giving up
 
 
@@ -370,6 +371,8 @@ class Runtime:
         elif kind is m.WorkerBlocked:
             self._on_worker_blocked(conn, msg.blocked)
         elif kind is m.CancelTask:
+            if msg.recursive:  # its children first: a forced cancel ends this process
+                self._cancel_children(msg.task_id, msg.force)
             if self.executor is not None:
                 self.executor.cancel(conn, msg.task_id, msg.force)
         elif kind is m.AddBorrowers:
@@ -412,13 +415,13 @@ class Runtime:
         self.actors.kill_actor(handle, no_restart)
 
     def actor_handle_added(self, actor_id: bytes) -> None:
-        self.actors.actor_handle_added(actor_id)
+        pass  # an actor's handles hold its lifetime ref: reference counting follows them
 
     def actor_handle_escaped(self, actor_id: bytes) -> None:
         self.actors.actor_handle_escaped(actor_id)
 
     def actor_handle_dropped(self, actor_id: bytes) -> None:
-        self.actors.actor_handle_dropped(actor_id)
+        pass
 
     async def kv_request(self, msg: Any) -> Any:
         """Send a KV message (KvPut, KvGet, KvDelete) to the head; its answer."""
@@ -446,6 +449,9 @@ class Runtime:
                 return  # not finished yet: _finish_many frees it when it arrives
             del self._values[object_id]
             self._owned.discard(object_id)
+        if object_id[16:] == LIFETIME_SUFFIX:
+            self.actors.lifetime_ended(object_id[:16])
+            return
         self._drop(object_id, entry)
         self.recovery.lineage.release(object_id, self._owned, self.address)
 
@@ -594,6 +600,8 @@ class Runtime:
     def submit(self, task: PendingTask, refs: list[ObjectRef] | None = None) -> list[ObjectRef]:
         if refs is None:
             refs = [ObjectRef(oid, self.address) for oid in task.return_ids]
+        if self.executor is not None and task.parent is None:
+            task.parent = current_task_id.get()
         with self._cv:
             self._tasks[task.task_id] = task
             self._owned.update(task.return_ids)
@@ -613,6 +621,15 @@ class Runtime:
             self._owned.add(object_id)
             if ser.refs:
                 self._contained[object_id] = list(ser.refs)
+        return ref
+
+    def owned_marker(self, object_id: bytes) -> ObjectRef:
+        """A ref to an object of ours that holds nothing (None): something that must live as
+        long as any process holds a ref to it (an actor's handles), counted like any object."""
+        ref = ObjectRef(object_id, self.address)
+        with self._cv:
+            self._values[object_id] = _NONE_ENTRY
+            self._owned.add(object_id)
         return ref
 
     def entry_for(self, object_id: bytes, ser: v.Serialized, owner: str) -> m.ValueEntry:
@@ -1357,10 +1374,18 @@ class Runtime:
 
     # -------------------------------------------------------------------------- cancel
 
-    def cancel(self, ref: ObjectRef, force: bool) -> None:
-        self.call(self._cancel, ref.id[:16], force)
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
+        self.call(self._cancel, ref.id[:16], force, recursive)
 
-    def _cancel(self, task_id: bytes, force: bool) -> None:
+    def _cancel_children(self, parent: bytes, force: bool) -> None:
+        """Cancel the unfinished tasks that task ``parent`` (run by this worker) submitted, and
+        theirs (each child's worker does the same for its own children)."""
+        with self._cv:
+            children = [t.task_id for t in self._tasks.values() if t.parent == parent]
+        for task_id in children:
+            self._cancel(task_id, force, True)
+
+    def _cancel(self, task_id: bytes, force: bool, recursive: bool = True) -> None:
         task = self._tasks.get(task_id)
         if task is None or (task.cancelled and not force):
             return
@@ -1378,7 +1403,7 @@ class Runtime:
                 queue.pending.remove(task)
             self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
         elif task.lease.conn is not None and not task.lease.conn.closed:
-            task.lease.conn.send(m.CancelTask(task_id, force))
+            task.lease.conn.send(m.CancelTask(task_id, force, recursive))
 
 
 def _settle(future: concurrent.futures.Future[Any], load: Callable[[Any], Any], entry: m.ValueEntry) -> None:

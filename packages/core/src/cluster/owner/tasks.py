@@ -51,6 +51,7 @@ class PendingTask:
     lineage_deps: list[tuple[bytes, str]] | None = None
     rebuilding: bool = False  # running again, to rebuild a lost result
     namespace: str = ""  # its caller's, for the actor names it uses ("": the default)
+    parent: bytes | None = None  # in a worker: the task that submitted it (for recursive cancel)
 
 
 @attrs.define(slots=True, eq=False)

@@ -528,6 +528,7 @@ class TaskResults(Message):
 class CancelTask(Message):
     task_id: bytes
     force: bool
+    recursive: bool = False  # also the tasks it submitted (its worker owns them), and theirs
 
 
 @message(65)
