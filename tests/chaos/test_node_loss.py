@@ -11,7 +11,11 @@ import psutil
 import pytest
 
 import cluster
-from cluster.exceptions import ObjectLostError, OwnerDiedError
+from cluster.exceptions import (
+    ObjectLostError,
+    ObjectReconstructionFailedMaxAttemptsExceededError,
+    OwnerDiedError,
+)
 
 RESULTS = 200
 SIZE = 1 << 20  # 1 MB: stored in the executing node's object store, not inline
@@ -84,9 +88,10 @@ def test_results_of_tasks_without_retries_are_lost_with_a_reason(make_cluster, c
     lc.add_node(num_cpus=2, resources={"pool": 1})
 
     for ref in refs:
-        with pytest.raises(ObjectLostError) as excinfo:
+        with pytest.raises(ObjectReconstructionFailedMaxAttemptsExceededError) as excinfo:  # Ray's subclass
             cluster.get(ref, timeout=120)
         message = str(excinfo.value)
+        assert isinstance(excinfo.value, ObjectLostError)
         assert ref.hex() in message, message
         assert node_id in message, message
         assert "max_retries=0" in message, message

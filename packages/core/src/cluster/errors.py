@@ -72,9 +72,31 @@ class NodeDiedError(WorkerCrashedError):
     """The node running a task died, and the task had no retries left."""
 
 
-class ActorDiedError(ClusterError):
+class RayActorError(ClusterError):
+    """Ray's base of the errors of a call an actor could not finish (``ActorDiedError``,
+    ``ActorUnavailableError``)."""
+
+
+class ActorDiedError(RayActorError):
     """The actor is dead (killed, its process or node died, or its constructor failed) and
     the call could not run; the message says why."""
+
+
+class ActorUnavailableError(RayActorError):
+    """The actor cannot be reached now but may be later (Ray's name; we raise ActorDiedError
+    or wait for a restart instead)."""
+
+
+class ActorUnschedulableError(ClusterError):
+    """No node can ever place the actor."""
+
+
+class TaskUnschedulableError(ClusterError):
+    """No node can ever place the task."""
+
+
+class PendingCallsLimitExceeded(ClusterError):
+    """An actor handle has ``max_pending_calls`` calls unfinished already."""
 
 
 class ObjectLostError(ClusterError):
@@ -87,8 +109,72 @@ class OwnerDiedError(ObjectLostError):
     metadata lives with its owner, so the object is gone with it."""
 
 
+class ObjectFetchTimedOutError(ObjectLostError):
+    """No copy of the object could be fetched in time (Ray's name)."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """The object was lost and running its task again failed (Ray's name)."""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectLostError):
+    """The object was lost and its task has no retries left to rebuild it (Ray's name)."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectLostError):
+    """The object was lost and how to rebuild it was no longer kept (Ray's name)."""
+
+
+class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
+    """An object was read after its owner freed it (Ray's name)."""
+
+
 class ObjectStoreFullError(ClusterError, MemoryError):
     """The node's shared-memory store has no room for an object."""
+
+
+class OutOfDiskError(ClusterError):
+    """The node's disk is full (Ray's name)."""
+
+
+class OutOfMemoryError(ClusterError):
+    """The node ran out of memory, and the task's worker was killed (Ray's name)."""
+
+
+class LocalRayletDiedError(ClusterError):
+    """The node daemon of the task's worker died (Ray's name: the raylet)."""
+
+
+class RaySystemError(ClusterError):
+    """Something in the system failed, not in the user's code (Ray's name)."""
+
+
+class CrossLanguageError(ClusterError):
+    """A call across languages failed (Ray's name; everything here is Python)."""
+
+
+class AsyncioActorExit(ClusterError):
+    """Raised inside an async actor by ``exit_actor()`` (Ray's name)."""
+
+
+class PlasmaObjectNotAvailable(ClusterError):
+    """An object was not in the store when asked for (Ray's name)."""
+
+
+class UnserializableException(ClusterError):
+    """A task raised an exception that could not be pickled; this carries its text."""
+
+
+class TaskPlacementGroupRemoved(ClusterError):
+    """The task's placement group was removed."""
+
+
+class ActorPlacementGroupRemoved(ClusterError):
+    """The actor's placement group was removed."""
+
+
+class RuntimeEnvSetupError(ClusterError):
+    """A task's or actor's runtime environment could not be set up; the message says why."""
 
 
 class NotInitializedError(ClusterError, RuntimeError):
@@ -113,7 +199,7 @@ class TaskError(ClusterError):
         return f"task {self.function_name} raised:\n\n{self.traceback_str.rstrip()}"
 
     def __reduce__(self) -> Any:
-        return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause))
+        return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause, _plain(type(self))))
 
     def as_instanceof_cause(self) -> TaskError:
         """Return a TaskError that is also an instance of the cause's type, where possible."""
@@ -121,7 +207,7 @@ class TaskError(ClusterError):
         if self.cause is None or isinstance(self, cause_type) or not _subclassable(cause_type):
             return self
         try:
-            dual = _dual_class(cause_type)
+            dual = _dual_class(_plain(type(self)), cause_type)
             err = dual.__new__(dual)
             err.args = self.cause.args
             err.function_name = self.function_name
@@ -133,50 +219,96 @@ class TaskError(ClusterError):
             return self
 
 
-_DUAL_CLASSES: dict[type, type] = {}
+class ActorCreationError(TaskError, ActorDiedError):
+    """An actor's constructor raised: every call of the actor fails with this. It is an
+    ActorDiedError (as Ray raises for an actor whose creation task failed) and a TaskError,
+    so also an instance of the constructor's exception type where possible (``except
+    ValueError`` catches it), with the constructor's traceback."""
+
+    def __str__(self) -> str:
+        return f"the actor died because its constructor {self.function_name} raised:\n\n{self.traceback_str.rstrip()}"
+
+
+_DUAL_CLASSES: dict[tuple[type, type], type] = {}
 
 
 def _subclassable(cls: type) -> bool:
     return issubclass(cls, Exception) and not getattr(cls, "__final__", False)
 
 
-def _dual_class(cause_type: type) -> type:
-    dual = _DUAL_CLASSES.get(cause_type)
+def _plain(cls: type) -> type:
+    """The TaskError class a dual class was made from (or ``cls`` itself)."""
+    plain: type = cls.__dict__.get("_plain_class", cls)
+    return plain
+
+
+def _dual_class(base: type, cause_type: type) -> type:
+    dual = _DUAL_CLASSES.get((base, cause_type))
     if dual is None:
 
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # never called by us
             Exception.__init__(self, *args)
 
         dual = type(
-            f"TaskError({cause_type.__name__})",
-            (TaskError, cause_type),
-            {"__init__": __init__, "__str__": TaskError.__str__, "__reduce__": TaskError.__reduce__},
+            f"{base.__name__}({cause_type.__name__})",
+            (base, cause_type),
+            {"__init__": __init__, "__str__": base.__str__, "__reduce__": TaskError.__reduce__,
+             "_plain_class": base},
         )
-        _DUAL_CLASSES[cause_type] = dual
+        _DUAL_CLASSES[(base, cause_type)] = dual
     return dual
 
 
-def _rebuild_task_error(function_name: str, traceback_str: str, cause: Any) -> TaskError:
-    return TaskError(function_name, traceback_str, cause).as_instanceof_cause()
+RayError = ClusterError  # Ray's names of the base class and of a task's error
+RayTaskError = TaskError
+
+
+def _rebuild_task_error(function_name: str, traceback_str: str, cause: Any, cls: type = TaskError) -> TaskError:
+    error: TaskError = cls(function_name, traceback_str, cause)
+    return error.as_instanceof_cause()
 
 
 __all__ = [
+    "ActorCreationError",
     "ActorDiedError",
+    "ActorPlacementGroupRemoved",
+    "ActorUnavailableError",
+    "ActorUnschedulableError",
+    "AsyncioActorExit",
     "AuthenticationError",
     "ClusterConnectionError",
     "ClusterError",
     "ConfigError",
+    "CrossLanguageError",
     "GetTimeoutError",
     "HeadUnreachableError",
+    "LocalRayletDiedError",
     "NodeDiedError",
     "NotInitializedError",
+    "ObjectFetchTimedOutError",
     "ObjectLostError",
+    "ObjectReconstructionFailedError",
+    "ObjectReconstructionFailedLineageEvictedError",
+    "ObjectReconstructionFailedMaxAttemptsExceededError",
     "ObjectStoreFullError",
+    "OutOfDiskError",
+    "OutOfMemoryError",
     "OwnerDiedError",
+    "PendingCallsLimitExceeded",
+    "PlasmaObjectNotAvailable",
     "ProtocolError",
     "ProtocolVersionError",
+    "RayActorError",
+    "RayError",
+    "RaySystemError",
+    "RayTaskError",
+    "ReferenceCountingAssertionError",
     "RemoteCallError",
+    "RuntimeEnvSetupError",
     "TaskCancelledError",
     "TaskError",
+    "TaskPlacementGroupRemoved",
+    "TaskUnschedulableError",
+    "UnserializableException",
     "WorkerCrashedError",
 ]

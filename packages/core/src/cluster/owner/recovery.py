@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cluster.errors import ClusterConnectionError, ObjectLostError, OwnerDiedError, RemoteCallError
+from cluster.errors import (
+    ClusterConnectionError,
+    ObjectLostError,
+    ObjectReconstructionFailedError,
+    ObjectReconstructionFailedLineageEvictedError,
+    ObjectReconstructionFailedMaxAttemptsExceededError,
+    OwnerDiedError,
+    RemoteCallError,
+)
 from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
 from cluster.owner.tasks import PendingTask
@@ -186,10 +194,11 @@ class Recovery:
                 log.info("object_copy_promoted", object_id=object_id.hex(), node=copy.node_address)
                 return
             del rt._values[object_id]
-        reason = self.rebuild(object_id)
-        if reason is not None:
+        why = self.rebuild(object_id)
+        if why is not None:
+            kind, reason = why
             self.fail(object_id, f"object {object_id.hex()} is lost: it lived on node {entry.node_id} at "
-                                 f"{entry.node_address}, {cause}, and it cannot be rebuilt: {reason}")
+                                 f"{entry.node_address}, {cause}, and it cannot be rebuilt: {reason}", kind)
 
     def _live_copy(self, object_id: bytes) -> m.StoredValue | None:
         """A secondary copy of ours on a live node, as a primary entry (caller holds rt._cv)."""
@@ -203,30 +212,34 @@ class Recovery:
                 return m.StoredValue(object_id, node_id, address, entry.size, entry.owner)
         return None
 
-    def fail(self, object_id: bytes, message: str) -> None:
-        """Settle ``object_id`` with an ObjectLostError (waiters wake and raise it)."""
+    def fail(self, object_id: bytes, message: str, kind: type[ObjectLostError] = ObjectLostError) -> None:
+        """Settle ``object_id`` with an ObjectLostError, or the subclass ``kind`` Ray would raise
+        (waiters wake and raise it)."""
         rt = self.rt
         log.warning("object_lost", object_id=object_id.hex(), reason=message)
-        rt.settle(object_id, v.serialize_error(ObjectLostError(message)))
+        rt.settle(object_id, v.serialize_error(kind(message)))
 
-    def rebuild(self, object_id: bytes) -> str | None:
+    def rebuild(self, object_id: bytes) -> tuple[type[ObjectLostError], str] | None:
         """Run the task that made ``object_id`` again (and, first, those of its lost
-        arguments). None: under way; else why it cannot be rebuilt."""
+        arguments). None: under way; else why it cannot be rebuilt, and the error Ray raises."""
         rt = self.rt
         task = self.lineage.task_of(object_id)
         if task is None:
             if object_id.endswith(PUT_SUFFIX):
-                return "it was stored with cluster.put, and a put object has no task to rebuild it from"
+                return ObjectLostError, "it was stored with cluster.put, and a put object has no task to rebuild it from"
             evicted = (f", or its lineage was dropped to keep under {self.lineage.max_bytes} bytes "
                        "(CLUSTER_MAX_LINEAGE_BYTES)") if self.lineage.evicted else ""
-            return ("no lineage was kept for it (it is the result of an actor call, or of a task whose "
-                    f"arguments held ObjectRefs inside other values{evicted})")
+            kind = ObjectReconstructionFailedLineageEvictedError if evicted else ObjectReconstructionFailedError
+            return kind, ("no lineage was kept for it (it is the result of an actor call, or of a task whose "
+                          f"arguments held ObjectRefs inside other values{evicted})")
         if task.rebuilding:
             return None
         if task.retries_left <= 0:
             if task.max_retries == 0:
-                return f"the task that made it, {task.name}, has max_retries=0"
-            return f"the task that made it, {task.name}, has no retries left (max_retries={task.max_retries})"
+                return ObjectReconstructionFailedMaxAttemptsExceededError, \
+                    f"the task that made it, {task.name}, has max_retries=0"
+            return ObjectReconstructionFailedMaxAttemptsExceededError, \
+                f"the task that made it, {task.name}, has no retries left (max_retries={task.max_retries})"
         for dep_id, dep_owner in task.lineage_deps or ():
             if dep_owner != rt.address:
                 continue  # a borrowed argument: the task's worker asks its owner when it reads it
@@ -237,11 +250,11 @@ class Recovery:
                 with rt._cv:
                     entry = rt._values.get(dep_id)
             if entry is not None and entry.is_error:
-                return f"its argument {dep_id.hex()} is lost too: {_lost_reason(entry)}"
+                return ObjectReconstructionFailedError, f"its argument {dep_id.hex()} is lost too: {_lost_reason(entry)}"
             if entry is None and dep_id not in rt._owned:  # freed since: make it again too
-                reason = self.rebuild(dep_id)
-                if reason is not None:
-                    return f"its argument {dep_id.hex()} is gone and cannot be rebuilt: {reason}"
+                why = self.rebuild(dep_id)
+                if why is not None:
+                    return ObjectReconstructionFailedError, f"its argument {dep_id.hex()} is gone and cannot be rebuilt: {why[1]}"
         task.retries_left -= 1
         task.rebuilding = True
         log.info("object_rebuild", object_id=object_id.hex(), task=task.name, retries_left=task.retries_left)

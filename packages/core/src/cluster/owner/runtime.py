@@ -44,6 +44,7 @@ from cluster.errors import (
     ObjectLostError,
     ObjectStoreFullError,
     OwnerDiedError,
+    ReferenceCountingAssertionError,
     RemoteCallError,
     TaskCancelledError,
     WorkerCrashedError,
@@ -1209,7 +1210,7 @@ class Runtime:
 
     async def _serve_get_object(self, conn: Connection, request_id: int, object_id: bytes) -> None:
         if object_id not in self._values and object_id not in self._owned:
-            conn.reply(request_id, v.serialize_error(ObjectLostError(
+            conn.reply(request_id, v.serialize_error(ReferenceCountingAssertionError(
                 f"object {object_id.hex()} is not known to its owner (it was freed or never existed)"
             )))
             return

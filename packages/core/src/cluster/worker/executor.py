@@ -27,6 +27,7 @@ from cluster import log as cluster_log
 from cluster.api.lifecycle import set_worker_runtime
 from cluster.context import ActorExitRequested, current_namespace, current_task_id
 from cluster.errors import (
+    ActorCreationError,
     ActorDiedError,
     ClusterConnectionError,
     ClusterError,
@@ -354,7 +355,7 @@ class Executor:
             self._owner_conn = conn
             self._set_up_concurrency(cls, msg.max_concurrency)
         except BaseException as exc:
-            error = v.serialize_error(TaskError(f"{msg.class_name}.__init__", _remote_traceback(), exc))
+            error = v.serialize_error(ActorCreationError(f"{msg.class_name}.__init__", _remote_traceback(), exc))
         self.runtime.soon(conn.reply, creation.request_id, error)
 
 
