@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import cluster
+from cluster.exceptions import PendingCallsLimitExceeded
 from cluster.session import pid_alive
 
 
@@ -109,3 +110,37 @@ def test_a_named_actor_outlives_its_handles(connected):
     gc.collect()
     again = cluster.get_actor("kept")
     assert cluster.get(again.pid.remote(), timeout=60) == pid
+
+
+@cluster.remote
+class Gate:
+    def wait_for(self, path: str) -> str:
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return "through"
+
+
+@cluster.remote
+def call_past_the_limit(gate: object, release: str) -> str:
+    refs = [gate.wait_for.remote(release) for _ in range(2)]
+    try:
+        gate.wait_for.remote(release)
+    except PendingCallsLimitExceeded as exc:
+        Path(release).touch()
+        cluster.get(refs)
+        return f"refused: {exc}"
+    return "not refused"
+
+
+def test_max_pending_calls_refuses_calls_past_the_limit_per_handle(connected, tmp_path):
+    gate = Gate.options(max_pending_calls=2).remote()
+    release = tmp_path / "release"
+    first = [gate.wait_for.remote(str(release)) for _ in range(2)]
+    with pytest.raises(PendingCallsLimitExceeded, match="max_pending_calls is 2"):
+        gate.wait_for.remote(str(release))
+    release.touch()
+    assert cluster.get(first, timeout=60) == ["through", "through"]
+    assert cluster.get(gate.wait_for.remote(str(release)), timeout=60) == "through"  # room again
+    # The limit travels with the handle: a task holding a copy is refused the same way.
+    elsewhere = tmp_path / "elsewhere"
+    assert cluster.get(call_past_the_limit.remote(gate, str(elsewhere)), timeout=60).startswith("refused")

@@ -98,7 +98,9 @@ class ActorClass:
         runtime = current_runtime()
         _, blob = self._pickled()
         payload, dep_refs, held = pack_args(runtime, args, kwargs)
-        return ActorHandle(*runtime.create_actor(self, blob, payload, dep_refs, held))
+        handle = ActorHandle(*runtime.create_actor(self, blob, payload, dep_refs, held))
+        handle._max_pending_calls = self._options.max_pending_calls
+        return handle
 
 
 class ActorHandle:
@@ -108,10 +110,12 @@ class ActorHandle:
     actor.
     """
 
-    __slots__ = ("__weakref__", "_actor_id", "_class_name", "_lifetime", "_methods", "_name_key", "_owner")
+    __slots__ = ("__weakref__", "_actor_id", "_class_name", "_lifetime", "_max_pending_calls", "_methods", "_name_key",
+                 "_owner")
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int], owner: str,
-                 name_key: str = "", lifetime: object_ref.ObjectRef | None = None) -> None:
+                 name_key: str = "", lifetime: object_ref.ObjectRef | None = None,
+                 max_pending_calls: int = -1) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
@@ -120,6 +124,7 @@ class ActorHandle:
         # An unnamed actor's handles hold this ref (in every process they reach): the owner's
         # reference counting ends the actor when the last one is gone.
         self._lifetime = lifetime
+        self._max_pending_calls = max_pending_calls  # -1: unlimited (Ray's option; counted per handle)
         runtime = object_ref._runtime
         if runtime is not None and owner == runtime.address:
             runtime.actor_handle_added(actor_id)
@@ -155,7 +160,7 @@ class ActorHandle:
             if runtime is not None and self._owner == runtime.address:
                 runtime.actor_handle_escaped(self._actor_id)  # it lives on elsewhere: keep the actor
         return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._owner, self._name_key,
-                              self._lifetime))
+                              self._lifetime, self._max_pending_calls))
 
 
 class ActorMethod:

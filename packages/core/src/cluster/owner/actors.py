@@ -25,6 +25,7 @@ from cluster.errors import (
     ActorDiedError,
     ClusterConnectionError,
     ConfigError,
+    PendingCallsLimitExceeded,
     RemoteCallError,
     TaskCancelledError,
 )
@@ -157,6 +158,8 @@ class Actors:
 
     def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes,
                           dep_refs: list[ObjectRef], held: list[ObjectRef]) -> list[ObjectRef]:
+        if handle._max_pending_calls >= 0:
+            self._check_pending_limit(handle, handle._max_pending_calls)
         task_id = self.rt.new_task_id()
         task = PendingTask(
             task_id=task_id,
@@ -188,6 +191,19 @@ class Actors:
                 state.unsent += 1
                 task.counted = True
         return self.rt.submit(task, refs)
+
+    def _check_pending_limit(self, handle: Any, limit: int) -> None:
+        """Ray's ``max_pending_calls``: refuse a call while ``limit`` calls through this
+        process's handles of the actor are unfinished."""
+        state = self._actors.get(handle._actor_id) or self.rt.call(self._actor_state, handle)
+        with state.lock:
+            pending = len(state.pending) + len(state.in_flight) + state.unsent
+        if pending >= limit:
+            raise PendingCallsLimitExceeded(
+                f"actor {handle._class_name} has {pending} unfinished calls from this process, and its "
+                f"max_pending_calls is {limit}: wait for some (cluster.get or cluster.wait) before calling "
+                "it again, or create it with a higher max_pending_calls"
+            )
 
     def _send_call_now(self, state: ActorState, task: Any) -> bool:
         """From the caller's thread: send the call at once if nothing is ahead of it (the
