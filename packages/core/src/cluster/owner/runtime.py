@@ -689,6 +689,8 @@ class Runtime:
             else:
                 size = len(entry.inband) + sum(len(b) for b in entry.buffers)
                 where, state = "", "error" if entry.is_error else "inline"
+            if oid[16:] == LIFETIME_SUFFIX:
+                state = "actor handle"  # an actor's lifetime: what holds it holds the actor
             reasons = []
             own_refs = local[oid] - len(containers.get(oid, ())) - task_args[oid]  # those hold refs too
             if own_refs > 0:
