@@ -1,6 +1,7 @@
 """The public API (Ray's names, arguments and errors): what ``import cluster`` offers.
 
-- :mod:`.lifecycle`: ``init``, ``shutdown``, ``is_initialized``, ``nodes``; the current runtime;
+- :mod:`.lifecycle`: ``init``, ``shutdown``, ``is_initialized``, ``nodes``, ``cluster_resources``,
+  ``available_resources``; the current runtime;
 - :mod:`.tasks`: ``remote`` and :class:`RemoteFunction`;
 - :mod:`.actors`: :class:`ActorClass`, :class:`ActorHandle`, ``method``, ``kill``, ``get_actor``;
 - :mod:`.objects`: ``get``, ``put``, ``wait``, ``cancel``;
@@ -12,7 +13,15 @@ May import: owner, objects, wire, and the leaf modules. Nothing below imports ap
 
 from cluster.api.actors import ActorClass, ActorHandle, ActorMethod, get_actor, kill, method
 from cluster.api.context import RuntimeContext, get_runtime_context
-from cluster.api.lifecycle import current_runtime, init, is_initialized, nodes, shutdown
+from cluster.api.lifecycle import (
+    available_resources,
+    cluster_resources,
+    current_runtime,
+    init,
+    is_initialized,
+    nodes,
+    shutdown,
+)
 from cluster.api.objects import cancel, get, put, wait
 from cluster.api.tasks import RemoteFunction, remote
 
@@ -22,7 +31,9 @@ __all__ = [
     "ActorMethod",
     "RemoteFunction",
     "RuntimeContext",
+    "available_resources",
     "cancel",
+    "cluster_resources",
     "current_runtime",
     "get",
     "get_actor",

@@ -343,5 +343,61 @@ def set_worker_runtime(runtime: Any) -> None:
 
 
 def nodes() -> list[dict[str, Any]]:
-    """The cluster's nodes, with their total and available resources."""
-    return current_runtime().list_nodes()
+    """The cluster's nodes, live and dead (Ray's ``ray.nodes()``): each with Ray's keys
+    (``NodeID``, ``Alive``, ``NodeManagerAddress``, ``NodeManagerHostname``,
+    ``NodeManagerPort``, ``Resources``, ``Labels``, ...) and ours (``node_id``, ``address``,
+    ``resources`` and ``available``, ``state``, ...)."""
+    return [_with_ray_keys(node) for node in current_runtime().list_nodes()]
+
+
+def cluster_resources() -> dict[str, float]:
+    """The total resources of the live nodes (Ray's ``ray.cluster_resources()``), with Ray's
+    ``node:<ip>`` and ``object_store_memory`` entries."""
+    return _summed("resources")
+
+
+def available_resources() -> dict[str, float]:
+    """What the live nodes have free now, as their last heartbeats said (Ray's
+    ``ray.available_resources()``): a resource none has free is left out, as Ray does."""
+    return {name: amount for name, amount in _summed("available").items() if amount > 0}
+
+
+def _ray_resources(node: dict[str, Any], which: str) -> dict[str, float]:
+    """A node's ``resources`` or ``available`` as Ray spells them: no zeros, its store's
+    bytes as ``object_store_memory``, and ``node:<ip>`` (``node:__internal_head__`` on the head)."""
+    out = {name: float(amount) for name, amount in node.get(which, {}).items() if amount}
+    capacity = float(node.get("store_capacity") or 0)
+    if capacity:
+        used = float((node.get("store") or {}).get("used", 0)) if which == "available" else 0.0
+        out["object_store_memory"] = max(capacity - used, 0.0)
+    out[f"node:{str(node.get('address', '')).rpartition(':')[0]}"] = 1.0
+    if node.get("is_head"):
+        out["node:__internal_head__"] = 1.0
+    return out
+
+
+def _with_ray_keys(node: dict[str, Any]) -> dict[str, Any]:
+    host, _, port = str(node.get("address", "")).rpartition(":")
+    alive = node.get("state") == "alive"
+    return {
+        **node,
+        "NodeID": node.get("node_id"),
+        "Alive": alive,
+        "alive": alive,
+        "NodeManagerAddress": host,
+        "NodeManagerHostname": node.get("hostname", ""),
+        "NodeManagerPort": int(port) if port.isdigit() else 0,
+        "NodeName": host,
+        "ObjectStoreSocketName": node.get("store_path", ""),
+        "Resources": _ray_resources(node, "resources"),
+        "Labels": {"ray.io/node-id": node.get("node_id"), **node.get("labels", {})},
+    }
+
+
+def _summed(which: str) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for node in current_runtime().list_nodes():
+        if node.get("state") == "alive":
+            for name, amount in _ray_resources(node, which).items():
+                total[name] = total.get(name, 0.0) + amount
+    return total
