@@ -97,3 +97,17 @@ def test_a_task_queued_behind_a_running_one_moves_to_a_worker_that_joins_later(m
     # back from the busy worker and run on the new one.
     lc.add_node(num_cpus=1)
     assert cluster.get(refs, timeout=120) == [True, True]
+
+
+def test_a_task_submitted_behind_a_long_one_runs_on_a_free_cpu_at_once(make_cluster, tmp_path, e2e):
+    """Two CPUs, a long task running alone on its worker: a task submitted now is pipelined
+    behind it (one lease of that shape, no request pending), and must still reach the free CPU
+    rather than wait for the long one (which waits for the short one's result here)."""
+    lc = make_cluster(num_cpus=2)
+    lc.connect()
+    long = rendezvous.remote(str(tmp_path), "long", "short-done", 120)
+    e2e.wait_until(Path(tmp_path, "long").exists, what="the long task to start")
+    e2e.wait_until(lambda: cluster.available_resources().get("CPU", 0) == 1, what="the idle lease to go back")
+    assert cluster.get(rendezvous.remote(str(tmp_path), "short", "long", 120), timeout=60) is True
+    Path(tmp_path, "short-done").touch()
+    assert cluster.get(long, timeout=60) is True

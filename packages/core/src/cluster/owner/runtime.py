@@ -957,11 +957,28 @@ class Runtime:
             for queue in self._queues.values():
                 if queue.pending:
                     continue
+                backlog = False
                 for lease in list(queue.leases):
+                    if len(lease.in_flight) > 1:
+                        backlog = True
                     if lease.in_flight or lease.idle_since is None:
                         continue
                     if now - lease.idle_since >= LEASE_LINGER_S:
                         self._return_lease(queue, lease, worker_ok=True)
+                self._ask_for_backlog(queue, backlog, now)
+
+    def _ask_for_backlog(self, queue: ShapeQueue, backlog: bool, now: float) -> None:
+        """Tasks pipelined behind a running one (see _dispatch) would wait for it however long
+        it runs, though another node or CPU may be free: once they have waited a linger, ask
+        for one more worker; when it comes, it takes half of them (_maybe_steal)."""
+        if not backlog:
+            queue.backlog_since = None
+        elif queue.backlog_since is None:
+            queue.backlog_since = now
+        elif now - queue.backlog_since >= LEASE_LINGER_S and not queue.requesting:
+            queue.backlog_since = None
+            queue.requesting += 1
+            self.spawn(self._request_lease, queue)
 
     def _return_all_leases(self) -> None:
         """Give idle workers back before going away, so nodes need not kill them."""

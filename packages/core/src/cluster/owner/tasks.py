@@ -80,6 +80,9 @@ class ShapeQueue:
     requesting: int = 0
     fresh_requests: int = 0
     for_actor: bool = False  # the queue of one actor's lifetime lease: it wants one worker
+    # Since when tasks have waited behind a running one on its worker (pipelined) with none
+    # pending here: past a linger, another worker is asked for, to take them (see _linger_loop).
+    backlog_since: float | None = None
 
     def wanted(self) -> int:
         """How many workers this queue's work wants (what a lease request reports as backlog)."""

@@ -3,7 +3,8 @@
 - :class:`ActorPool` (:mod:`.actor_pool`): spread calls over a fixed set of actors;
 - :mod:`.queue`: ``Queue``, a FIFO held by an actor, with ``Empty`` and ``Full``;
 - :mod:`.multiprocessing`: ``Pool``, ``multiprocessing.Pool`` on the cluster's actors;
-- :mod:`.joblib`: ``register_ray()``, a joblib backend that runs on the cluster.
+- :mod:`.joblib`: ``register_ray()``, a joblib backend that runs on the cluster;
+- ``get_node_ip_address()``: the IP of the node this process runs on.
 
 The three submodules load on first use (``cluster.util.queue`` works after ``import
 cluster``), so neither asyncio queues, multiprocessing nor joblib cost anything to a program
@@ -15,11 +16,22 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from cluster.objects import refs
 from cluster.util.actor_pool import ActorPool
 
 _SUBMODULES = ("queue", "multiprocessing", "joblib")
 
-__all__ = ["ActorPool", *_SUBMODULES]
+__all__ = ["ActorPool", "get_node_ip_address", *_SUBMODULES]
+
+
+def get_node_ip_address(address: str | None = None) -> str:
+    """The IP address of the node this process runs on (Ray's ``ray.util.get_node_ip_address``):
+    the address its node daemon serves on, in a driver, task or actor; 127.0.0.1 (the default
+    host of every daemon) before ``cluster.init()``. ``address`` is accepted as Ray's is; nothing
+    is sent anywhere to find the answer."""
+    node_address = getattr(refs._runtime, "node_address", "") or ""
+    host = node_address.rpartition(":")[0]
+    return host.strip("[]") or "127.0.0.1"
 
 
 def __getattr__(name: str) -> ModuleType:
