@@ -28,6 +28,9 @@ def _method_names(cls: type) -> dict[str, int]:
         if name.startswith("_") and name != "__call__":
             continue
         names[name] = getattr(member, "_cluster_num_returns", 1)
+    # Every actor has Ray's two built-in methods (the worker answers them, worker/executor.py).
+    names.setdefault("__ray_ready__", 1)
+    names.setdefault("__ray_terminate__", 1)
     return names
 
 
@@ -138,10 +141,10 @@ class ActorHandle:
                 pass
 
     def __getattr__(self, name: str) -> ActorMethod:
-        if name.startswith("__"):
+        if name.startswith("__") and name not in self._methods:
             raise AttributeError(name)
         if name not in self._methods:
-            known = ", ".join(sorted(self._methods)) or "none"
+            known = ", ".join(sorted(n for n in self._methods if not n.startswith("__ray_"))) or "none"
             raise AttributeError(f"actor {self._class_name} has no method {name!r} (its methods: {known})")
         return ActorMethod(self, name, self._methods[name])
 

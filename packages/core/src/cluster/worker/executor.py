@@ -183,7 +183,10 @@ class Executor:
                 self._queued_names.pop(task_id, None)
                 self._current = (conn, spec)  # from here on, a cancel interrupts this task
             try:
-                fn = getattr(self._actor, spec.method) if spec.method else self._functions.get(spec.function_id)
+                if spec.method:
+                    fn = getattr(self._actor, spec.method, None) or _builtin_method(self._actor, spec.method)
+                else:
+                    fn = self._functions.get(spec.function_id)
                 if fn is None:
                     blob = spec.function or self._function_blobs.get(spec.function_id)
                     if blob is None:
@@ -272,7 +275,7 @@ class Executor:
                 self._skip.discard(spec.task_id)
                 return
         try:
-            fn = getattr(self._actor, spec.method)
+            fn = getattr(self._actor, spec.method, None) or _builtin_method(self._actor, spec.method)
             args, kwargs = self._load_arguments(spec.args, spec.deps)
         except BaseException as exc:
             self._send_one(conn, self._error_result(spec, exc))
@@ -390,6 +393,24 @@ class _Creation:
     def __init__(self, msg: m.CreateActor, request_id: int) -> None:
         self.msg = msg
         self.request_id = request_id
+
+
+def _ray_ready() -> bool:
+    return True
+
+
+def _ray_terminate() -> NoReturn:
+    raise ActorExitRequested()
+
+
+def _builtin_method(actor: Any, name: str) -> Any:
+    """Ray's built-in methods of every actor: ``__ray_ready__`` (True once it is built) and
+    ``__ray_terminate__`` (ends it, as ``exit_actor()``, after the calls sent before it)."""
+    if name == "__ray_ready__":
+        return _ray_ready
+    if name == "__ray_terminate__":
+        return _ray_terminate
+    return getattr(actor, name)  # raises the AttributeError that names it
 
 
 def _send_results(batch: dict) -> None:
