@@ -259,6 +259,20 @@ def make_hosts() -> Iterator[Callable[..., hosts.Network]]:
 
 
 @pytest.fixture(scope="module")
+def module_clusters() -> Iterator[ClusterFactory]:
+    """A ClusterFactory whose clusters live for the whole test module (stopped and checked at its end)."""
+    root = Path(tempfile.mkdtemp(prefix="cluster-e2e-module-"))
+    factory = ClusterFactory(root)
+    try:
+        yield factory
+    finally:
+        try:
+            factory.close()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def shared_cluster() -> Iterator[LocalCluster]:
     """Head (1 CPU, {"a": 1}) + node (1 CPU, {"b": 1}); this process is connected to it."""
     root = Path(tempfile.mkdtemp(prefix="cluster-e2e-shared-"))

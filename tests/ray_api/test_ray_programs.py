@@ -11,20 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ClusterFactory
 
 PROGRAMS = sorted((Path(__file__).parent / "programs").glob("*.py"))
 
 
 @pytest.fixture(scope="module")
-def two_node_cluster(tmp_path_factory):
-    factory = ClusterFactory(tmp_path_factory.mktemp("ray-programs"))
-    try:
-        lc = factory(num_cpus=2)
-        lc.add_node(num_cpus=2)
-        yield lc
-    finally:
-        factory.close()
+def two_node_cluster(module_clusters):
+    lc = module_clusters(num_cpus=2)
+    lc.add_node(num_cpus=2)
+    return lc
 
 
 @pytest.mark.parametrize("program", PROGRAMS, ids=[p.stem for p in PROGRAMS])
