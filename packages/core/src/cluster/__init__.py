@@ -33,6 +33,7 @@ from cluster.api import (
     shutdown,
     wait,
 )
+from cluster.api.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from cluster.errors import TaskError
 from cluster.hookspec import hookimpl
 from cluster.objects.refs import ObjectRef
@@ -44,8 +45,10 @@ __version__ = "0.1.0"
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "DynamicObjectRefGenerator",
     "ObjectID",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "TaskError",
     "__version__",

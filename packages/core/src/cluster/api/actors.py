@@ -13,33 +13,55 @@ import inspect
 from typing import Any, NoReturn
 
 from cluster.api.args import Check, pack_args, signature_check
+from cluster.api.generators import ObjectRefGenerator, streams_of
 from cluster.api.lifecycle import current_runtime
-from cluster.api.options import ActorOptions
+from cluster.api.options import (
+    DYNAMIC,
+    STREAMING,
+    ActorOptions,
+    TaskOptions,
+    backpressure_limit,
+    check_generator_num_returns,
+)
 from cluster.context import ActorExitRequested
 from cluster.errors import ConfigError
 from cluster.objects import refs as object_ref
 from cluster.objects.functions import pack_once
 
 
-def _method_names(cls: type) -> dict[str, int]:
-    """Public methods callable remotely -> their num_returns (from @cluster.method)."""
-    names = {}
+def _is_generator(fn: Any) -> bool:
+    return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def _method_names(cls: type) -> dict[str, int | str]:
+    """Public methods callable remotely -> their num_returns (from @cluster.method; a method
+    that yields: "streaming", as Ray)."""
+    names: dict[str, int | str] = {}
     for name, member in inspect.getmembers(cls, callable):
         if name.startswith("_") and name != "__call__":
             continue
-        names[name] = getattr(member, "_cluster_num_returns", 1)
+        default = STREAMING if _is_generator(member) else 1
+        names[name] = getattr(member, "_cluster_num_returns", None) or default
     # Every actor has Ray's two built-in methods (the worker answers them, worker/executor.py).
     names.setdefault("__ray_ready__", 1)
     names.setdefault("__ray_terminate__", 1)
     return names
 
 
-def method(*, num_returns: int = 1) -> Any:
+def _check_num_returns(num_returns: Any) -> None:
+    if num_returns not in (STREAMING, DYNAMIC) and (
+            isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1):
+        raise ConfigError(
+            f'num_returns must be a positive integer, "streaming" or "dynamic" (generators), got {num_returns!r}')
+
+
+def method(*, num_returns: int | str | None = None) -> Any:
     """Decorate an actor method with call options: ``@cluster.method(num_returns=2)``."""
-    if not isinstance(num_returns, int) or num_returns < 1:
-        raise ConfigError(f"num_returns must be a positive integer, got {num_returns!r}")
+    if num_returns is not None:
+        _check_num_returns(num_returns)
 
     def wrap(fn: Any) -> Any:
+        check_generator_num_returns(num_returns, _is_generator(fn), getattr(fn, "__qualname__", "the method"))
         fn._cluster_num_returns = num_returns
         return fn
 
@@ -116,7 +138,7 @@ class ActorHandle:
     __slots__ = ("__weakref__", "_actor_id", "_class_name", "_lifetime", "_max_pending_calls", "_methods", "_name_key",
                  "_owner")
 
-    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int], owner: str,
+    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int | str], owner: str,
                  name_key: str = "", lifetime: object_ref.ObjectRef | None = None,
                  max_pending_calls: int = -1) -> None:
         self._actor_id = actor_id
@@ -169,26 +191,37 @@ class ActorHandle:
 class ActorMethod:
     """``handle.method``: call it with ``.remote(...)``."""
 
-    __slots__ = ("_handle", "_name", "_num_returns")
+    __slots__ = ("_backpressure", "_handle", "_name", "_num_returns")
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int | str, backpressure: int = 0) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        self._backpressure = backpressure  # a generator method's _generator_backpressure_num_objects
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor methods are called with .remote(): use handle.{self._name}.remote(...)")
 
-    def options(self, *, num_returns: int | None = None) -> ActorMethod:
-        if num_returns is not None and (not isinstance(num_returns, int) or num_returns < 1):
-            raise ConfigError(f"num_returns must be a positive integer, got {num_returns!r}")
-        return ActorMethod(self._handle, self._name, num_returns or self._num_returns)
+    def options(self, *, num_returns: int | str | None = None,
+                _generator_backpressure_num_objects: int | None = None) -> ActorMethod:
+        if num_returns is not None:
+            _check_num_returns(num_returns)
+        # (checked by the task option's own validator)
+        TaskOptions(_generator_backpressure_num_objects=_generator_backpressure_num_objects)
+        backpressure = backpressure_limit(_generator_backpressure_num_objects) or self._backpressure
+        return ActorMethod(self._handle, self._name, num_returns or self._num_returns, backpressure)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         runtime = current_runtime()
         payload, dep_refs, held = pack_args(runtime, args, kwargs)
-        refs = runtime.submit_actor_call(self._handle, self._name, self._num_returns, payload, dep_refs, held)
-        return refs[0] if self._num_returns == 1 else refs
+        returns = self._num_returns
+        if type(returns) is str:  # a generator method
+            streams_of(runtime)
+            refs = runtime.submit_actor_call(self._handle, self._name, 1, payload, dep_refs, held,
+                                             (self._backpressure, returns == DYNAMIC))
+            return refs[0] if returns == DYNAMIC else ObjectRefGenerator(runtime, refs[0].id[:16], refs[0])
+        refs = runtime.submit_actor_call(self._handle, self._name, returns, payload, dep_refs, held)
+        return refs[0] if returns == 1 else refs
 
 
 def exit_actor() -> NoReturn:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from cluster.api.generators import ObjectRefGenerator
 from cluster.api.lifecycle import current_runtime
 from cluster.errors import ClusterError, ConfigError
 from cluster.objects.refs import ObjectRef
@@ -40,43 +41,64 @@ def put(value: Any) -> ObjectRef:
 
 
 def wait(
-    refs: Iterable[ObjectRef], *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True
-) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    refs: Iterable[ObjectRef | ObjectRefGenerator], *, num_returns: int = 1, timeout: float | None = None,
+    fetch_local: bool = True
+) -> tuple[list[Any], list[Any]]:
     """Wait until ``num_returns`` of ``refs`` are ready or ``timeout`` passes: (ready, not_ready).
 
-    No refs: two empty lists, at once (as Ray). ``fetch_local`` is Ray's: objects are read where
-    they are when fetched, so it changes nothing here."""
-    ref_list = _ref_list(refs, "wait")
+    An ObjectRefGenerator among them is ready when ``next()`` on it would not wait (its next
+    value is in, or it has ended), as in Ray. No refs: two empty lists, at once (as Ray).
+    ``fetch_local`` is Ray's: objects are read where they are when fetched, so it changes
+    nothing here."""
+    ref_list = _ref_list(refs, "wait", generators=True)
     if not ref_list:
         return [], []
-    if len({ref._id for ref in ref_list}) != len(ref_list):
+    if len({id(ref) if type(ref) is ObjectRefGenerator else ref._id for ref in ref_list}) != len(ref_list):
         raise ValueError("wait() got the same ObjectRef more than once")
     if not isinstance(num_returns, int) or not 0 <= num_returns <= len(ref_list):
         raise ValueError(f"num_returns must be between 0 and len(refs)={len(ref_list)}, got {num_returns!r}")
     if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
         raise ConfigError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
-    return current_runtime().wait(ref_list, num_returns, timeout)
+    runtime = current_runtime()
+    if any(type(ref) is ObjectRefGenerator for ref in ref_list):
+        values = runtime._values
+        return runtime.wait_any(
+            ref_list, num_returns, timeout,
+            lambda item: item._ready() if type(item) is ObjectRefGenerator else item._id in values)
+    return runtime.wait(ref_list, num_returns, timeout)
 
 
-def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task that produces ``ref``; ``get`` then raises TaskCancelledError.
+def cancel(ref: ObjectRef | ObjectRefGenerator, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``ref`` (or generator); ``get`` then raises TaskCancelledError.
 
-    A queued task is dropped; a running one is interrupted (``force=True`` kills its worker).
-    With ``recursive`` (the default, as Ray's) the tasks it submitted that have not finished
-    are cancelled too, and theirs. Tasks that take its result as an argument fail with the
-    same TaskCancelledError without running; other work goes on.
+    A queued task is dropped; a running one is interrupted (``force=True`` kills its worker); a
+    generator task stops at once if it runs as a task, else at its next yield, and its
+    generator's next ref raises TaskCancelledError. With ``recursive`` (the default, as Ray's)
+    the tasks it submitted that have not finished are cancelled too, and theirs. Tasks that take
+    its result as an argument fail with the same TaskCancelledError without running; other work
+    goes on.
     """
+    if type(ref) is ObjectRefGenerator:
+        ref = ref.completed()
     if not isinstance(ref, ObjectRef):
-        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+        raise TypeError(f"cancel() takes an ObjectRef or an ObjectRefGenerator, got {type(ref).__name__}")
     current_runtime().cancel(ref, force, recursive)
 
 
-def _ref_list(refs: Any, what: str) -> list[ObjectRef]:
-    if isinstance(refs, str | bytes) or not isinstance(refs, Iterable):
+def _ref_list(refs: Any, what: str, generators: bool = False) -> list[Any]:
+    if type(refs) is ObjectRefGenerator and not generators:
+        raise TypeError(f"{what}() of an ObjectRefGenerator is not allowed (as in Ray): take its refs with "
+                        "next(gen) or `for ref in gen`, or wait for the task's end with gen.completed()")
+    if isinstance(refs, str | bytes | ObjectRefGenerator) or not isinstance(refs, Iterable):
         raise TypeError(f"{what}() takes an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
     out = list(refs)
     if not all(type(ref) is ObjectRef for ref in out):
         for ref in out:
+            if generators and type(ref) is ObjectRefGenerator:
+                continue
+            if type(ref) is ObjectRefGenerator:
+                raise TypeError(f"{what}() of an ObjectRefGenerator is not allowed (as in Ray): take its refs "
+                                "with next(gen), or wait for the task's end with gen.completed()")
             if not isinstance(ref, ObjectRef):
                 raise TypeError(f"{what}() takes ObjectRefs, got an item of type {type(ref).__name__}")
     return out

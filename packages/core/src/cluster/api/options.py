@@ -41,6 +41,40 @@ def _positive_integer(instance: Any, attribute: attrs.Attribute, value: Any) -> 
         raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
 
 
+STREAMING = "streaming"  # num_returns of a generator: an ObjectRefGenerator, values as they are yielded
+DYNAMIC = "dynamic"  # num_returns of a generator: one ref, whose value holds the refs of all it yielded
+
+
+def _num_returns(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None or value in (STREAMING, DYNAMIC):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f'num_returns must be a positive integer, "streaming" or "dynamic" (generators), got {value!r}')
+
+
+def check_generator_num_returns(num_returns: Any, is_generator: bool, name: str) -> None:
+    """``"streaming"``/``"dynamic"`` only for a function that yields (as Ray)."""
+    if num_returns in (STREAMING, DYNAMIC) and not is_generator:
+        raise ConfigError(
+            f"num_returns={num_returns!r} can only be used with generator functions (ones that yield), "
+            f"and {name} does not yield; drop the option or make it a generator")
+
+
+def _backpressure(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None or value == -1:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            "_generator_backpressure_num_objects must be a positive integer (the most values a "
+            f"generator keeps unconsumed before it pauses), or -1 / None for no limit; got {value!r}")
+
+
+def backpressure_limit(value: int | None) -> int:
+    """The back-pressure limit a stream carries on the wire: 0 for none."""
+    return value if value is not None and value > 0 else 0
+
+
 def _count_or_unlimited(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < UNLIMITED:
         raise ConfigError(f"{attribute.name} must be an integer >= 0 (or -1 for unlimited), got {value!r}")
@@ -143,12 +177,14 @@ class TaskOptions(_RayOptions):
     num_cpus: float = attrs.field(default=1, validator=_non_negative_number)
     num_gpus: float = attrs.field(default=0, validator=_non_negative_number)
     resources: Mapping[str, float] | None = attrs.field(default=None, validator=_custom_resources)
-    num_returns: int = attrs.field(default=1, validator=_positive_integer)
+    # None: 1, or "streaming" for a generator function (as Ray).
+    num_returns: int | str | None = attrs.field(default=None, validator=_num_returns)
     max_retries: int = attrs.field(default=3, validator=_count_or_unlimited)
     retry_exceptions: bool | tuple[type[BaseException], ...] = attrs.field(default=False, converter=_retry_exceptions)
     name: str | None = None
     max_calls: int = attrs.field(default=0, validator=_max_calls)
-    _generator_backpressure_num_objects: int | None = attrs.field(default=None, alias="_generator_backpressure_num_objects")
+    _generator_backpressure_num_objects: int | None = attrs.field(
+        default=None, alias="_generator_backpressure_num_objects", validator=_backpressure)
 
     def __attrs_post_init__(self) -> None:
         if self.object_store_memory is not None:

@@ -13,8 +13,18 @@ from typing import Any
 
 from cluster.api.actors import ActorClass
 from cluster.api.args import pack_args, signature_check
+from cluster.api.generators import ObjectRefGenerator, streams_of
 from cluster.api.lifecycle import current_runtime
-from cluster.api.options import SHARED_OPTIONS, UNLIMITED, ActorOptions, TaskOptions
+from cluster.api.options import (
+    DYNAMIC,
+    SHARED_OPTIONS,
+    STREAMING,
+    UNLIMITED,
+    ActorOptions,
+    TaskOptions,
+    backpressure_limit,
+    check_generator_num_returns,
+)
 from cluster.objects.functions import pack_once
 from cluster.owner.tasks import PendingTask
 
@@ -29,6 +39,14 @@ class RemoteFunction:
         self._shape = options.shape
         self._name = options.name or getattr(function, "__qualname__", repr(function))
         self._retries = 1 << 30 if options.max_retries == UNLIMITED else options.max_retries
+        is_generator = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+        check_generator_num_returns(options.num_returns, is_generator, self._name)
+        # "streaming" or "dynamic" (a generator), else the number of refs it returns; Ray's
+        # default for a function that yields is "streaming".
+        returns = options.num_returns or (STREAMING if is_generator else 1)
+        self._stream = returns if isinstance(returns, str) else None
+        self._num_returns = 1 if isinstance(returns, str) else returns
+        self._backpressure = backpressure_limit(options._generator_backpressure_num_objects)
         self._check_args = self._shared.get("check")
         if self._check_args is None:
             self._check_args = self._shared["check"] = signature_check(function, f"{self._name}.remote()")
@@ -52,7 +70,7 @@ class RemoteFunction:
         fid, data = self._pickled()
         payload, dep_refs, held = pack_args(rt, args, kwargs)
         task_id = rt.new_task_id()
-        num_returns = self._options.num_returns
+        num_returns = self._num_returns
         task = PendingTask(
             task_id=task_id,
             name=self._name,
@@ -69,6 +87,10 @@ class RemoteFunction:
             max_retries=self._retries,
             namespace=rt.caller_namespace(),
         )
+        if self._stream is not None:
+            streams_of(rt).open(task, self._backpressure, self._stream == DYNAMIC)
+            refs = rt.submit(task)
+            return refs[0] if self._stream == DYNAMIC else ObjectRefGenerator(rt, task_id, refs[0])
         refs = rt.submit(task)
         return refs[0] if num_returns == 1 else refs
 

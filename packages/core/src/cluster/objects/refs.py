@@ -131,3 +131,25 @@ def collect_outgoing() -> _Collect:
 
 def collect_incoming() -> _Collect:
     return _Collect("incoming")
+
+
+class DynamicObjectRefGenerator:
+    """The value of a ``num_returns="dynamic"`` task (Ray's): the refs of the values it yielded,
+    in order. Iterate over it (or ``len()`` it); it travels like any value holding refs."""
+
+    __slots__ = ("_refs",)
+
+    def __init__(self, refs: list[ObjectRef]) -> None:
+        self._refs = list(refs)
+
+    def __iter__(self) -> Any:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self) -> str:
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
+
+    def __reduce__(self) -> Any:
+        return (DynamicObjectRefGenerator, (self._refs,))

@@ -157,7 +157,9 @@ class Actors:
         return handle
 
     def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes,
-                          dep_refs: list[ObjectRef], held: list[ObjectRef]) -> list[ObjectRef]:
+                          dep_refs: list[ObjectRef], held: list[ObjectRef],
+                          stream: tuple[int, bool] | None = None) -> list[ObjectRef]:
+        """Call ``method``; ``stream``: a generator's (back-pressure limit, dynamic)."""
         if handle._max_pending_calls >= 0:
             self._check_pending_limit(handle, handle._max_pending_calls)
         task_id = self.rt.new_task_id()
@@ -182,6 +184,8 @@ class Actors:
             task.parent = current_task_id.get()
         if handle._lifetime is not None and handle._owner != self.rt.address:
             held.append(handle._lifetime)  # a borrower's call in flight keeps the actor alive
+        if stream is not None:
+            self.rt.streams.open(task, *stream)
         state = self._actors.get(handle._actor_id)
         refs = [ObjectRef(oid, self.rt.address) for oid in task.return_ids]  # before a reply can come
         if state is not None:
@@ -217,7 +221,8 @@ class Actors:
         task.actor = task.lease = state
         state.in_flight[task.task_id] = task
         spec = m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, [], task.num_returns,
-                          self.rt.address, task.method, task.namespace)
+                          self.rt.address, task.method, task.namespace,
+                          None if task.stream is None else task.stream.spec())
         try:
             conn.send_threadsafe(m.PushTasks([spec]))
         except ClusterConnectionError:
@@ -271,7 +276,7 @@ class Actors:
             await self.kv_request(m.KvDelete(key))
         return None
 
-    def _name_record(self, actor_id: bytes, class_name: str, methods: dict[str, int], detached: bool,
+    def _name_record(self, actor_id: bytes, class_name: str, methods: dict[str, int | str], detached: bool,
                      address: str) -> bytes:
         """What the head keeps under an actor's name: the owner to ask, or (detached) where it runs."""
         return packb(m.ActorNameRecord(actor_id, class_name, methods, "" if detached else self.rt.address, address))
@@ -391,7 +396,8 @@ class Actors:
             task.lease = state
             state.in_flight[task.task_id] = task
             specs.append(m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, task.deps,
-                                    task.num_returns, self.rt.address, task.method, task.namespace))
+                                    task.num_returns, self.rt.address, task.method, task.namespace,
+                                    None if task.stream is None else task.stream.spec()))
         if specs and state.conn is not None:
             try:
                 state.conn.send(m.PushTasks(specs))

@@ -54,6 +54,7 @@ from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
 from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.owner.actors import LIFETIME_SUFFIX, Actors, ActorState, HandleFields
+from cluster.owner.generators import Streams
 from cluster.owner.recovery import Recovery
 from cluster.owner.references import KEEP, Borrow, ReferenceTable
 from cluster.owner.tasks import DEFAULT_NAMESPACE, Lease, PendingTask, Shape, ShapeQueue
@@ -110,6 +111,7 @@ class Runtime:
         self._values: dict[bytes, m.ValueEntry] = {}
         self._tasks: dict[bytes, PendingTask] = {}
         self.actors = Actors(self)
+        self.streams = Streams(self)  # generator tasks: values streamed back as they are yielded
         self._queues: dict[Shape, ShapeQueue] = {}
         self._submitted: collections.deque[PendingTask] = collections.deque()
         self._wake_scheduled = False
@@ -354,6 +356,9 @@ class Runtime:
             return True
         if kind is m.TaskResults and type(conn.context) in (ActorState, Lease):
             return self._on_results_fast(conn.context, msg.results)
+        if kind is m.GeneratorItem:
+            self.streams.on_item(conn, msg)
+            return True
         return False
 
     def _on_message(self, conn: Connection, msg: Any, request_id: int) -> None:
@@ -362,6 +367,11 @@ class Runtime:
             self._on_results(conn, msg.results)
         elif kind is m.PushTasks:
             self.executor.push(conn, msg.tasks)
+        elif kind is m.GeneratorItem:
+            self.streams.on_item(conn, msg)
+        elif kind is m.GeneratorConsumed or kind is m.GeneratorStop:
+            if self.executor is not None:
+                self.executor.stream_signal(msg)
         elif kind is m.LogLines:
             if self.log_sink is not None:
                 self.log_sink(msg)
@@ -406,8 +416,9 @@ class Runtime:
         return self.actors.create_actor(actor_class, blob, payload, dep_refs, held)
 
     def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes,
-                          dep_refs: list[ObjectRef], held: list[ObjectRef]) -> list[ObjectRef]:
-        return self.actors.submit_actor_call(handle, method, num_returns, payload, dep_refs, held)
+                          dep_refs: list[ObjectRef], held: list[ObjectRef],
+                          stream: tuple[int, bool] | None = None) -> list[ObjectRef]:
+        return self.actors.submit_actor_call(handle, method, num_returns, payload, dep_refs, held, stream)
 
     def named_actor(self, name: str, namespace: str | None) -> HandleFields | None:
         return self.actors.named_actor(name, namespace)
@@ -806,6 +817,7 @@ class Runtime:
                         m.TaskSpec(
                             task.task_id, task.name, task.function_id, fn, task.args,
                             task.deps, task.num_returns, self.address, "", task.namespace,
+                            None if task.stream is None else task.stream.spec(),
                         )
                     )
                 try:
@@ -1111,6 +1123,8 @@ class Runtime:
             lineage = self.recovery.lineage
             for task, entries in done:
                 tasks.pop(task.task_id, None)
+                if task.stream is not None:
+                    entries = self.streams.finishing(task, entries)
                 stored = False
                 for oid, entry in zip(task.return_ids, entries, strict=False):
                     stored = stored or type(entry) is m.StoredValue
@@ -1312,6 +1326,36 @@ class Runtime:
         ready = ready[:num_returns]
         chosen = {ref._id for ref in ready}
         return ready, [ref for ref in refs if ref._id not in chosen]
+
+    def wait_any(self, items: Sequence[Any], num_returns: int, timeout: float | None,
+                 is_ready: Callable[[Any], bool]) -> tuple[list[Any], list[Any]]:
+        """``wait`` over refs and other things (generators) that ``is_ready`` tells ready;
+        ``is_ready`` is called with the runtime's lock held, and woken by what it sees change."""
+        borrowed = [r for r in items if type(r) is ObjectRef and r._owner != self.address and r._id not in self._values]
+        if borrowed:
+            self.soon(self._fetch_all, borrowed)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            ready = [item for item in items if is_ready(item)]
+        if len(ready) < num_returns and timeout != 0:
+            blocked = self.executor is not None and self.executor.notify_blocked(True)
+            try:
+                with self._cv:
+                    while True:
+                        ready = [item for item in items if is_ready(item)]
+                        if len(ready) >= num_returns:
+                            break
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            break
+                        if self._crashed is not None:
+                            raise self._crashed_error()
+                        self._cv.wait(remaining)
+            finally:
+                if blocked:
+                    self.executor.notify_blocked(False)
+        chosen = {id(item) for item in ready[:num_returns]}
+        return [item for item in items if id(item) in chosen], [item for item in items if id(item) not in chosen]
 
     def load_entry(self, entry: m.ValueEntry, deadline: float | None = None) -> Any:
         """The value of ``entry``. A stored object no copy of which can be read is recovered by

@@ -14,6 +14,7 @@ import attrs
 if TYPE_CHECKING:
     from cluster.objects.refs import ObjectRef
     from cluster.owner.actors import ActorState
+    from cluster.owner.generators import StreamState
     from cluster.wire.connection import Connection
     from cluster.wire.messages import ValueEntry
 
@@ -52,6 +53,7 @@ class PendingTask:
     rebuilding: bool = False  # running again, to rebuild a lost result
     namespace: str = ""  # its caller's, for the actor names it uses ("": the default)
     parent: bytes | None = None  # in a worker: the task that submitted it (for recursive cancel)
+    stream: StreamState | None = None  # a generator task: what its caller holds of its values
 
 
 @attrs.define(slots=True, eq=False)

@@ -272,7 +272,7 @@ class ActorNameRecord(Message):
 
     actor_id: bytes
     class_name: str
-    methods: dict[str, int]  # its remote methods -> their num_returns
+    methods: dict[str, int | str]  # its remote methods -> their num_returns ("streaming"...: generators)
     owner: str  # "" for a detached actor
     address: str  # a detached actor's worker, once it runs
 
@@ -488,6 +488,55 @@ class TaskSpec(Message):
     owner: str
     method: str = ""  # a call of this actor method (the worker holds the actor), else a task
     namespace: str = ""  # of the caller's actor names ("": the default), for code that names actors
+    stream: StreamSpec | None = None  # a generator task: its values stream back as they are made
+
+
+# --- generators: values streamed back as a task yields them (docs/design/0014) -------------
+
+
+@message(100)
+@attrs.frozen
+class StreamSpec(Message):
+    """How a generator task streams: ``backpressure`` values at most unconsumed by the caller
+    before it pauses (0: no limit); ``resume``: values the owner holds already from an earlier
+    attempt (the run yields them again and does not send them); ``dynamic``: Ray's
+    ``num_returns="dynamic"``."""
+
+    backpressure: int = 0
+    resume: int = 0
+    dynamic: bool = False
+    consumed: int = 0  # values the caller had taken when this run was sent
+
+
+@message(101)
+@attrs.frozen
+class GeneratorItem(Message):
+    """Value ``index`` (from 0) a generator task yielded (worker -> its owner, on the task's
+    connection, ahead of the task's TaskResult); ``contained``: refs inside it (index 0)."""
+
+    task_id: bytes
+    index: int
+    entry: ValueEntry
+    contained: list[ContainedRef] = attrs.Factory(list)
+
+
+@message(102)
+@attrs.frozen
+class GeneratorConsumed(Message):
+    """The caller has taken ``consumed`` values of generator task ``task_id`` (owner -> worker,
+    only with back-pressure): the producer may run on while fewer are unconsumed than its limit."""
+
+    task_id: bytes
+    consumed: int
+
+
+@message(103)
+@attrs.frozen
+class GeneratorStop(Message):
+    """Nobody consumes generator task ``task_id`` any more (owner -> worker): it stops at its
+    next yield."""
+
+    task_id: bytes
 
 
 @message(61)

@@ -68,6 +68,8 @@ class Executor:
         self._async_limit: Any = None
         self._actor_error: list | None = None
         self._owner_conn: Any = None  # an actor's: the connection its owner created it on
+        self._runs: dict[bytes, _StreamRun] = {}  # generator tasks running, by task id
+        self._early_stops: set[bytes] = set()  # generator tasks whose consumer left before they ran
 
     def create_actor(self, conn: Any, request_id: int, msg: m.CreateActor) -> None:
         """Queue the actor's construction: it runs on the main thread, before any call."""
@@ -88,6 +90,9 @@ class Executor:
 
     def cancel(self, conn: Any, task_id: bytes, force: bool) -> None:
         with self._lock:
+            run = self._runs.get(task_id)
+            if run is not None:  # a generator stops at its next yield (in any thread)
+                run.signal(stop="cancelled")
             current = self._current
             if current is not None and current[1].task_id == task_id:
                 if force:
@@ -102,6 +107,19 @@ class Executor:
                 name = self._queued_names.pop(task_id, "task")
                 entry = v.serialize_error(TaskCancelledError(name))
                 conn.send(m.TaskResults([m.TaskResult(task_id, [entry], self.pid)]))
+
+    def stream_signal(self, msg: m.GeneratorConsumed | m.GeneratorStop) -> None:
+        """The owner of a generator task took more of its values, or stopped consuming."""
+        with self._lock:
+            run = self._runs.get(msg.task_id)
+            if run is None:
+                if type(msg) is m.GeneratorStop and msg.task_id in self._queued:
+                    self._early_stops.add(msg.task_id)
+                return
+        if type(msg) is m.GeneratorConsumed:
+            run.signal(consumed=msg.consumed)
+        else:
+            run.signal(stop="dropped")
 
     def steal(self, conn: Any, max_tasks: int) -> list[bytes]:
         """Give back up to ``max_tasks`` of ``conn``'s tasks that have not started, newest first;
@@ -201,6 +219,10 @@ class Executor:
                 caller = current_namespace.set(spec.namespace)
                 try:
                     out = fn(*args, **kwargs)
+                    if spec.stream is not None:
+                        if self._results:  # (what ran before it must not wait for it to end)
+                            self._flush_results()
+                        out = self._drive(conn, spec, out)
                 finally:
                     current_namespace.reset(caller)
                     current_task_id.reset(running)
@@ -212,6 +234,9 @@ class Executor:
             return self._result(spec, out)
         except ActorExitRequested:
             self.exit_actor(conn, spec)
+        except _StreamCancelled:
+            self._cancelled.discard(task_id)
+            entries = [v.serialize_error(TaskCancelledError(spec.name))]
         except KeyboardInterrupt:
             if task_id in self._cancelled:
                 self._cancelled.discard(task_id)
@@ -265,6 +290,100 @@ class Executor:
             return m.TaskResult(task_id, entries, self.pid, contained)
         return m.TaskResult(task_id, entries, self.pid)
 
+    # -- generator tasks: each value yielded goes to the owner at once (docs/design/0014) --
+
+    def _drive(self, conn: Any, spec: Any, out: Any) -> Any:
+        """Run generator ``out`` of task ``spec`` to its end (or until its consumer goes),
+        sending each value it yields; the task's own return value."""
+        if inspect.isasyncgen(out):  # an async generator as a task: on an event loop of its own
+            return asyncio.run(self._drive_async(conn, spec, out))
+        run = self._start_run(conn, spec, out)
+        try:
+            for value in out:
+                self._emit(run, value)
+                run.pause(self.notify_blocked)
+                if run.stop:
+                    out.close()  # (its finally blocks run now)
+                    break
+        finally:
+            self._end_run(run)
+        return self._stream_return(run)
+
+    async def _drive_async(self, conn: Any, spec: Any, out: Any) -> Any:
+        """``_drive`` on an event loop (async actors): waits without blocking the loop."""
+        run = self._start_run(conn, spec, out)
+        run.loop = asyncio.get_running_loop()
+        try:
+            if inspect.isasyncgen(out):
+                async for value in out:
+                    self._emit(run, value)
+                    await run.pause_async()
+                    if run.stop:
+                        await out.aclose()
+                        break
+            else:
+                for value in out:
+                    self._emit(run, value)
+                    await run.pause_async()
+                    if run.stop:
+                        out.close()
+                        break
+        finally:
+            self._end_run(run)
+        return self._stream_return(run)
+
+    def _start_run(self, conn: Any, spec: Any, out: Any) -> _StreamRun:
+        if not (inspect.isgenerator(out) or inspect.isasyncgen(out)):
+            raise TypeError(f"{spec.name} was called as a generator (num_returns=\"streaming\" or "
+                            f"\"dynamic\") but returned {type(out).__name__}, not a generator: use yield")
+        run = _StreamRun(conn, spec)
+        with self._lock:
+            self._runs[spec.task_id] = run
+            if spec.task_id in self._early_stops:
+                self._early_stops.discard(spec.task_id)
+                run.stop = "dropped"
+        return run
+
+    def _end_run(self, run: _StreamRun) -> None:
+        with self._lock:
+            self._runs.pop(run.spec.task_id, None)
+
+    def _stream_return(self, run: _StreamRun) -> Any:
+        if run.stop == "cancelled":
+            raise _StreamCancelled()
+        if not run.stop and run.index < run.resume:
+            raise RuntimeError(
+                f"{run.spec.name} ran again after its worker died and yielded {run.index} values, "
+                f"fewer than the {run.resume} of its first run: a generator that is retried must "
+                "yield the same values each time (or set max_retries=0)")
+        return None
+
+    def _emit(self, run: _StreamRun, value: Any) -> None:
+        """Send one yielded value to the task's owner (unless an earlier run sent it)."""
+        index = run.index
+        run.index += 1
+        if index < run.resume or run.stop:
+            return
+        spec = run.spec
+        try:
+            ser = v.serialize(value)
+        except TypeError as exc:  # (raised without our frames: the message says what and where)
+            raise TypeError(f"{spec.name}: could not serialize the value it yielded (#{index}): "
+                            f"{exc.__cause__ or exc}{v.where_unpicklable(value, 'the value')}") from None
+        object_id = spec.task_id + (index + 1).to_bytes(4, "little")
+        entry = self.runtime.entry_for(object_id, ser, spec.owner)
+        contained = []
+        if ser.refs:
+            unique = {ref.id: ref for ref in ser.refs}
+            contained = [m.ContainedRef(0, ref.id, ref.owner) for ref in unique.values()]
+            self.runtime.register_for(list(unique.values()), spec.owner)
+        try:
+            run.conn.send_threadsafe(m.GeneratorItem(spec.task_id, index, entry, contained))
+        except ClusterConnectionError:
+            run.stop = "gone"  # the owner is gone: nobody will read the rest
+            if type(entry) is m.StoredValue:
+                self.runtime.store.delete(object_id)
+
     # -- concurrent actors: calls run on an asyncio loop, or on a pool of threads --
 
     def _start_concurrent(self, conn: Any, spec: Any) -> None:
@@ -291,7 +410,9 @@ class Executor:
             current_namespace.set(spec.namespace)
             try:
                 out = fn(*args, **kwargs)
-                if inspect.isawaitable(out):
+                if spec.stream is not None:
+                    out = await self._drive_async(conn, spec, out)
+                elif inspect.isawaitable(out):
                     out = await out
                 result = self._result(spec, out)
             except ActorExitRequested:
@@ -304,7 +425,10 @@ class Executor:
         running = current_task_id.set(spec.task_id)
         caller = current_namespace.set(spec.namespace)
         try:
-            result = self._result(spec, fn(*args, **kwargs))
+            out = fn(*args, **kwargs)
+            if spec.stream is not None:
+                out = self._drive(conn, spec, out)
+            result = self._result(spec, out)
         except ActorExitRequested:
             self.exit_actor(conn, spec)
         except BaseException as exc:
@@ -331,7 +455,9 @@ class Executor:
             os._exit(0)
 
     def _error_result(self, spec: Any, exc: BaseException) -> m.TaskResult:
-        if isinstance(exc, ClusterError) and not isinstance(exc, TaskError):
+        if isinstance(exc, _StreamCancelled):
+            entry = v.serialize_error(TaskCancelledError(spec.name))
+        elif isinstance(exc, ClusterError) and not isinstance(exc, TaskError):
             entry = v.serialize_error(exc)  # an argument failed or is lost: pass it on as is
         else:
             entry = v.serialize_error(TaskError(spec.name, _remote_traceback(), exc))
@@ -383,6 +509,73 @@ class Executor:
             self._concurrent = loop
         elif (max_concurrency or 1) > 1:
             self._concurrent = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
+
+
+class _StreamCancelled(BaseException):
+    """A generator task was cancelled, seen at one of its yields."""
+
+
+class _StreamRun:
+    """A generator task running here: how far it got and what its owner said."""
+
+    def __init__(self, conn: Any, spec: Any) -> None:
+        self.conn = conn
+        self.spec = spec
+        stream = spec.stream
+        self.backpressure = stream.backpressure
+        self.resume = stream.resume  # values the owner has from an earlier run: not sent again
+        self.consumed = stream.consumed
+        self.dynamic = stream.dynamic
+        self.index = 0  # values yielded so far
+        self.stop = ""  # why it stops at its next yield: "dropped", "cancelled", "gone"
+        self.cond = threading.Condition(threading.Lock())
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.event: asyncio.Event | None = None
+
+    def signal(self, consumed: int = -1, stop: str = "") -> None:
+        """From the runtime's thread: more values consumed, or stop; wakes a paused producer."""
+        with self.cond:
+            self.consumed = max(self.consumed, consumed)
+            if stop and not self.stop:
+                self.stop = stop
+            self.cond.notify_all()
+            if self.loop is not None and self.event is not None:
+                self.loop.call_soon_threadsafe(self.event.set)
+
+    def _paused(self) -> bool:
+        if self.stop or not self.backpressure or self.index <= self.resume:
+            return False
+        if self.conn.closed:
+            self.stop = "gone"
+            return False
+        return self.index - self.consumed >= self.backpressure
+
+    def pause(self, notify_blocked: Any) -> None:
+        """Back-pressure: wait while ``backpressure`` values are unconsumed. Meanwhile the
+        worker counts as blocked (as in ``get``): its node lends its CPU, and its owner takes
+        back the tasks queued behind this one (the consumer may be waiting for one of them)."""
+        with self.cond:
+            if not self._paused():
+                return
+        blocked = notify_blocked(True)
+        try:
+            with self.cond:
+                while self._paused():
+                    self.cond.wait(1.0)  # (woken by signal; the timeout only rechecks the connection)
+        finally:
+            if blocked:
+                notify_blocked(False)
+
+    async def pause_async(self) -> None:
+        while True:
+            with self.cond:
+                if not self._paused():
+                    return
+                self.event = asyncio.Event()
+            try:
+                await asyncio.wait_for(self.event.wait(), 1.0)
+            except TimeoutError:
+                pass
 
 
 class _Creation:
