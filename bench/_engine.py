@@ -121,6 +121,19 @@ METRICS: tuple[Metric, ...] = (
         "10,000 calls to one actor submitted, then fetched",
     ),
     Metric(
+        "stream_10k_small_items_per_s",
+        "items/s",
+        True,
+        "a generator task yielding 10,000 small ints, each ref taken with next() and got by the "
+        "driver as it streams",
+    ),
+    Metric(
+        "stream_100x10mb_items_per_s",
+        "items/s",
+        True,
+        "a generator task yielding 100 arrays of 10 MB, each got (and checked) by the driver as it streams",
+    ),
+    Metric(
         "actor_create_ms",
         "ms",
         False,
@@ -299,6 +312,12 @@ class Backend(Protocol):
 
     def kill_actor(self, actor: Any) -> None:
         """Stop the actor (its process too, where it has one of its own); don't wait."""
+        ...
+
+    def stream_task(self, n: int, nbytes: int) -> Any:
+        """Start a generator task of ``n`` values (see ``TaskFunctions.stream``); return what
+        iterates over their refs as they are yielded. NotMeasured where the framework has no
+        generator tasks."""
         ...
 
     # Metrics with a cluster of their own. Each context manager starts that cluster and
@@ -634,6 +653,35 @@ def _actor_round_trip(b: Backend) -> float:
         elapsed = time.perf_counter() - start
     time.sleep(ACTOR_SETTLE_S)
     return elapsed
+
+
+STREAM_BIG_BYTES = 10 * 10**6  # each value of stream_100x10mb_items_per_s
+
+
+def _stream(b: Backend, n: int, nbytes: int) -> tuple[float, str]:
+    """Time a generator task of ``n`` values from submission until the driver got the last."""
+    b.get_many(list(b.stream_task(3, nbytes)))  # warm-up (untimed): the worker and its code
+    start = time.perf_counter()
+    got = 0
+    for i, ref in enumerate(b.stream_task(n, nbytes)):
+        value = b.get(ref)
+        first, size = (value, 0) if nbytes == 0 else (int(value[0]), value.nbytes)
+        if first != i % 251 or size != nbytes:
+            raise RuntimeError(f"stream value {i} is wrong: first {first}, {size} bytes")
+        del value
+        got += 1
+    elapsed = time.perf_counter() - start
+    if got != n:
+        raise RuntimeError(f"the generator yielded {got} values, not {n}")
+    return n / elapsed, f"{n} items in {elapsed:.2f} s"
+
+
+def _m_stream_small(b: Backend, c: Counts) -> tuple[float, str]:
+    return _stream(b, c.noop_async, 0)
+
+
+def _m_stream_big(b: Backend, c: Counts) -> tuple[float, str]:
+    return _stream(b, 10 if c.noop_async < 10_000 else 100, STREAM_BIG_BYTES)
 
 
 def _m_actor_create(b: Backend, c: Counts) -> tuple[float, str]:
@@ -995,6 +1043,8 @@ MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
     "sleep_1ms_10k_per_s": _m_sleep,
     "actor_calls_sync_per_s": _m_actor_sync,
     "actor_calls_async_10k_per_s": _m_actor_async,
+    "stream_10k_small_items_per_s": _m_stream_small,
+    "stream_100x10mb_items_per_s": _m_stream_big,
     "actor_create_ms": _m_actor_create,
     "transfer_1gb_gbps": _m_transfer,
     "spill_peak_mem_gb": _m_spill_peak_mem,
@@ -1739,6 +1789,8 @@ class TaskFunctions:
     actor: type  # a class with no constructor arguments whose method noop() returns None
     # fill, after creating an empty file named "<fill>-<pid>-<random>" in a folder
     fill_logged: Callable[[int, int, str], Any]
+    # a generator: n values, value i being i % 251 (nbytes 0) or np.full(nbytes, i % 251, uint8)
+    stream: Callable[[int, int], Any]
 
 
 class RayStyleBackend:
@@ -1762,6 +1814,7 @@ class RayStyleBackend:
         self._probe = api.remote(self._tasks.probe)
         self._actor_class = api.remote(self._tasks.actor)
         self._fill_logged = api.remote(self._tasks.fill_logged)
+        self._stream = api.remote(self._tasks.stream)  # (a generator: streamed, Ray's default)
 
     def stop(self) -> None:
         if self._api is not None:
@@ -1788,6 +1841,9 @@ class RayStyleBackend:
 
     def new_actor(self) -> Any:
         return self._actor_class.remote()
+
+    def stream_task(self, n: int, nbytes: int) -> Any:
+        return self._stream.remote(n, nbytes)
 
     def actor_noop(self, actor: Any) -> Any:
         return actor.noop.remote()

@@ -60,6 +60,13 @@ def _probe(array: Any) -> tuple[int, int, int]:
     return array.nbytes, int(array[0]), int(array[-1])
 
 
+def _stream(n: int, nbytes: int) -> Any:
+    import numpy as np
+
+    for i in range(n):
+        yield i % 251 if nbytes == 0 else np.full(nbytes, i % 251, dtype=np.uint8)
+
+
 class _NoopActor:
     def noop(self) -> None:
         return None
@@ -92,7 +99,7 @@ class ClusterBackend(RayStyleBackend):
 
     def __init__(self) -> None:
         super().__init__(
-            TaskFunctions(_noop, _sleep, _sum, _fill, _probe, _NoopActor, _fill_logged)
+            TaskFunctions(_noop, _sleep, _sum, _fill, _probe, _NoopActor, _fill_logged, _stream)
         )
 
     def version(self) -> str:

@@ -13,7 +13,7 @@ An actor lives in a worker process, as a Python object; Dask starts no process f
 Two nodes, for the transfer metric, are the two worker processes of a LocalCluster, each
 holding its objects in its own memory; a task is pinned to one with ``workers=[address]``.
 The spill metric has no Dask equivalent (see ``small_store_cluster``) and reports n/a, and
-so has the job metric (see ``job_cluster``).
+so have the job metric (see ``job_cluster``) and the two stream metrics (see ``stream_task``).
 
 The fault metrics' nodes are ``dask worker --no-nanny`` processes started here (a nanny would
 restart what the metric kills), with the scheduler's ``worker-ttl`` set to the metrics'
@@ -368,6 +368,12 @@ class DaskBackend:
 
     def kill_actor(self, actor: DaskActor) -> None:
         self._client.cancel([actor.future])
+
+    def stream_task(self, n: int, nbytes: int) -> Any:
+        raise NotMeasured(
+            "Dask has no generator tasks: a task's result reaches the client only once the task "
+            "has returned (secede/rejoin or a Queue would be a different program, not the same metric)"
+        )
 
     def put(self, value: Any) -> Any:
         return self._client.scatter(value, hash=False)
