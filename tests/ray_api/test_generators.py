@@ -253,6 +253,16 @@ def test_dropping_the_generator_stops_the_producer_and_frees_its_values(head, tm
     assert not [oid for oid in list(runtime._owned) if oid[:16] == task_id]
 
 
+def test_dropping_a_generator_that_has_not_started_drops_its_task(head, e2e):
+    runtime = _runtime()
+    gen = arrays.options(resources={"nowhere": 1}).remote(1, 1)  # no node has it: it waits
+    task_id = gen.task_id()
+    assert task_id in runtime._tasks
+    del gen
+    gc.collect()
+    e2e.wait_until(lambda: task_id not in runtime._tasks, what="the waiting task to be dropped")
+
+
 DRIVER_EXITS = textwrap.dedent(
     """
     import os
@@ -382,6 +392,92 @@ def test_an_async_actor_async_generator_streams_while_the_actor_answers(head, tm
     assert cluster.get(list(gen), timeout=60) == [i * 100 for i in range(50)]
 
 
+@cluster.remote(max_concurrency=2)
+class ThreadedProducer:
+    def values(self, n: int):
+        import threading
+
+        for i in range(n):
+            yield (i, threading.current_thread().name)
+
+
+def test_a_threaded_actor_streams_from_its_pool_threads(head):
+    actor = ThreadedProducer.remote()
+    gens = [actor.values.remote(20), actor.values.remote(20)]
+    for gen in gens:
+        values = cluster.get(list(gen), timeout=60)
+        assert [i for i, _ in values] == list(range(20))
+        assert all(thread.startswith("actor") for _, thread in values)
+
+
+@cluster.remote
+class AsyncCounter:
+    async def counts_forever(self, progress: str):
+        import asyncio
+
+        i = 0
+        try:
+            while True:
+                await asyncio.sleep(0)
+                yield i
+                i += 1
+        finally:
+            with open(progress + ".closed", "w") as f:
+                f.write(str(i))
+
+    async def ping(self) -> str:
+        return "pong"
+
+
+def test_cancel_and_drop_stop_generators_on_an_async_actor_at_their_next_yield(head, tmp_path, e2e):
+    actor = AsyncCounter.remote()
+    cancelled = actor.counts_forever.remote(str(tmp_path / "cancelled"))
+    assert cluster.get(next(cancelled), timeout=60) == 0
+    cluster.cancel(cancelled)
+    with pytest.raises(TaskCancelledError):
+        cluster.get(cancelled.completed(), timeout=60)
+    assert (tmp_path / "cancelled.closed").exists()  # (it ended there: its finally ran first)
+    refs = list(cancelled)
+    with pytest.raises(TaskCancelledError):
+        cluster.get(refs[-1], timeout=60)
+    dropped = actor.counts_forever.remote(str(tmp_path / "dropped"))
+    assert cluster.get(next(dropped), timeout=60) == 0
+    del dropped
+    gc.collect()
+    e2e.wait_until((tmp_path / "dropped.closed").exists, what="the dropped generator to stop")
+    assert cluster.get(actor.ping.remote(), timeout=60) == "pong"  # the actor goes on
+
+
+@cluster.remote(max_retries=2, retry_exceptions=[OSError])
+def flaky_at_three(marker: str):
+    import os
+
+    for i in range(6):
+        if i == 3 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise OSError("the disk hiccupped")
+        yield i
+
+
+def test_retry_exceptions_runs_a_generator_again_from_where_the_caller_is(head, tmp_path):
+    gen = flaky_at_three.remote(str(tmp_path / "raised"))
+    assert cluster.get(list(gen), timeout=60) == list(range(6))
+    assert (tmp_path / "raised").exists()
+
+
+@cluster.remote
+def yields_refs(n: int):
+    import cluster
+
+    for i in range(n):
+        yield [cluster.put(i * 2)]  # refs owned by this worker, inside the values
+
+
+def test_values_holding_refs_keep_them_alive(head):
+    holders = cluster.get(list(yields_refs.remote(3)), timeout=60)
+    assert cluster.get([held[0] for held in holders], timeout=60) == [0, 2, 4]
+
+
 def test_back_pressure_on_an_actor_method(head, e2e):
     actor = Producer.remote()
     gen = actor.values.options(_generator_backpressure_num_objects=2).remote(10)
@@ -463,3 +559,33 @@ def test_bad_uses_say_what_is_wrong(head):
     with pytest.raises(NotImplementedError):
         gen.send(1)
     assert cluster.get(next(gen), timeout=60).tolist() == [0]
+
+
+REMOTE_CLIENT = textwrap.dedent(
+    """
+    import sys
+    import cluster
+
+    @cluster.remote
+    def gen():
+        yield 1
+
+    cluster.init(sys.argv[1], token=sys.argv[2])
+    try:
+        gen.remote()
+    except NotImplementedError as exc:
+        print("refused:", exc)
+    cluster.shutdown()
+    """
+)
+
+
+def test_a_remote_client_is_told_generators_do_not_run_through_it_yet(make_cluster, tmp_path):
+    lc = make_cluster(num_cpus=1)
+    script = tmp_path / "client.py"
+    script.write_text(REMOTE_CLIENT)
+    env = {k: v for k, v in lc.env.items() if not k.startswith("CLUSTER_")}
+    out = subprocess.run([sys.executable, str(script), f"cluster://{lc.address}", lc.token],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused: generator tasks do not run through a remote client" in out.stdout
