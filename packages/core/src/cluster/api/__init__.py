@@ -5,6 +5,7 @@
 - :mod:`.tasks`: ``remote`` and :class:`RemoteFunction`;
 - :mod:`.actors`: :class:`ActorClass`, :class:`ActorHandle`, ``method``, ``kill``, ``get_actor``;
 - :mod:`.objects`: ``get``, ``put``, ``wait``, ``cancel``;
+- :mod:`.generators`: :class:`ObjectRefGenerator`, what a generator task returns;
 - :mod:`.context`: ``get_runtime_context`` and :class:`RuntimeContext`;
 - :mod:`.options`, :mod:`.args`: option checks, argument packing.
 
