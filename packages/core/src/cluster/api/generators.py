@@ -127,6 +127,8 @@ class ObjectRefGenerator:
         runtime = self._runtime
         try:
             if not runtime._stopped:
-                runtime.streams.drop(self._task_id)
-        except Exception:  # interpreter shutdown
+                # On the runtime's thread: a collection may run this where the runtime's lock
+                # is held (drop takes it).
+                runtime.soon(runtime.streams.drop, self._task_id)
+        except Exception:  # the runtime's loop is gone (interpreter shutdown)
             pass
