@@ -68,7 +68,7 @@ def test_task_and_actor_options_of_ray_are_accepted(make_cluster):
 
 def test_rays_options_that_cannot_work_yet_say_so(make_cluster):
     for bad, said in [({"object_store_memory": 10}, "not implemented for tasks"),
-                      ({"runtime_env": {"pip": ["requests"]}}, "runtime_env for tasks and actors is not supported yet"),
+                      ({"runtime_env": {"conda": "env"}}, r"\['conda'\] are not supported here"),
                       ({"scheduling_strategy": object()}, "is not supported yet"),
                       ({"max_calls": -1}, "max_calls must be"),
                       ({"memory": -5}, "memory must be a non-negative number")]:
@@ -76,8 +76,8 @@ def test_rays_options_that_cannot_work_yet_say_so(make_cluster):
             plus_one.options(**bad)
     with pytest.raises(ConfigError, match="unknown keyword argument"):
         cluster.init(_no_such_option=1)
-    with pytest.raises(ConfigError, match=r"runtime_env=\.\.\.\) is not supported yet"):
-        cluster.init(runtime_env={"env_vars": {"A": "1"}})
+    with pytest.raises(ConfigError, match=r"unknown cluster.init\(runtime_env=\.\.\.\) field\(s\) \['nope'\]"):
+        cluster.init(runtime_env={"nope": 1})
     assert not cluster.is_initialized()
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import zipfile
 
 import pytest
-from cluster_client.packaging import Excludes, build_package, extract_package
+
+from cluster.packaging import Excludes, build_package, extract_package
 
 
 def test_excludes_follow_gitignore_rules() -> None:

@@ -46,6 +46,8 @@ LAYERS: list[tuple[str, ...]] = [
         "cluster.plugins",
         "cluster.launch",
         "cluster.context",
+        "cluster.packaging",
+        "cluster.runtime_env",
     ),
     ("cluster.wire",),
     ("cluster.objects",),

@@ -17,9 +17,9 @@ import structlog
 import trio
 
 from cluster.errors import ConfigError
+from cluster.packaging import valid_package_name
 from cluster.wire.streams import parse_address
 from cluster_client.jobs import JobError, JobManager, public
-from cluster_client.packaging import valid_package_name
 
 log = structlog.get_logger("cluster.http")
 

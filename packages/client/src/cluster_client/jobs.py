@@ -32,6 +32,7 @@ import structlog
 import trio
 
 from cluster.errors import ClusterConnectionError, RemoteCallError
+from cluster.packaging import valid_package_name
 from cluster.resources import fits, format_shape
 from cluster.wire import messages as m
 from cluster.wire.connection import Dialer
@@ -46,7 +47,6 @@ from cluster_client.messages import (
     StartJobReply,
     StopJob,
 )
-from cluster_client.packaging import valid_package_name
 
 log = structlog.get_logger("cluster.jobs")
 

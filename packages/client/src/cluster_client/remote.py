@@ -53,6 +53,7 @@ class ClientRuntime:
         self.proxy_pid = 0  # the proxy driver's, on the head's machine
         self.log_sink: Any = print_worker_output
         self.namespace = "default"  # (the proxy driver's on the head: names resolve there)
+        self.runtime_env: dict[str, Any] | None = None  # (runtime envs: not through the head yet)
         self._lock = threading.Lock()
         self._counts: collections.Counter = collections.Counter()  # local refs per object id
         self._grants: collections.Counter = collections.Counter()  # how many the proxy granted
@@ -66,6 +67,12 @@ class ClientRuntime:
         self._stop: trio.Event | None = None
         self._error: BaseException | None = None
         self._lost = ""
+
+    def resolve_env(self, user_env: Any) -> dict[str, Any] | None:
+        if user_env:
+            raise ConfigError("runtime_env is not supported in remote client mode (cluster://) yet: "
+                              "connect with cluster.init('HOST:PORT'), or submit a job with its runtime_env")
+        return None
 
     # ------------------------------------------------------------------ life
 

@@ -17,6 +17,7 @@ import structlog
 import trio
 
 from cluster.errors import ClusterConnectionError
+from cluster.packaging import extract_package, valid_package_name
 from cluster.session import die_with_parent
 from cluster.wire import messages as m
 from cluster_client.jobs import MANAGER_SERVICE, RUNNER_SERVICE
@@ -31,7 +32,6 @@ from cluster_client.messages import (
     StartJobReply,
     StopJob,
 )
-from cluster_client.packaging import extract_package, valid_package_name
 
 log = structlog.get_logger("cluster.jobs")
 

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import httpx
 
-from cluster_client.packaging import DEFAULT_MAX_BYTES, build_package, valid_package_name
+from cluster.packaging import DEFAULT_MAX_BYTES, build_package, valid_package_name
 
 UPLOAD_CHUNK = 8 << 20
 

@@ -61,8 +61,10 @@ class DriverRuntime(Protocol):
     address: str  # where this process's owner listens ("" when it owns nothing itself)
     log_sink: Callable[[Any], None] | None  # where workers' output goes (None: dropped)
     namespace: str  # of the actor names it creates and looks up
+    runtime_env: dict[str, Any] | None  # resolved: the default env of what it submits
 
     def stop(self) -> None: ...
+    def resolve_env(self, user_env: Any) -> dict[str, Any] | None: ...  # checked, uploaded, merged
     def caller_namespace(self) -> str: ...  # what a task submitted now carries ("": the default)
     def new_task_id(self) -> bytes: ...
     def submit(self, task: Any) -> list[Any]: ...

@@ -97,6 +97,11 @@ class TaskUnschedulableError(ClusterError):
 
 class PendingCallsLimitExceeded(ClusterError):
     """An actor handle has ``max_pending_calls`` calls unfinished already."""
+class RuntimeEnvSetupError(ClusterError):
+    """A task's or actor's runtime env could not be set up on its node (a requirement pip or
+    uv could not install, a package that would not unpack, the setup timeout); the message
+    holds the installer's own last lines and where its whole log is. Raised by ``get`` on
+    the task's results, or on the calls of the actor."""
 
 
 class ObjectLostError(ClusterError):
@@ -171,10 +176,6 @@ class TaskPlacementGroupRemoved(ClusterError):
 
 class ActorPlacementGroupRemoved(ClusterError):
     """The actor's placement group was removed."""
-
-
-class RuntimeEnvSetupError(ClusterError):
-    """A task's or actor's runtime environment could not be set up; the message says why."""
 
 
 class NotInitializedError(ClusterError, RuntimeError):

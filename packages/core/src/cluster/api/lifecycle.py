@@ -27,6 +27,7 @@ from cluster.errors import (
 from cluster.launch import start_daemon
 from cluster.plugins import get_plugin_manager
 from cluster.resources import parse_size, resources_arg
+from cluster.runtime_env import check as check_runtime_env
 from cluster.wire.streams import parse_address
 
 if TYPE_CHECKING:
@@ -98,17 +99,15 @@ def init(
         if unknown:
             raise ConfigError(f"unknown keyword argument(s) {unknown} for cluster.init(); Ray's private "
                               f"options it accepts (and ignores) are {sorted(RAY_PRIVATE_INIT_OPTIONS)}")
-        if runtime_env:
-            raise ConfigError(
-                f"cluster.init(runtime_env=...) is not supported yet (got keys {sorted(runtime_env)}); "
-                "a job takes env vars and a working dir (`cluster job submit --env K=V --working-dir DIR -- ...`)")
+        checked_env = check_runtime_env(runtime_env, "cluster.init(runtime_env=...)")
         if namespace is not None and (not isinstance(namespace, str) or not namespace or "/" in namespace):
             raise ConfigError(f"namespace must be a non-empty string without '/', got {namespace!r}")
         if local_mode:
             warnings.warn("cluster.init(local_mode=True) is accepted but tasks still run in worker "
                           "processes of a local cluster (Ray deprecated local mode too)", stacklevel=2)
         _set_logging_level(logging_level)
-        local = {"labels": labels, "dashboard_host": dashboard_host, "dashboard_port": dashboard_port}
+        local = {"labels": labels, "dashboard_host": dashboard_host, "dashboard_port": dashboard_port,
+                 "runtime_env": checked_env}
         return _init(address, num_cpus, num_gpus, resources, object_store_memory, object_spilling,
                      object_store, token, ignore_reinit_error, log_to_driver, namespace, local)
     except ClusterError as exc:
@@ -141,6 +140,9 @@ def _init(
                 "first, or pass ignore_reinit_error=True"
             )
         if address is not None and "://" in address:
+            if local.get("runtime_env"):
+                raise ConfigError("cluster.init(runtime_env=...) is not supported in remote client mode "
+                                  f"({address}) yet: connect with the head's HOST:PORT instead")
             return _connect_by_scheme(address, token, num_cpus, num_gpus, resources, object_store_memory,
                                       object_store, log_to_driver)
         resolved, token = _resolve_address(address, token)
@@ -206,6 +208,8 @@ def _init(
             runtime.log_sink = print_worker_output
         try:
             runtime.start()
+            if local.get("runtime_env"):  # the job's default env: uploaded now, as Ray does
+                runtime.runtime_env = runtime.resolve_env(local["runtime_env"])
         except BaseException:
             runtime.stop()
             _stop_local_cluster()

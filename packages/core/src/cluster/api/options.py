@@ -4,7 +4,7 @@
 users act on (a ConfigError naming the option and what it takes). ``from_user`` also refuses
 unknown names, listing the known ones.
 
-Owns: the known option names and their defaults. Imports: errors only.
+Owns: the known option names and their defaults. Imports: errors, runtime_env (its checks).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from cluster import runtime_env
 from cluster.errors import ConfigError
 
 UNLIMITED = -1  # max_retries / max_restarts / max_task_retries: no limit (Ray's -1)
@@ -105,14 +106,9 @@ def _scheduling_strategy(instance: Any, attribute: attrs.Attribute, value: Any) 
         "(node affinity and placement groups are coming), or resources= to pin work to nodes")
 
 
-def _runtime_env(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None or (isinstance(value, Mapping) and not value):
-        return
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"runtime_env must be a dict or None, got {type(value).__name__}")
-    raise ConfigError(
-        f"runtime_env for tasks and actors is not supported yet (got keys {sorted(value)}); a job takes "
-        "env vars and a working dir (`cluster job submit --env K=V --working-dir DIR -- ...`)")
+def _runtime_env(value: Any) -> Mapping[str, Any] | None:
+    """Ray's runtime_env dict, checked now (ConfigError naming the field); None if empty."""
+    return runtime_env.check(value) or None
 
 
 def _placement_group(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -161,7 +157,7 @@ class _RayOptions:
     label_selector: Mapping[str, str] | None = attrs.field(default=None, validator=_optional_dict)
     fallback_strategy: list | None = None
     scheduling_strategy: Any = attrs.field(default=None, validator=_scheduling_strategy)
-    runtime_env: Mapping[str, Any] | None = attrs.field(default=None, validator=_runtime_env)
+    runtime_env: Mapping[str, Any] | None = attrs.field(default=None, converter=_runtime_env)
     enable_task_events: bool = True
     placement_group: Any = attrs.field(default="default", validator=_placement_group)
     placement_group_bundle_index: int = -1

@@ -26,6 +26,7 @@ from cluster.api.options import (
     check_generator_num_returns,
 )
 from cluster.objects.functions import pack_once
+from cluster.owner.envs import shape_with_env
 from cluster.owner.tasks import PendingTask
 
 
@@ -47,6 +48,7 @@ class RemoteFunction:
         self._stream = returns if isinstance(returns, str) else None
         self._num_returns = 1 if isinstance(returns, str) else returns
         self._backpressure = backpressure_limit(options._generator_backpressure_num_objects)
+        self._env: tuple[Any, tuple, dict | None] | None = None  # (runtime, shape, env) once resolved there
         self._check_args = self._shared.get("check")
         if self._check_args is None:
             self._check_args = self._shared["check"] = signature_check(function, f"{self._name}.remote()")
@@ -57,6 +59,11 @@ class RemoteFunction:
             f"remote function {self._name} cannot be called directly; use {self._name}.remote(...)"
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_env"] = None  # (a runtime's: resolved again where it is unpickled)
+        return state
+
     def options(self, **options: Any) -> RemoteFunction:
         """A copy with some options changed (``num_cpus``, ``num_returns``, ``max_retries``...)."""
         return RemoteFunction(self._function, TaskOptions.from_user(options, self._options), self._shared)
@@ -64,9 +71,21 @@ class RemoteFunction:
     def _pickled(self) -> tuple[bytes, bytes]:
         return pack_once(self._shared, self._function, f"remote function {self._name}")
 
+    def _shape_and_env(self, rt: Any) -> tuple[tuple, dict | None]:
+        """The queue key and resolved runtime env of this function's tasks submitted by ``rt``."""
+        cached = self._env
+        if cached is None or cached[0] is not rt:
+            env = rt.resolve_env(self._options.runtime_env)
+            cached = self._env = (rt, shape_with_env(self._shape, env)[0], env)
+        return cached[1], cached[2]
+
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         self._check_args(args, kwargs)
         rt = current_runtime()
+        if self._options.runtime_env is None and rt.runtime_env is None:
+            shape, env = self._shape, None
+        else:
+            shape, env = self._shape_and_env(rt)
         fid, data = self._pickled()
         payload, dep_refs, held = pack_args(rt, args, kwargs)
         task_id = rt.new_task_id()
@@ -80,12 +99,13 @@ class RemoteFunction:
             dep_refs=dep_refs,
             num_returns=num_returns,
             return_ids=[task_id + i.to_bytes(4, "little") for i in range(num_returns)],
-            shape=self._shape,
+            shape=shape,
             retries_left=self._retries,
             retry_exceptions=self._options.retry_exceptions,
             held=held,
             max_retries=self._retries,
             namespace=rt.caller_namespace(),
+            runtime_env=env,
         )
         if self._stream is not None:
             streams_of(rt).open(task, self._backpressure, self._stream == DYNAMIC)

@@ -121,6 +121,7 @@ class HeadService:
             m.KvPut: self._kv_put,
             m.KvGet: self._kv_get,
             m.KvDelete: self._kv_delete,
+            m.KvExists: self._kv_exists,
             m.ListFailures: self._list_failures,
         }
 
@@ -322,6 +323,9 @@ class HeadService:
 
     def _kv_get(self, conn: Connection, msg: m.KvGet, request_id: int) -> None:
         conn.reply(request_id, self._kv.get(msg.key))
+
+    def _kv_exists(self, conn: Connection, msg: m.KvExists, request_id: int) -> None:
+        conn.reply(request_id, msg.key in self._kv)
 
     def _kv_delete(self, conn: Connection, msg: m.KvDelete, request_id: int) -> None:
         found = self._kv.pop(msg.key, None) is not None

@@ -32,7 +32,14 @@ import structlog
 import trio
 from cluster_store import default_store_root
 
-from cluster.errors import ClusterConnectionError, ObjectLostError, RemoteCallError
+from cluster import runtime_env as renv
+from cluster.errors import (
+    ClusterConnectionError,
+    ObjectLostError,
+    RemoteCallError,
+    RuntimeEnvSetupError,
+)
+from cluster.node.envs import NodeEnvs
 from cluster.node.ledger import ResourceLedger
 from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.plugins import make_object_store, make_scheduler
@@ -48,6 +55,8 @@ MAX_SPILLS = 2
 MAX_FAILURES_PER_HEARTBEAT = 50
 INFEASIBLE_STALE_S = 10.0  # an infeasible shape counts as demand this long after its owner last asked
 HEAD_SILENT_DEADLINES = 3  # heartbeat deadlines with no answer from the head before it counts as gone
+# An idle worker of a runtime env is stopped after this long (the plain pool stays).
+ENV_WORKER_IDLE_S = float(os.environ.get("CLUSTER_ENV_WORKER_IDLE_S", "10"))
 
 
 def _reap(pid: int) -> None:
@@ -65,6 +74,8 @@ class WorkerProc:
     conn: Connection | None = None
     state: str = "starting"  # starting | idle | leased | dead
     lease_id: int | None = None
+    env_id: str = ""  # the runtime env it runs in ("": none, the plain pool)
+    idle_since: float = 0.0
 
 
 @attrs.define(eq=False)
@@ -86,6 +97,7 @@ class LeaseRequest:
     detached: bool = False
     backlog: int = 1  # the owner's tasks of this shape waiting when it asked
     told_busy: bool = False  # the owner heard it must wait (so it may pipeline meanwhile)
+    env_id: str = ""  # of the runtime env its worker must run in ("": the plain pool)
 
     def tell_busy(self) -> None:
         if not self.told_busy:
@@ -143,6 +155,10 @@ class NodeService:
     _watchers: set = attrs.Factory(set)  # connections of owners told when a node dies (WatchNodes)
     _failures: list = attrs.Factory(list)  # of Failure: reported here, for the head's next heartbeat
     _retired_gone: trio.Event = attrs.Factory(trio.Event)  # set once none of them runs
+    envs: NodeEnvs = attrs.field(init=False)  # the runtime envs made here
+    _env_specs: dict[str, dict] = attrs.Factory(dict)  # env id -> the resolved env, as asked for
+    _env_setups: dict[str, dict] = attrs.Factory(dict)  # env id -> what its workers enter (ready)
+    _env_building: set[str] = attrs.Factory(set)
 
     def __attrs_post_init__(self) -> None:
         self.ledger = ResourceLedger(dict(self.resources))
@@ -155,6 +171,7 @@ class NodeService:
         self.policy = make_scheduler(self)
         self.pool_size = max(1, int(self.resources.get("CPU", 1)))
         self.max_workers = self.pool_size * 4 + 8
+        self.envs = NodeEnvs(os.path.join(self.session_dir, "runtime_resources"), self.node_id, self._kv_get)
         # Testing only: drop the connection of a pulling node after every N chunks served.
         self._drop_every = int(os.environ.get("CLUSTER_TESTING_DROP_PULL_EVERY", "0") or 0)
 
@@ -205,6 +222,7 @@ class NodeService:
                 for _ in range(self.pool_size):
                     self._spawn_worker()
                 nursery.start_soon(self._heartbeat_loop)
+                nursery.start_soon(self._reap_env_workers)
                 log.info("node_started", node_id=self.node_id, address=self.address, resources=self.resources)
                 task_status.started()
         finally:
@@ -262,7 +280,7 @@ class NodeService:
             with trio.move_on_after(5):  # none may write into the store once it is emptied
                 await self._retired_gone.wait()
         self.store.destroy()
-        self.node_id = secrets.token_hex(8)
+        self.node_id = self.envs.node_id = secrets.token_hex(8)
         # The same directory, empty now: the node's other processes (a driver attached to it)
         # find it where they look, and the daemon's record of it for `cluster stop` holds.
         self.store = make_object_store(self.store_path, self.info())
@@ -383,7 +401,7 @@ class NodeService:
 
     # -------------------------------------------------------------------------- workers
 
-    def _spawn_worker(self) -> None:
+    def _spawn_worker(self, env_id: str = "") -> None:
         worker_id = secrets.token_hex(8)
         config = {
             "token": self.token,
@@ -392,7 +410,9 @@ class NodeService:
             "worker_id": worker_id,
             "log_dir": os.path.join(self.session_dir, "logs"),
         }
-        self.workers[worker_id] = WorkerProc(worker_id)
+        if env_id:
+            config["runtime_env"] = self._env_setups[env_id]
+        self.workers[worker_id] = WorkerProc(worker_id, env_id=env_id)
         log_path = os.path.join(self.session_dir, "logs", f"worker-{worker_id}.out")
         self.zygote.spawn(worker_id, config, log_path)
 
@@ -439,7 +459,7 @@ class NodeService:
             lease = self.leases.pop(worker.lease_id, None)
             if lease is not None:
                 self._release(lease)
-        if len(self.workers) < self.pool_size:
+        if not worker.env_id and sum(1 for w in self.workers.values() if not w.env_id) < self.pool_size:
             self._spawn_worker()
         self._pump()
 
@@ -451,6 +471,7 @@ class NodeService:
         worker.address = msg.address
         worker.conn = conn
         worker.state = "idle"
+        worker.idle_since = time.monotonic()
         conn.context = worker
         conn.reply(request_id, None)
         log.info("worker_ready", worker_id=msg.worker_id, pid=msg.pid, address=msg.address)
@@ -515,6 +536,9 @@ class NodeService:
             return
         request = LeaseRequest(conn, request_id, {k: float(v) for k, v in msg.shape.items()}, msg.spill_count,
                                msg.detached, max(1, msg.backlog))
+        if msg.runtime_env:
+            request.env_id = renv.env_id(msg.runtime_env)
+            self._env_specs.setdefault(request.env_id, msg.runtime_env)
         if self._try_grant(request):
             return
         if not self.ledger.fits(request.shape) and request.spill_count < MAX_SPILLS:
@@ -556,7 +580,8 @@ class NodeService:
             return True  # nobody to grant to; drop it
         if not self.ledger.fits(request.shape):
             return False
-        worker = next((w for w in self.workers.values() if w.state == "idle"), None)
+        env_id = request.env_id
+        worker = next((w for w in self.workers.values() if w.state == "idle" and w.env_id == env_id), None)
         if worker is None:
             return False
         lease_id = next(self._lease_ids)
@@ -580,6 +605,7 @@ class NodeService:
         if worker.state == "leased":
             if msg.worker_ok:
                 worker.state = "idle"
+                worker.idle_since = time.monotonic()
             else:
                 self._kill(worker)
         self._pump()
@@ -634,22 +660,88 @@ class NodeService:
     def _maybe_spawn(self) -> None:
         if self._shutting_down:
             return
-        starting = sum(1 for w in self.workers.values() if w.state == "starting")
-        idle = sum(1 for w in self.workers.values() if w.state == "idle")
         # Workers for the queued requests that fit in what is free, all together (not each on
-        # its own: eight 1-CPU requests on a 2-CPU node need two workers, not eight).
+        # its own: eight 1-CPU requests on a 2-CPU node need two workers, not eight), of the
+        # runtime env each asks for.
         room = self.ledger.room()
-        waiting = 0
+        waiting: dict[str, int] = {}
         for request in self._queue:
             if fits(request.shape, room):
-                waiting += 1
+                waiting[request.env_id] = waiting.get(request.env_id, 0) + 1
                 for name, amount in request.shape.items():
                     room[name] = room.get(name, 0.0) - amount
-        need = waiting - idle - starting
-        while need > 0 and len(self.workers) < self.max_workers:
-            self._spawn_worker()
-            need -= 1
-            starting += 1
+        for env_id, count in waiting.items():
+            if env_id and env_id not in self._env_setups:
+                if env_id not in self._env_building:
+                    self._env_building.add(env_id)
+                    self._nursery.start_soon(self._build_env, env_id, self._env_specs[env_id])
+                continue
+            need = count - sum(1 for w in self.workers.values()
+                               if w.env_id == env_id and w.state in ("idle", "starting"))
+            while need > 0:
+                if len(self.workers) >= self.max_workers and not self._evict_idle_worker(env_id):
+                    break
+                self._spawn_worker(env_id)
+                need -= 1
+
+    def _evict_idle_worker(self, env_id: str) -> bool:
+        """Stop an idle worker of another runtime env, to make room for one of ``env_id``."""
+        plain = sum(1 for w in self.workers.values() if not w.env_id and w.state != "dead")
+        for worker in sorted(self.workers.values(), key=lambda w: (not w.env_id, w.idle_since)):
+            if worker.state == "idle" and worker.env_id != env_id and (worker.env_id or plain > self.pool_size):
+                log.info("worker_evicted", worker_id=worker.worker_id, runtime_env=worker.env_id, for_env=env_id)
+                self._kill(worker)
+                return True
+        return False
+
+    # --------------------------------------------------------------------- runtime envs
+
+    async def _kv_get(self, key: str) -> bytes | None:
+        conn = await self.head_connection()
+        value: bytes | None = await conn.request(m.KvGet(key))
+        return value
+
+    async def _build_env(self, env_id: str, env: dict) -> None:
+        """Set up a runtime env on this node (once: queued requests for it wait meanwhile);
+        then start its workers, or fail the requests that wait for it."""
+        try:
+            self._env_setups[env_id] = await self.envs.prepare(env, functools.partial(self._announce_env, env_id))
+        except RuntimeEnvSetupError as exc:
+            self._fail_env_requests(env_id, str(exc))
+        except Exception as exc:  # the head went away meanwhile, a full disk: the asker hears why
+            self._fail_env_requests(env_id, f"could not set up the runtime env on node {self.node_id}: {exc!r}")
+        finally:
+            self._env_building.discard(env_id)
+        self._pump()
+
+    def _announce_env(self, env_id: str, text: str) -> None:
+        """Tell the owners waiting for env ``env_id`` how its setup goes (printed by drivers
+        as their workers' output is)."""
+        log.info("runtime_env_progress", env_id=env_id, text=text)
+        line = m.LogLines("runtime_env", os.getpid(), "stderr", text)
+        for conn in {r.conn for r in self._queue if r.env_id == env_id and not r.conn.closed}:
+            conn.send(line)
+
+    def _fail_env_requests(self, env_id: str, error: str) -> None:
+        log.warning("runtime_env_failed", env_id=env_id, error=error)
+        still = collections.deque()
+        for request in self._queue:
+            if request.env_id != env_id:
+                still.append(request)
+            elif not request.conn.closed:
+                request.conn.reply(request.request_id, m.RuntimeEnvFailed(error))
+        self._queue = still
+        self._env_specs.pop(env_id, None)
+
+    async def _reap_env_workers(self) -> None:
+        """Stop workers of runtime envs idle longer than ENV_WORKER_IDLE_S (the plain pool stays)."""
+        while True:
+            await trio.sleep(min(1.0, ENV_WORKER_IDLE_S))
+            now = time.monotonic()
+            for worker in list(self.workers.values()):
+                if worker.env_id and worker.state == "idle" and now - worker.idle_since > ENV_WORKER_IDLE_S:
+                    log.info("env_worker_reaped", worker_id=worker.worker_id, runtime_env=worker.env_id)
+                    self._kill(worker)
 
     # -------------------------------------------------------------------------- objects
 
@@ -678,7 +770,8 @@ class NodeService:
 
     def _list_workers(self, conn: Connection, msg: m.ListWorkers, request_id: int) -> None:
         conn.reply(request_id, [
-            {"kind": "worker", "pid": w.pid, "address": w.address, "node_id": self.node_id, "state": w.state}
+            {"kind": "worker", "pid": w.pid, "address": w.address, "node_id": self.node_id, "state": w.state,
+             "runtime_env": w.env_id}
             for w in self.workers.values() if w.address and w.state != "dead"
         ])
 

@@ -27,10 +27,12 @@ from cluster.errors import (
     ConfigError,
     PendingCallsLimitExceeded,
     RemoteCallError,
+    RuntimeEnvSetupError,
     TaskCancelledError,
 )
 from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
+from cluster.owner.envs import shape_with_env
 from cluster.owner.tasks import Lease, PendingTask, Shape, ShapeQueue
 from cluster.wire import messages as m
 from cluster.wire.codec import packb, unpackb
@@ -69,6 +71,7 @@ class ActorState:
     detached: bool = False
     create: m.CreateActor | None = None  # owner only: how to build it (again)
     shape: Shape = ()
+    runtime_env: dict[str, Any] | None = None  # resolved: the env its worker runs in
     name_key: str | None = None
     state: str = "pending"  # pending | alive | dead
     cause: str = ""
@@ -111,6 +114,8 @@ class Actors:
         """Start an actor of ``actor_class`` (or find the live one, with ``get_if_exists``);
         return the fields of its handle (the API layer makes the handle)."""
         opts = actor_class._options  # an ActorOptions
+        runtime_env = self.rt.resolve_env(opts.runtime_env)
+        shape, _ = shape_with_env(opts.shape, runtime_env)
         actor_id = self.rt.new_task_id()
         detached = opts.lifetime == "detached"
         name_key = None
@@ -144,7 +149,8 @@ class Actors:
             actor_id, actor_class.__name__, self.rt.address, True, detached,
             create=m.CreateActor(actor_id, actor_class.__name__, blob, payload, [], self.rt.address,
                                  opts.max_concurrency),
-            shape=opts.shape,
+            shape=shape,
+            runtime_env=runtime_env,
             name_key=name_key,
             restarts_left=UNLIMITED if restarts == -1 else restarts,
             task_retries=UNLIMITED if retries == -1 else retries,
@@ -420,8 +426,12 @@ class Actors:
                 if type(entry) is m.InlineValue and entry.is_error:
                     self._actor_dead(state, "an argument of its constructor failed", entry)
                     return
-        queue = ShapeQueue(state.shape, for_actor=True)  # (keeps an infeasible shape asking)
-        lease = await self.rt._lease_worker(queue, lambda *_: None, detached=state.detached)
+        queue = ShapeQueue(state.shape, for_actor=True, runtime_env=state.runtime_env)  # (keeps an infeasible shape asking)
+        try:
+            lease = await self.rt._lease_worker(queue, lambda *_: None, detached=state.detached)
+        except RuntimeEnvSetupError as exc:
+            self._actor_dead(state, str(exc), v.serialize_error(exc))
+            return
         if state.state == "dead":  # killed while it was being placed
             if lease is not None:
                 lease.conn.context = None

@@ -36,6 +36,7 @@ import structlog
 import trio
 from cluster_store.errors import ObjectStoreFullError as StoreFull
 
+from cluster import runtime_env as renv
 from cluster.context import current_namespace, current_task_id
 from cluster.errors import (
     ClusterConnectionError,
@@ -46,6 +47,7 @@ from cluster.errors import (
     OwnerDiedError,
     ReferenceCountingAssertionError,
     RemoteCallError,
+    RuntimeEnvSetupError,
     TaskCancelledError,
     WorkerCrashedError,
 )
@@ -53,6 +55,7 @@ from cluster.objects import refs as object_ref_module
 from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
 from cluster.objects.transfer import ChunkSource, pull_object
+from cluster.owner import envs
 from cluster.owner.actors import LIFETIME_SUFFIX, Actors, ActorState, HandleFields
 from cluster.owner.generators import Streams
 from cluster.owner.recovery import Recovery
@@ -102,6 +105,11 @@ class Runtime:
         self.address = ""
         self.executor: Any = None  # set by cluster.worker in worker processes
         self.log_sink: Any = None  # where LogLines from workers go (driver: the terminal)
+        # The resolved runtime env of what this process submits when a task names none: the
+        # driver's cluster.init(runtime_env=), a worker's own env (nested tasks inherit it).
+        self.runtime_env: dict[str, Any] | None = None
+        self._resolved_envs: dict[str, dict[str, Any] | None] = {}  # checked user env -> merged, resolved
+        self._env_packages: set[str] = set()  # packages this process knows the head has
         self.nodes: list[NodeInfo] = []
         self.session_dir: str | None = None
         self._chunks: Any = None
@@ -257,6 +265,19 @@ class Runtime:
     def call_async(self, fn: Any, *args: Any) -> Any:
         """Run an async function on the trio thread and return its result."""
         return trio.from_thread.run(fn, *args, trio_token=self._trio_token)
+
+    def resolve_env(self, user_env: Any) -> dict[str, Any] | None:
+        """The resolved runtime env of a task or actor whose own ``runtime_env`` is
+        ``user_env`` (ConfigError if it is invalid): its local directories uploaded, merged onto
+        this process's default env (Ray's rules); None: the plain workers. User thread."""
+        if not user_env:
+            return self.runtime_env
+        checked = renv.check(user_env)
+        key = renv.canonical(checked)
+        if key not in self._resolved_envs:
+            resolved = self.call_async(envs.resolve, self.kv_request, checked, self._env_packages)
+            self._resolved_envs[key] = renv.merge(self.runtime_env, resolved) or None
+        return self._resolved_envs[key]
 
     def list_nodes(self) -> list[NodeInfo]:
         """The cluster's nodes as the head sees them (waits, bounded, while the head is away)."""
@@ -777,7 +798,7 @@ class Runtime:
     def _enqueue(self, task: PendingTask, front: bool = False) -> None:
         queue = self._queues.get(task.shape)
         if queue is None:
-            queue = self._queues[task.shape] = ShapeQueue(task.shape)
+            queue = self._queues[task.shape] = ShapeQueue(task.shape, runtime_env=task.runtime_env)
         if front:
             queue.pending.appendleft(task)
         else:
@@ -897,6 +918,11 @@ class Runtime:
 
         try:
             lease = await self._lease_worker(queue, not_fresh)
+        except RuntimeEnvSetupError as exc:  # every task of the queue needs that env: all fail
+            lease = None
+            failed, queue.pending = list(queue.pending), collections.deque()
+            entry = v.serialize_error(exc)
+            self._finish_many([(task, [entry] * task.num_returns) for task in failed])
         finally:
             queue.requesting -= 1
             if fresh[0]:
@@ -911,11 +937,12 @@ class Runtime:
     async def _lease_worker(self, queue: ShapeQueue, on_busy: Any, detached: bool = False) -> Lease | None:
         address = self.node_address
         spill_count = 0
+        shape = dict(queue.shape) if queue.runtime_env is None else envs.plain_shape(queue.shape)
         while True:
             try:
                 node_conn = await self._connect(address, "a node daemon")
                 answer = await node_conn.request(
-                    m.RequestLease(dict(queue.shape), self.address, spill_count, detached, queue.wanted()),
+                    m.RequestLease(shape, self.address, spill_count, detached, queue.wanted(), queue.runtime_env),
                     on_pending=on_busy
                 )
             except (ClusterConnectionError, RemoteCallError) as exc:
@@ -930,6 +957,8 @@ class Runtime:
                 address = answer.address
                 spill_count += 1
                 continue
+            if type(answer) is m.RuntimeEnvFailed:
+                raise RuntimeEnvSetupError(answer.error)
             if type(answer) is m.LeaseInfeasible:
                 self._warn_infeasible(queue, answer.reason)
                 await trio.sleep(INFEASIBLE_RETRY_S)

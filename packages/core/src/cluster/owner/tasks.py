@@ -54,6 +54,7 @@ class PendingTask:
     namespace: str = ""  # its caller's, for the actor names it uses ("": the default)
     parent: bytes | None = None  # in a worker: the task that submitted it (for recursive cancel)
     stream: StreamState | None = None  # a generator task: what its caller holds of its values
+    runtime_env: dict[str, Any] | None = None  # resolved (cluster.runtime_env); its id is in the shape
 
 
 @attrs.define(slots=True, eq=False)
@@ -85,6 +86,7 @@ class ShapeQueue:
     # Since when tasks have waited behind a running one on its worker (pipelined) with none
     # pending here: past a linger, another worker is asked for, to take them (see _linger_loop).
     backlog_since: float | None = None
+    runtime_env: dict[str, Any] | None = None  # its tasks' (resolved), sent with its lease requests
 
     def wanted(self) -> int:
         """How many workers this queue's work wants (what a lease request reports as backlog)."""

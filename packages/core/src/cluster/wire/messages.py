@@ -153,6 +153,15 @@ class LeaseInfeasible(Message):
     reason: str
 
 
+@message(110)
+@attrs.frozen
+class RuntimeEnvFailed(Message):
+    """Answers a RequestLease: the node could not set up the lease's runtime env; ``error``
+    says why (the installer's last lines and where its log is), for RuntimeEnvSetupError."""
+
+    error: str
+
+
 # --- replies of the head, and what nodes report in heartbeats ------------------------------
 
 
@@ -407,6 +416,14 @@ class KvDelete(Message):
     key: str
 
 
+@message(111)
+@attrs.frozen
+class KvExists(Message):
+    """Whether the head's KV holds ``key`` (without sending its value)."""
+
+    key: str
+
+
 @message(29)
 @attrs.frozen
 class ServiceRequest(Message):
@@ -428,6 +445,8 @@ class RequestLease(Message):
     spill_count: int
     detached: bool = False  # for a detached actor: the lease outlives its owner's connection
     backlog: int = 0  # how many tasks of this shape the owner has waiting (the demand it stands for)
+    # The resolved runtime env its workers must run in (cluster.runtime_env), None: the plain pool.
+    runtime_env: dict[str, Any] | None = None
 
 
 @message(41)

@@ -34,6 +34,7 @@ from cluster.errors import (
     TaskCancelledError,
     TaskError,
 )
+from cluster.node.envs import enter as enter_runtime_env
 from cluster.objects import values as v
 from cluster.objects.functions import unpack_function
 from cluster.objects.refs import collect_incoming
@@ -698,12 +699,17 @@ def run(config: dict[str, Any]) -> None:
     cluster_log.configure(config["log_dir"], f"worker-{os.getpid()}")
     node = config["node"]
     os.environ["CLUSTER_NODE_ID"] = node["node_id"]
+    env_setup = config.get("runtime_env")
+    if env_setup:  # this worker runs in a runtime env: its env vars, cwd, sys.path, virtualenv
+        enter_runtime_env(env_setup)
     runtime = Runtime(
         token=config["token"],
         head_address=config["head_address"],
         node=node,
         role="worker",
     )
+    if env_setup:
+        runtime.runtime_env = env_setup["spec"]  # what its tasks submit inherits it (Ray's rule)
     executor = _executor = Executor(runtime, config["worker_id"])
     runtime.executor = executor
     signal.signal(signal.SIGTERM, executor.stop)  # its node stops: finish what was pushed, exit

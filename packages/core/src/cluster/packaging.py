@@ -1,5 +1,8 @@
 """Working dirs as packages: a deterministic zip, named by its content's hash.
 
+Shared by jobs (cluster-client uploads a job's working dir to the head) and runtime envs
+(a driver uploads a task's working dir and py_modules to the head's KV).
+
 The same files make the same zip (sorted entries, fixed timestamps), so a directory uploaded
 once is never uploaded again: the client asks the head whether it has ``pkg_<hash>.zip``
 first. Excludes follow .gitignore's syntax, from ``runtime_env["excludes"]`` and from a
@@ -12,6 +15,7 @@ import fnmatch
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -145,8 +149,6 @@ def extract_package(zip_path: str | os.PathLike, destination: str | os.PathLike)
     try:
         tmp.rename(destination)
     except OSError:  # another extraction won the race: same content
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
 
 
