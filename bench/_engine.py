@@ -140,6 +140,19 @@ METRICS: tuple[Metric, ...] = (
         "create an actor and get its first call's result (one at a time, each killed after)",
     ),
     Metric(
+        "runtime_env_pip_first_s",
+        "s",
+        False,
+        "first task in a pip runtime env of one local wheel (a tiny pure-Python package, "
+        "offline): the env made on the node, a worker started in it, the task run",
+    ),
+    Metric(
+        "runtime_env_pip_cached_ms",
+        "ms",
+        False,
+        "a task in that pip runtime env once it exists (median of 20, one at a time)",
+    ),
+    Metric(
         "transfer_1gb_gbps",
         "GB/s",
         True,
@@ -309,6 +322,10 @@ class Backend(Protocol):
     def actor_noop(self, actor: Any) -> Any:
         """Call ``actor.noop()``; return a ref that ``get`` and ``get_many`` accept."""
         ...
+
+    def pip_env_task(self, wheel: str, module: str) -> Any:
+        """A task in runtime env ``{"pip": [wheel]}`` importing ``module``; its ref."""
+        raise NotMeasured("no pip runtime envs for tasks")
 
     def kill_actor(self, actor: Any) -> None:
         """Stop the actor (its process too, where it has one of its own); don't wait."""
@@ -684,6 +701,56 @@ def _m_stream_big(b: Backend, c: Counts) -> tuple[float, str]:
     return _stream(b, 10 if c.noop_async < 10_000 else 100, STREAM_BIG_BYTES)
 
 
+def _import_module(name: str) -> str:
+    return __import__(name).__name__
+
+
+def _tiny_wheel(folder: str, name: str) -> str:
+    """A one-module pure-Python wheel, written as a zip (no build backend, no index)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-1.0.dist-info"
+    files = {f"{name}/__init__.py": b"VALUE = 1\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode(),
+             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: bench\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+              f"{len(data)}" for path, data in files.items()] + [f"{info}/RECORD,,"]
+    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    path = os.path.join(folder, f"{name}-1.0-py3-none-any.whl")
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+    return path
+
+
+_PIP_ENV: dict[str, str] = {}  # the wheel runtime_env_pip_first_s made, for the cached figure
+
+
+def _m_pip_env_first(b: Backend, c: Counts) -> tuple[float, str]:
+    folder = tempfile.mkdtemp(prefix="bench-wheel-")
+    name = f"bench_tiny_{os.getpid()}_{int(time.time())}"
+    wheel = _tiny_wheel(folder, name)
+    start = time.perf_counter()
+    if b.get(b.pip_env_task(wheel, name)) != name:
+        raise RuntimeError("the task in the pip env did not import the wheel's module")
+    elapsed = time.perf_counter() - start
+    _PIP_ENV.update(wheel=wheel, name=name)
+    return elapsed, "one local wheel, a fresh env (its name is new each run)"
+
+
+def _m_pip_env_cached(b: Backend, c: Counts) -> tuple[float, str]:
+    if not _PIP_ENV:
+        _m_pip_env_first(b, c)
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        b.get(b.pip_env_task(_PIP_ENV["wheel"], _PIP_ENV["name"]))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3, f"median of 20; min {min(times) * 1e3:.1f} ms"
+
+
 def _m_actor_create(b: Backend, c: Counts) -> tuple[float, str]:
     # One at a time, so the figure is a latency: creating many at once would measure how
     # many processes the framework starts in parallel on 2 cores instead.
@@ -1046,6 +1113,8 @@ MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
     "stream_10k_small_items_per_s": _m_stream_small,
     "stream_100x10mb_items_per_s": _m_stream_big,
     "actor_create_ms": _m_actor_create,
+    "runtime_env_pip_first_s": _m_pip_env_first,
+    "runtime_env_pip_cached_ms": _m_pip_env_cached,
     "transfer_1gb_gbps": _m_transfer,
     "spill_peak_mem_gb": _m_spill_peak_mem,
     "job_submit_to_succeeded_s": _m_job_submit,
@@ -1823,6 +1892,10 @@ class RayStyleBackend:
 
     def noop(self) -> Any:
         return self._noop.remote()
+
+    def pip_env_task(self, wheel: str, module: str) -> Any:
+        task = self._api.remote(runtime_env={"pip": [wheel]})(_import_module)
+        return task.remote(module)
 
     def sleep_task(self, seconds: float) -> Any:
         return self._sleep.remote(seconds)
