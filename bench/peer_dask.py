@@ -281,6 +281,10 @@ class DaskBackend:
     def store_paths(self) -> list[str]:
         return []
 
+    def pip_env_task(self, wheel: str, module: str) -> Any:
+        raise NotMeasured("Dask has no per-task runtime environments (a pip env is the workers' own, "
+                          "set up before they start; the PipInstall plugin installs into every worker at once)")
+
     def job_cluster(self, scratch: str) -> Any:
         raise NotMeasured(
             "Dask has no job API: nothing takes a command line to run on the cluster and "
