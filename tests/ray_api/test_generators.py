@@ -165,8 +165,7 @@ def test_wait_on_a_generator_is_ready_when_its_next_value_is(head, tmp_path):
         next(gen)
 
 
-@cluster.remote
-def counts_forever(progress: str):
+def _count_forever(progress: str):
     """Yields 0, 1, 2... forever, writing how many it yielded; writes "closed" when stopped."""
     import os
 
@@ -181,6 +180,11 @@ def counts_forever(progress: str):
     finally:
         with open(progress + ".closed", "w") as f:
             f.write(str(i))
+
+
+@cluster.remote
+def counts_forever(progress: str):
+    yield from _count_forever(progress)
 
 
 def _progress(path: Path) -> int:
@@ -310,19 +314,7 @@ def test_a_driver_that_exits_stops_its_generator_tasks(head, tmp_path, e2e):
 class Streamer:
     def counts_forever(self, progress: str):
         """As the task counts_forever; the actor lives on after the generator stops."""
-        import os
-
-        i = 0
-        try:
-            while True:
-                with open(progress + ".tmp", "w") as f:
-                    f.write(str(i + 1))
-                os.replace(progress + ".tmp", progress)
-                yield i
-                i += 1
-        finally:
-            with open(progress + ".closed", "w") as f:
-                f.write(str(i))
+        yield from _count_forever(progress)
 
     def ping(self) -> str:
         return "pong"
