@@ -1333,23 +1333,7 @@ class Runtime:
             borrowed = [r for r in refs if r._owner != self.address and r._id not in values]
             if borrowed:
                 self.soon(self._fetch_all, borrowed)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            blocked = self.executor is not None and self.executor.notify_blocked(True)
-            try:
-                with self._cv:
-                    while True:
-                        ready = [ref for ref in refs if ref._id in values]
-                        if len(ready) >= num_returns:
-                            break
-                        remaining = None if deadline is None else deadline - time.monotonic()
-                        if remaining is not None and remaining <= 0:
-                            break
-                        if self._crashed is not None:  # (set before it notifies: no lost wakeup)
-                            raise self._crashed_error()
-                        self._cv.wait(remaining)
-            finally:
-                if blocked:
-                    self.executor.notify_blocked(False)
+            ready = self._block_until(lambda: [ref for ref in refs if ref._id in values], num_returns, timeout)
         if len(ready) == len(refs):
             return list(refs[:num_returns]), list(refs[num_returns:])
         ready = ready[:num_returns]
@@ -1363,28 +1347,34 @@ class Runtime:
         borrowed = [r for r in items if type(r) is ObjectRef and r._owner != self.address and r._id not in self._values]
         if borrowed:
             self.soon(self._fetch_all, borrowed)
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             ready = [item for item in items if is_ready(item)]
         if len(ready) < num_returns and timeout != 0:
-            blocked = self.executor is not None and self.executor.notify_blocked(True)
-            try:
-                with self._cv:
-                    while True:
-                        ready = [item for item in items if is_ready(item)]
-                        if len(ready) >= num_returns:
-                            break
-                        remaining = None if deadline is None else deadline - time.monotonic()
-                        if remaining is not None and remaining <= 0:
-                            break
-                        if self._crashed is not None:
-                            raise self._crashed_error()
-                        self._cv.wait(remaining)
-            finally:
-                if blocked:
-                    self.executor.notify_blocked(False)
+            ready = self._block_until(lambda: [item for item in items if is_ready(item)], num_returns, timeout)
         chosen = {id(item) for item in ready[:num_returns]}
         return [item for item in items if id(item) in chosen], [item for item in items if id(item) not in chosen]
+
+    def _block_until(self, ready_now: Callable[[], list[Any]], num_returns: int, timeout: float | None) -> list[Any]:
+        """Wait on the runtime's condition until ``ready_now()`` (called with its lock held)
+        lists ``num_returns`` items or ``timeout`` passes; what it listed last. A worker tells
+        its node and owner it is blocked meanwhile (they lend its CPU, take back its tasks)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        blocked = self.executor is not None and self.executor.notify_blocked(True)
+        try:
+            with self._cv:
+                while True:
+                    ready = ready_now()
+                    if len(ready) >= num_returns:
+                        return ready
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return ready
+                    if self._crashed is not None:  # (set before it notifies: no lost wakeup)
+                        raise self._crashed_error()
+                    self._cv.wait(remaining)
+        finally:
+            if blocked:
+                self.executor.notify_blocked(False)
 
     def load_entry(self, entry: m.ValueEntry, deadline: float | None = None) -> Any:
         """The value of ``entry``. A stored object no copy of which can be read is recovered by
