@@ -212,8 +212,7 @@ def test_a_node_waiting_for_its_head_still_stops_with_its_cluster_start_or_a_sig
         tree: list[int] = []
         try:
             cli = psutil.Process(start.pid)
-            daemon = e2e.wait_until(lambda cli=cli: next((c for c in cli.children()
-                                                          if "cluster.daemon" in " ".join(c.cmdline())), None),
+            daemon = e2e.wait_until(lambda cli=cli: next((c for c in cli.children() if _is_daemon(c)), None),
                                     timeout=30, what="the node daemon to start")
             tree = [daemon.pid, *(c.pid for c in daemon.children(recursive=True))]
             if stop == "SIGTERM the daemon":
@@ -225,3 +224,10 @@ def test_a_node_waiting_for_its_head_still_stops_with_its_cluster_start_or_a_sig
             start.kill()
             start.wait()
             e2e.kill_all(pid for pid in tree if e2e.is_running(pid))
+
+
+def _is_daemon(process: psutil.Process) -> bool:
+    try:
+        return "cluster.daemon" in " ".join(process.cmdline())
+    except psutil.Error:  # a child that already exited (a zombie until reaped), or is gone
+        return False

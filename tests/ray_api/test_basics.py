@@ -3,8 +3,6 @@ does here): a Ray program's first lines must not fail on them."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 import cluster
@@ -116,6 +114,21 @@ def test_arguments_that_do_not_bind_fail_at_remote_in_the_caller(shared_cluster)
     with pytest.raises(TypeError, match=r"Plain.remote\(\): Plain\(\) takes no arguments"):
         Plain.remote(1)
     assert cluster.get(Plain.remote().get.remote(), timeout=60) == "plain"
+
+    box = Box.remote(5)  # an actor method's arguments too, also through a handle passed elsewhere
+    with pytest.raises(TypeError, match=r"Box.get.remote\(\): too many positional arguments"):
+        box.get.remote(1)
+
+    @cluster.remote
+    def misuse(handle) -> str:
+        try:
+            handle.get.remote(extra=1)
+        except TypeError as exc:
+            return str(exc)
+        return "no error"
+
+    assert cluster.get(misuse.remote(box), timeout=60) == "Box.get.remote(): got an unexpected keyword argument 'extra'"
+    assert cluster.get(box.get.remote(), timeout=60) == 5
 
 
 def test_the_runtime_context_says_where_and_as_what_code_runs(shared_cluster, node_ids):
@@ -285,68 +298,3 @@ def test_class_attributes_redefinitions_and_oversized_captures(shared_cluster):
 
     with pytest.raises(ValueError, match=r"captures_big pickles to 101 MB, because of what it captures \(big: 101.0 MB\)"):
         captures_big.remote()
-
-
-def test_await_ref_and_ref_future(shared_cluster, tmp_path):
-    import asyncio
-    import concurrent.futures
-
-    async def main() -> list:
-        return [await plus_one.remote(i) for i in range(3)] + [await asyncio.wait_for(plus_one.remote(10), 60)]
-
-    assert asyncio.run(main()) == [1, 2, 3, 11]
-    future = plus_one.remote(41).future()
-    assert isinstance(future, concurrent.futures.Future) and future.result(timeout=60) == 42
-    big = cluster.put(b"y" * 1_000_000)  # a stored value: loaded off the runtime's thread
-    assert asyncio.run(asyncio.wait_for(_awaited(big), 60)) == 1_000_000
-    with pytest.raises(ZeroDivisionError):
-        _fails.remote().future().result(timeout=60)
-
-    gate = str(tmp_path / "gate")
-
-    @cluster.remote
-    def held(i: int, gate: str) -> int:
-        import os
-        import time
-
-        while not os.path.exists(gate):
-            time.sleep(0.01)
-        return i
-
-    @cluster.remote
-    class Awaiter:
-        def __init__(self) -> None:
-            self.waiting = 0
-
-        async def gather(self, refs: list) -> list:
-            import asyncio
-
-            async def one(ref):
-                self.waiting += 1
-                try:
-                    return await ref
-                finally:
-                    self.waiting -= 1
-
-            return await asyncio.gather(*(one(ref) for ref in refs))
-
-        async def waiting_now(self) -> int:
-            return self.waiting
-
-    awaiter = Awaiter.remote()
-    refs = [held.remote(i, gate) for i in range(100)]
-    gathered = awaiter.gather.remote(refs)
-    deadline = time.monotonic() + 60
-    while cluster.get(awaiter.waiting_now.remote(), timeout=60) < 100:  # all 100 at once, and the
-        assert time.monotonic() < deadline  # actor still answers other calls meanwhile
-    open(gate, "w").close()
-    assert cluster.get(gathered, timeout=120) == list(range(100))
-
-
-async def _awaited(ref) -> int:
-    return len(await ref)
-
-
-@cluster.remote
-def _fails() -> float:
-    return 1 / 0

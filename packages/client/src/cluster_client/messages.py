@@ -157,7 +157,7 @@ class AttachProxy:
 CALL_OPS: dict[str, tuple[str, ...]] = {
     "submit": ("fields",),
     "create_actor": ("name", "methods", "options", "blob", "payload", "deps", "held"),
-    "actor_call": ("spec", "method", "num_returns", "payload", "deps", "held"),
+    "actor_call": ("spec", "method", "num_returns", "payload", "deps", "held", "group"),
     "put": ("value",),
     "get": ("refs", "timeout"),
     "wait": ("refs", "num_returns", "timeout"),

@@ -128,9 +128,10 @@ class Proxy:
         return self._grant_handle(ActorHandle(*fields), grants)
 
     def op_actor_call(self, grants: dict, spec: tuple, method: str, num_returns: int, payload: bytes,
-                      deps: list, held: list) -> list[bytes]:
+                      deps: list, held: list, group: str = "") -> list[bytes]:
         refs = self.rt.submit_actor_call(self._handle(spec), method, num_returns, payload,
-                                         [self._ref(*r) for r in deps], [self._ref(*r) for r in held])
+                                         [self._ref(*r) for r in deps], [self._ref(*r) for r in held],
+                                         group=group)
         return [self._grant_ref(ref, grants) for ref in refs]
 
     def op_put(self, grants: dict, value: Any) -> bytes:

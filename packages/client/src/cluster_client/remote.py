@@ -208,10 +208,10 @@ class ClientRuntime:
                           blob, payload, self._wire(dep_refs), self._wire(held), build=tuple)
 
     def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes, dep_refs: list,
-                          held: list) -> list[ObjectRef]:
+                          held: list, stream: tuple[int, bool] | None = None, group: str = "") -> list[ObjectRef]:
         spec = (handle._actor_id, handle._class_name, handle._methods, handle._owner, handle._name_key)
         return self._call("actor_call", spec, method, num_returns, payload, self._wire(dep_refs),
-                          self._wire(held), build=self._refs)
+                          self._wire(held), group, build=self._refs)
 
     def put(self, value: Any) -> ObjectRef:
         return self._call("put", value, build=lambda oid: self._refs([oid])[0])

@@ -10,9 +10,10 @@ the owner where the actor lives, then talks to its worker directly.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from cluster.api.args import Check, pack_args, signature_check
+from cluster.api.args import Check, Shape, pack_args, parameter_shape, shape_check, signature_check
 from cluster.api.generators import ObjectRefGenerator, streams_of
 from cluster.api.lifecycle import current_runtime
 from cluster.api.options import (
@@ -33,19 +34,56 @@ def _is_generator(fn: Any) -> bool:
     return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
 
+class MethodTable(dict):
+    """An actor's methods -> their num_returns, with each one's parameters (``shapes``): a
+    handle carries it to every process it reaches, where calls are checked at ``.remote()``."""
+
+    __slots__ = ("shapes",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict[str, Shape] = {}
+
+
 def _method_names(cls: type) -> dict[str, int | str]:
     """Public methods callable remotely -> their num_returns (from @cluster.method; a method
     that yields: "streaming", as Ray)."""
-    names: dict[str, int | str] = {}
+    names = MethodTable()
     for name, member in inspect.getmembers(cls, callable):
         if name.startswith("_") and name != "__call__":
             continue
         default = STREAMING if _is_generator(member) else 1
         names[name] = getattr(member, "_cluster_num_returns", None) or default
+        kind = inspect.getattr_static(cls, name, None)
+        shape = parameter_shape(member, bound_method=not isinstance(kind, staticmethod | classmethod))
+        if shape is not None:
+            names.shapes[name] = shape
     # Every actor has Ray's two built-in methods (the worker answers them, worker/executor.py).
     names.setdefault("__ray_ready__", 1)
     names.setdefault("__ray_terminate__", 1)
     return names
+
+
+def method_groups(cls: type) -> dict[str, str]:
+    """Methods of ``cls`` that ``@cluster.method(concurrency_group=...)`` placed -> their group."""
+    found = {}
+    for name, member in inspect.getmembers(cls, callable):
+        group = getattr(member, "_cluster_concurrency_group", None)
+        if group is not None:
+            found[name] = group
+    return found
+
+
+def check_groups(cls: type, groups: Mapping[str, int] | None) -> None:
+    """Refuse (ValueError) a method placed in a group the actor does not define."""
+    defined = dict(groups or {})
+    for name, group in sorted(method_groups(cls).items()):
+        if group not in defined and group != "default":
+            known = ", ".join(repr(g) for g in defined) or "none"
+            raise ValueError(
+                f"method {cls.__name__}.{name} is in concurrency group {group!r}, which {cls.__name__} "
+                f"does not define (its groups: {known}): add it with "
+                f"@cluster.remote(concurrency_groups={{{group!r}: N}}) or .options(concurrency_groups=...)")
 
 
 def _check_num_returns(num_returns: Any) -> None:
@@ -55,14 +93,24 @@ def _check_num_returns(num_returns: Any) -> None:
             f'num_returns must be a positive integer, "streaming" or "dynamic" (generators), got {num_returns!r}')
 
 
-def method(*, num_returns: int | str | None = None) -> Any:
-    """Decorate an actor method with call options: ``@cluster.method(num_returns=2)``."""
+def _check_group_name(group: Any) -> None:
+    if not isinstance(group, str) or not group:
+        raise ConfigError(f"concurrency_group must be the name of one of the actor's concurrency groups, got {group!r}")
+
+
+def method(*, num_returns: int | str | None = None, concurrency_group: str | None = None) -> Any:
+    """Decorate an actor method with call options: ``@cluster.method(num_returns=2)``;
+    ``concurrency_group``: the group (of the actor's ``concurrency_groups``) its calls run in."""
     if num_returns is not None:
         _check_num_returns(num_returns)
+    if concurrency_group is not None:
+        _check_group_name(concurrency_group)
 
     def wrap(fn: Any) -> Any:
         check_generator_num_returns(num_returns, _is_generator(fn), getattr(fn, "__qualname__", "the method"))
         fn._cluster_num_returns = num_returns
+        if concurrency_group is not None:
+            fn._cluster_concurrency_group = concurrency_group
         return fn
 
     return wrap
@@ -120,6 +168,9 @@ class ActorClass:
         if check is None:
             check = self._shared["check"] = _constructor_check(self._cls)
         check(args, kwargs)
+        if "groups_checked" not in self.__dict__:
+            check_groups(self._cls, self._options.concurrency_groups)
+            self.__dict__["groups_checked"] = True
         runtime = current_runtime()
         _, blob = self._pickled()
         payload, dep_refs, held = pack_args(runtime, args, kwargs)
@@ -135,8 +186,8 @@ class ActorHandle:
     actor.
     """
 
-    __slots__ = ("__weakref__", "_actor_id", "_class_name", "_lifetime", "_max_pending_calls", "_methods", "_name_key",
-                 "_owner")
+    __slots__ = ("__weakref__", "_actor_id", "_checks", "_class_name", "_lifetime", "_max_pending_calls", "_methods",
+                 "_name_key", "_owner")
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int | str], owner: str,
                  name_key: str = "", lifetime: object_ref.ObjectRef | None = None,
@@ -150,6 +201,7 @@ class ActorHandle:
         # reference counting ends the actor when the last one is gone.
         self._lifetime = lifetime
         self._max_pending_calls = max_pending_calls  # -1: unlimited (Ray's option; counted per handle)
+        self._checks: dict[str, Check | None] = {}  # method -> its arguments' check, made at its first call
         runtime = object_ref._runtime
         if runtime is not None and owner == runtime.address:
             runtime.actor_handle_added(actor_id)
@@ -169,6 +221,16 @@ class ActorHandle:
             known = ", ".join(sorted(n for n in self._methods if not n.startswith("__ray_"))) or "none"
             raise AttributeError(f"actor {self._class_name} has no method {name!r} (its methods: {known})")
         return ActorMethod(self, name, self._methods[name])
+
+    def _check_of(self, method: str) -> Check | None:
+        """The check that a call's arguments bind to ``method``'s parameters (None: unknown)."""
+        try:
+            return self._checks[method]
+        except KeyError:
+            shape = getattr(self._methods, "shapes", {}).get(method)
+            check = None if shape is None else shape_check(shape, f"{self._class_name}.{method}.remote()")
+            self._checks[method] = check
+            return check
 
     def __repr__(self) -> str:
         return f"ActorHandle({self._class_name}, {self._actor_id.hex()})"
@@ -191,36 +253,45 @@ class ActorHandle:
 class ActorMethod:
     """``handle.method``: call it with ``.remote(...)``."""
 
-    __slots__ = ("_backpressure", "_handle", "_name", "_num_returns")
+    __slots__ = ("_backpressure", "_group", "_handle", "_name", "_num_returns")
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int | str, backpressure: int = 0) -> None:
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int | str, backpressure: int = 0,
+                 group: str = "") -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
         self._backpressure = backpressure  # a generator method's _generator_backpressure_num_objects
+        self._group = group  # the call's concurrency_group ("": the method's own)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor methods are called with .remote(): use handle.{self._name}.remote(...)")
 
-    def options(self, *, num_returns: int | str | None = None,
+    def options(self, *, num_returns: int | str | None = None, concurrency_group: str | None = None,
                 _generator_backpressure_num_objects: int | None = None) -> ActorMethod:
         if num_returns is not None:
             _check_num_returns(num_returns)
+        if concurrency_group is not None:
+            _check_group_name(concurrency_group)
         # (checked by the task option's own validator)
         TaskOptions(_generator_backpressure_num_objects=_generator_backpressure_num_objects)
         backpressure = backpressure_limit(_generator_backpressure_num_objects) or self._backpressure
-        return ActorMethod(self._handle, self._name, num_returns or self._num_returns, backpressure)
+        return ActorMethod(self._handle, self._name, num_returns or self._num_returns, backpressure,
+                           concurrency_group or self._group)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
+        check = self._handle._check_of(self._name)
+        if check is not None:
+            check(args, kwargs)
         runtime = current_runtime()
         payload, dep_refs, held = pack_args(runtime, args, kwargs)
         returns = self._num_returns
         if type(returns) is str:  # a generator method
             streams_of(runtime)
             refs = runtime.submit_actor_call(self._handle, self._name, 1, payload, dep_refs, held,
-                                             (self._backpressure, returns == DYNAMIC))
+                                             (self._backpressure, returns == DYNAMIC), self._group)
             return refs[0] if returns == DYNAMIC else ObjectRefGenerator(runtime, refs[0].id[:16], refs[0])
-        refs = runtime.submit_actor_call(self._handle, self._name, returns, payload, dep_refs, held)
+        refs = runtime.submit_actor_call(self._handle, self._name, returns, payload, dep_refs, held,
+                                         group=self._group)
         return refs[0] if returns == 1 else refs
 
 

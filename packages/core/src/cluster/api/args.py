@@ -65,7 +65,34 @@ def signature_check(fn: Any, what: str, bound_method: bool = False) -> Check:
     parameters = list(signature.parameters.values())
     if bound_method and parameters:
         signature = signature.replace(parameters=parameters[1:])
+    return _binding_check(signature, what)
+
+
+Shape = tuple[tuple[int, str, bool], ...]
+
+
+def parameter_shape(fn: Any, bound_method: bool = False) -> Shape | None:
+    """What binding needs of ``fn``'s parameters, small and picklable: (kind, name, has a
+    default) each (None: no signature to check against)."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if bound_method:
         parameters = parameters[1:]
+    return tuple((int(p.kind), p.name, p.default is not inspect.Parameter.empty) for p in parameters)
+
+
+def shape_check(shape: Shape, what: str) -> Check:
+    """The check of :func:`signature_check`, from a :func:`parameter_shape` (in any process)."""
+    signature = inspect.Signature([
+        inspect.Parameter(name, inspect._ParameterKind(kind), default=None if has_default else inspect.Parameter.empty)
+        for kind, name, has_default in shape])
+    return _binding_check(signature, what)
+
+
+def _binding_check(signature: inspect.Signature, what: str) -> Check:
+    parameters = list(signature.parameters.values())
 
     def slow(args: tuple, kwargs: dict) -> None:
         try:

@@ -5,6 +5,8 @@ Imports: lifecycle (the process's runtime), objects (ObjectRef), errors.
 
 from __future__ import annotations
 
+import asyncio
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,12 +27,33 @@ def get(refs: ObjectRef | Iterable[ObjectRef], *, timeout: float | None = None) 
     if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
         raise ConfigError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
     runtime = current_runtime()
+    if not _warned_blocking_get:
+        _warn_if_blocking_an_event_loop(runtime)
     try:
         values = runtime.get(ref_list, timeout)
     except ClusterError as exc:
         # The remote traceback is in the message; our own frames would only be noise.
         raise exc.with_traceback(None) from None
     return values[0] if single else values
+
+
+_warned_blocking_get = False
+
+
+def _warn_if_blocking_an_event_loop(runtime: Any) -> None:
+    """Once per worker, the warning Ray gives for a blocking ``get`` in an async actor's call."""
+    global _warned_blocking_get
+    executor = getattr(runtime, "executor", None)
+    if executor is None or not executor.is_async_actor:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return  # (a thread of its own, not the event loop)
+    _warned_blocking_get = True
+    warnings.warn("Using blocking cluster.get inside async actor. This blocks the event loop. Please use `await` "
+                  "on object ref with asyncio.gather if you want to yield execution to the event loop instead.",
+                  RuntimeWarning, stacklevel=3)
 
 
 def put(value: Any) -> ObjectRef:

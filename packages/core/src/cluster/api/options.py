@@ -42,6 +42,22 @@ def _positive_integer(instance: Any, attribute: attrs.Attribute, value: Any) -> 
         raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
 
 
+def _concurrency_groups(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """Ray's ``concurrency_groups``: a dict of group names to each group's max concurrency."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError(f'concurrency_groups must be a dict of group names to max concurrency, like '
+                          f'{{"io": 2, "compute": 4}}, got {type(value).__name__}')
+    for name, limit in value.items():
+        if not isinstance(name, str) or not name or name.startswith("_ray"):
+            raise ConfigError(f"concurrency group names must be non-empty strings not starting with '_ray' "
+                              f"(those are Ray's own), got {name!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"concurrency group {name!r} must have a positive integer max concurrency, "
+                              f"got {limit!r}")
+
+
 STREAMING = "streaming"  # num_returns of a generator: an ObjectRefGenerator, values as they are yielded
 DYNAMIC = "dynamic"  # num_returns of a generator: one ref, whose value holds the refs of all it yielded
 
@@ -214,7 +230,7 @@ class ActorOptions(_RayOptions):
     max_task_retries: int = attrs.field(default=0, validator=_count_or_unlimited)
     max_concurrency: int | None = None  # async actors: 1000; sync actors: 1 (more: a thread pool)
     max_pending_calls: int = attrs.field(default=-1, validator=_count_or_unlimited)
-    concurrency_groups: Any = None
+    concurrency_groups: Mapping[str, int] | None = attrs.field(default=None, validator=_concurrency_groups)
     allow_out_of_order_execution: bool | None = None
     enable_tensor_transport: bool | None = None
 

@@ -30,6 +30,7 @@ from cluster.wire.connection import Connection
 log = structlog.get_logger("cluster.head")
 
 MAX_FAILURES = 200  # kept for `cluster status`
+JOB_COUNTER_KEY = "__cluster/job_counter"  # (in the KV) the last job number given to a driver
 
 
 @attrs.define(eq=False)
@@ -297,7 +298,18 @@ class HeadService:
             self.drivers[conn] = {"kind": "driver", "pid": msg.pid, "hostname": msg.hostname,
                                   "address": msg.address}
             conn.on_close.append(lambda c: self.drivers.pop(c, None))
-        conn.reply(request_id, m.DriverRegistered(self.view(), self.session_dir, os.getpid(), self.cluster_id))
+        job = msg.job or self._new_job()
+        conn.reply(request_id, m.DriverRegistered(self.view(), self.session_dir, os.getpid(), self.cluster_id, job))
+
+    def _new_job(self) -> int:
+        """The next job number (from 1, as Ray's JobIDs), kept in the KV so a new head goes on
+        counting where the old one stopped."""
+        job = int.from_bytes(self._kv.get(JOB_COUNTER_KEY, b""), "little") + 1
+        value = job.to_bytes(4, "little")
+        self._kv[JOB_COUNTER_KEY] = value
+        if self.metadata is not None:
+            tables.put_kv(self.metadata, JOB_COUNTER_KEY, value)
+        return job
 
     def _list_failures(self, conn: Connection, msg: m.ListFailures, request_id: int) -> None:
         conn.reply(request_id, list(self.failures))

@@ -148,7 +148,8 @@ class Actors:
         state = ActorState(
             actor_id, actor_class.__name__, self.rt.address, True, detached,
             create=m.CreateActor(actor_id, actor_class.__name__, blob, payload, [], self.rt.address,
-                                 opts.max_concurrency),
+                                 opts.max_concurrency, dict(opts.concurrency_groups or {}), dict(opts.shape),
+                                 handle_owner=handle[3], name_key=handle[4]),
             shape=shape,
             runtime_env=runtime_env,
             name_key=name_key,
@@ -164,8 +165,9 @@ class Actors:
 
     def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes,
                           dep_refs: list[ObjectRef], held: list[ObjectRef],
-                          stream: tuple[int, bool] | None = None) -> list[ObjectRef]:
-        """Call ``method``; ``stream``: a generator's (back-pressure limit, dynamic)."""
+                          stream: tuple[int, bool] | None = None, group: str = "") -> list[ObjectRef]:
+        """Call ``method``; ``stream``: a generator's (back-pressure limit, dynamic); ``group``:
+        the concurrency group it runs in, when the call names one."""
         if handle._max_pending_calls >= 0:
             self._check_pending_limit(handle, handle._max_pending_calls)
         task_id = self.rt.new_task_id()
@@ -185,6 +187,7 @@ class Actors:
             namespace=self.rt.caller_namespace(),
         )
         task.method = method
+        task.group = group
         task.actor = handle
         if self.rt.executor is not None:
             task.parent = current_task_id.get()
@@ -228,7 +231,7 @@ class Actors:
         state.in_flight[task.task_id] = task
         spec = m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, [], task.num_returns,
                           self.rt.address, task.method, task.namespace,
-                          None if task.stream is None else task.stream.spec())
+                          None if task.stream is None else task.stream.spec(), task.group)
         try:
             conn.send_threadsafe(m.PushTasks([spec]))
         except ClusterConnectionError:
@@ -403,7 +406,7 @@ class Actors:
             state.in_flight[task.task_id] = task
             specs.append(m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, task.deps,
                                     task.num_returns, self.rt.address, task.method, task.namespace,
-                                    None if task.stream is None else task.stream.spec()))
+                                    None if task.stream is None else task.stream.spec(), task.group))
         if specs and state.conn is not None:
             try:
                 state.conn.send(m.PushTasks(specs))
@@ -446,7 +449,8 @@ class Actors:
         state.lease, state.conn, state.address = lease, lease.conn, lease.conn.peer
         assert state.create is not None  # (only owners start actors)
         try:
-            error = await lease.conn.request(state.create)
+            create = state.create if not state.restarts else attrs.evolve(state.create, restarted=True)
+            error = await lease.conn.request(create)
         except (ClusterConnectionError, RemoteCallError) as exc:
             self._actor_lost(state, f"its worker died while building it ({exc})")
             return

@@ -262,7 +262,7 @@ class Streams:
             self._settle(stream, index, future)
 
     def _settle(self, stream: StreamState, index: int, future: concurrent.futures.Future[Any]) -> None:
-        if future.done():
+        if future.done() or not future.set_running_or_notify_cancel():  # (cancelled: its item stays)
             return
         try:
             with self.rt._cv:

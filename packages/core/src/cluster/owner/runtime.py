@@ -60,7 +60,14 @@ from cluster.owner.actors import LIFETIME_SUFFIX, Actors, ActorState, HandleFiel
 from cluster.owner.generators import Streams
 from cluster.owner.recovery import Recovery
 from cluster.owner.references import KEEP, Borrow, ReferenceTable
-from cluster.owner.tasks import DEFAULT_NAMESPACE, Lease, PendingTask, Shape, ShapeQueue
+from cluster.owner.tasks import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_SHAPE,
+    Lease,
+    PendingTask,
+    Shape,
+    ShapeQueue,
+)
 from cluster.plugins import make_object_store
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, Dialer, run_connection
@@ -139,7 +146,10 @@ class Runtime:
         self._namespace = ""  # of the actor names it creates and looks up (init(namespace=)); "": the default
         self._dialer = Dialer(token, role, self._on_message, self._on_message_fast)
         self._ids = itertools.count()
-        self._pid_prefix = os.getpid().to_bytes(4, "little")
+        # Task ids start with the job's number (4 bytes, as Ray's JobID): a driver's own, given by
+        # the head; in a worker, that of the task running in the thread that submits.
+        self.job = 0
+        self._job_prefix = bytes(4)
         self._thread: threading.Thread | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
@@ -309,11 +319,14 @@ class Runtime:
         """Register with the head, on each connection to it: the head lists this driver again
         after it restarted; if the node this driver used is gone with it (the head's own), the
         driver moves to the node that replaced it."""
-        reply = await conn.request(m.RegisterDriver(os.getpid(), socket.gethostname(), self.address))
+        reply = await conn.request(m.RegisterDriver(os.getpid(), socket.gethostname(), self.address, self.job))
         if self.cluster_id and reply.cluster_id != self.cluster_id:
             _tell_user(f"the head at {self.head_address} came back as another cluster ({reply.cluster_id}, "
                        f"was {self.cluster_id}): what the old one kept (actor names, jobs) is gone")
         self.cluster_id = reply.cluster_id
+        if reply.job and not self.job:
+            self.job = reply.job
+            self._job_prefix = reply.job.to_bytes(4, "little")
         self.nodes = reply.nodes
         if self.session_dir is None:
             self.session_dir = reply.session_dir
@@ -438,8 +451,8 @@ class Runtime:
 
     def submit_actor_call(self, handle: Any, method: str, num_returns: int, payload: bytes,
                           dep_refs: list[ObjectRef], held: list[ObjectRef],
-                          stream: tuple[int, bool] | None = None) -> list[ObjectRef]:
-        return self.actors.submit_actor_call(handle, method, num_returns, payload, dep_refs, held, stream)
+                          stream: tuple[int, bool] | None = None, group: str = "") -> list[ObjectRef]:
+        return self.actors.submit_actor_call(handle, method, num_returns, payload, dep_refs, held, stream, group)
 
     def named_actor(self, name: str, namespace: str | None) -> HandleFields | None:
         return self.actors.named_actor(name, namespace)
@@ -463,7 +476,14 @@ class Runtime:
     # ---------------------------------------------------------------- ids and references
 
     def new_task_id(self) -> bytes:
-        return self._pid_prefix + os.urandom(8) + next(self._ids).to_bytes(4, "little")
+        running = current_task_id.get()
+        prefix = running[:4] if running is not None else self._job_prefix
+        return prefix + os.urandom(8) + next(self._ids).to_bytes(4, "little")
+
+    def job_id(self) -> bytes:
+        """The job of the code running now: the task's in a worker, else this driver's own."""
+        running = current_task_id.get()
+        return running[:4] if running is not None else self._job_prefix
 
     def remove_local_ref(self, object_id: bytes) -> None:
         release = self.references.remove_local(object_id, self._owned)
@@ -838,7 +858,8 @@ class Runtime:
                         m.TaskSpec(
                             task.task_id, task.name, task.function_id, fn, task.args,
                             task.deps, task.num_returns, self.address, "", task.namespace,
-                            None if task.stream is None else task.stream.spec(),
+                            None if task.stream is None else task.stream.spec(), "",
+                            None if task.shape == DEFAULT_SHAPE else envs.plain_shape(task.shape),
                         )
                     )
                 try:
@@ -1458,6 +1479,12 @@ class Runtime:
     # -------------------------------------------------------------------------- cancel
 
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
+        if force:
+            with self._cv:
+                task = self._tasks.get(ref.id[:16])
+            if task is not None and task.actor is not None:
+                raise ValueError("force=True is not supported for actor tasks: an actor call is never interrupted "
+                                 "(its actor's state stays whole); use cluster.kill(actor) to stop the actor")
         self.call(self._cancel, ref.id[:16], force, recursive)
 
     def _cancel_children(self, parent: bytes, force: bool) -> None:
@@ -1486,10 +1513,15 @@ class Runtime:
                 queue.pending.remove(task)
             self._finish(task, [v.serialize_error(TaskCancelledError(task.name))] * task.num_returns)
         elif task.lease.conn is not None and not task.lease.conn.closed:
-            task.lease.conn.send(m.CancelTask(task_id, force, recursive))
+            # (force never reaches an actor call: a child actor call of a forced recursive cancel, as Ray)
+            task.lease.conn.send(m.CancelTask(task_id, force and task.actor is None, recursive))
 
 
 def _settle(future: concurrent.futures.Future[Any], load: Callable[[Any], Any], entry: m.ValueEntry) -> None:
+    # A future its waiter cancelled (asyncio.wait_for timing out on ``await ref``) takes no value;
+    # from here on it cannot be cancelled, so setting it below cannot race with a cancel.
+    if not future.set_running_or_notify_cancel():
+        return
     try:
         value = load(entry)
     except BaseException as exc:  # the task's error (or the object's loss): the future raises it

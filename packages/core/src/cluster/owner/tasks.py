@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 DEFAULT_NAMESPACE = "default"  # of actor names, when none is given
 
 Shape = tuple[tuple[str, float], ...]  # a resource shape: sorted (name, amount) pairs, no zeros
+DEFAULT_SHAPE: Shape = (("CPU", 1.0),)  # a task's when it asks for nothing else (as Ray's)
 
 
 @attrs.define(slots=True, eq=False)
@@ -40,6 +41,7 @@ class PendingTask:
     held: list[ObjectRef] = attrs.Factory(list)  # ObjectRefs pickled inside the arguments
     deps: list[ValueEntry] = attrs.Factory(list)  # the values of dep_refs, once known
     method: str = ""  # an actor call: the method's name
+    group: str = ""  # an actor call: the concurrency group its caller named ("": the method's own)
     counted: bool = False  # an actor call counted in its ActorState.unsent
     # An actor call: the caller's ActorHandle (an api type: owner cannot name it), then, on
     # the trio thread, its ActorState.

@@ -195,6 +195,7 @@ class DriverRegistered(Message):
     session_dir: str
     head_pid: int
     cluster_id: str = ""
+    job: int = 0  # the driver's job number (Ray's JobID: get_runtime_context().get_job_id())
 
 
 @message(89)
@@ -388,6 +389,7 @@ class RegisterDriver(Message):
     pid: int
     hostname: str
     address: str = ""  # the driver's own listener (it owns objects)
+    job: int = 0  # its job number, when it registers again (a new head); 0: give it one
 
 
 @message(23)
@@ -508,6 +510,8 @@ class TaskSpec(Message):
     method: str = ""  # a call of this actor method (the worker holds the actor), else a task
     namespace: str = ""  # of the caller's actor names ("": the default), for code that names actors
     stream: StreamSpec | None = None  # a generator task: its values stream back as they are made
+    group: str = ""  # an actor call: the concurrency group its caller named ("": the method's own)
+    resources: dict[str, float] | None = None  # a task's (get_assigned_resources); None: {"CPU": 1}
 
 
 # --- generators: values streamed back as a task yields them (docs/design/0014) -------------
@@ -737,6 +741,11 @@ class CreateActor(Message):
     deps: list[ValueEntry]
     owner: str
     max_concurrency: int | None  # None: 1000 for async actors, else 1
+    concurrency_groups: dict[str, int] = attrs.Factory(dict)  # Ray's: group name -> its max concurrency
+    resources: dict[str, float] = attrs.Factory(dict)  # what it holds for its life (get_assigned_resources)
+    restarted: bool = False  # it replaces an instance that died (max_restarts)
+    handle_owner: str = ""  # its handles' owner ("": detached, found by name_key) for current_actor
+    name_key: str = ""
 
 
 @message(70)

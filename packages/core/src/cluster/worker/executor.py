@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import inspect
 import io
 import json
@@ -41,6 +40,7 @@ from cluster.objects.refs import collect_incoming
 from cluster.owner.runtime import Runtime
 from cluster.session import die_with_parent
 from cluster.wire import messages as m
+from cluster.worker.concurrency import ConcurrencyGroups
 
 FLUSH_AFTER_S = 0.002  # send results at least this often while more tasks are queued
 
@@ -57,7 +57,8 @@ class Executor:
         self._function_blobs: dict[bytes, bytes] = {}  # code that came with tasks not run yet
         self._lock = threading.Lock()
         self._current: tuple[Any, Any] | None = None
-        self._cancelled: set[bytes] = set()  # running tasks being interrupted
+        self._cancelled: set[bytes] = set()  # running calls cancelled (is_canceled() is true in them)
+        self._running: dict[bytes, _Call] = {}  # concurrent actor calls started, by task id
         self._queued: dict[bytes, Any] = {}  # pushed, not started -> the owner's connection
         self._queued_names: dict[bytes, str] = {}
         self._skip: set[bytes] = set()  # cancelled before they started: already answered
@@ -65,10 +66,12 @@ class Executor:
         self._results: dict[Any, list] = {}  # made on the main thread, not sent yet (see run)
         self._actor: Any = None  # the instance, once this worker is an actor
         self.actor_id: bytes | None = None
-        self._concurrent: Any = None  # an asyncio loop or a thread pool, for concurrent actors
-        self._async_limit: Any = None
+        self._concurrent: ConcurrencyGroups | None = None  # an actor's lanes, unless one call at a time
         self._actor_error: list | None = None
         self._owner_conn: Any = None  # an actor's: the connection its owner created it on
+        self._actor_resources: dict[str, float] = {}
+        self.restarted = False  # an actor's: this instance replaces one that died
+        self.actor_handle: tuple = ()  # an actor's: what its own handle is made of (current_actor)
         self._runs: dict[bytes, _StreamRun] = {}  # generator tasks running, by task id
         self._early_stops: set[bytes] = set()  # generator tasks whose consumer left before they ran
 
@@ -99,8 +102,16 @@ class Executor:
                 if force:
                     os._exit(1)
                 self._cancelled.add(task_id)
-                # A real signal, not interrupt_main(): it also breaks blocking calls like sleep.
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                if self.actor_id is None:  # (an actor call only sees the flag: its state stays whole, as Ray)
+                    # A real signal, not interrupt_main(): it also breaks blocking calls like sleep.
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            elif task_id in self._running:
+                if force:
+                    os._exit(1)
+                self._cancelled.add(task_id)
+                call = self._running[task_id]
+                if call.task is not None:  # an async call: its asyncio task is cancelled (at its next await)
+                    call.loop.call_soon_threadsafe(call.task.cancel)
             elif task_id in self._queued:
                 # Not started: answer now instead of after the tasks queued before it.
                 self._queued.pop(task_id, None)
@@ -122,6 +133,46 @@ class Executor:
         else:
             run.signal(stop="dropped")
 
+    def assigned_resources(self) -> dict[str, float]:
+        """What the code running now holds: its actor's resources, or its task's."""
+        if self.actor_id is not None:
+            return dict(self._actor_resources)
+        current = self._current
+        if current is None:
+            return {}
+        resources = current[1].resources
+        return {"CPU": 1.0} if resources is None else dict(resources)
+
+    def spec_of(self, task_id: bytes) -> Any:
+        """The spec of call ``task_id`` running here (None: not running)."""
+        current = self._current
+        if current is not None and current[1].task_id == task_id:
+            return current[1]
+        call = self._running.get(task_id)
+        return call.spec if call is not None else None
+
+    def function_name(self, spec: Any) -> str:
+        """The qualified name of what ``spec`` runs (Ray's get_task_function_name)."""
+        if spec.method:
+            cls = type(self._actor)
+            return f"{cls.__module__}.{cls.__qualname__}.{spec.method}"
+        fn = self._functions.get(spec.function_id)
+        fn = getattr(fn, "__wrapped__", fn)
+        return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', spec.name)}"
+
+    def is_canceled(self, task_id: bytes) -> bool:
+        """Whether the call ``task_id`` running here was cancelled (Ray's ``is_canceled()``)."""
+        return task_id in self._cancelled
+
+    @property
+    def actor(self) -> Any:
+        """The actor instance this worker holds (None: not an actor)."""
+        return self._actor
+
+    @property
+    def is_async_actor(self) -> bool:
+        return self._concurrent is not None and self._concurrent.is_async
+
     def steal(self, conn: Any, max_tasks: int) -> list[bytes]:
         """Give back up to ``max_tasks`` of ``conn``'s tasks that have not started, newest first;
         they will be skipped here (no result is sent for them)."""
@@ -141,6 +192,12 @@ class Executor:
     @property
     def current(self) -> tuple[Any, Any] | None:
         return self._current
+
+    def concurrent_call(self) -> tuple[Any, Any] | None:
+        """(conn, spec) of the concurrent actor call running in this thread or coroutine."""
+        task_id = current_task_id.get()
+        call = self._running.get(task_id) if task_id is not None else None
+        return (call.conn, call.spec) if call is not None else None
 
     def notify_blocked(self, blocked: bool) -> bool:
         """Tell the node this worker waits in ``get`` (its CPU can run other tasks meanwhile)."""
@@ -190,6 +247,7 @@ class Executor:
 
     def execute(self, conn: Any, spec: Any) -> m.TaskResult | None:
         task_id = spec.task_id
+        cancelled = False
         if self._concurrent is not None and spec.method:
             self._start_concurrent(conn, spec)
             return None
@@ -232,15 +290,17 @@ class Executor:
                     stream.flush_partial((conn, spec))
                 with self._lock:
                     self._current = None
+                    cancelled = task_id in self._cancelled
+                    self._cancelled.discard(task_id)
+            if cancelled:  # it ran on (an actor call is never interrupted): its caller still sees the cancel, as Ray
+                return m.TaskResult(task_id, [v.serialize_error(TaskCancelledError(spec.name))], self.pid)
             return self._result(spec, out)
         except ActorExitRequested:
             self.exit_actor(conn, spec)
         except _StreamCancelled:
-            self._cancelled.discard(task_id)
             entries = [v.serialize_error(TaskCancelledError(spec.name))]
         except KeyboardInterrupt:
-            if task_id in self._cancelled:
-                self._cancelled.discard(task_id)
+            if cancelled:
                 entries = [v.serialize_error(TaskCancelledError(spec.name))]
             else:
                 entries = [v.serialize_error(TaskError(spec.name, _remote_traceback(), None))]
@@ -329,6 +389,12 @@ class Executor:
                     if run.stop:
                         out.close()
                         break
+        except asyncio.CancelledError:  # cancelled while it waited on its consumer: it ends here
+            if inspect.isasyncgen(out):
+                await out.aclose()
+            else:
+                out.close()
+            raise
         finally:
             self._end_run(run)
         return self._stream_return(run)
@@ -388,39 +454,52 @@ class Executor:
     # -- concurrent actors: calls run on an asyncio loop, or on a pool of threads --
 
     def _start_concurrent(self, conn: Any, spec: Any) -> None:
+        task_id = spec.task_id
         with self._lock:
-            self._queued.pop(spec.task_id, None)
-            self._queued_names.pop(spec.task_id, None)
-            if spec.task_id in self._skip:
-                self._skip.discard(spec.task_id)
+            self._queued.pop(task_id, None)
+            self._queued_names.pop(task_id, None)
+            if task_id in self._skip:
+                self._skip.discard(task_id)
                 return
+            self._running[task_id] = _Call(conn, spec)  # from here on, a cancel reaches it
+        groups = self._concurrent
+        assert groups is not None
         try:
+            lane = groups.lane(spec.method, spec.group)
             fn = getattr(self._actor, spec.method, None) or _builtin_method(self._actor, spec.method)
             args, kwargs = self._load_arguments(spec.args, spec.deps)
         except BaseException as exc:
-            self._send_one(conn, self._error_result(spec, exc))
+            self._finish_concurrent(conn, spec, self._error_result(spec, exc))
             return
-        if isinstance(self._concurrent, asyncio.AbstractEventLoop):
-            asyncio.run_coroutine_threadsafe(self._run_async(conn, spec, fn, args, kwargs), self._concurrent)
+        if groups.is_async:
+            lane.start(lambda limit: self._run_async(conn, spec, fn, args, kwargs, limit))
         else:
-            self._concurrent.submit(self._run_threaded, conn, spec, fn, args, kwargs)
+            lane.start(lambda: self._run_threaded(conn, spec, fn, args, kwargs))
 
-    async def _run_async(self, conn: Any, spec: Any, fn: Any, args: tuple, kwargs: dict) -> None:
-        async with self._async_limit:
-            current_task_id.set(spec.task_id)  # (this coroutine's own context)
-            current_namespace.set(spec.namespace)
-            try:
+    async def _run_async(self, conn: Any, spec: Any, fn: Any, args: tuple, kwargs: dict,
+                         limit: asyncio.Semaphore) -> None:
+        task_id = spec.task_id
+        with self._lock:
+            call = self._running[task_id]
+            call.loop, call.task = asyncio.get_running_loop(), asyncio.current_task()
+            cancelled = task_id in self._cancelled
+        try:
+            if cancelled:  # (before it started)
+                raise asyncio.CancelledError()
+            async with limit:
+                current_task_id.set(task_id)  # (this coroutine's own context)
+                current_namespace.set(spec.namespace)
                 out = fn(*args, **kwargs)
                 if spec.stream is not None:
                     out = await self._drive_async(conn, spec, out)
                 elif inspect.isawaitable(out):
                     out = await out
                 result = self._result(spec, out)
-            except ActorExitRequested:
-                self.exit_actor(conn, spec)
-            except BaseException as exc:
-                result = self._error_result(spec, exc)
-        self._send_one(conn, result)
+        except ActorExitRequested:
+            self.exit_actor(conn, spec)
+        except BaseException as exc:
+            result = self._error_result(spec, exc)
+        self._finish_concurrent(conn, spec, result)
 
     def _run_threaded(self, conn: Any, spec: Any, fn: Any, args: tuple, kwargs: dict) -> None:
         running = current_task_id.set(spec.task_id)
@@ -437,6 +516,16 @@ class Executor:
         finally:
             current_namespace.reset(caller)
             current_task_id.reset(running)
+        self._finish_concurrent(conn, spec, result)
+
+    def _finish_concurrent(self, conn: Any, spec: Any, result: m.TaskResult) -> None:
+        for stream in _streams:
+            stream.flush_partial((conn, spec), spec.task_id)
+        with self._lock:
+            self._running.pop(spec.task_id, None)
+            if spec.task_id in self._cancelled:  # whatever it returned, its caller sees the cancel
+                self._cancelled.discard(spec.task_id)
+                result = m.TaskResult(spec.task_id, [v.serialize_error(TaskCancelledError(spec.name))], self.pid)
         self._send_one(conn, result)
 
     def exit_actor(self, conn: Any, spec: Any) -> NoReturn:
@@ -456,7 +545,8 @@ class Executor:
             os._exit(0)
 
     def _error_result(self, spec: Any, exc: BaseException) -> m.TaskResult:
-        if isinstance(exc, _StreamCancelled):
+        if isinstance(exc, _StreamCancelled) or (
+                isinstance(exc, asyncio.CancelledError) and spec.task_id in self._cancelled):
             entry = v.serialize_error(TaskCancelledError(spec.name))
         elif isinstance(exc, ClusterError) and not isinstance(exc, TaskError):
             entry = v.serialize_error(exc)  # an argument failed or is lost: pass it on as is
@@ -480,36 +570,34 @@ class Executor:
             if msg.deps:
                 load = self.runtime.load_entry
                 args, kwargs = v.fill_deps(args, kwargs, [load(entry) for entry in msg.deps])
-            self._actor = cls(*args, **kwargs)
+            # (the constructor's runtime context: its actor id, resources, whether it restarts)
             self.actor_id = msg.actor_id
+            self._actor_resources = dict(msg.resources)
+            self.restarted = msg.restarted
+            self.actor_handle = (msg.actor_id, msg.class_name, msg.handle_owner, msg.name_key)
+            building = current_task_id.set(msg.actor_id)
+            try:
+                self._actor = cls(*args, **kwargs)
+            finally:
+                current_task_id.reset(building)
             self._owner_conn = conn
-            self._set_up_concurrency(cls, msg.max_concurrency)
+            self._concurrent = ConcurrencyGroups.for_actor(cls, msg.max_concurrency, msg.concurrency_groups)
         except BaseException as exc:
+            self.actor_id = None  # (not an actor after all)
             error = v.serialize_error(ActorCreationError(f"{msg.class_name}.__init__", _remote_traceback(), exc))
         self.runtime.soon(conn.reply, creation.request_id, error)
 
 
-    def _set_up_concurrency(self, cls: type, max_concurrency: int | None) -> None:
-        """Async actors (any ``async def`` method) run calls on an event loop, up to
-        ``max_concurrency`` (default 1000) at once; sync actors with ``max_concurrency > 1``
-        on that many threads; others one call at a time on the main thread."""
-        is_async = any(inspect.iscoroutinefunction(member) for _, member in inspect.getmembers(cls))
-        if is_async:
-            limit = max_concurrency or 1000
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
+class _Call:
+    """A concurrent actor call that started: its spec, and its asyncio task (async actors)."""
 
-            def run_loop() -> None:
-                asyncio.set_event_loop(loop)
-                self._async_limit = asyncio.Semaphore(limit)
-                ready.set()
-                loop.run_forever()
+    __slots__ = ("conn", "loop", "spec", "task")
 
-            threading.Thread(target=run_loop, name="actor-event-loop", daemon=True).start()
-            ready.wait()
-            self._concurrent = loop
-        elif (max_concurrency or 1) > 1:
-            self._concurrent = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
+    def __init__(self, conn: Any, spec: Any) -> None:
+        self.conn = conn  # (where what it prints goes, with its result)
+        self.spec = spec
+        self.loop: Any = None
+        self.task: Any = None
 
 
 class _StreamCancelled(BaseException):
@@ -652,29 +740,37 @@ class _TaskOutput(io.TextIOBase):
     def __init__(self, name: str, original: Any) -> None:
         self._name = name
         self._original = original
-        self._partial = ""
+        self._partial: dict[bytes, str] = {}  # an unfinished line, by call (b"": the main thread's task)
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
         self._original.write(text)
-        current = _executor.current if _executor is not None else None
-        if current is None:
+        executor = _executor
+        if executor is None:
             return len(text)
-        self._partial += text
-        if "\n" in self._partial:
-            complete, self._partial = self._partial.rsplit("\n", 1)
+        current, key = executor.current, b""
+        if current is None:  # a call of a threaded or async actor, or nothing (the worker's own output)
+            current = executor.concurrent_call()
+            if current is None:
+                return len(text)
+            key = current[1].task_id
+        partial = self._partial.pop(key, "") + text
+        if "\n" in partial:
+            complete, partial = partial.rsplit("\n", 1)
             self._forward(current, complete)
+        if partial:
+            self._partial[key] = partial
         return len(text)
 
     def flush(self) -> None:
         self._original.flush()
 
-    def flush_partial(self, current: Any) -> None:
-        if self._partial and current is not None:
-            self._forward(current, self._partial)
-        self._partial = ""
+    def flush_partial(self, current: Any, key: bytes = b"") -> None:
+        partial = self._partial.pop(key, "")
+        if partial and current is not None:
+            self._forward(current, partial)
 
     def _forward(self, current: tuple, text: str) -> None:
         conn, spec = current
