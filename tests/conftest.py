@@ -330,6 +330,16 @@ def status_json(lc: LocalCluster) -> list[dict[str, Any]]:
     return json.loads(lc.cli("status", "--json").stdout)
 
 
+def run_driver(lc: LocalCluster, source: str, folder: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run ``source`` as a driver script of its own against ``lc`` (with extra ``env``); it must exit 0."""
+    script = folder / "driver.py"
+    script.write_text(source)
+    environ = {**lc.env, "CLUSTER_ADDRESS": lc.address, "CLUSTER_TOKEN": lc.token, **env}
+    proc = subprocess.run([sys.executable, str(script)], env=environ, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 @pytest.fixture
 def e2e() -> types.SimpleNamespace:
     """The helpers above, for test modules (conftest.py is not meant to be imported)."""
@@ -340,4 +350,5 @@ def e2e() -> types.SimpleNamespace:
         kill_all=kill_all,
         status_json=status_json,
         store_paths=store_paths,
+        run_driver=run_driver,
     )

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import collections
 import os
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -207,12 +205,8 @@ DRIVER = textwrap.dedent(
 )
 
 
-def test_worker_prints_reach_the_driver_prefixed_with_task_and_pid(shared_cluster, tmp_path):
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    env = {**shared_cluster.env, "CLUSTER_ADDRESS": shared_cluster.address, "CLUSTER_TOKEN": shared_cluster.token}
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+def test_worker_prints_reach_the_driver_prefixed_with_task_and_pid(shared_cluster, tmp_path, e2e):
+    proc = e2e.run_driver(shared_cluster, DRIVER, tmp_path)
 
     result = proc.stdout.split("RESULT ")[1].split()
     worker_pid, driver_pid = (int(field.split("=")[1]) for field in result)
@@ -279,13 +273,8 @@ TCP_ONLY_DRIVER = textwrap.dedent(
 )
 
 
-def test_everything_works_over_tcp_alone_when_same_host_sockets_are_off(shared_cluster, tmp_path):
-    script = tmp_path / "driver.py"
-    script.write_text(TCP_ONLY_DRIVER)
-    env = {**shared_cluster.env, "CLUSTER_ADDRESS": shared_cluster.address, "CLUSTER_TOKEN": shared_cluster.token,
-           "CLUSTER_LOCAL_SOCKETS": "0"}
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+def test_everything_works_over_tcp_alone_when_same_host_sockets_are_off(shared_cluster, tmp_path, e2e):
+    proc = e2e.run_driver(shared_cluster, TCP_ONLY_DRIVER, tmp_path, CLUSTER_LOCAL_SOCKETS="0")
     assert "FAMILIES ['AF_INET']" in proc.stdout
 
 

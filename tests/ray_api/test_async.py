@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -324,12 +322,58 @@ PRINTING_DRIVER = textwrap.dedent(
 )
 
 
-def test_what_async_and_threaded_actor_calls_print_reaches_the_driver(shared_cluster, tmp_path):
-    script = tmp_path / "driver.py"
-    script.write_text(PRINTING_DRIVER)
-    env = {**shared_cluster.env, "CLUSTER_ADDRESS": shared_cluster.address, "CLUSTER_TOKEN": shared_cluster.token}
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+def test_what_async_and_threaded_actor_calls_print_reaches_the_driver(shared_cluster, tmp_path, e2e):
+    proc = e2e.run_driver(shared_cluster, PRINTING_DRIVER, tmp_path)
     async_pid, thread_pid = proc.stdout.split("RESULT ")[1].split()
     assert f"(Printer.say pid={async_pid}) async line 1\n" in proc.stdout
     assert f"(ThreadPrinter.say pid={thread_pid}) threaded line 2\n" in proc.stdout
+
+
+@cluster.remote
+class Echo:
+    async def echo(self, value: int) -> int:
+        return value
+
+
+@cluster.remote
+class SyncEcho:
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def echo(self, value: int) -> int:
+        self.order.append(value)
+        return value
+
+    def seen(self) -> list:
+        return self.order
+
+
+@pytest.mark.parametrize("kind", ["async", "threaded", "allow_out_of_order_execution"])
+def test_a_call_waiting_for_its_arguments_does_not_hold_up_later_calls(shared_cluster, tmp_path, kind):
+    actor = {"async": lambda: Echo.remote(),
+             "threaded": lambda: SyncEcho.options(max_concurrency=2).remote(),
+             "allow_out_of_order_execution": lambda: SyncEcho.options(allow_out_of_order_execution=True).remote(),
+             }[kind]()
+    gate = tmp_path / "gate"
+    blocked = actor.echo.remote(held.remote(1, str(gate)))  # its argument is not ready until the gate opens
+    later = [actor.echo.remote(i) for i in range(2, 6)]
+    assert cluster.get(later, timeout=60) == [2, 3, 4, 5]  # ran, in their order, while the first waits
+    ready, _ = cluster.wait([blocked], timeout=0)
+    assert not ready
+    gate.touch()
+    assert cluster.get(blocked, timeout=60) == 1
+    if kind != "async":
+        seen = cluster.get(actor.seen.remote(), timeout=60)
+        assert sorted(seen) == [1, 2, 3, 4, 5] and seen.index(1) > seen.index(5)
+    cluster.kill(actor)
+
+
+def test_a_plain_actor_runs_one_callers_calls_in_submission_order_even_when_arguments_wait(shared_cluster, tmp_path):
+    actor = SyncEcho.remote()
+    gate = tmp_path / "gate"
+    first = actor.echo.remote(held.remote(1, str(gate)))
+    rest = [actor.echo.remote(i) for i in range(2, 6)]
+    gate.touch()
+    assert cluster.get([first, *rest], timeout=60) == [1, 2, 3, 4, 5]
+    assert cluster.get(actor.seen.remote(), timeout=60) == [1, 2, 3, 4, 5]  # Ray's order for sync actors
+    cluster.kill(actor)

@@ -36,13 +36,22 @@ def _is_generator(fn: Any) -> bool:
 
 class MethodTable(dict):
     """An actor's methods -> their num_returns, with each one's parameters (``shapes``): a
-    handle carries it to every process it reaches, where calls are checked at ``.remote()``."""
+    handle carries it to every process it reaches, where calls are checked at ``.remote()``.
+    ``out_of_order``: a call whose arguments are ready need not wait for earlier calls whose
+    arguments are not (async and threaded actors, ``allow_out_of_order_execution``), as Ray."""
 
-    __slots__ = ("shapes",)
+    __slots__ = ("out_of_order", "shapes")
 
     def __init__(self) -> None:
         super().__init__()
         self.shapes: dict[str, Shape] = {}
+        self.out_of_order = False
+
+
+def is_async_actor(cls: type) -> bool:
+    """Whether ``cls`` runs as an async actor: any of its methods is ``async def`` (as Ray)."""
+    return any(inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
+               for _, member in inspect.getmembers(cls))
 
 
 def _method_names(cls: type) -> dict[str, int | str]:
@@ -137,6 +146,9 @@ class ActorClass:
         self._options = options
         self._shared = _shared if _shared is not None else {}
         self._methods = _method_names(cls)
+        self._methods.out_of_order = bool(
+            options.allow_out_of_order_execution or (options.max_concurrency or 1) > 1
+            or options.concurrency_groups or is_async_actor(cls))
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__

@@ -81,6 +81,10 @@ class ActorState:
     pending: collections.deque[PendingTask] = attrs.Factory(collections.deque)
     in_flight: dict[bytes, PendingTask] = attrs.Factory(dict)
     resolving: bool = False
+    # Calls need not wait behind earlier calls whose arguments are not ready (async and threaded
+    # actors, allow_out_of_order_execution); their ids while their arguments are awaited.
+    out_of_order: bool = False
+    resolving_calls: set[bytes] = attrs.Factory(set)
     restarts_left: int = 0
     restarts: int = 0
     task_retries: int = 0
@@ -156,6 +160,7 @@ class Actors:
             restarts_left=UNLIMITED if restarts == -1 else restarts,
             task_retries=UNLIMITED if retries == -1 else retries,
             held=[*dep_refs, *held],
+            out_of_order=getattr(actor_class._methods, "out_of_order", False),
         )
         self._actors[actor_id] = state
         if name_key:
@@ -363,7 +368,8 @@ class Actors:
         state = self._actors.get(handle._actor_id)
         if state is None:  # a handle that came from elsewhere: ask the owner where it lives
             state = ActorState(handle._actor_id, handle._class_name, handle._owner, False,
-                               name_key=handle._name_key or None, detached=not handle._owner)
+                               name_key=handle._name_key or None, detached=not handle._owner,
+                               out_of_order=getattr(handle._methods, "out_of_order", False))
             self._actors[handle._actor_id] = state
             self.rt.spawn(self._locate_actor, state)
         return state
@@ -389,9 +395,16 @@ class Actors:
             state.pending.clear()
             return
         specs = []
+        waiting: list[PendingTask] = []  # (out of order: calls passed over, in their order)
         while state.pending:
             task = state.pending[0]
             if task.dep_refs and not self.rt._deps_ready(task):
+                if state.out_of_order:
+                    waiting.append(state.pending.popleft())
+                    if task.task_id not in state.resolving_calls:
+                        state.resolving_calls.add(task.task_id)
+                        self.rt.spawn(self._resolve_one_call, state, task)
+                    continue
                 if not state.resolving:
                     state.resolving = True
                     self.rt.spawn(self._resolve_actor_call, state, task)
@@ -407,11 +420,18 @@ class Actors:
             specs.append(m.TaskSpec(task.task_id, task.name, state.actor_id, None, task.args, task.deps,
                                     task.num_returns, self.rt.address, task.method, task.namespace,
                                     None if task.stream is None else task.stream.spec(), task.group))
+        state.pending.extend(waiting)
         if specs and state.conn is not None:
             try:
                 state.conn.send(m.PushTasks(specs))
             except ClusterConnectionError:
                 pass  # the close callback deals with them
+
+    async def _resolve_one_call(self, state: ActorState, task: Any) -> None:
+        for ref in task.dep_refs:
+            await self.rt._wait_entry(ref)
+        state.resolving_calls.discard(task.task_id)
+        self._pump_actor(state)
 
     async def _resolve_actor_call(self, state: ActorState, task: Any) -> None:
         for ref in task.dep_refs:

@@ -8,27 +8,20 @@ a limit of calls in flight, for a threaded one a pool of that many threads. The 
 takes the methods no ``@cluster.method(concurrency_group=...)`` placed elsewhere; a call's
 ``.options(concurrency_group=...)`` overrides both.
 
-Owns: :class:`ConcurrencyGroups`. Imports: api.actors (which methods a class placed in groups).
+Owns: :class:`ConcurrencyGroups`. Imports: api.actors (whether a class is async, which methods it placed in groups).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from cluster.api.actors import method_groups
+from cluster.api.actors import is_async_actor, method_groups
 
 DEFAULT_ASYNC_CONCURRENCY = 1000  # Ray's default for the default group of an async actor
-
-
-def is_async_actor(cls: type) -> bool:
-    """Whether ``cls`` runs as an async actor: any of its methods is ``async def`` (as Ray)."""
-    return any(inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
-               for _, member in inspect.getmembers(cls))
 
 
 class _EventLoopLane:
