@@ -3,6 +3,8 @@ does here): a Ray program's first lines must not fail on them."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 import cluster
@@ -93,6 +95,13 @@ def test_wait_on_nothing_and_rays_other_names(shared_cluster):
     assert ref.binary() == bytes.fromhex(ref.hex())
     cluster.cancel(plus_one.remote(2), recursive=True)  # accepted
     assert cluster.get(ref, timeout=60) == 2
+    same = copy.copy(ref)  # another ObjectRef of the same object
+    assert same is not ref and same == ref and hash(same) == hash(ref) and {ref: "x"}[same] == "x"
+    assert ref != plus_one.remote(1)
+    with pytest.raises(TypeError, match=r"remote function plus_one cannot be called directly; use plus_one.remote"):
+        plus_one(1)
+    with pytest.raises(TypeError, match=r"actor class Box cannot be instantiated directly; use Box.remote"):
+        Box(1)
 
 
 def test_arguments_that_do_not_bind_fail_at_remote_in_the_caller(shared_cluster):

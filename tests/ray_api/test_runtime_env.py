@@ -232,3 +232,24 @@ def test_runtime_env_fields_are_checked(tmp_path):
     requirements.write_text("# a comment\nrequests==2.31\n\nattrs\n")
     opts = f.options(runtime_env={"pip": str(requirements)})._options
     assert opts.runtime_env == {"pip": {"packages": ["requests==2.31", "attrs"], "pip_check": False}}
+
+
+def test_an_install_that_outlasts_setup_timeout_seconds_fails_saying_so(make_cluster):
+    import socket
+
+    lc = make_cluster(num_cpus=1)
+    cluster.init(lc.address, token=lc.token)
+    with socket.socket() as silent:  # a package index that takes connections and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        index = f"http://127.0.0.1:{silent.getsockname()[1]}/simple"
+
+        @cluster.remote
+        def ok() -> str:
+            return "fine"
+
+        stuck = ok.options(runtime_env={"pip": {"packages": [f"--index-url {index}", "some-package"]},
+                                        "config": {"setup_timeout_seconds": 3}})
+        with pytest.raises(RuntimeEnvSetupError, match=r"took longer than its setup timeout \(3 s"):
+            cluster.get(stuck.remote(), timeout=120)
+    assert cluster.get(ok.remote(), timeout=60) == "fine"
