@@ -58,35 +58,30 @@ def signature_check(fn: Any, what: str, bound_method: bool = False) -> Check:
     """A check that ``fn(*args, **kwargs)`` binds, raising Python's TypeError in the caller (as
     Ray does at ``.remote()``), not later in a worker. ``bound_method``: skip ``self``. Calls of
     plain positional parameters without keywords take a fast path (this runs on every submit)."""
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
-        return _no_check
-    parameters = list(signature.parameters.values())
-    if bound_method and parameters:
-        signature = signature.replace(parameters=parameters[1:])
-    return _binding_check(signature, what)
+    shape = parameter_shape(fn, bound_method)
+    return _no_check if shape is None else shape_check(shape, what)
 
 
-Shape = tuple[tuple[int, str, bool], ...]
+Shape = tuple[tuple[str, str, bool], ...]
 
 
 def parameter_shape(fn: Any, bound_method: bool = False) -> Shape | None:
     """What binding needs of ``fn``'s parameters, small and picklable: (kind, name, has a
-    default) each (None: no signature to check against)."""
+    default) each (None: no signature to check against, as for a builtin)."""
     try:
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return None
     if bound_method:
         parameters = parameters[1:]
-    return tuple((int(p.kind), p.name, p.default is not inspect.Parameter.empty) for p in parameters)
+    return tuple((p.kind.name, p.name, p.default is not inspect.Parameter.empty) for p in parameters)
 
 
 def shape_check(shape: Shape, what: str) -> Check:
     """The check of :func:`signature_check`, from a :func:`parameter_shape` (in any process)."""
     signature = inspect.Signature([
-        inspect.Parameter(name, inspect._ParameterKind(kind), default=None if has_default else inspect.Parameter.empty)
+        inspect.Parameter(name, getattr(inspect.Parameter, kind),
+                          default=None if has_default else inspect.Parameter.empty)
         for kind, name, has_default in shape])
     return _binding_check(signature, what)
 

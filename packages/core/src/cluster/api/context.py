@@ -51,13 +51,13 @@ class RuntimeContext:
 
     def get_actor_id(self) -> str | None:
         """The id of the actor this code runs in; None outside an actor."""
-        executor = getattr(self._runtime, "executor", None)
+        executor = self._executor
         actor_id = getattr(executor, "actor_id", None) if executor is not None else None
         return actor_id.hex() if actor_id is not None else None
 
     def get_worker_id(self) -> str:
         """The id of this worker process (a driver: its process id, in hex)."""
-        executor = getattr(self._runtime, "executor", None)
+        executor = self._executor
         if executor is not None:
             return str(executor.worker_id)
         return f"{os.getpid():016x}"

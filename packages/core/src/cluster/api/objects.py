@@ -27,7 +27,7 @@ def get(refs: ObjectRef | Iterable[ObjectRef], *, timeout: float | None = None) 
     if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
         raise ConfigError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
     runtime = current_runtime()
-    if not _warned_blocking_get:
+    if _watch_blocking_get:
         _warn_if_blocking_an_event_loop(runtime)
     try:
         values = runtime.get(ref_list, timeout)
@@ -37,20 +37,23 @@ def get(refs: ObjectRef | Iterable[ObjectRef], *, timeout: float | None = None) 
     return values[0] if single else values
 
 
-_warned_blocking_get = False
+_watch_blocking_get = True  # until warned once, or known to be a driver (no executor: never an actor)
 
 
 def _warn_if_blocking_an_event_loop(runtime: Any) -> None:
     """Once per worker, the warning Ray gives for a blocking ``get`` in an async actor's call."""
-    global _warned_blocking_get
+    global _watch_blocking_get
     executor = getattr(runtime, "executor", None)
-    if executor is None or not executor.is_async_actor:
+    if executor is None:
+        _watch_blocking_get = False
+        return
+    if not executor.is_async_actor:
         return
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return  # (a thread of its own, not the event loop)
-    _warned_blocking_get = True
+    _watch_blocking_get = False
     warnings.warn("Using blocking cluster.get inside async actor. This blocks the event loop. Please use `await` "
                   "on object ref with asyncio.gather if you want to yield execution to the event loop instead.",
                   RuntimeWarning, stacklevel=3)

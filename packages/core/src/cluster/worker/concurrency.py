@@ -28,7 +28,6 @@ class _EventLoopLane:
     """A group of an async actor: an event loop on its own thread, ``limit`` calls in flight."""
 
     def __init__(self, name: str, limit: int) -> None:
-        self.limit = limit
         self.loop = asyncio.new_event_loop()
         self.semaphore: asyncio.Semaphore | None = None
         ready = threading.Event()
@@ -51,7 +50,6 @@ class _ThreadLane:
     """A group of a threaded actor: a pool of ``limit`` threads."""
 
     def __init__(self, name: str, limit: int) -> None:
-        self.limit = limit
         self.pool = concurrent.futures.ThreadPoolExecutor(limit, thread_name_prefix=f"actor-{name}")
 
     def start(self, run: Callable[[], None]) -> None:

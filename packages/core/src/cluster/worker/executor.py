@@ -293,17 +293,16 @@ class Executor:
                     cancelled = task_id in self._cancelled
                     self._cancelled.discard(task_id)
             if cancelled:  # it ran on (an actor call is never interrupted): its caller still sees the cancel, as Ray
-                return m.TaskResult(task_id, [v.serialize_error(TaskCancelledError(spec.name))], self.pid)
+                return self._cancelled_result(spec)
             return self._result(spec, out)
         except ActorExitRequested:
             self.exit_actor(conn, spec)
         except _StreamCancelled:
-            entries = [v.serialize_error(TaskCancelledError(spec.name))]
+            return self._cancelled_result(spec)
         except KeyboardInterrupt:
             if cancelled:
-                entries = [v.serialize_error(TaskCancelledError(spec.name))]
-            else:
-                entries = [v.serialize_error(TaskError(spec.name, _remote_traceback(), None))]
+                return self._cancelled_result(spec)
+            entries = [v.serialize_error(TaskError(spec.name, _remote_traceback(), None))]
         except BaseException as exc:
             entries = [v.serialize_error(TaskError(spec.name, _remote_traceback(), exc))]
         return m.TaskResult(task_id, entries, self.pid)
@@ -525,7 +524,7 @@ class Executor:
             self._running.pop(spec.task_id, None)
             if spec.task_id in self._cancelled:  # whatever it returned, its caller sees the cancel
                 self._cancelled.discard(spec.task_id)
-                result = m.TaskResult(spec.task_id, [v.serialize_error(TaskCancelledError(spec.name))], self.pid)
+                result = self._cancelled_result(spec)
         self._send_one(conn, result)
 
     def exit_actor(self, conn: Any, spec: Any) -> NoReturn:
@@ -544,11 +543,14 @@ class Executor:
         finally:
             os._exit(0)
 
+    def _cancelled_result(self, spec: Any) -> m.TaskResult:
+        return m.TaskResult(spec.task_id, [v.serialize_error(TaskCancelledError(spec.name))], self.pid)
+
     def _error_result(self, spec: Any, exc: BaseException) -> m.TaskResult:
-        if isinstance(exc, _StreamCancelled) or (
-                isinstance(exc, asyncio.CancelledError) and spec.task_id in self._cancelled):
-            entry = v.serialize_error(TaskCancelledError(spec.name))
-        elif isinstance(exc, ClusterError) and not isinstance(exc, TaskError):
+        # (a cancelled concurrent call's result, whatever it is, becomes the cancel: _finish_concurrent)
+        if isinstance(exc, _StreamCancelled):
+            return self._cancelled_result(spec)
+        if isinstance(exc, ClusterError) and not isinstance(exc, TaskError):
             entry = v.serialize_error(exc)  # an argument failed or is lost: pass it on as is
         else:
             entry = v.serialize_error(TaskError(spec.name, _remote_traceback(), exc))
