@@ -96,6 +96,45 @@ def test_nested_tasks_two_levels_deep(shared_cluster):
     assert cluster.get(nested_sums.remote(3), timeout=180) == expected
 
 
+
+HELPERS = textwrap.dedent(
+    """
+    import cluster
+
+    def _twice(x):
+        return 2 * x
+
+    @cluster.remote
+    def double(x):
+        return _twice(x)
+    """
+)
+
+NESTED_DRIVER = textwrap.dedent(
+    """
+    import cluster
+    from helpers import double  # the driver never calls it itself
+
+    cluster.init()
+
+    @cluster.remote
+    def outer(n):
+        return cluster.get([double.remote(i) for i in range(n)])
+
+    print("RESULT", cluster.get(outer.remote(4), timeout=60), flush=True)
+    cluster.shutdown()
+    """
+)
+
+
+def test_a_remote_function_a_task_captured_imports_its_module_next_to_the_script(shared_cluster, tmp_path, e2e):
+    """``double`` travels by value inside ``outer`` (cloudpickle cannot find the decorated
+    function under its name); the worker that sends it on must still tell ``double``'s worker
+    where ``helpers`` (with ``_twice``) lives: beside the driver's script, not the worker's cwd."""
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    proc = e2e.run_driver(shared_cluster, NESTED_DRIVER, tmp_path)
+    assert "RESULT [0, 2, 4, 6]" in proc.stdout
+
 # ------------------------------------------------------------------------ objects
 
 

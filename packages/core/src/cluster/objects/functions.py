@@ -54,7 +54,7 @@ def pack_function(fn: Any) -> bytes:
         lines = linecache.getlines(filename)
     paths = []
     here = os.path.dirname(filename) if lines is not None else ""
-    for path in (here, sys.path[0] if sys.path else "", os.getcwd()):
+    for path in (here, sys.path[0] if sys.path else "", os.getcwd(), *_received_paths):
         path = os.path.abspath(path or os.getcwd())
         if path not in paths:
             paths.append(path)
@@ -84,6 +84,10 @@ def _ship_working_dir_modules() -> None:
 
 _BY_VALUE: set[str] = set()
 _working_dirs: dict[str, str] = {}  # job package -> where it is unpacked on this node
+# The search paths of the functions this process was sent. A function it sends on (a remote
+# function a task captured, pickled by value where it was defined) needs them where it lands,
+# and its own file is no guide: cloudpickle renamed that to <dynamic-code>.
+_received_paths: list[str] = []
 
 
 # Ray's thresholds for a pickled function or class: warn past the first, refuse past the second.
@@ -121,6 +125,8 @@ def unpack_function(data: bytes) -> Any:
         if working_dir not in sys.path:
             sys.path.insert(0, working_dir)
     for path in paths:
+        if path not in _received_paths:
+            _received_paths.append(path)
         if path not in sys.path and os.path.isdir(path):
             sys.path.append(path)
     fn = cloudpickle.loads(blob)

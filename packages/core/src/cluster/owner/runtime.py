@@ -1492,7 +1492,9 @@ class Runtime:
         theirs (each child's worker does the same for its own children)."""
         with self._cv:
             children = [t.task_id for t in self._tasks.values() if t.parent == parent]
-        for task_id in children:
+        # Newest first: children pipelined to one worker run in submission order, so cancelling
+        # the running (oldest) one first would let the next start before its own cancel arrives.
+        for task_id in reversed(children):
             self._cancel(task_id, force, True)
 
     def _cancel(self, task_id: bytes, force: bool, recursive: bool = True) -> None:
