@@ -42,7 +42,7 @@ import cluster
 from cluster.testing import LocalCluster
 
 GONE_TIMEOUT_S = 30.0  # a bound, not an expectation: only reached when something is left running
-_shared: dict[str, LocalCluster | None] = {"cluster": None}  # the shared cluster, while it is up
+_shared: dict[str, Any] = {"cluster": None}  # a cluster tests share (shared_cluster, make_module_cluster), while it is up
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -170,10 +170,12 @@ class ClusterFactory:
                  env: dict[str, str] | None = None, start: bool = True,
                  object_store_memory: int | None = None, object_spilling: bool = True,
                  object_store: str = "shared", head_args: list[str] | None = None,
-                 heartbeat_timeout: float = 10.0) -> LocalCluster:
+                 heartbeat_timeout: float = 10.0, labels: dict | None = None,
+                 num_gpus: float | None = None) -> LocalCluster:
         lc = LocalCluster(self.root / f"cluster{len(self.clusters)}", num_cpus=num_cpus, resources=resources,
                           object_store_memory=object_store_memory, object_spilling=object_spilling,
-                          object_store=object_store, head_args=head_args, heartbeat_timeout=heartbeat_timeout)
+                          object_store=object_store, head_args=head_args, heartbeat_timeout=heartbeat_timeout,
+                          labels=labels, num_gpus=num_gpus)
         lc.env.update(env or {})
         self.clusters.append(lc)
         if start:
@@ -285,6 +287,24 @@ def shared_cluster() -> Iterator[LocalCluster]:
         yield lc
     finally:
         _shared["cluster"] = None
+        try:
+            factory.close()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def make_module_cluster() -> Iterator[ClusterFactory]:
+    """``make_cluster`` for a cluster all tests of a module share: the driver stays connected
+    between them, and the clusters stop (and are checked) after the module's last test."""
+    root = Path(tempfile.mkdtemp(prefix="cluster-e2e-module-"))
+    factory = ClusterFactory(root)
+    _shared["cluster"] = factory
+    try:
+        yield factory
+    finally:
+        _shared["cluster"] = None
+        cluster.shutdown()
         try:
             factory.close()
         finally:

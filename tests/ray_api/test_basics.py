@@ -49,7 +49,7 @@ def test_init_takes_rays_parameters_and_namespace_scopes_actor_names(make_cluste
 
 
 def test_task_and_actor_options_of_ray_are_accepted(make_cluster):
-    lc = make_cluster(num_cpus=1)
+    lc = make_cluster(num_cpus=1, labels={"zone": "a"})
     lc.connect()
     f = plus_one.options(memory=100 * 1024**2, scheduling_strategy="SPREAD", max_calls=1,
                          label_selector={"zone": "a"}, enable_task_events=False, fallback_strategy=None,
@@ -69,7 +69,8 @@ def test_task_and_actor_options_of_ray_are_accepted(make_cluster):
 def test_rays_options_that_cannot_work_yet_say_so(make_cluster):
     for bad, said in [({"object_store_memory": 10}, "not implemented for tasks"),
                       ({"runtime_env": {"conda": "env"}}, r"\['conda'\] are not supported here"),
-                      ({"scheduling_strategy": object()}, "is not supported yet"),
+                      ({"scheduling_strategy": object()}, "is not one of \"DEFAULT\", \"SPREAD\""),
+                      ({"label_selector": {"zone": "in()"}}, r"in\(\.\.\.\) takes one or more plain values"),
                       ({"max_calls": -1}, "max_calls must be"),
                       ({"memory": -5}, "memory must be a non-negative number")]:
         with pytest.raises(ConfigError, match=said):

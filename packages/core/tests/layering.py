@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
         "cluster.context",
         "cluster.packaging",
         "cluster.runtime_env",
+        "cluster.scheduling",
     ),
     ("cluster.wire",),
     ("cluster.objects",),

@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from cluster.errors import ConfigError
-from cluster.node.policy import SchedulingPolicy
+from cluster.node.policy import MAX_SPILLS, SAMPLE, SchedulingPolicy
 from cluster.resources import (
     fits,
     format_shape,
     parse_size,
     resources_arg,
     total_demand,
+)
+from cluster.scheduling import (
+    DEFAULT_PLACEMENT,
+    LOCAL,
+    Decision,
+    DoesNotExist,
+    Exists,
+    In,
+    NodeAffinitySchedulingStrategy,
+    NodeLabelSchedulingStrategy,
+    NodeView,
+    NotIn,
+    Placement,
+    ResourceView,
+    SchedulingRequest,
+    describe_selector,
+    matches,
+    parse_label_selector,
+    placement_of,
 )
 
 # ----------------------------------------------------------------------------- format_shape
@@ -148,52 +168,349 @@ def test_resources_arg_refuses_bad_amounts_with_the_name(num_cpus: object, num_g
 # ------------------------------------------------------------------------ SchedulingPolicy
 
 
-def node(node_id: str, available: dict, *, resources: dict | None = None, state: str = "alive") -> dict:
-    return {"node_id": node_id, "address": f"10.0.0.{node_id}:7000", "state": state,
-            "available": available, "resources": resources or available}
+def nv(node_id: str, total: dict, available: dict | None = None, labels: dict | None = None) -> NodeView:
+    return NodeView(node_id, f"10.0.0.{node_id}:7000", dict(total),
+                    dict(total if available is None else available), dict(labels or {}))
 
 
-def test_spill_goes_to_the_fitting_node_with_the_most_free_cpu() -> None:
-    nodes = [node("1", {"CPU": 1}), node("2", {"CPU": 6}), node("3", {"CPU": 3})]
-    assert SchedulingPolicy().spill_target({"CPU": 1}, nodes, self_id="9") == "10.0.0.2:7000"
+def decide(view: ResourceView, shape: dict, placement: Placement = DEFAULT_PLACEMENT,
+           spill_count: int = 0, policy: SchedulingPolicy | None = None) -> Decision:
+    return (policy or SchedulingPolicy()).decide(SchedulingRequest(shape, placement, spill_count), view)
 
 
-def test_spill_never_picks_the_asking_node_itself() -> None:
-    nodes = [node("1", {"CPU": 8}), node("2", {"CPU": 1})]
-    assert SchedulingPolicy().spill_target({"CPU": 1}, nodes, self_id="1") == "10.0.0.2:7000"
+def spill(node_id: str) -> Decision:
+    return Decision("spill", f"10.0.0.{node_id}:7000")
 
 
-def test_spill_skips_dead_nodes_and_nodes_the_shape_does_not_fit() -> None:
-    nodes = [
-        node("1", {"CPU": 16, "a": 1}, state="dead"),
-        node("2", {"CPU": 16}),  # lots of CPU, but no "a"
-        node("3", {"CPU": 0.5, "a": 1}),  # too little CPU
-        node("4", {"CPU": 1, "a": 1}),
-    ]
-    assert SchedulingPolicy().spill_target({"CPU": 1, "a": 1}, nodes, self_id="0") == "10.0.0.4:7000"
+def affinity(node_id: str, soft: bool = False, **flags: bool) -> Placement:
+    return placement_of(NodeAffinitySchedulingStrategy(node_id, soft, **flags))
 
 
-def test_spill_looks_at_what_is_available_now_not_at_the_node_size() -> None:
-    nodes = [node("1", {"CPU": 4, "a": 0}, resources={"CPU": 4, "a": 1}),  # its "a" is leased out
-             node("2", {"CPU": 1, "a": 1})]
-    assert SchedulingPolicy().spill_target({"a": 1}, nodes, self_id="0") == "10.0.0.2:7000"
+# DEFAULT
 
 
-def test_spill_has_no_target_when_nothing_fits() -> None:
-    nodes = [node("1", {"CPU": 8}), node("2", {"CPU": 0.5, "a": 1})]
-    assert SchedulingPolicy().spill_target({"CPU": 1, "a": 1}, nodes, self_id="0") is None
-    assert SchedulingPolicy().spill_target({"CPU": 1}, [], self_id="0") is None
+def test_default_runs_locally_when_the_local_node_has_room() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 16})], "1")
+    assert decide(view, {"CPU": 1}) == LOCAL
 
 
-def test_spill_between_equally_free_nodes_keeps_the_first() -> None:
-    nodes = [node("1", {"CPU": 2}), node("2", {"CPU": 2})]
-    assert SchedulingPolicy().spill_target({"CPU": 1}, nodes, self_id="0") == "10.0.0.1:7000"
+def test_default_spills_to_the_node_with_the_most_free_cpu_when_local_is_full() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}, {"CPU": 0}), nv("2", {"CPU": 8}, {"CPU": 2}),
+                         nv("3", {"CPU": 8}, {"CPU": 6}), nv("4", {"CPU": 8}, {"CPU": 0.5})], "1")
+    assert decide(view, {"CPU": 1}) == spill("3")
 
 
-def test_a_shape_is_feasible_if_some_live_node_could_ever_hold_it() -> None:
-    policy = SchedulingPolicy()
-    busy = node("1", {"CPU": 0}, resources={"CPU": 4, "a": 1})
-    assert policy.feasible_somewhere({"CPU": 4, "a": 1}, [busy])  # busy now, but big enough
-    assert not policy.feasible_somewhere({"CPU": 5}, [busy])
-    gone = node("2", {"CPU": 64}, state="dead")
-    assert not policy.feasible_somewhere({"CPU": 64}, [busy, gone])
+def test_default_waits_locally_when_no_node_has_room_but_local_could_fit() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}, {"CPU": 0}), nv("2", {"CPU": 8}, {"CPU": 0})], "1")
+    assert decide(view, {"CPU": 1}) == LOCAL
+
+
+def test_default_stays_local_after_max_spills_even_if_another_node_has_room() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}, {"CPU": 0}), nv("2", {"CPU": 8})], "1")
+    assert decide(view, {"CPU": 1}, spill_count=MAX_SPILLS - 1) == spill("2")
+    assert decide(view, {"CPU": 1}, spill_count=MAX_SPILLS) == LOCAL
+
+
+def test_default_goes_to_a_node_that_can_fit_when_local_never_can_even_if_it_is_busy() -> None:
+    view = ResourceView([nv("1", {"CPU": 8}), nv("2", {"CPU": 4, "accel": 1}, {"CPU": 0, "accel": 0})],
+                        "1", rng=random.Random(0))
+    assert decide(view, {"CPU": 1, "accel": 1}) == spill("2")
+    assert decide(view, {"CPU": 1, "accel": 1}, spill_count=MAX_SPILLS) == spill("2")
+
+
+def test_default_is_infeasible_naming_the_shape_and_the_largest_node() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 8, "accel": 1})], "1")
+    decision = decide(view, {"CPU": 64})
+    assert decision.action == "infeasible"
+    assert decision.reason == "no node of the cluster can ever fit {CPU: 64} (largest node: {CPU: 8, accel: 1})"
+
+
+# SPREAD
+
+
+def test_spread_goes_round_robin_over_the_nodes_with_room() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 4}), nv("3", {"CPU": 4})], "1")
+    policy, placement = SchedulingPolicy(), placement_of("SPREAD")
+    picked = []
+    for _ in range(6):
+        decision = decide(view, {"CPU": 1}, placement, policy=policy)
+        picked.append("10.0.0.1:7000" if decision == LOCAL else decision.address)
+    assert sorted(picked[:3]) == ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"]
+    assert picked[3:] == picked[:3]
+
+
+def test_spread_skips_nodes_without_room() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 4}, {"CPU": 0}), nv("3", {"CPU": 4})], "1")
+    policy, placement = SchedulingPolicy(), placement_of("SPREAD")
+    picked = [decide(view, {"CPU": 1}, placement, policy=policy) for _ in range(4)]
+    assert spill("2") not in picked
+    assert picked.count(LOCAL) == 2 and picked.count(spill("3")) == 2
+
+
+def test_a_spilled_spread_request_is_taken_locally_if_it_fits() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 4}), nv("3", {"CPU": 4})], "2")
+    policy, placement = SchedulingPolicy(), placement_of("SPREAD")
+    assert [decide(view, {"CPU": 1}, placement, 1, policy) for _ in range(3)] == [LOCAL] * 3
+
+
+# node affinity
+
+
+def test_hard_affinity_to_the_local_node_runs_locally() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 16})], "1")
+    assert decide(view, {"CPU": 1}, affinity("1")) == LOCAL
+
+
+def test_hard_affinity_to_another_node_spills_there_even_if_local_has_room() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 4})], "1")
+    assert decide(view, {"CPU": 1}, affinity("2")) == spill("2")
+
+
+def test_hard_affinity_to_a_busy_node_waits_for_it() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 4}, {"CPU": 0})], "1")
+    assert decide(view, {"CPU": 1}, affinity("2")) == spill("2")
+
+
+def test_hard_affinity_to_an_unknown_node_is_unschedulable() -> None:
+    view = ResourceView([nv("1", {"CPU": 4})], "1")
+    decision = decide(view, {"CPU": 1}, affinity("ff00"))
+    assert decision.action == "unschedulable"
+    assert "node ff00 is not a live node" in decision.reason
+
+
+def test_hard_affinity_to_a_node_too_small_is_unschedulable() -> None:
+    view = ResourceView([nv("1", {"CPU": 16}), nv("2", {"CPU": 2})], "1")
+    decision = decide(view, {"CPU": 4}, affinity("2"))
+    assert decision.action == "unschedulable"
+    assert "node 2 can never fit {CPU: 4} (it has {CPU: 2})" in decision.reason
+
+
+def test_soft_affinity_to_an_unknown_node_is_placed_as_default() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 16})], "1")
+    assert decide(view, {"CPU": 1}, affinity("ff00", soft=True)) == LOCAL
+
+
+def test_hard_affinity_failing_on_unavailable_to_a_busy_node_is_unschedulable() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 4}, {"CPU": 0})], "1")
+    decision = decide(view, {"CPU": 1}, affinity("2", _fail_on_unavailable=True))
+    assert decision.action == "unschedulable"
+    assert "node 2 has no room for {CPU: 1} now" in decision.reason
+
+
+def test_soft_affinity_spilling_on_unavailable_from_a_busy_node_is_placed_elsewhere() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 4}, {"CPU": 0})], "1")
+    assert decide(view, {"CPU": 1}, affinity("2", soft=True, _spill_on_unavailable=True)) == LOCAL
+    view = ResourceView([nv("1", {"CPU": 4}, {"CPU": 0}), nv("2", {"CPU": 4}), nv("3", {"CPU": 4})], "2")
+    placement = affinity("1", soft=True, _spill_on_unavailable=True)
+    assert decide(view, {"CPU": 1}, placement) == LOCAL  # at node 2: not sent to the busy node 1
+
+
+# labels
+
+
+def test_hard_labels_spill_to_the_matching_node_even_if_local_has_room() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}, labels={"zone": "a"}),
+                         nv("2", {"CPU": 4}, labels={"zone": "b"})], "1")
+    assert decide(view, {"CPU": 1}, placement_of(None, {"zone": "b"})) == spill("2")
+    assert decide(view, {"CPU": 1}, placement_of(None, {"zone": "a"})) == LOCAL
+
+
+def test_hard_labels_no_node_matches_is_infeasible_naming_the_labels() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}, labels={"zone": "a"})], "1")
+    decision = decide(view, {"CPU": 1}, placement_of(None, {"zone": "mars"}))
+    assert decision.action == "infeasible"
+    assert decision.reason == "no live node has labels {zone: mars}"
+
+
+def test_hard_labels_matching_nodes_too_small_is_infeasible_naming_the_largest() -> None:
+    view = ResourceView([nv("1", {"CPU": 64}), nv("2", {"CPU": 2}, labels={"zone": "a"})], "1")
+    decision = decide(view, {"CPU": 4}, placement_of(None, {"zone": "a"}))
+    assert decision.action == "infeasible"
+    assert decision.reason == "no node with labels {zone: a} can ever fit {CPU: 4} (largest: {CPU: 2})"
+
+
+def test_soft_labels_prefer_a_matching_node_with_room() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 4}, labels={"zone": "a"})], "1")
+    placement = placement_of(NodeLabelSchedulingStrategy({}, soft={"zone": In("a")}))
+    assert decide(view, {"CPU": 1}, placement) == spill("2")
+
+
+def test_soft_labels_fall_back_to_other_nodes_when_the_matching_ones_are_full() -> None:
+    placement = placement_of(NodeLabelSchedulingStrategy({}, soft={"zone": In("a")}))
+    view = ResourceView([nv("1", {"CPU": 4}), nv("2", {"CPU": 4}, {"CPU": 0}, {"zone": "a"})], "1")
+    assert decide(view, {"CPU": 1}, placement) == LOCAL
+    view = ResourceView([nv("1", {"CPU": 4}, {"CPU": 0}), nv("2", {"CPU": 4}, {"CPU": 0}, {"zone": "a"}),
+                         nv("3", {"CPU": 4})], "1")
+    assert decide(view, {"CPU": 1}, placement) == spill("3")
+
+
+def test_a_soft_label_request_settles_after_max_spills() -> None:
+    # Two nodes in zone a, each with room for the task, each with a stale view in which the
+    # other one has far more free CPU.
+    at_1 = ResourceView([nv("1", {"CPU": 8}, {"CPU": 1}, {"zone": "a"}),
+                         nv("2", {"CPU": 8}, {"CPU": 8}, {"zone": "a"})], "1")
+    at_2 = ResourceView([nv("1", {"CPU": 8}, {"CPU": 8}, {"zone": "a"}),
+                         nv("2", {"CPU": 8}, {"CPU": 1}, {"zone": "a"})], "2")
+    views = {"10.0.0.1:7000": at_1, "10.0.0.2:7000": at_2}
+    placement = placement_of(NodeLabelSchedulingStrategy({}, soft={"zone": In("a")}))
+    view, spills = at_1, 0
+    decision = decide(view, {"CPU": 1}, placement, spills)
+    while decision.action == "spill" and spills < 10:
+        view, spills = views[decision.address], spills + 1
+        decision = decide(view, {"CPU": 1}, placement, spills)
+    assert decision == LOCAL
+    assert spills <= MAX_SPILLS
+
+
+# label selectors
+
+
+@pytest.mark.parametrize(("selector", "expected"), [
+    ({"zone": "a"}, (("zone", "in", ("a",)),)),
+    ({"zone": "!a"}, (("zone", "not_in", ("a",)),)),
+    ({"zone": "in(a,b)"}, (("zone", "in", ("a", "b")),)),
+    ({"zone": "!in(a, b)"}, (("zone", "not_in", ("a", "b")),)),
+    ({"zone": "a", "gpu": "!x"}, (("gpu", "not_in", ("x",)), ("zone", "in", ("a",)))),
+    (None, ()),
+])
+def test_parse_label_selector_reads_rays_syntax(selector: object, expected: tuple) -> None:
+    assert parse_label_selector(selector) == expected
+
+
+@pytest.mark.parametrize("bad", [{"zone": "in()"}, {"zone": "!in()"}, {"zone": 3}, {"zone": "a,b"},
+                                 {"zone": ""}, {"zone": "!"}, {"": "a"}, {"zone": "a(b"}, ["zone"], "zone=a"])
+def test_parse_label_selector_refuses_what_is_malformed(bad: object) -> None:
+    with pytest.raises(ConfigError, match="label_selector"):
+        parse_label_selector(bad)
+
+
+@pytest.mark.parametrize("bad", [{"zone": "in(a,b))"}, {"zone": "in(a(b)"}, {"zone": "!!a"}, {"zone": "in(!a)"}])
+def test_parse_label_selector_refuses_stray_parentheses_inside_in(bad: object) -> None:
+    with pytest.raises(ConfigError):
+        parse_label_selector(bad)
+
+
+def test_matches_treats_a_missing_label_as_not_in_anything() -> None:
+    assert matches(parse_label_selector({"zone": "!a"}), {})
+    assert not matches(parse_label_selector({"zone": "a"}), {})
+    assert not matches(parse_label_selector({"zone": "in(a,b)"}), {"other": "a"})
+    assert not matches(parse_label_selector({"zone": "!in(a,b)"}), {"zone": "b"})
+    assert matches(parse_label_selector({"zone": "in(a,b)"}), {"zone": "b"})
+
+
+def test_matches_exists_and_does_not_exist() -> None:
+    exists = (("gpu", "exists", ()),)
+    absent = (("gpu", "not_exists", ()),)
+    assert matches(exists, {"gpu": "x"}) and not matches(exists, {})
+    assert matches(absent, {}) and not matches(absent, {"gpu": "x"})
+
+
+def test_matches_needs_every_expression() -> None:
+    expressions = parse_label_selector({"zone": "a", "gpu": "!x"})
+    assert matches(expressions, {"zone": "a", "gpu": "y"})
+    assert not matches(expressions, {"zone": "a", "gpu": "x"})
+    assert matches((), {})
+
+
+def test_describe_selector_writes_rays_syntax() -> None:
+    expressions = (*parse_label_selector({"zone": "in(a,b)", "gpu": "!x"}), ("k", "exists", ()))
+    assert describe_selector(expressions) == "{gpu: !x, zone: in(a,b), k: exists}"
+
+
+# placement_of
+
+
+def test_placement_of_nothing_or_default_is_the_default_placement() -> None:
+    assert placement_of(None) is DEFAULT_PLACEMENT
+    assert placement_of("DEFAULT") is DEFAULT_PLACEMENT
+    assert placement_of(None, {"zone": "a"}) == Placement(labels=(("zone", "in", ("a",)),))
+
+
+def test_placement_of_spread() -> None:
+    assert placement_of("SPREAD") == Placement("SPREAD")
+    assert placement_of("SPREAD", {"zone": "a"}) == Placement("SPREAD", labels=(("zone", "in", ("a",)),))
+
+
+def test_placement_of_node_affinity_keeps_its_flags() -> None:
+    strategy = NodeAffinitySchedulingStrategy("ab12", soft=True, _spill_on_unavailable=True)
+    assert placement_of(strategy) == Placement("NODE_AFFINITY", "ab12", soft=True, spill_on_unavailable=True)
+    hard = NodeAffinitySchedulingStrategy("ab12", soft=False, _fail_on_unavailable=True)
+    assert placement_of(hard) == Placement("NODE_AFFINITY", "ab12", fail_on_unavailable=True)
+
+
+def test_placement_of_node_labels_combines_hard_labels_with_the_label_selector() -> None:
+    strategy = NodeLabelSchedulingStrategy({"zone": In("a", "b"), "gpu": Exists()},
+                                           soft={"disk": NotIn("hdd"), "spot": DoesNotExist()})
+    assert placement_of(strategy, {"region": "eu"}) == Placement(
+        labels=(("gpu", "exists", ()), ("region", "in", ("eu",)), ("zone", "in", ("a", "b"))),
+        soft_labels=(("disk", "not_in", ("hdd",)), ("spot", "not_exists", ())))
+
+
+def test_placement_of_an_unknown_strategy_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="PACK"):
+        placement_of("PACK")
+
+
+def test_a_placement_survives_the_wire() -> None:
+    strategy = NodeLabelSchedulingStrategy({"zone": In("a", "b")}, soft={"disk": NotIn("hdd")})
+    for placement in [DEFAULT_PLACEMENT, placement_of("SPREAD", {"zone": "!a"}), placement_of(strategy),
+                      placement_of(NodeAffinitySchedulingStrategy("ab12", True, _spill_on_unavailable=True))]:
+        assert Placement.from_wire(json.loads(json.dumps(placement.to_wire()))) == placement
+    assert Placement.from_wire(None) is DEFAULT_PLACEMENT
+
+
+# ResourceView
+
+
+def test_feasible_is_the_nodes_whose_totals_fit_and_whose_labels_match() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}, {"CPU": 0}, {"zone": "a"}), nv("2", {"CPU": 2}, labels={"zone": "a"}),
+                         nv("3", {"CPU": 8}, labels={"zone": "b"}), nv("4", {"CPU": 8})], "1")
+    assert [n.node_id for n in view.feasible({"CPU": 3})] == ["1", "3", "4"]
+    assert [n.node_id for n in view.feasible({"CPU": 3}, parse_label_selector({"zone": "a"}))] == ["1"]
+    assert [n.node_id for n in view.feasible({"CPU": 1}, parse_label_selector({"zone": "!a"}))] == ["3", "4"]
+    assert view.feasible({"CPU": 3, "accel": 1}) == []
+
+
+def test_from_records_keeps_only_the_live_nodes_and_adds_ray_s_node_id_label() -> None:
+    records = [{"node_id": "1", "address": "10.0.0.1:7000", "state": "alive", "resources": {"CPU": 4},
+                "available": {"CPU": 1}, "labels": {"zone": "a"}},
+               {"node_id": "2", "address": "10.0.0.2:7000", "state": "dead", "resources": {"CPU": 4},
+                "available": {"CPU": 4}}]
+    view = ResourceView.from_records(records, "1")
+    assert list(view.nodes) == ["1"]
+    assert view.local is not None and view.local.available == {"CPU": 1}
+    assert view.local.labels == {"zone": "a", "ray.io/node-id": "1"}
+
+
+def test_sample_yields_at_most_k_distinct_nodes() -> None:
+    view = ResourceView([nv(str(i), {"CPU": 1}) for i in range(100)], "0", rng=random.Random(0))
+    picked = list(view.sample(view.order, SAMPLE))
+    assert len(picked) == SAMPLE and len({n.node_id for n in picked}) == SAMPLE
+    assert list(view.sample(view.order[:5], SAMPLE)) == view.order[:5]
+
+
+class _Watched(dict):
+    """A node's ``available`` that notes which node was looked at."""
+
+    def __init__(self, node_id: str, amounts: dict, seen: set[str]) -> None:
+        super().__init__(amounts)
+        self.node_id, self.seen = node_id, seen
+
+    def get(self, *args: object) -> object:
+        self.seen.add(self.node_id)
+        return super().get(*args)  # type: ignore[call-overload]
+
+    def __getitem__(self, key: object) -> object:
+        self.seen.add(self.node_id)
+        return super().__getitem__(key)
+
+
+def test_a_default_decision_from_a_full_node_looks_at_no_more_than_sample_nodes() -> None:
+    seen: set[str] = set()
+    nodes = [nv(str(i), {"CPU": 4}) for i in range(1000)]
+    for node in nodes:
+        node.available = _Watched(node.node_id, {"CPU": 0 if node.node_id != "777" else 4}, seen)
+    view = ResourceView(nodes, "0", rng=random.Random(0))
+    decision = decide(view, {"CPU": 1})
+    assert decision in (LOCAL, spill("777"))
+    assert len(seen - {"0"}) <= SAMPLE

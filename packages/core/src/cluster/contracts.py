@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from cluster_store import StoredObject
 
+    from cluster.scheduling import Decision, ResourceView, SchedulingRequest
+
 
 class Peer(Protocol):
     """The side of a connection a service handler answers (a :class:`cluster.wire.connection.Connection`)."""
@@ -101,11 +103,14 @@ class MetadataStore(Protocol):
 
 
 class SchedulingPolicy(Protocol):
-    """Where a node sends work it cannot fit, from the head's resource view (a list of node
-    dicts with ``node_id``, ``address``, ``state``, ``resources`` and ``available``)."""
+    """Where a node runs each lease request it receives: pure, no I/O. The request (its shape,
+    its placement: strategy and label selectors) and the node's view of the cluster
+    (``cluster.scheduling.ResourceView``: live nodes, their totals, free resources and labels,
+    indexed) in; a ``cluster.scheduling.Decision`` out (run it here, ask another node,
+    infeasible, or unschedulable). The node calls it for every request, also the ones it could
+    grant at once, so a plugin's policy is the policy."""
 
-    def spill_target(self, shape: Mapping[str, float], nodes: list[dict[str, Any]], self_id: str) -> str | None: ...
-    def feasible_somewhere(self, shape: Mapping[str, float], nodes: list[dict[str, Any]]) -> bool: ...
+    def decide(self, request: SchedulingRequest, view: ResourceView) -> Decision: ...
 
 
 class NodeRecordView(Protocol):

@@ -168,9 +168,9 @@ def cluster_make_metadata_store(url: str) -> MetadataStore | None:
 
 @hookspec(firstresult=True)
 def cluster_make_scheduler(node: Node) -> SchedulingPolicy | None:
-    """Build the policy a node daemon uses to place lease requests it cannot grant itself.
+    """Build the policy a node daemon places every lease request it receives with.
 
-    Return a :class:`cluster.contracts.SchedulingPolicy` (core's: :class:`cluster.node.policy.SchedulingPolicy`), or None to let the next plugin
-    answer. The built-in plugin returns the default (pack locally, spill to the node with
-    the most room).
+    Return a :class:`cluster.contracts.SchedulingPolicy` (core's: :class:`cluster.node.policy.SchedulingPolicy`),
+    or None to let the next plugin answer; the first answer wins, and the built-in plugin
+    ``scheduler`` answers last. Called once per node daemon, as it starts.
     """

@@ -1,12 +1,14 @@
 """Resource shapes: arithmetic on {name: amount}, sizes, and the daemon's --resources argument.
 
-A leaf module (imports errors only), used by every layer.
+A leaf module (imports errors only), used by every layer. ``detect_gpus`` may run ``nvidia-smi``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from collections.abc import Iterable, Mapping
 
 from cluster.errors import ConfigError
@@ -52,8 +54,34 @@ def resources_arg(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
             raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
     resources["CPU"] = float(num_cpus if num_cpus is not None else os.cpu_count() or 1)
-    resources["GPU"] = float(num_gpus or 0)
+    resources["GPU"] = float(num_gpus if num_gpus is not None else detect_gpus())
     return json.dumps(resources)
+
+
+def visible_gpu_ids() -> list[str] | None:
+    """The GPU ids ``CUDA_VISIBLE_DEVICES`` names (None when it is unset: all of the machine's)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    if value.strip() in ("", "NoDevFiles"):
+        return []
+    return [gpu.strip() for gpu in value.split(",") if gpu.strip()]
+
+
+def detect_gpus() -> int:
+    """How many GPUs this machine offers (as Ray counts them): those ``CUDA_VISIBLE_DEVICES``
+    names, else those ``nvidia-smi -L`` lists, else none."""
+    visible = visible_gpu_ids()
+    if visible is not None:
+        return len(visible)
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listed.splitlines() if line.startswith("GPU "))
 
 
 _UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3,

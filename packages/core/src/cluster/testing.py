@@ -32,20 +32,25 @@ from cluster.contracts import MetadataStore
 from cluster.plugins import make_metadata_store
 
 
+def _node_args(labels: dict | None, num_gpus: float | None) -> list[str]:
+    args = ["--labels", json.dumps(labels)] if labels else []
+    return args + (["--num-gpus", str(num_gpus)] if num_gpus is not None else [])
+
+
 class LocalCluster:
     """A head (and optionally more node daemons) started with ``cluster start``."""
 
     def __init__(self, root: str | os.PathLike, *, num_cpus: float = 1, resources: dict | None = None,
                  heartbeat_timeout: float = 10.0, object_store_memory: int | None = None,
                  object_spilling: bool = True, object_store: str = "shared",
-                 head_args: list[str] | None = None) -> None:
+                 head_args: list[str] | None = None, labels: dict | None = None, num_gpus: float | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "CLUSTER_TMPDIR": str(self.root)}
         self.env.pop("CLUSTER_ADDRESS", None)
         self.env.pop("CLUSTER_TOKEN", None)
         self._head_args = ["--num-cpus", str(num_cpus), "--resources", json.dumps(resources or {}),
-                           "--heartbeat-timeout", str(heartbeat_timeout)]
+                           "--heartbeat-timeout", str(heartbeat_timeout), *_node_args(labels, num_gpus)]
         if object_store_memory is not None:
             self._head_args += ["--object-store-memory", str(object_store_memory)]
         if not object_spilling:
@@ -102,9 +107,12 @@ class LocalCluster:
         return proc
 
     def add_node(self, *, num_cpus: float = 1, resources: dict | None = None,
-                 object_store_memory: int | None = None) -> dict[str, Any]:
+                 object_store_memory: int | None = None, labels: dict | None = None,
+                 num_gpus: float | None = None) -> dict[str, Any]:
+        """Start a node daemon that joins this cluster; its daemon record (``node_id``, ``pid``...)."""
         before = {r["pid"] for r in self.daemon_records()}
         extra = ["--object-store-memory", str(object_store_memory)] if object_store_memory else []
+        extra += _node_args(labels, num_gpus)
         self.cli("start", "--address", self.address, "--num-cpus", str(num_cpus),
                  "--resources", json.dumps(resources or {}), *extra, *self._store_args)
         record = next(r for r in self.daemon_records() if r["pid"] not in before)
@@ -134,7 +142,8 @@ class LocalCluster:
         return found
 
     def stop(self) -> None:
-        if cluster.is_initialized():
+        """Stop every daemon of this cluster (and this process's connection, if it is to this one)."""
+        if cluster.is_initialized() and getattr(cluster.api.current_runtime(), "head_address", self.address) == self.address:
             cluster.shutdown()
         leftovers = self.process_tree()
         self.cli("stop", check=False)

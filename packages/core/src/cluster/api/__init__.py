@@ -6,14 +6,14 @@
 - :mod:`.actors`: :class:`ActorClass`, :class:`ActorHandle`, ``method``, ``kill``, ``get_actor``;
 - :mod:`.objects`: ``get``, ``put``, ``wait``, ``cancel``;
 - :mod:`.generators`: :class:`ObjectRefGenerator`, what a generator task returns;
-- :mod:`.context`: ``get_runtime_context`` and :class:`RuntimeContext`;
+- :mod:`.context`: ``get_runtime_context`` and :class:`RuntimeContext`, ``get_gpu_ids``;
 - :mod:`.options`, :mod:`.args`: option checks, argument packing.
 
 May import: owner, objects, wire, and the leaf modules. Nothing below imports api.
 """
 
 from cluster.api.actors import ActorClass, ActorHandle, ActorMethod, get_actor, kill, method
-from cluster.api.context import RuntimeContext, get_runtime_context
+from cluster.api.context import RuntimeContext, get_gpu_ids, get_runtime_context
 from cluster.api.lifecycle import (
     available_resources,
     cluster_resources,
@@ -38,6 +38,7 @@ __all__ = [
     "current_runtime",
     "get",
     "get_actor",
+    "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",

@@ -81,10 +81,10 @@ class RuntimeContext:
         return executor.assigned_resources() if executor is not None else {}
 
     def get_accelerator_ids(self) -> dict[str, list[str]]:
-        """The ids of the accelerators this worker may use, by kind (``{"GPU": [...]}``): none
-        are assigned on a cluster without GPUs."""
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "") if self._executor is not None else ""
-        return {"GPU": [gpu for gpu in visible.split(",") if gpu]}
+        """The ids of the accelerators the task or actor running now was given, by kind
+        (``{"GPU": ["0"]}``); in a driver, none."""
+        executor = self._executor
+        return {"GPU": [str(gpu) for gpu in executor.gpu_ids()] if executor is not None else []}
 
     def is_canceled(self) -> bool:
         """Whether the task or (sync or threaded) actor call running now was cancelled with
@@ -142,3 +142,11 @@ class RuntimeContext:
 def get_runtime_context() -> RuntimeContext:
     """The runtime context of this process (after ``cluster.init()``, or in a task or actor)."""
     return RuntimeContext(current_runtime())
+
+
+def get_gpu_ids() -> list[int] | list[str]:
+    """Ray's ``ray.get_gpu_ids()``: the GPUs the task or actor running now was given (what its
+    CUDA_VISIBLE_DEVICES names), as ints, or as the names the node's own CUDA_VISIBLE_DEVICES
+    gave them; in a driver, none."""
+    executor = get_runtime_context()._executor
+    return executor.gpu_ids() if executor is not None else []

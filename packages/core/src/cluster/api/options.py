@@ -16,6 +16,7 @@ import attrs
 
 from cluster import runtime_env
 from cluster.errors import ConfigError
+from cluster.scheduling import Placement, parse_label_selector, placement_of
 
 UNLIMITED = -1  # max_retries / max_restarts / max_task_retries: no limit (Ray's -1)
 
@@ -23,6 +24,12 @@ UNLIMITED = -1  # max_retries / max_restarts / max_task_retries: no limit (Ray's
 def _non_negative_number(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ConfigError(f"{attribute.name} must be a non-negative number, got {value!r}")
+
+
+def _gpus(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _non_negative_number(instance, attribute, value)
+    if value > 1 and value != int(value):
+        raise ConfigError(f"num_gpus above 1 must be a whole number (a fraction shares one device), got {value!r}")
 
 
 def _custom_resources(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -115,11 +122,11 @@ def _optional_dict(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
 
 
 def _scheduling_strategy(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None or value in ("DEFAULT", "SPREAD"):
-        return
-    raise ConfigError(
-        f"scheduling_strategy={value!r} is not supported yet: use None, \"DEFAULT\" or \"SPREAD\" "
-        "(node affinity and placement groups are coming), or resources= to pin work to nodes")
+    placement_of(value)  # (raises ConfigError naming what it takes)
+
+
+def _label_selector(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    parse_label_selector(value)
 
 
 def _runtime_env(value: Any) -> Mapping[str, Any] | None:
@@ -170,7 +177,7 @@ class _RayOptions:
 
     memory: float | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative_number))
     accelerator_type: str | None = None
-    label_selector: Mapping[str, str] | None = attrs.field(default=None, validator=_optional_dict)
+    label_selector: Mapping[str, str] | None = attrs.field(default=None, validator=_label_selector)
     fallback_strategy: list | None = None
     scheduling_strategy: Any = attrs.field(default=None, validator=_scheduling_strategy)
     runtime_env: Mapping[str, Any] | None = attrs.field(default=None, converter=_runtime_env)
@@ -181,13 +188,18 @@ class _RayOptions:
     object_store_memory: int | None = None
     _labels: Mapping[str, str] | None = attrs.field(default=None, alias="_labels")
 
+    @property
+    def placement(self) -> Placement:
+        """Where its work may run: ``scheduling_strategy`` and ``label_selector`` as one value."""
+        return placement_of(self.scheduling_strategy, self.label_selector)
+
 
 @attrs.frozen(kw_only=True)
 class TaskOptions(_RayOptions):
     """``@cluster.remote(...)`` / ``f.options(...)`` of a remote function."""
 
     num_cpus: float = attrs.field(default=1, validator=_non_negative_number)
-    num_gpus: float = attrs.field(default=0, validator=_non_negative_number)
+    num_gpus: float = attrs.field(default=0, validator=_gpus)
     resources: Mapping[str, float] | None = attrs.field(default=None, validator=_custom_resources)
     # None: 1, or "streaming" for a generator function (as Ray).
     num_returns: int | str | None = attrs.field(default=None, validator=_num_returns)
@@ -220,7 +232,7 @@ class ActorOptions(_RayOptions):
     """``@cluster.remote(...)`` / ``C.options(...)`` of an actor class."""
 
     num_cpus: float = attrs.field(default=0, validator=_non_negative_number)  # held for its life (Ray: 1 to place it, 0 while it runs)
-    num_gpus: float = attrs.field(default=0, validator=_non_negative_number)
+    num_gpus: float = attrs.field(default=0, validator=_gpus)
     resources: Mapping[str, float] | None = attrs.field(default=None, validator=_custom_resources)
     name: str | None = attrs.field(default=None, validator=_name)
     namespace: str | None = attrs.field(default=None, validator=_name)

@@ -28,6 +28,7 @@ from cluster.api.options import (
 from cluster.objects.functions import pack_once
 from cluster.owner.envs import shape_with_env
 from cluster.owner.tasks import PendingTask
+from cluster.scheduling import shape_with_placement
 
 
 class RemoteFunction:
@@ -37,7 +38,8 @@ class RemoteFunction:
         self._function = function
         self._options = options
         self._shared = _shared if _shared is not None else {}  # the pickled function, shared by .options() copies
-        self._shape = options.shape
+        self._placement = options.placement
+        self._shape = shape_with_placement(options.shape, self._placement)
         self._name = options.name or getattr(function, "__qualname__", repr(function))
         self._retries = 1 << 30 if options.max_retries == UNLIMITED else options.max_retries
         is_generator = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
@@ -106,6 +108,7 @@ class RemoteFunction:
             max_retries=self._retries,
             namespace=rt.caller_namespace(),
             runtime_env=env,
+            placement=self._placement,
         )
         if self._stream is not None:
             streams_of(rt).open(task, self._backpressure, self._stream == DYNAMIC)

@@ -18,10 +18,47 @@ from cluster.resources import fits
 @attrs.define
 class ResourceLedger:
     total: dict[str, float]
+    # The node's GPU ids (as CUDA_VISIBLE_DEVICES names them); default: "0".."GPU-1".
+    gpu_ids: list[str] | None = None
     available: dict[str, float] = attrs.field(init=False)
+    gpu_free: dict[str, float] = attrs.field(init=False)  # each device: how much of it is free
 
     def __attrs_post_init__(self) -> None:
         self.available = dict(self.total)
+        count = int(self.total.get("GPU", 0.0) + 1e-9)
+        ids = list(self.gpu_ids or ())[:count]
+        ids += [str(i) for i in range(count) if str(i) not in ids][:count - len(ids)]
+        self.gpu_free = {gpu: 1.0 for gpu in ids}
+
+    def can_assign_gpus(self, amount: float) -> bool:
+        """Whether devices can be found for ``amount`` GPUs now: whole ones for 1 or more (a
+        fraction above 1 is refused), one device with room for a fraction."""
+        return self._pick_gpus(amount) is not None
+
+    def assign_gpus(self, amount: float) -> list[str]:
+        """Take devices for ``amount`` GPUs (the amount is taken from ``available`` by ``take``):
+        a fraction goes to the fullest device it fits on, so fractions pack (two 0.5 on one)."""
+        picked = self._pick_gpus(amount) or []
+        share = amount if amount < 1 else 1.0
+        for gpu in picked:
+            self.gpu_free[gpu] -= share
+        return picked
+
+    def release_gpus(self, gpus: list[str], amount: float) -> None:
+        share = amount if amount < 1 else 1.0
+        for gpu in gpus:
+            if gpu in self.gpu_free:
+                self.gpu_free[gpu] = min(1.0, self.gpu_free[gpu] + share)
+
+    def _pick_gpus(self, amount: float) -> list[str] | None:
+        if amount <= 0:
+            return []
+        if amount < 1:
+            fitting = [gpu for gpu, free in self.gpu_free.items() if free >= amount - 1e-9]
+            return [min(fitting, key=lambda gpu: (self.gpu_free[gpu], gpu))] if fitting else None
+        whole = [gpu for gpu, free in self.gpu_free.items() if free >= 1 - 1e-9]
+        count = int(amount + 1e-9)
+        return whole[:count] if len(whole) >= count and abs(amount - count) < 1e-9 else None
 
     def fits(self, shape: Mapping[str, float]) -> bool:
         """Whether ``shape`` fits in what is free now."""

@@ -43,7 +43,15 @@ from cluster.node.envs import NodeEnvs
 from cluster.node.ledger import ResourceLedger
 from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.plugins import make_object_store, make_scheduler
-from cluster.resources import default_object_store_memory, fits, format_shape
+from cluster.resources import default_object_store_memory, fits, visible_gpu_ids
+from cluster.scheduling import (
+    DEFAULT_PLACEMENT,
+    NODE_ID_LABEL,
+    NodeView,
+    Placement,
+    ResourceView,
+    SchedulingRequest,
+)
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, Dialer
 from cluster.wire.headlink import HeadLink, head_wait_s
@@ -51,7 +59,6 @@ from cluster.wire.headlink import HeadLink, head_wait_s
 log = structlog.get_logger("cluster.node")
 
 HEARTBEAT_S = 0.25
-MAX_SPILLS = 2
 MAX_FAILURES_PER_HEARTBEAT = 50
 INFEASIBLE_STALE_S = 10.0  # an infeasible shape counts as demand this long after its owner last asked
 HEAD_SILENT_DEADLINES = 3  # heartbeat deadlines with no answer from the head before it counts as gone
@@ -86,6 +93,7 @@ class Lease:
     owner_conn: Connection
     released_cpu: float = 0.0  # CPU handed back while the worker waits in get
     detached: bool = False  # a detached actor's: kept when its owner goes
+    gpu_ids: list[str] = attrs.Factory(list)  # the devices it holds (its share of each: its shape's GPU)
 
 
 @attrs.define(eq=False)
@@ -98,6 +106,7 @@ class LeaseRequest:
     backlog: int = 1  # the owner's tasks of this shape waiting when it asked
     told_busy: bool = False  # the owner heard it must wait (so it may pipeline meanwhile)
     env_id: str = ""  # of the runtime env its worker must run in ("": the plain pool)
+    placement: Placement = DEFAULT_PLACEMENT  # where it may run
 
     def tell_busy(self) -> None:
         if not self.told_busy:
@@ -129,6 +138,7 @@ class NodeService:
     max_workers: int = attrs.field(init=False)
     view: list = attrs.Factory(list)
     view_version: int = 0
+    placing: ResourceView = attrs.field(init=False)  # the view indexed for the policy (this node's own ledger live)
     head_link: HeadLink | None = None  # the connection to the head, dialled again when it closes
     cluster_id: str = ""  # the cluster this node joined (the head says, as it registers)
     heartbeat_timeout_s: float = 10.0  # the head's (it says, as the node registers)
@@ -161,7 +171,7 @@ class NodeService:
     _env_building: set[str] = attrs.Factory(set)
 
     def __attrs_post_init__(self) -> None:
-        self.ledger = ResourceLedger(dict(self.resources))
+        self.ledger = ResourceLedger(dict(self.resources), visible_gpu_ids())
         root = self.store_root or str(default_store_root())
         if self.store_capacity is None:
             self.store_capacity = default_object_store_memory(root)
@@ -169,6 +179,7 @@ class NodeService:
         self.store = make_object_store(self.store_path, self.info())
         self.chunks = ChunkSource(self.store)
         self.policy = make_scheduler(self)
+        self._index_view()
         self.pool_size = max(1, int(self.resources.get("CPU", 1)))
         self.max_workers = self.pool_size * 4 + 8
         self.envs = NodeEnvs(os.path.join(self.session_dir, "runtime_resources"), self.node_id, self._kv_get)
@@ -306,6 +317,7 @@ class NodeService:
             return
         was_alive = {node["node_id"] for node in self.view if node["state"] == "alive"}
         self.view, self.view_version = view, version
+        self._index_view()
         live = [[n["node_id"], n["address"]] for n in view if n["state"] == "alive"]
         for node in view:
             if node["state"] != "alive" and node["node_id"] in was_alive and node["node_id"] != self.node_id:
@@ -319,6 +331,15 @@ class NodeService:
                     if not watcher.closed:
                         watcher.send(announcement)
         self._pump()
+
+    def _index_view(self) -> None:
+        """The policy's view of the cluster, from the head's: this node's own entry is its
+        ledger itself, so what it grants meanwhile shows at once (and its labels, Ray's default
+        ``ray.io/node-id`` among them)."""
+        nodes = [NodeView.of(r) for r in self.view if r["state"] == "alive" and r["node_id"] != self.node_id]
+        nodes.append(NodeView(self.node_id, self.address, self.ledger.total, self.ledger.available,
+                              {**self.labels, NODE_ID_LABEL: self.node_id}))
+        self.placing = ResourceView(nodes, self.node_id)
 
     def _report_failure(self, conn: Connection, msg: m.ReportFailure, request_id: int) -> None:
         if len(self._failures) < MAX_FAILURES_PER_HEARTBEAT:  # (a storm is summed up by the first ones)
@@ -535,42 +556,30 @@ class NodeService:
             conn.reply_error(request_id, "stopping", f"node {self.node_id} is stopping")
             return
         request = LeaseRequest(conn, request_id, {k: float(v) for k, v in msg.shape.items()}, msg.spill_count,
-                               msg.detached, max(1, msg.backlog))
+                               msg.detached, max(1, msg.backlog), placement=Placement.from_wire(msg.placement))
         if msg.runtime_env:
             request.env_id = renv.env_id(msg.runtime_env)
             self._env_specs.setdefault(request.env_id, msg.runtime_env)
-        if self._try_grant(request):
+        decision = self.policy.decide(SchedulingRequest(request.shape, request.placement, request.spill_count),
+                                      self.placing)
+        if decision.action == "spill":
+            conn.reply(request_id, m.LeaseSpill(decision.address))
             return
-        if not self.ledger.fits(request.shape) and request.spill_count < MAX_SPILLS:
-            target = self.policy.spill_target(request.shape, self.view, self.node_id)
-            if target is not None:
-                conn.reply(request_id, m.LeaseSpill(target))
-                return
-            if not self.ledger.could_ever_fit(request.shape):
-                target = self._feasible_node(request.shape)
-                if target is not None:
-                    conn.reply(request_id, m.LeaseSpill(target))
-                    return
-                log.warning("lease_infeasible", shape=request.shape)
+        if decision.action in ("infeasible", "unschedulable"):
+            log.warning("lease_" + decision.action, shape=request.shape, reason=decision.reason)
+            if decision.action == "infeasible":
                 key = tuple(sorted(request.shape.items()))
                 self._infeasible[key] = (time.monotonic(), max(request.backlog, self._infeasible.get(key, (0, 0))[1]))
-                largest = max((n["resources"] for n in self.view if n["state"] == "alive"),
-                              key=lambda r: r.get("CPU", 0.0), default=self.resources)
-                conn.reply(request_id, m.LeaseInfeasible(f"no node of the cluster can ever fit "
-                                        f"{format_shape(request.shape)} (largest node: {format_shape(largest)})"))
-                return
+            conn.reply(request_id, m.LeaseInfeasible(decision.reason, decision.action == "unschedulable"))
+            return
+        if self._try_grant(request):
+            return
         if conn not in self._watched_owners():
             conn.on_close.append(self._owner_lost)
         if not self.ledger.fits(request.shape):
             request.tell_busy()
         self._queue.append(request)
         self._maybe_spawn()
-
-    def _feasible_node(self, shape: dict) -> str | None:
-        for node in self.view:
-            if node["node_id"] != self.node_id and node["state"] == "alive" and fits(shape, node["resources"]):
-                return node["address"]
-        return None
 
     def _watched_owners(self) -> set[Connection]:
         return {lease.owner_conn for lease in self.leases.values()} | {r.conn for r in self._queue}
@@ -580,19 +589,24 @@ class NodeService:
             return True  # nobody to grant to; drop it
         if not self.ledger.fits(request.shape):
             return False
+        gpus = request.shape.get("GPU", 0.0)
+        if gpus and not self.ledger.can_assign_gpus(gpus):
+            return False  # (enough GPU in all, but split over devices: it waits for whole ones)
         env_id = request.env_id
         worker = next((w for w in self.workers.values() if w.state == "idle" and w.env_id == env_id), None)
         if worker is None:
             return False
         lease_id = next(self._lease_ids)
         self.ledger.take(request.shape)
-        lease = Lease(lease_id, worker, request.shape, request.conn, detached=request.detached)
+        lease = Lease(lease_id, worker, request.shape, request.conn, detached=request.detached,
+                      gpu_ids=self.ledger.assign_gpus(gpus) if gpus else [])
         self.leases[lease_id] = lease
         worker.state = "leased"
         worker.lease_id = lease_id
         if self._owner_lost not in request.conn.on_close:
             request.conn.on_close.append(self._owner_lost)
-        request.conn.reply(request.request_id, m.LeaseGranted(lease_id, worker.address, worker.worker_id, self.node_id))
+        request.conn.reply(request.request_id, m.LeaseGranted(lease_id, worker.address, worker.worker_id, self.node_id,
+                                                              lease.gpu_ids))
         return True
 
     def _return_lease(self, conn: Connection, msg: m.ReturnLease, request_id: int) -> None:
@@ -623,6 +637,8 @@ class NodeService:
 
     def _release(self, lease: Lease) -> None:
         self.ledger.give_back(lease.shape, lent_cpu=lease.released_cpu)
+        if lease.gpu_ids:
+            self.ledger.release_gpus(lease.gpu_ids, lease.shape.get("GPU", 0.0))
 
     def _owner_lost(self, conn: Connection) -> None:
         """An owner went away: take back its leases (killing workers that may still run its tasks)."""
@@ -645,11 +661,12 @@ class NodeService:
             if self._try_grant(request):
                 continue
             if not self.ledger.fits(request.shape):
-                # (No limit on spills here: the request waited, and a node with room is new, e.g.
-                # one the autoscaler just added; the limit only stops ping-pong on arrival.)
-                target = self.policy.spill_target(request.shape, self.view, self.node_id)
-                if target is not None:
-                    request.conn.reply(request.request_id, m.LeaseSpill(target))
+                # Asked again as if new (spill count 0): the request waited, and a node with
+                # room may be new (one the autoscaler just added); the count only stops
+                # ping-pong on arrival. Only a spill is acted on: it was placed here already.
+                decision = self.policy.decide(SchedulingRequest(request.shape, request.placement), self.placing)
+                if decision.action == "spill":
+                    request.conn.reply(request.request_id, m.LeaseSpill(decision.address))
                     continue
             if not self.ledger.fits(request.shape) and not request.conn.closed:
                 request.tell_busy()  # the grants before it took what it was waiting for

@@ -23,17 +23,20 @@ import trio
 from cluster.context import current_task_id
 from cluster.errors import (
     ActorDiedError,
+    ActorUnschedulableError,
     ClusterConnectionError,
     ConfigError,
     PendingCallsLimitExceeded,
     RemoteCallError,
     RuntimeEnvSetupError,
     TaskCancelledError,
+    TaskUnschedulableError,
 )
 from cluster.objects import values as v
 from cluster.objects.refs import ObjectRef
 from cluster.owner.envs import shape_with_env
 from cluster.owner.tasks import Lease, PendingTask, Shape, ShapeQueue
+from cluster.scheduling import DEFAULT_PLACEMENT, Placement
 from cluster.wire import messages as m
 from cluster.wire.codec import packb, unpackb
 
@@ -72,6 +75,7 @@ class ActorState:
     create: m.CreateActor | None = None  # owner only: how to build it (again)
     shape: Shape = ()
     runtime_env: dict[str, Any] | None = None  # resolved: the env its worker runs in
+    placement: Placement = DEFAULT_PLACEMENT  # where it may run (each restart too)
     name_key: str | None = None
     state: str = "pending"  # pending | alive | dead
     cause: str = ""
@@ -156,6 +160,7 @@ class Actors:
                                  handle_owner=handle[3], name_key=handle[4]),
             shape=shape,
             runtime_env=runtime_env,
+            placement=opts.placement,
             name_key=name_key,
             restarts_left=UNLIMITED if restarts == -1 else restarts,
             task_retries=UNLIMITED if retries == -1 else retries,
@@ -449,11 +454,16 @@ class Actors:
                 if type(entry) is m.InlineValue and entry.is_error:
                     self._actor_dead(state, "an argument of its constructor failed", entry)
                     return
-        queue = ShapeQueue(state.shape, for_actor=True, runtime_env=state.runtime_env)  # (keeps an infeasible shape asking)
+        queue = ShapeQueue(state.shape, for_actor=True, runtime_env=state.runtime_env,  # (keeps an infeasible shape asking)
+                           placement=state.placement)
         try:
             lease = await self.rt._lease_worker(queue, lambda *_: None, detached=state.detached)
         except RuntimeEnvSetupError as exc:
             self._actor_dead(state, str(exc), v.serialize_error(exc))
+            return
+        except TaskUnschedulableError as exc:
+            error = ActorUnschedulableError(f"actor {state.class_name} cannot be placed: {exc}")
+            self._actor_dead(state, str(error), v.serialize_error(error))
             return
         if state.state == "dead":  # killed while it was being placed
             if lease is not None:
@@ -469,7 +479,7 @@ class Actors:
         state.lease, state.conn, state.address = lease, lease.conn, lease.conn.peer
         assert state.create is not None  # (only owners start actors)
         try:
-            create = state.create if not state.restarts else attrs.evolve(state.create, restarted=True)
+            create = attrs.evolve(state.create, restarted=bool(state.restarts), gpu_ids=list(lease.gpu_ids or ()))
             error = await lease.conn.request(create)
         except (ClusterConnectionError, RemoteCallError) as exc:
             self._actor_lost(state, f"its worker died while building it ({exc})")

@@ -19,6 +19,7 @@ from typing import Any
 from cluster import packaging
 from cluster import runtime_env as renv
 from cluster.errors import ConfigError
+from cluster.scheduling import PLACEMENT_MARK
 from cluster.wire import messages as m
 
 KV_PREFIX = "runtime_env/"
@@ -94,5 +95,6 @@ def shape_with_env(shape: tuple[tuple[str, float], ...],
 
 
 def plain_shape(shape: tuple[tuple[str, float], ...]) -> dict[str, float]:
-    """The resources of an env queue's key, without the env's pseudo-resource."""
-    return {name: amount for name, amount in shape if not name.startswith(renv.ENV_MARK)}
+    """The resources of a queue's key, without the pseudo-resources naming its env and placement."""
+    return {name: amount for name, amount in shape
+            if not name.startswith(renv.ENV_MARK) and not name.startswith(PLACEMENT_MARK)}

@@ -49,6 +49,7 @@ from cluster.errors import (
     RemoteCallError,
     RuntimeEnvSetupError,
     TaskCancelledError,
+    TaskUnschedulableError,
     WorkerCrashedError,
 )
 from cluster.objects import refs as object_ref_module
@@ -69,6 +70,7 @@ from cluster.owner.tasks import (
     ShapeQueue,
 )
 from cluster.plugins import make_object_store
+from cluster.scheduling import DEFAULT_PLACEMENT, SPREAD
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, Dialer, run_connection
 from cluster.wire.handshake import server_handshake
@@ -818,7 +820,8 @@ class Runtime:
     def _enqueue(self, task: PendingTask, front: bool = False) -> None:
         queue = self._queues.get(task.shape)
         if queue is None:
-            queue = self._queues[task.shape] = ShapeQueue(task.shape, runtime_env=task.runtime_env)
+            queue = self._queues[task.shape] = ShapeQueue(task.shape, runtime_env=task.runtime_env,
+                                                          placement=task.placement)
         if front:
             queue.pending.appendleft(task)
         else:
@@ -833,6 +836,9 @@ class Runtime:
             depth = 1 if queue.fresh_requests else PIPELINE_DEPTH
             leases = [lease for lease in queue.leases if len(lease.in_flight) < depth and not lease.blocked]
             leases.sort(key=lambda lease: len(lease.in_flight))  # the least loaded first
+            if queue.placement.kind == SPREAD:
+                self._dispatch_spread(queue, leases, depth, batches)
+                leases = []
             while pending and leases:
                 still_room = []
                 for lease in leases:
@@ -860,6 +866,7 @@ class Runtime:
                             task.deps, task.num_returns, self.address, "", task.namespace,
                             None if task.stream is None else task.stream.spec(), "",
                             None if task.shape == DEFAULT_SHAPE else envs.plain_shape(task.shape),
+                            lease.gpu_ids,
                         )
                     )
                 try:
@@ -870,6 +877,31 @@ class Runtime:
         for _ in range(max(0, wanted)):
             queue.requesting += 1  # counted now, so the next dispatch does not ask again
             self.spawn(self._request_lease, queue)
+
+    @staticmethod
+    def _dispatch_spread(queue: ShapeQueue, leases: list[Lease], depth: int,
+                         batches: dict[int, tuple[Lease, list[PendingTask]]]) -> None:
+        """SPREAD: each task to the node (of those the queue holds leases on) that got fewest of
+        its tasks so far; while that node's workers are all busy, the task waits for them, so
+        tasks spread evenly over nodes however many leases each granted or however fast each is."""
+        counts = queue.spread if queue.spread is not None else {}
+        queue.spread = counts
+        nodes = {lease.node_id for lease in queue.leases if not lease.returned}
+        pending = queue.pending
+        while pending and leases:
+            fewest = min(nodes, key=lambda node_id: counts.get(node_id, 0))
+            there = [lease for lease in leases if lease.node_id == fewest]
+            if not there:
+                return
+            lease = min(there, key=lambda lease: len(lease.in_flight))
+            task = pending.popleft()
+            task.lease = lease
+            lease.in_flight[task.task_id] = task
+            lease.idle_since = None
+            counts[fewest] = counts.get(fewest, 0) + 1
+            batches.setdefault(id(lease), (lease, []))[1].append(task)
+            if len(lease.in_flight) >= depth:
+                leases.remove(lease)
 
     def _maybe_steal(self, queue: ShapeQueue, idle: Lease) -> None:
         """``idle`` has nothing to do while another lease has tasks queued behind its running
@@ -939,9 +971,12 @@ class Runtime:
 
         try:
             lease = await self._lease_worker(queue, not_fresh)
-        except RuntimeEnvSetupError as exc:  # every task of the queue needs that env: all fail
+        except (RuntimeEnvSetupError, TaskUnschedulableError) as exc:  # every task of the queue: all fail
             lease = None
             failed, queue.pending = list(queue.pending), collections.deque()
+            if isinstance(exc, TaskUnschedulableError):
+                names = ", ".join(sorted({task.name for task in failed})) or "the task"
+                exc = TaskUnschedulableError(f"{names} cannot be scheduled: {exc}")
             entry = v.serialize_error(exc)
             self._finish_many([(task, [entry] * task.num_returns) for task in failed])
         finally:
@@ -958,12 +993,15 @@ class Runtime:
     async def _lease_worker(self, queue: ShapeQueue, on_busy: Any, detached: bool = False) -> Lease | None:
         address = self.node_address
         spill_count = 0
-        shape = dict(queue.shape) if queue.runtime_env is None else envs.plain_shape(queue.shape)
+        plain = queue.runtime_env is None and queue.placement is DEFAULT_PLACEMENT
+        shape = dict(queue.shape) if plain else envs.plain_shape(queue.shape)
+        placement = None if queue.placement is DEFAULT_PLACEMENT else queue.placement.to_wire()
         while True:
             try:
                 node_conn = await self._connect(address, "a node daemon")
                 answer = await node_conn.request(
-                    m.RequestLease(shape, self.address, spill_count, detached, queue.wanted(), queue.runtime_env),
+                    m.RequestLease(shape, self.address, spill_count, detached, queue.wanted(), queue.runtime_env,
+                                   placement),
                     on_pending=on_busy
                 )
             except (ClusterConnectionError, RemoteCallError) as exc:
@@ -981,6 +1019,8 @@ class Runtime:
             if type(answer) is m.RuntimeEnvFailed:
                 raise RuntimeEnvSetupError(answer.error)
             if type(answer) is m.LeaseInfeasible:
+                if answer.unschedulable:
+                    raise TaskUnschedulableError(answer.reason)
                 self._warn_infeasible(queue, answer.reason)
                 await trio.sleep(INFEASIBLE_RETRY_S)
                 address, spill_count = self.node_address, 0
@@ -994,7 +1034,7 @@ class Runtime:
             node_conn.send(m.ReturnLease(answer.lease_id, False))
             return None
         lease = Lease(answer.lease_id, node_conn, worker_conn, queue.shape, idle_since=time.monotonic(),
-                      node_id=answer.node_id)
+                      node_id=answer.node_id, gpu_ids=answer.gpu_ids or None)
         worker_conn.context = lease
         if self._on_worker_lost not in worker_conn.on_close:
             worker_conn.on_close.append(self._on_worker_lost)

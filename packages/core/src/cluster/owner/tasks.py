@@ -1,6 +1,6 @@
 """What an owner keeps about its work: task records, worker leases, queues by resource shape.
 
-Plain values with no I/O (the runtime drives them). Imports: nothing of ours at run time.
+Plain values with no I/O (the runtime drives them). Imports: cluster.scheduling only, at run time.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import attrs
+
+from cluster.scheduling import DEFAULT_PLACEMENT, Placement
 
 if TYPE_CHECKING:
     from cluster.objects.refs import ObjectRef
@@ -57,6 +59,7 @@ class PendingTask:
     parent: bytes | None = None  # in a worker: the task that submitted it (for recursive cancel)
     stream: StreamState | None = None  # a generator task: what its caller holds of its values
     runtime_env: dict[str, Any] | None = None  # resolved (cluster.runtime_env); its id is in the shape
+    placement: Placement = DEFAULT_PLACEMENT  # where it may run; named in the shape unless the default
 
 
 @attrs.define(slots=True, eq=False)
@@ -75,6 +78,7 @@ class Lease:
     blocked: bool = False  # its worker's running task waits in get/wait: send it nothing more
     node_id: str = ""  # the node whose worker it is
     lost_reason: str = ""  # set when its node died: why its tasks must run again
+    gpu_ids: list[str] | None = None  # the GPUs its node gave it (None: none)
 
 
 @attrs.define(slots=True, eq=False)
@@ -89,6 +93,8 @@ class ShapeQueue:
     # pending here: past a linger, another worker is asked for, to take them (see _linger_loop).
     backlog_since: float | None = None
     runtime_env: dict[str, Any] | None = None  # its tasks' (resolved), sent with its lease requests
+    placement: Placement = DEFAULT_PLACEMENT  # its tasks', sent with its lease requests
+    spread: dict[str, int] | None = None  # SPREAD: tasks sent to each node so far (dispatch evens them out)
 
     def wanted(self) -> int:
         """How many workers this queue's work wants (what a lease request reports as backlog)."""

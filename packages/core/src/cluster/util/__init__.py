@@ -4,6 +4,7 @@
 - :mod:`.queue`: ``Queue``, a FIFO held by an actor, with ``Empty`` and ``Full``;
 - :mod:`.multiprocessing`: ``Pool``, ``multiprocessing.Pool`` on the cluster's actors;
 - :mod:`.joblib`: ``register_ray()``, a joblib backend that runs on the cluster;
+- :mod:`.scheduling_strategies`: Ray's strategy classes (node affinity, labels, placement groups);
 - ``get_node_ip_address()``: the IP of the node this process runs on.
 
 The three submodules load on first use (``cluster.util.queue`` works after ``import
@@ -17,11 +18,12 @@ import importlib
 from types import ModuleType
 
 from cluster.objects import refs
+from cluster.util import scheduling_strategies
 from cluster.util.actor_pool import ActorPool
 
 _SUBMODULES = ("queue", "multiprocessing", "joblib")
 
-__all__ = ["ActorPool", "get_node_ip_address", *_SUBMODULES]
+__all__ = ["ActorPool", "get_node_ip_address", "scheduling_strategies", *_SUBMODULES]
 
 
 def get_node_ip_address(address: str | None = None) -> str:

@@ -135,6 +135,7 @@ class LeaseGranted(Message):
     worker_address: str
     worker_id: str
     node_id: str
+    gpu_ids: list[str] = attrs.Factory(list)  # the devices given to it, when its shape asks for GPUs
 
 
 @message(83)
@@ -148,9 +149,11 @@ class LeaseSpill(Message):
 @message(84)
 @attrs.frozen
 class LeaseInfeasible(Message):
-    """No node of the cluster can ever fit the shape; ``reason`` says why, for the user."""
+    """No node of the cluster can ever fit the shape; ``reason`` says why, for the user.
+    ``unschedulable``: nor will one ever (a hard affinity to a node that is gone): the work fails."""
 
     reason: str
+    unschedulable: bool = False
 
 
 @message(110)
@@ -449,6 +452,8 @@ class RequestLease(Message):
     backlog: int = 0  # how many tasks of this shape the owner has waiting (the demand it stands for)
     # The resolved runtime env its workers must run in (cluster.runtime_env), None: the plain pool.
     runtime_env: dict[str, Any] | None = None
+    # Where it may run (cluster.scheduling.Placement.to_wire), None: anywhere, packed.
+    placement: dict[str, Any] | None = None
 
 
 @message(41)
@@ -512,6 +517,7 @@ class TaskSpec(Message):
     stream: StreamSpec | None = None  # a generator task: its values stream back as they are made
     group: str = ""  # an actor call: the concurrency group its caller named ("": the method's own)
     resources: dict[str, float] | None = None  # a task's (get_assigned_resources); None: {"CPU": 1}
+    gpu_ids: list[str] | None = None  # the GPUs its lease was given (CUDA_VISIBLE_DEVICES while it runs)
 
 
 # --- generators: values streamed back as a task yields them (docs/design/0014) -------------
@@ -743,6 +749,7 @@ class CreateActor(Message):
     max_concurrency: int | None  # None: 1000 for async actors, else 1
     concurrency_groups: dict[str, int] = attrs.Factory(dict)  # Ray's: group name -> its max concurrency
     resources: dict[str, float] = attrs.Factory(dict)  # what it holds for its life (get_assigned_resources)
+    gpu_ids: list[str] = attrs.Factory(list)  # the GPUs its lease was given (CUDA_VISIBLE_DEVICES for its life)
     restarted: bool = False  # it replaces an instance that died (max_restarts)
     handle_owner: str = ""  # its handles' owner ("": detached, found by name_key) for current_actor
     name_key: str = ""
@@ -779,3 +786,4 @@ class StealTasks(Message):
 @attrs.frozen
 class ListActors(Message):
     """Ask a driver or worker for the actors it owns and the one it hosts (reply: ActorTable)."""
+

@@ -43,6 +43,7 @@ from cluster.wire import messages as m
 from cluster.worker.concurrency import ConcurrencyGroups
 
 FLUSH_AFTER_S = 0.002  # send results at least this often while more tasks are queued
+STARTED_WITH_GPUS = os.environ.get("CUDA_VISIBLE_DEVICES")  # as the node daemon was started (None: unset)
 
 
 class Executor:
@@ -74,6 +75,7 @@ class Executor:
         self.actor_handle: tuple = ()  # an actor's: what its own handle is made of (current_actor)
         self._runs: dict[bytes, _StreamRun] = {}  # generator tasks running, by task id
         self._early_stops: set[bytes] = set()  # generator tasks whose consumer left before they ran
+        self._gpus: list[str] | None = None  # the GPUs CUDA_VISIBLE_DEVICES names now (None: as started)
 
     def create_actor(self, conn: Any, request_id: int, msg: m.CreateActor) -> None:
         """Queue the actor's construction: it runs on the main thread, before any call."""
@@ -142,6 +144,25 @@ class Executor:
             return {}
         resources = current[1].resources
         return {"CPU": 1.0} if resources is None else dict(resources)
+
+    def _use_gpus(self, gpus: list[str] | None) -> None:
+        """Show the code that runs next only ``gpus`` (CUDA_VISIBLE_DEVICES, as Ray sets it);
+        None: the worker's own setting again."""
+        self._gpus = gpus
+        if gpus is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        elif STARTED_WITH_GPUS is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = STARTED_WITH_GPUS
+
+    def gpu_ids(self) -> list[int] | list[str]:
+        """``cluster.get_gpu_ids()``: the GPUs of the task or actor running now; ints unless the
+        node was started with CUDA_VISIBLE_DEVICES (then its names, as Ray)."""
+        gpus = self._gpus or []
+        if STARTED_WITH_GPUS is None and all(gpu.isdigit() for gpu in gpus):
+            return [int(gpu) for gpu in gpus]
+        return list(gpus)
 
     def spec_of(self, task_id: bytes) -> Any:
         """The spec of call ``task_id`` running here (None: not running)."""
@@ -263,6 +284,8 @@ class Executor:
                 if spec.method:
                     fn = getattr(self._actor, spec.method, None) or _builtin_method(self._actor, spec.method)
                 else:
+                    if spec.gpu_ids != self._gpus:
+                        self._use_gpus(spec.gpu_ids)
                     fn = self._functions.get(spec.function_id)
                 if fn is None:
                     blob = spec.function or self._function_blobs.get(spec.function_id)
@@ -575,6 +598,7 @@ class Executor:
             # (the constructor's runtime context: its actor id, resources, whether it restarts)
             self.actor_id = msg.actor_id
             self._actor_resources = dict(msg.resources)
+            self._use_gpus(list(msg.gpu_ids) or None)
             self.restarted = msg.restarted
             self.actor_handle = (msg.actor_id, msg.class_name, msg.handle_owner, msg.name_key)
             building = current_task_id.set(msg.actor_id)
