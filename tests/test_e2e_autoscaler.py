@@ -170,6 +170,55 @@ def test_the_local_provider_scales_up_by_type_down_after_idle_and_explains(env, 
     assert not [path for path in SEEN_STORES if os.path.exists(path)]
 
 
+SPREAD_CONFIG = """\
+cluster_name: {name}
+provider: {{type: local}}
+head_node_type: head
+max_workers: 4
+idle_timeout_s: 2
+node_types:
+  head: {{resources: {{CPU: 1}}}}
+  worker: {{resources: {{CPU: 1}}, max_workers: 3}}
+  special: {{resources: {{CPU: 1, special: 1}}, max_workers: 1}}
+"""
+
+GROUP = textwrap.dedent(
+    """
+    import json, sys
+    import cluster
+    from cluster.util import placement_group, placement_group_table
+
+    cluster.init(sys.argv[1])
+    pg = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
+    cluster.get(pg.ready(), timeout=240)
+    nodes = placement_group_table(pg)["bundles_to_node_id"]
+    special = cluster.remote(resources={"special": 1})(lambda: "ran").remote()
+    assert cluster.get(special, timeout=240) == "ran"
+    print("RESULT " + json.dumps(len(set(nodes.values()))))
+    """
+)
+
+
+def test_the_autoscaler_launches_nodes_for_a_strict_spread_group(env, tmp_path, e2e):
+    config = tmp_path / "cluster.yaml"
+    config.write_text(SPREAD_CONFIG.format(name=f"t{uuid.uuid4().hex[:8]}"))
+    try:
+        up = cli(env, "up", str(config))
+        address = next(n["address"] for n in alive_nodes(env) if n["is_head"])
+        script = tmp_path / "group.py"
+        script.write_text(GROUP)
+        run = subprocess.run([sys.executable, str(script), address], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, up.stderr + run.stdout + run.stderr
+        assert run.stdout.split("RESULT ")[1].strip() == "3"  # two workers were launched for it
+        assert "waits for the autoscaler to launch a node of type special ({CPU: 1, special: 1})" in run.stderr
+        assert len(alive_nodes(env)) == 4
+    finally:
+        down = cli(env, "down", str(config), check=False)
+    assert down.returncode == 0, down.stdout + down.stderr
+    e2e.wait_until(lambda: not our_processes(env), timeout=30, what="every process of the cluster to exit")
+
+
 def test_up_and_down_for_a_provider_no_plugin_brings_up_say_what_to_install(env, tmp_path):
     config = tmp_path / "cloud.yaml"
     config.write_text("cluster_name: c\nprovider: {type: cloud9}\nhead_node_type: head\n"

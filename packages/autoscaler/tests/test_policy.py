@@ -6,6 +6,7 @@ from cluster_autoscaler.config import parse_config
 from cluster_autoscaler.policy import (
     REMOVE_AFTER_ROUNDS,
     Demand,
+    GroupDemand,
     LaunchError,
     NodeObservation,
     Observation,
@@ -144,3 +145,19 @@ def test_failing_launches_back_off_and_recover() -> None:
     assert retry.launch == {"big": 1}
     joined = plan(CONFIG, Observation(now=30, nodes=(HEAD, KEEPER, node("b1", "big", used=8))), retry.memory)
     assert "big" not in joined.memory.failures  # a node of the type came up: the slate is clean
+
+
+def test_a_strict_spread_group_launches_a_node_for_each_bundle_without_its_own_node() -> None:
+    small = node("s1", "small")  # 2 CPUs free: room for both bundles, but one may go there
+    group = GroupDemand(({"CPU": 1}, {"CPU": 1}, {"CPU": 1}), "STRICT_SPREAD")
+    p = plan(CONFIG, Observation(now=0, nodes=(HEAD, KEEPER, small), groups=(group,)))
+    assert p.launch == {"small": 1}  # the head and s1 take one bundle each; the third needs a node
+    assert "STRICT_SPREAD placement group's bundle {CPU: 1}" in reasons(p)["small"]
+
+
+def test_a_strict_pack_group_needs_one_node_for_all_its_bundles() -> None:
+    group = GroupDemand(({"CPU": 3}, {"CPU": 3}), "STRICT_PACK")
+    assert plan(CONFIG, Observation(now=0, nodes=(HEAD, KEEPER), groups=(group,))).launch == {"big": 1}
+    packed = GroupDemand(({"CPU": 2}, {"CPU": 2}), "PACK")  # may split: two small nodes
+    assert plan(CONFIG, Observation(now=0, nodes=(HEAD, KEEPER), groups=(packed,))).launch == {"small": 2}
+

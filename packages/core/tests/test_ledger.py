@@ -57,3 +57,36 @@ def test_room_is_a_copy_to_plan_with() -> None:
     room = ledger.room()
     room["CPU"] = 0.0
     assert ledger.available == {"CPU": 2.0}
+
+
+def test_fractions_of_a_gpu_pack_onto_one_device_and_whole_ones_take_free_devices() -> None:
+    ledger = ResourceLedger({"CPU": 4, "GPU": 2})
+    halves = [ledger.assign_gpus(0.5) for _ in range(2)]
+    assert halves == [["0"], ["0"]]  # the fullest device that still fits: they share one
+    assert ledger.assign_gpus(1) == ["1"]
+    assert not ledger.can_assign_gpus(1)  # 0 is shared out, 1 is taken
+    ledger.release_gpus(["0"], 0.5)
+    ledger.release_gpus(["0"], 0.5)
+    assert ledger.assign_gpus(1) == ["0"]
+
+
+def test_two_half_free_devices_do_not_make_a_whole_one() -> None:
+    ledger = ResourceLedger({"GPU": 2})
+    ledger.gpu_free.update({"0": 0.5, "1": 0.5})
+    assert ledger.can_assign_gpus(0.5) and not ledger.can_assign_gpus(1)
+    assert not ledger.can_assign_gpus(1.5)  # above 1 only whole numbers
+
+
+def test_gpu_ids_come_from_cuda_visible_devices_when_given() -> None:
+    assert sorted(ResourceLedger({"GPU": 2}, ["3", "5"]).gpu_free) == ["3", "5"]
+    assert sorted(ResourceLedger({"GPU": 2}).gpu_free) == ["0", "1"]
+
+
+def test_a_placement_group_s_resources_come_and_go() -> None:
+    ledger = ResourceLedger({"CPU": 4})
+    assert ledger.take({"CPU": 2})
+    ledger.add({"CPU_group_g": 2, "bundle_group_g": 1000})
+    assert ledger.total["CPU_group_g"] == 2 and ledger.available["bundle_group_g"] == 1000
+    ledger.remove({"CPU_group_g": 2, "bundle_group_g": 1000})
+    ledger.give_back({"CPU": 2})
+    assert ledger.total == {"CPU": 4} and ledger.available == {"CPU": 4}

@@ -22,6 +22,7 @@ from cluster.scheduling import (
     Decision,
     DoesNotExist,
     Exists,
+    GroupRequest,
     In,
     NodeAffinitySchedulingStrategy,
     NodeLabelSchedulingStrategy,
@@ -31,9 +32,12 @@ from cluster.scheduling import (
     ResourceView,
     SchedulingRequest,
     describe_selector,
+    group_of,
+    group_resources,
     matches,
     parse_label_selector,
     placement_of,
+    shape_in_group,
 )
 
 # ----------------------------------------------------------------------------- format_shape
@@ -514,3 +518,73 @@ def test_a_default_decision_from_a_full_node_looks_at_no_more_than_sample_nodes(
     decision = decide(view, {"CPU": 1})
     assert decision in (LOCAL, spill("777"))
     assert len(seen - {"0"}) <= SAMPLE
+
+
+# ------------------------------------------------------------------------ placement groups
+
+
+def place(view: ResourceView, bundles: list, strategy: str, **extra: object) -> list[str] | None:
+    return SchedulingPolicy().place_group(GroupRequest(bundles, strategy, **extra), view).nodes  # type: ignore[arg-type]
+
+
+def four_nodes(cpus: tuple = (4, 4, 4, 4)) -> ResourceView:
+    return ResourceView([nv(str(i + 1), {"CPU": c}) for i, c in enumerate(cpus)], "")
+
+
+def test_strict_pack_puts_every_bundle_on_one_node_or_waits() -> None:
+    view = four_nodes((2, 6, 3, 1))
+    assert place(view, [{"CPU": 2}] * 3, "STRICT_PACK") == ["2", "2", "2"]
+    assert place(view, [{"CPU": 4}] * 2, "STRICT_PACK") is None
+
+
+def test_pack_fills_few_nodes_and_spreads_only_when_it_must() -> None:
+    view = four_nodes((4, 4, 4, 4))
+    nodes = place(view, [{"CPU": 1}] * 4, "PACK")
+    assert nodes is not None and len(set(nodes)) == 1
+    nodes = place(view, [{"CPU": 3}] * 3, "PACK")
+    assert nodes is not None and len(set(nodes)) == 3
+
+
+def test_strict_spread_needs_a_node_per_bundle() -> None:
+    view = four_nodes()
+    nodes = place(view, [{"CPU": 1}] * 4, "STRICT_SPREAD")
+    assert nodes is not None and len(set(nodes)) == 4
+    decision = SchedulingPolicy().place_group(GroupRequest([{"CPU": 1}] * 5, "STRICT_SPREAD"), view)
+    assert decision.nodes is None and "needs 5 distinct nodes" in decision.reason
+
+
+def test_spread_uses_distinct_nodes_first_then_doubles_up() -> None:
+    view = four_nodes((2, 2, 2, 2))
+    nodes = place(view, [{"CPU": 1}] * 4, "SPREAD")
+    assert nodes is not None and len(set(nodes)) == 4
+    nodes = place(view, [{"CPU": 1}] * 6, "SPREAD")
+    assert nodes is not None and len(set(nodes)) == 4
+
+
+def test_a_group_waits_saying_whether_it_could_ever_fit() -> None:
+    busy = ResourceView([nv("1", {"CPU": 4}, {"CPU": 0}), nv("2", {"CPU": 4}, {"CPU": 1})], "")
+    waiting = SchedulingPolicy().place_group(GroupRequest([{"CPU": 2}, {"CPU": 2}], "PACK"), busy)
+    assert waiting.nodes is None and "no room" in waiting.reason
+    never = SchedulingPolicy().place_group(GroupRequest([{"CPU": 8}], "PACK"), busy)
+    assert never.nodes is None and "could ever hold" in never.reason
+
+
+def test_bundles_keep_to_their_label_selectors() -> None:
+    view = ResourceView([nv("1", {"CPU": 4}, labels={"zone": "a"}), nv("2", {"CPU": 4}, labels={"zone": "b"})], "")
+    b_only = parse_label_selector({"zone": "b"})
+    assert place(view, [{"CPU": 1}, {"CPU": 1}], "SPREAD", labels=[b_only, ()]) == ["2", "1"]
+
+
+def test_strict_spread_after_a_node_died_avoids_the_nodes_still_used() -> None:
+    view = four_nodes()
+    assert place(view, [{"CPU": 1}], "STRICT_SPREAD", used=["1", "2", "3"]) == ["4"]
+
+
+def test_a_bundle_s_resources_and_a_task_s_shape_inside_it_use_ray_s_names() -> None:
+    offered = group_resources("ab12", 1, {"CPU": 2})
+    assert offered == {"CPU_group_1_ab12": 2, "CPU_group_ab12": 2, "bundle_group_1_ab12": 1000,
+                       "bundle_group_ab12": 1000}
+    assert shape_in_group((("CPU", 1.0),), "ab12", -1) == (("CPU_group_ab12", 1.0), ("bundle_group_ab12", 0.001))
+    assert shape_in_group((("CPU", 1.0),), "ab12", 1) == (("CPU_group_1_ab12", 1.0), ("bundle_group_1_ab12", 0.001))
+    assert group_of(dict(shape_in_group((), "ab12", 0))) == "ab12" and group_of({"CPU": 1}) == ""
+

@@ -9,9 +9,11 @@
 Memory is how removal waits for several rounds of agreement and how failing launches back
 off. Replaying a sequence of observations replays the autoscaler.
 
-Scale up: the demand is the shapes of pending work plus ``request_resources`` bundles. It is
-first packed into what is free on live nodes and on nodes still launching; what is left is
-bin-packed onto new nodes of the smallest type that fits. Limits: each type's
+Scale up: the demand is the shapes of pending work, ``request_resources`` bundles and the
+bundles of placement groups waiting to be placed (a STRICT_PACK group's as one shape, a
+STRICT_SPREAD group's each on a node of its own). It is first packed into what is free on live
+nodes and on nodes still launching; what is left is bin-packed onto new nodes of the smallest
+type that fits. Limits: each type's
 ``max_workers``, the config's ``max_workers``, and ``upscaling_speed``. Each type is also
 brought up to its ``min_workers``.
 
@@ -61,6 +63,14 @@ class Demand:
 
 
 @attrs.frozen
+class GroupDemand:
+    """A placement group waiting for nodes: its bundles (those not placed) and strategy."""
+
+    bundles: tuple[Mapping[str, float], ...]
+    strategy: str = "PACK"
+
+
+@attrs.frozen
 class LaunchError:
     node_type: str
     message: str
@@ -72,6 +82,7 @@ class Observation:
     nodes: tuple[NodeObservation, ...] = ()
     demand: tuple[Demand, ...] = ()
     requested: tuple[Demand, ...] = ()  # request_resources(): capacity to have, used or not
+    groups: tuple[GroupDemand, ...] = ()  # placement groups waiting to be placed
     launch_errors: tuple[LaunchError, ...] = ()  # from the provider since the last round
 
 
@@ -181,38 +192,59 @@ def plan(config: ClusterConfig, obs: Observation, memory: Memory | None = None) 
     bundles: list[Mapping[str, float]] = []
     for item in (*obs.demand, *obs.requested):
         bundles += [item.shape] * min(item.count, MAX_BUNDLES_PER_SHAPE)
+    spread_groups = []
+    for group in obs.groups:  # a group's bundles are demand too; STRICT_ ones keep their rule
+        if group.strategy == "STRICT_SPREAD":
+            spread_groups.append(group)
+        elif group.strategy == "STRICT_PACK":
+            summed: dict[str, float] = {}
+            for bundle in group.bundles:
+                for k, v in bundle.items():
+                    summed[k] = summed.get(k, 0.0) + v
+            bundles.append(summed)
+        else:
+            bundles += list(group.bundles)
     bundles.sort(key=lambda s: _size(s), reverse=True)  # first fit, largest first
     unplaced: dict[tuple, list] = {}
-    for shape in bundles:
-        target = None
+
+    def place(shape: Mapping[str, float], why: str, avoid: set[int]) -> dict[str, float] | None:
+        """Room for ``shape`` (not one of ``avoid``): on a node, coming or new (launched)."""
         for node, room in bins:
-            if _fits(shape, room):
-                target = room
+            if id(room) not in avoid and _fits(shape, room):
                 used_ids.add(node.instance_id)  # demand will run there: not a node to remove
-                break
-        else:
-            target = next((room for _, room in new_bins if _fits(shape, room)), None)
-        if target is not None:
-            _take(shape, target)
-            continue
+                _take(shape, room)
+                return room
+        for _, room in new_bins:
+            if id(room) not in avoid and _fits(shape, room):
+                _take(shape, room)
+                return room
         fitting = sorted((t for t in config.worker_types if _fits(shape, t.resources)), key=lambda t: _size(t.resources))
         if not fitting:
             unplaced.setdefault(tuple(sorted(shape.items())), []).append(
                 f"no node type can fit {format_shape(shape)} (node types: "
                 + "; ".join(f"{t.name} {format_shape(t.resources)}" for t in config.worker_types) + ")")
-            continue
+            return None
         reasons = []
         for node_type in fitting:
             why_not = can_launch(node_type)
             if why_not is None:
-                add_launch(node_type, f"pending demand {format_shape(shape)}")
+                add_launch(node_type, why)
                 room = dict(node_type.resources)
                 _take(shape, room)
                 new_bins.append((node_type, room))
-                break
+                return room
             reasons.append(why_not)
-        else:
-            unplaced.setdefault(tuple(sorted(shape.items())), []).append("; ".join(reasons))
+        unplaced.setdefault(tuple(sorted(shape.items())), []).append("; ".join(reasons))
+        return None
+
+    for group in spread_groups:  # each bundle on a node of its own
+        taken: set[int] = set()
+        for shape in sorted(group.bundles, key=lambda s: _size(s), reverse=True):
+            room = place(shape, f"a STRICT_SPREAD placement group's bundle {format_shape(shape)}", taken)
+            if room is not None:
+                taken.add(id(room))
+    for shape in bundles:
+        place(shape, f"pending demand {format_shape(shape)}", set())
     for name, reasons in sorted(launch_reasons.items()):
         why = "; ".join(f"{n} for {reason}" for reason, n in reasons.items())
         decisions.append(Decision("launch", name, f"{launch[name]} node(s): {why}"))

@@ -27,6 +27,7 @@ import trio
 from cluster import session
 from cluster.autoscaler import REQUESTED_KEY
 from cluster.resources import total_demand
+from cluster.scheduling import AUTOSCALER_NODE_TYPES_KEY
 from cluster.wire import messages as m
 from cluster_autoscaler.config import ClusterConfig, load_config
 from cluster_autoscaler.messages import (
@@ -39,6 +40,7 @@ from cluster_autoscaler.messages import (
 )
 from cluster_autoscaler.policy import (
     Demand,
+    GroupDemand,
     LaunchError,
     Memory,
     NodeObservation,
@@ -77,6 +79,10 @@ class AutoscalerService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.head.services.add(SERVICE, self._on_request)
+        # What it may launch, for owners whose work no node fits yet (they say what they wait for).
+        self.head.kv_put(AUTOSCALER_NODE_TYPES_KEY, json.dumps({
+            t.name: {"resources": dict(t.resources), "labels": dict(t.labels)} for t in self.config.worker_types
+            if t.max_workers > 0}).encode())
         async with trio.open_nursery() as nursery:
             task_status.started()
             log.info("autoscaler_started", cluster=self.config.cluster_name, provider=self.config.provider.type)
@@ -135,7 +141,7 @@ class AutoscalerService:
                 nodes.append(NodeObservation(f"{request_id}/{i}", node_type, "launching", resources, resources))
         demand = self._demand(alive)
         observation = Observation(now=now, nodes=tuple(nodes), demand=tuple(demand),
-                                  requested=tuple(self._requested()),
+                                  requested=tuple(self._requested()), groups=tuple(self._groups()),
                                   launch_errors=tuple(self._new_errors))
         self._new_errors = []
         decision = plan(self.config, observation, self.memory)
@@ -172,6 +178,13 @@ class AutoscalerService:
     def _demand(alive: list) -> list[Demand]:
         reports = ([attrs.asdict(item) for item in n.demand] for n in alive)
         return [Demand(dict(item["shape"]), int(item["count"])) for item in total_demand(reports)]
+
+    def _groups(self) -> list[GroupDemand]:
+        """The placement groups waiting for room (their bundles not placed yet)."""
+        pending = getattr(self.head, "pending_placement_groups", None)
+        if pending is None:  # (a head of a core without placement groups)
+            return []
+        return [GroupDemand(tuple(dict(b) for b in group["bundles"]), group["strategy"]) for group in pending()]
 
     def _requested(self) -> list[Demand]:
         raw = self.head.kv_get(REQUESTED_KEY)

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from cluster_store import StoredObject
 
-    from cluster.scheduling import Decision, ResourceView, SchedulingRequest
+    from cluster.scheduling import (
+        Decision,
+        GroupDecision,
+        GroupRequest,
+        ResourceView,
+        SchedulingRequest,
+    )
 
 
 class Peer(Protocol):
@@ -112,6 +118,10 @@ class SchedulingPolicy(Protocol):
 
     def decide(self, request: SchedulingRequest, view: ResourceView) -> Decision: ...
 
+    # A node per bundle of a placement group (``GroupRequest``: bundles, strategy, label
+    # selectors) from the head's view, or None and why it waits; called at the head.
+    def place_group(self, request: GroupRequest, view: ResourceView) -> GroupDecision: ...
+
 
 class NodeRecordView(Protocol):
     """What the head knows of one node."""
@@ -140,6 +150,15 @@ class Head(Protocol):
 
     def kv_get(self, key: str) -> bytes | None:
         """The head's KV entry ``key`` (``cluster.autoscaler.request_resources`` writes one)."""
+        ...
+
+    def kv_put(self, key: str, value: bytes) -> None:
+        """Set the head's KV entry ``key`` (an autoscaler publishes its node types there)."""
+        ...
+
+    def pending_placement_groups(self) -> list[dict[str, Any]]:
+        """The placement groups waiting to be placed: each ``{"pg_id", "strategy", "bundles"}``
+        (the bundles not placed yet), for an autoscaler to size the cluster by."""
         ...
 
 

@@ -22,6 +22,8 @@ import attrs
 from cluster.errors import ConfigError
 from cluster.resources import fits
 
+# (in the head's KV) the node types an autoscaler may launch: {name: {"resources", "labels"}}
+AUTOSCALER_NODE_TYPES_KEY = "autoscaler/node_types"
 NODE_ID_LABEL = "ray.io/node-id"  # Ray's default labels, so label selectors port unchanged
 ACCELERATOR_LABEL = "ray.io/accelerator-type"
 
@@ -204,6 +206,45 @@ class PlacementGroupSchedulingStrategy:
         self.placement_group_capture_child_tasks = placement_group_capture_child_tasks
 
 
+# ------------------------------------------------------------ placement groups' resources
+#
+# As in Ray: bundle i of group G offers its resources R on its node as ``R_group_i_G`` (that
+# bundle) and ``R_group_G`` (any bundle of the group), and ``bundle_group_i_G`` /
+# ``bundle_group_G`` (1000 each); a task in the group asks for those names instead of its own,
+# so leases, spillback and the policy need nothing new to place it.
+
+BUNDLE_UNITS = 1000.0
+IN_BUNDLE = 0.001  # what a task takes of its bundle's ``bundle_group_`` resource
+
+
+def group_resources(pg_id: str, index: int, shape: Mapping[str, float]) -> dict[str, float]:
+    """What bundle ``index`` of group ``pg_id`` offers on its node, by Ray's names."""
+    out = {}
+    for name, amount in shape.items():
+        if amount:
+            out[f"{name}_group_{index}_{pg_id}"] = amount
+            out[f"{name}_group_{pg_id}"] = amount
+    out[f"bundle_group_{index}_{pg_id}"] = BUNDLE_UNITS
+    out[f"bundle_group_{pg_id}"] = BUNDLE_UNITS
+    return out
+
+
+def shape_in_group(shape: tuple[tuple[str, float], ...], pg_id: str, index: int) -> tuple[tuple[str, float], ...]:
+    """A task's shape inside bundle ``index`` (-1: any) of group ``pg_id``."""
+    suffix = f"_group_{pg_id}" if index < 0 else f"_group_{index}_{pg_id}"
+    amounts = {name + suffix: amount for name, amount in shape}
+    amounts["bundle" + suffix] = IN_BUNDLE
+    return tuple(sorted(amounts.items()))
+
+
+def group_of(shape: Iterable[str]) -> str:
+    """The placement group a shape's resources belong to ("": none)."""
+    for name in shape:
+        if name.startswith("bundle_group_"):
+            return name.rpartition("_")[2]
+    return ""
+
+
 # --------------------------------------------------------------------------- placement
 
 DEFAULT = "DEFAULT"
@@ -273,7 +314,10 @@ def placement_of(strategy: Any, label_selector: Any = None) -> Placement:
         hard, soft = strategy._expressions
         return Placement(labels=tuple(sorted(set(labels + hard))), soft_labels=soft)
     if isinstance(strategy, PlacementGroupSchedulingStrategy):
-        raise ConfigError("placement groups are not supported yet (PlacementGroupSchedulingStrategy)")
+        if not hasattr(getattr(strategy.placement_group, "id", None), "hex"):
+            raise ConfigError("PlacementGroupSchedulingStrategy needs a PlacementGroup (from "
+                              f"cluster.util.placement_group), got {strategy.placement_group!r}")
+        return Placement(labels=labels) if labels else DEFAULT_PLACEMENT  # (its bundles' resource names place it)
     raise ConfigError(
         f"scheduling_strategy={strategy!r} is not one of \"DEFAULT\", \"SPREAD\", "
         "NodeAffinitySchedulingStrategy(node_id, soft) or NodeLabelSchedulingStrategy(hard, soft=) "
@@ -384,3 +428,26 @@ class ResourceView:
             return
         for index in self.rng.sample(range(len(pool)), k):
             yield pool[index]
+
+
+# ------------------------------------------------------------------ placement group requests
+
+GROUP_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+@attrs.frozen
+class GroupRequest:
+    """Bundles of a placement group to place (all of them, or those a dead node lost)."""
+
+    bundles: list[dict[str, float]]
+    strategy: str  # one of GROUP_STRATEGIES
+    labels: list[tuple[Expression, ...]] = attrs.Factory(list)  # per bundle: its label selector
+    used: list[str] = attrs.Factory(list)  # nodes the group's other bundles are on (STRICT_* keep to them)
+
+
+@attrs.frozen
+class GroupDecision:
+    """A node id per bundle, in order; or None, and why the group waits."""
+
+    nodes: list[str] | None
+    reason: str = ""

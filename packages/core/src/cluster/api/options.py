@@ -16,7 +16,14 @@ import attrs
 
 from cluster import runtime_env
 from cluster.errors import ConfigError
-from cluster.scheduling import Placement, parse_label_selector, placement_of
+from cluster.resources import fits, format_shape
+from cluster.scheduling import (
+    Placement,
+    PlacementGroupSchedulingStrategy,
+    parse_label_selector,
+    placement_of,
+    shape_in_group,
+)
 
 UNLIMITED = -1  # max_retries / max_restarts / max_task_retries: no limit (Ray's -1)
 
@@ -135,8 +142,29 @@ def _runtime_env(value: Any) -> Mapping[str, Any] | None:
 
 
 def _placement_group(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value not in ("default", None):
-        raise ConfigError("placement groups are not supported yet (placement_group=...)")
+    if value not in ("default", None) and not hasattr(getattr(value, "id", None), "hex"):
+        raise ConfigError(f"placement_group must be a PlacementGroup (from cluster.util.placement_group), got {value!r}")
+
+
+def _in_group(options: Any, shape: tuple) -> tuple:
+    """The shape of work placed in a placement group's bundle (Ray's ``CPU_group_<id>``
+    names); ConfigError when no bundle could hold it."""
+    strategy = options.scheduling_strategy
+    if isinstance(strategy, PlacementGroupSchedulingStrategy):
+        group, index = strategy.placement_group, strategy.placement_group_bundle_index
+    elif options.placement_group not in ("default", None):
+        group, index = options.placement_group, options.placement_group_bundle_index
+    else:
+        return shape
+    bundles = list(getattr(group, "bundle_specs", None) or [])
+    if isinstance(index, bool) or not isinstance(index, int) or index < -1 or (bundles and index >= len(bundles)):
+        raise ConfigError(f"placement_group_bundle_index must be -1 (any bundle) or 0..{len(bundles) - 1}, got {index!r}")
+    wanted = dict(shape)
+    candidates = bundles if index == -1 else bundles[index:index + 1]
+    if candidates and not any(fits(wanted, bundle) for bundle in candidates):
+        raise ConfigError(f"{format_shape(wanted)} fits in no bundle of placement group {group.id.hex()} "
+                          f"({', '.join(format_shape(b) for b in candidates)}): ask for less, or make bigger bundles")
+    return shape_in_group(shape, group.id.hex(), index)
 
 
 def _max_calls(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -224,7 +252,7 @@ class TaskOptions(_RayOptions):
     @property
     def shape(self) -> tuple:
         """The resources a task needs, as sorted (name, amount) pairs without zeros."""
-        return _shape(self.num_cpus, self.num_gpus, _with_accelerator(self.resources, self.accelerator_type))
+        return _in_group(self, _shape(self.num_cpus, self.num_gpus, _with_accelerator(self.resources, self.accelerator_type)))
 
 
 @attrs.frozen(kw_only=True)
@@ -267,7 +295,7 @@ class ActorOptions(_RayOptions):
     @property
     def shape(self) -> tuple:
         """The resources the actor holds for its lifetime, as sorted (name, amount) pairs."""
-        return _shape(self.num_cpus, self.num_gpus, _with_accelerator(self.resources, self.accelerator_type))
+        return _in_group(self, _shape(self.num_cpus, self.num_gpus, _with_accelerator(self.resources, self.accelerator_type)))
 
 
 # What @cluster.remote(...) can check before it knows whether it decorates a function or a class.

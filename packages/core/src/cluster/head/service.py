@@ -24,6 +24,8 @@ import structlog
 import trio
 
 from cluster.head import tables
+from cluster.head.placement import PlacementGroups
+from cluster.plugins import make_scheduler
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection
 
@@ -108,6 +110,20 @@ class HeadService:
     on_node_dead: list[Callable[[NodeRecord], None]] = attrs.Factory(list)
     # The nodes of earlier head processes of this cluster, declared dead as this one started.
     previous_head_nodes: list[NodeRecord] = attrs.Factory(list)
+    placement: PlacementGroups = attrs.field(init=False)  # the placement groups (head/placement.py)
+    _policy: Any = None  # the scheduling policy, for placing groups' bundles (made when first needed)
+
+    def __attrs_post_init__(self) -> None:
+        self.placement = PlacementGroups(self, self._scheduling_policy)
+        self.on_node_dead.append(self.placement.node_dead)
+
+    def pending_placement_groups(self) -> list[dict[str, Any]]:
+        return self.placement.pending()
+
+    def _scheduling_policy(self) -> Any:
+        if self._policy is None:
+            self._policy = make_scheduler(self)
+        return self._policy
     # The last faults of the cluster (nodes' reports and node deaths), oldest first.
     failures: collections.deque[m.Failure] = attrs.Factory(lambda: collections.deque(maxlen=MAX_FAILURES))
     _nursery: trio.Nursery | None = None  # while it runs
@@ -124,13 +140,16 @@ class HeadService:
             m.KvDelete: self._kv_delete,
             m.KvExists: self._kv_exists,
             m.ListFailures: self._list_failures,
+            **self.placement.handlers(),
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._recover()
+        self.placement.recover()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self.placement.run)
                 task_status.started()
                 await self._detect_failures()
         finally:
@@ -253,6 +272,7 @@ class HeadService:
         self._save_node(record)
         self.view_version += 1
         self._broadcast_view()
+        self.placement.wake()  # (a node joined: a waiting group may fit now)
         conn.on_close.append(functools.partial(self._connection_closed, record))
         log.info("node_rejoined" if returning else "node_joined", node_id=msg.node_id, address=msg.address,
                  resources=msg.resources)
@@ -284,8 +304,10 @@ class HeadService:
         node.store = msg.store
         node.demand = msg.demand
         self.failures.extend(msg.failures)
-        if node.available != msg.available:
+        if node.available != msg.available or (msg.resources is not None and node.resources != msg.resources):
             node.available = msg.available
+            if msg.resources is not None:
+                node.resources = msg.resources  # (placement groups' bundles come and go)
             self.view_version += 1
         if msg.view_version == self.view_version:
             conn.reply(request_id, m.HeartbeatAck(self.view_version, None))
@@ -332,6 +354,12 @@ class HeadService:
     def kv_get(self, key: str) -> bytes | None:
         """The KV entry ``key``, or None (for head services; peers send ``KvGet``)."""
         return self._kv.get(key)
+
+    def kv_put(self, key: str, value: bytes) -> None:
+        """Set the KV entry ``key`` (for head services; peers send ``KvPut``)."""
+        self._kv[key] = value
+        if self.metadata is not None:
+            tables.put_kv(self.metadata, key, value)
 
     def _kv_get(self, conn: Connection, msg: m.KvGet, request_id: int) -> None:
         conn.reply(request_id, self._kv.get(msg.key))

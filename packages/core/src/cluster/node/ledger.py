@@ -92,6 +92,22 @@ class ResourceLedger:
         the node is then over-committed until one of them finishes, as Ray's is)."""
         self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
 
+    def add(self, resources: Mapping[str, float]) -> None:
+        """New resources on offer (a placement group's bundles, under the group's names)."""
+        for name, amount in resources.items():
+            self.total[name] = self.total.get(name, 0.0) + amount
+            self.available[name] = self.available.get(name, 0.0) + amount
+
+    def remove(self, resources: Mapping[str, float]) -> None:
+        """Withdraw what ``add`` offered (names that reach zero go)."""
+        for name, amount in resources.items():
+            for table in (self.total, self.available):
+                left = table.get(name, 0.0) - amount
+                if abs(left) < 1e-9:
+                    table.pop(name, None)
+                else:
+                    table[name] = left
+
     def room(self) -> dict[str, float]:
         """A copy of what is free, to plan with."""
         return dict(self.available)

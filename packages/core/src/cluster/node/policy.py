@@ -30,6 +30,8 @@ from cluster.scheduling import (
     NODE_AFFINITY,
     SPREAD,
     Decision,
+    GroupDecision,
+    GroupRequest,
     NodeView,
     Placement,
     ResourceView,
@@ -150,3 +152,91 @@ class SchedulingPolicy:
                     f"{format_shape(shape)} (largest: {format_shape(largest)})")
         largest = max((node.total for node in view.order), key=lambda r: r.get("CPU", 0.0), default={})
         return f"no node of the cluster can ever fit {format_shape(shape)} (largest node: {format_shape(largest)})"
+
+    # ------------------------------------------------------------------ placement groups
+
+    def place_group(self, request: GroupRequest, view: ResourceView) -> GroupDecision:
+        """A node for each bundle, by the group's strategy, from what nodes have free now; or
+        why not (it waits: infeasible when even empty nodes could not hold it)."""
+        bundles = request.bundles
+        labels = request.labels or [()] * len(bundles)
+        room = {node.node_id: dict(node.available) for node in view.order}
+        nodes = view.order
+        if request.strategy == "STRICT_PACK":
+            chosen = self._one_node_for_all(bundles, labels, nodes, room, request.used)
+            picks = None if chosen is None else [chosen] * len(bundles)
+        elif request.strategy == "STRICT_SPREAD":
+            picks = self._each_its_own_node(bundles, labels, nodes, room, set(request.used))
+        elif request.strategy == "PACK":
+            chosen = self._one_node_for_all(bundles, labels, nodes, room, request.used)
+            picks = [chosen] * len(bundles) if chosen is not None else self._greedy(bundles, labels, nodes, room, False)
+        else:  # SPREAD: distinct nodes while there are, then any with room
+            picks = self._each_its_own_node(bundles, labels, nodes, dict(room), set(request.used))
+            if picks is None:
+                picks = self._greedy(bundles, labels, nodes, room, True)
+        if picks is not None:
+            return GroupDecision(picks)
+        return GroupDecision(None, self._why_group_waits(request, view))
+
+    @staticmethod
+    def _one_node_for_all(bundles: list[dict[str, float]], labels: list, nodes: list[NodeView],
+                          room: dict[str, dict[str, float]], used: list[str]) -> str | None:
+        total: dict[str, float] = {}
+        for bundle in bundles:
+            for name, amount in bundle.items():
+                total[name] = total.get(name, 0.0) + amount
+        pool = [node for node in nodes if node.node_id in used] if used else nodes
+        fitting = [node for node in pool if fits(total, room[node.node_id])
+                   and all(matches(selector, node.labels) for selector in labels)]
+        return max(fitting, key=lambda node: room[node.node_id].get("CPU", 0.0)).node_id if fitting else None
+
+    @staticmethod
+    def _each_its_own_node(bundles: list[dict[str, float]], labels: list, nodes: list[NodeView],
+                           room: dict[str, dict[str, float]], taken: set[str]) -> list[str] | None:
+        """A distinct node per bundle (largest bundles first), none of ``taken``."""
+        picks: list[str] = [""] * len(bundles)
+        order = sorted(range(len(bundles)), key=lambda i: -sum(bundles[i].values()))
+        for i in order:
+            fitting = [node for node in nodes if node.node_id not in taken and fits(bundles[i], room[node.node_id])
+                       and matches(labels[i], node.labels)]
+            if not fitting:
+                return None
+            node = max(fitting, key=lambda n: room[n.node_id].get("CPU", 0.0))
+            taken.add(node.node_id)
+            picks[i] = node.node_id
+        return picks
+
+    @staticmethod
+    def _greedy(bundles: list[dict[str, float]], labels: list, nodes: list[NodeView],
+                room: dict[str, dict[str, float]], spread: bool) -> list[str] | None:
+        """Each bundle (largest first) to a node with room: PACK keeps filling the node it
+        used last, SPREAD moves on to the emptiest."""
+        picks: list[str] = [""] * len(bundles)
+        last = ""
+        for i in sorted(range(len(bundles)), key=lambda i: -sum(bundles[i].values())):
+            fitting = [node for node in nodes if fits(bundles[i], room[node.node_id]) and matches(labels[i], node.labels)]
+            if not fitting:
+                return None
+            same = [node for node in fitting if node.node_id == last]
+            node = same[0] if same and not spread else max(fitting, key=lambda n: room[n.node_id].get("CPU", 0.0))
+            for name, amount in bundles[i].items():
+                room[node.node_id][name] = room[node.node_id].get(name, 0.0) - amount
+            picks[i] = last = node.node_id
+        return picks
+
+    @staticmethod
+    def _why_group_waits(request: GroupRequest, view: ResourceView) -> str:
+        shapes = ", ".join(format_shape(b) for b in request.bundles)
+        empty = {node.node_id: dict(node.total) for node in view.order}
+        labels = request.labels or [()] * len(request.bundles)
+        if request.strategy == "STRICT_SPREAD":
+            usable = [n for n in view.order if n.node_id not in request.used]
+            if len(usable) < len(request.bundles):
+                return (f"STRICT_SPREAD needs {len(request.bundles)} distinct nodes for bundles [{shapes}] and "
+                        f"the cluster has {len(usable)}: it waits for more nodes to join")
+        could = SchedulingPolicy._greedy(request.bundles, labels, view.order, empty, True)
+        if request.strategy == "STRICT_PACK":
+            could = [""] if SchedulingPolicy._one_node_for_all(request.bundles, labels, view.order, empty, []) else None
+        if could is None:
+            return f"no node of the cluster could ever hold bundles [{shapes}] ({request.strategy}): it waits for one to join"
+        return f"the nodes have no room for bundles [{shapes}] ({request.strategy}) now: it waits for resources to free up"

@@ -24,7 +24,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -43,7 +43,7 @@ from cluster.node.envs import NodeEnvs
 from cluster.node.ledger import ResourceLedger
 from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.plugins import make_object_store, make_scheduler
-from cluster.resources import default_object_store_memory, fits, visible_gpu_ids
+from cluster.resources import default_object_store_memory, fits, format_shape, visible_gpu_ids
 from cluster.scheduling import (
     DEFAULT_PLACEMENT,
     NODE_ID_LABEL,
@@ -51,6 +51,7 @@ from cluster.scheduling import (
     Placement,
     ResourceView,
     SchedulingRequest,
+    group_resources,
 )
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, Dialer
@@ -94,6 +95,31 @@ class Lease:
     released_cpu: float = 0.0  # CPU handed back while the worker waits in get
     detached: bool = False  # a detached actor's: kept when its owner goes
     gpu_ids: list[str] = attrs.Factory(list)  # the devices it holds (its share of each: its shape's GPU)
+
+
+@attrs.define(eq=False)
+class Bundles:
+    """The bundles of one placement group this node holds, by index: set aside (prepared),
+    then offered under the group's resource names (committed). A group placed again after a
+    node died may add bundles here beside those it already has."""
+
+    shapes: dict[int, dict[str, float]] = attrs.Factory(dict)
+    committed: set[int] = attrs.Factory(set)
+
+    @staticmethod
+    def taken(shapes: Iterable[dict[str, float]]) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for shape in shapes:
+            for name, amount in shape.items():
+                total[name] = total.get(name, 0.0) + amount
+        return total
+
+    def offered(self, pg_id: str, indexes: Iterable[int]) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for index in indexes:
+            for name, amount in group_resources(pg_id, index, self.shapes[index]).items():
+                total[name] = total.get(name, 0.0) + amount
+        return total
 
 
 @attrs.define(eq=False)
@@ -169,6 +195,7 @@ class NodeService:
     _env_specs: dict[str, dict] = attrs.Factory(dict)  # env id -> the resolved env, as asked for
     _env_setups: dict[str, dict] = attrs.Factory(dict)  # env id -> what its workers enter (ready)
     _env_building: set[str] = attrs.Factory(set)
+    bundles: dict[str, Bundles] = attrs.Factory(dict)  # placement group id -> its bundles here
 
     def __attrs_post_init__(self) -> None:
         self.ledger = ResourceLedger(dict(self.resources), visible_gpu_ids())
@@ -307,7 +334,81 @@ class NodeService:
         if isinstance(msg, m.ViewUpdate):
             self._apply_view(msg.view, msg.version)
             return
-        conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
+        if isinstance(msg, m.PrepareBundles):
+            conn.reply(request_id, self._prepare_bundles(msg))
+        elif isinstance(msg, m.CommitBundles):
+            conn.reply(request_id, self._commit_bundles(msg.pg_id))
+        elif isinstance(msg, m.ReturnBundles):
+            if msg.indexes is None:
+                self._return_bundles(msg.pg_id)
+            else:
+                self._unprepare_bundles(msg.pg_id, msg.indexes)
+            conn.reply(request_id, None)
+        else:
+            conn.reply_error(request_id, "unexpected", f"node does not handle {type(msg).__name__} from the head")
+
+    # -- placement groups' bundles (two phases, driven by the head: docs/design/0018) --
+
+    def _prepare_bundles(self, msg: m.PrepareBundles) -> bool | str:
+        """Set the bundles aside, all or none: True, or why not."""
+        held = self.bundles.setdefault(msg.pg_id, Bundles())
+        new = {i: dict(shape) for i, shape in zip(msg.indexes, msg.shapes, strict=True) if i not in held.shapes}
+        if self._shutting_down or not self.ledger.take(Bundles.taken(new.values())):
+            if not held.shapes:
+                del self.bundles[msg.pg_id]
+            return f"node {self.node_id} has no room for {format_shape(Bundles.taken(new.values()))} now"
+        held.shapes.update(new)
+        return True
+
+    def _commit_bundles(self, pg_id: str) -> bool:
+        bundles = self.bundles.get(pg_id)
+        if bundles is None:
+            return False
+        fresh = [i for i in bundles.shapes if i not in bundles.committed]
+        if fresh:
+            bundles.committed.update(fresh)
+            self.ledger.add(bundles.offered(pg_id, fresh))
+            log.info("bundles_committed", pg_id=pg_id, bundles=sorted(fresh))
+            self._pump()
+        return True
+
+    def _unprepare_bundles(self, pg_id: str, indexes: list[int]) -> None:
+        """Give back bundles set aside in a try that failed (those not committed yet)."""
+        bundles = self.bundles.get(pg_id)
+        if bundles is None:
+            return
+        back = [bundles.shapes.pop(i) for i in indexes if i in bundles.shapes and i not in bundles.committed]
+        self.ledger.give_back(Bundles.taken(back))
+        if not bundles.shapes:
+            del self.bundles[pg_id]
+        self._pump()
+
+    def _return_bundles(self, pg_id: str) -> None:
+        """Give a group's bundles back: the workers leased on them are stopped (what runs in a
+        removed group ends with it, as in Ray), and requests waiting for them are refused."""
+        bundles = self.bundles.pop(pg_id, None)
+        if bundles is None:
+            return
+        suffix = "_" + pg_id
+        if bundles.committed:
+            for lease in [lease for lease in self.leases.values() if any(k.endswith(suffix) for k in lease.shape)]:
+                del self.leases[lease.lease_id]
+                self._release(lease)
+                lease.worker.lease_id = None
+                self._kill(lease.worker)
+            self.ledger.remove(bundles.offered(pg_id, bundles.committed))
+        self.ledger.give_back(Bundles.taken(bundles.shapes.values()))
+        still = collections.deque()
+        for request in self._queue:
+            if any(name.endswith(suffix) for name in request.shape):
+                if not request.conn.closed:
+                    request.conn.reply(request.request_id, m.LeaseInfeasible(
+                        f"placement group {pg_id} was removed", unschedulable=True, group_removed=True))
+            else:
+                still.append(request)
+        self._queue = still
+        log.info("bundles_returned", pg_id=pg_id, bundles=sorted(bundles.shapes))
+        self._pump()
 
     def _apply_view(self, view: list[dict[str, Any]], version: int, fresh: bool = False) -> None:
         """A newer resource view from the head: nodes it declared dead since the last one are
@@ -402,7 +503,7 @@ class NodeService:
                 try:
                     ack = await conn.request(
                         m.Heartbeat(self.node_id, self.ledger.available, self.view_version, self.store_stats(),
-                                    self.demand(), failures)
+                                    self.demand(), failures, self.ledger.total)
                     )
                 except ClusterConnectionError:
                     continue  # it closed: the link dials the head again

@@ -23,6 +23,7 @@ import trio
 from cluster.context import current_task_id
 from cluster.errors import (
     ActorDiedError,
+    ActorPlacementGroupRemoved,
     ActorUnschedulableError,
     ClusterConnectionError,
     ConfigError,
@@ -30,6 +31,7 @@ from cluster.errors import (
     RemoteCallError,
     RuntimeEnvSetupError,
     TaskCancelledError,
+    TaskPlacementGroupRemoved,
     TaskUnschedulableError,
 )
 from cluster.objects import values as v
@@ -464,6 +466,10 @@ class Actors:
         except TaskUnschedulableError as exc:
             error = ActorUnschedulableError(f"actor {state.class_name} cannot be placed: {exc}")
             self._actor_dead(state, str(error), v.serialize_error(error))
+            return
+        except TaskPlacementGroupRemoved as exc:
+            removed = ActorPlacementGroupRemoved(f"actor {state.class_name} cannot be placed: {exc}")
+            self._actor_dead(state, str(removed), v.serialize_error(removed))
             return
         if state.state == "dead":  # killed while it was being placed
             if lease is not None:

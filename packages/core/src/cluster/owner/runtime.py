@@ -24,6 +24,7 @@ import collections
 import concurrent.futures
 import functools
 import itertools
+import json
 import os
 import socket
 import sys
@@ -40,6 +41,7 @@ from cluster import runtime_env as renv
 from cluster.context import current_namespace, current_task_id
 from cluster.errors import (
     ClusterConnectionError,
+    ClusterError,
     GetTimeoutError,
     NodeDiedError,
     ObjectLostError,
@@ -49,6 +51,7 @@ from cluster.errors import (
     RemoteCallError,
     RuntimeEnvSetupError,
     TaskCancelledError,
+    TaskPlacementGroupRemoved,
     TaskUnschedulableError,
     WorkerCrashedError,
 )
@@ -70,7 +73,15 @@ from cluster.owner.tasks import (
     ShapeQueue,
 )
 from cluster.plugins import make_object_store
-from cluster.scheduling import DEFAULT_PLACEMENT, SPREAD
+from cluster.resources import fits, format_shape
+from cluster.scheduling import (
+    AUTOSCALER_NODE_TYPES_KEY,
+    DEFAULT_PLACEMENT,
+    SPREAD,
+    Placement,
+    group_of,
+    matches,
+)
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, Dialer, run_connection
 from cluster.wire.handshake import server_handshake
@@ -142,6 +153,7 @@ class Runtime:
         self._contained: dict[bytes, list[ObjectRef]] = {}
         self._trio_thread: threading.Thread | None = None
         self._warned_infeasible: set[Shape] = set()
+        self._ready_groups: set[str] = set()  # placement groups seen placed (their tasks need not ask again)
         self._owned: set[bytes] = set()
         self.recovery = Recovery(self)  # node deaths, lost objects, lineage
         self._loaders: concurrent.futures.ThreadPoolExecutor | None = None  # for futures of stored values
@@ -678,6 +690,42 @@ class Runtime:
                 self._contained[object_id] = list(ser.refs)
         return ref
 
+    def pending_ref(self, name: str, wait: Any) -> ObjectRef:
+        """A ref of ours whose value is what ``await wait()`` returns (or the ClusterError it
+        raises), made by this runtime rather than by a task: a placement group's ``ready()``."""
+        task_id = self.new_task_id()
+        task = PendingTask(task_id, name, b"", b"", b"", [], 1, [task_id + bytes(4)], (), 0, False)
+        with self._cv:
+            self._tasks[task_id] = task
+            self._owned.update(task.return_ids)
+        self.soon(self.spawn, self._settle_with, task, wait)
+        return ObjectRef(task.return_ids[0], self.address)
+
+    async def _settle_with(self, task: PendingTask, wait: Any) -> None:
+        try:
+            value = await wait()
+            entry = self.entry_for(task.return_ids[0], v.serialize(value), self.address)
+        except ClusterError as exc:
+            entry = v.serialize_error(exc)
+        if task.task_id in self._tasks and not task.cancelled:
+            self._finish(task, [entry])
+
+    async def wait_placement_group(self, pg_id: str) -> None:
+        """Until placement group ``pg_id`` is placed; TaskPlacementGroupRemoved if it is removed
+        (or unknown) first. Trio thread."""
+        if pg_id in self._ready_groups:
+            return
+        while True:
+            record = await self.head_request(m.WaitPlacementGroup(pg_id, None))
+            if record is None:
+                raise TaskPlacementGroupRemoved(f"placement group {pg_id} does not exist (removed, or never made)")
+            if record["state"] == "REMOVED":
+                raise TaskPlacementGroupRemoved(f"placement group {pg_id} was removed "
+                                                f"({record['stats'].get('reason') or 'removed'})")
+            if record["state"] == "CREATED":
+                self._ready_groups.add(pg_id)
+                return
+
     def owned_marker(self, object_id: bytes) -> ObjectRef:
         """A ref to an object of ours that holds nothing (None): something that must live as
         long as any process holds a ref to it (an actor's handles), counted like any object."""
@@ -971,7 +1019,7 @@ class Runtime:
 
         try:
             lease = await self._lease_worker(queue, not_fresh)
-        except (RuntimeEnvSetupError, TaskUnschedulableError) as exc:  # every task of the queue: all fail
+        except (RuntimeEnvSetupError, TaskUnschedulableError, TaskPlacementGroupRemoved) as exc:  # all of the queue fail
             lease = None
             failed, queue.pending = list(queue.pending), collections.deque()
             if isinstance(exc, TaskUnschedulableError):
@@ -993,6 +1041,9 @@ class Runtime:
     async def _lease_worker(self, queue: ShapeQueue, on_busy: Any, detached: bool = False) -> Lease | None:
         address = self.node_address
         spill_count = 0
+        group = group_of(name for name, _ in queue.shape)
+        if group:  # its bundles must be reserved first (or it fails: the group was removed)
+            await self.wait_placement_group(group)
         plain = queue.runtime_env is None and queue.placement is DEFAULT_PLACEMENT
         shape = dict(queue.shape) if plain else envs.plain_shape(queue.shape)
         placement = None if queue.placement is DEFAULT_PLACEMENT else queue.placement.to_wire()
@@ -1019,9 +1070,18 @@ class Runtime:
             if type(answer) is m.RuntimeEnvFailed:
                 raise RuntimeEnvSetupError(answer.error)
             if type(answer) is m.LeaseInfeasible:
+                if group and answer.group_removed:
+                    self._ready_groups.discard(group)
+                    raise TaskPlacementGroupRemoved(answer.reason)
                 if answer.unschedulable:
                     raise TaskUnschedulableError(answer.reason)
-                self._warn_infeasible(queue, answer.reason)
+                if group:  # its group may be gone, or being placed again after losing a node
+                    self._ready_groups.discard(group)
+                    await self.wait_placement_group(group)
+                    address, spill_count = self.node_address, 0
+                    continue
+                if queue.shape not in self._warned_infeasible:
+                    self._warn_infeasible(queue, answer.reason, await self._launchable_for(shape, queue.placement))
                 await trio.sleep(INFEASIBLE_RETRY_S)
                 address, spill_count = self.node_address, 0
                 if not queue.wanted():
@@ -1040,17 +1100,30 @@ class Runtime:
             worker_conn.on_close.append(self._on_worker_lost)
         return lease
 
-    def _warn_infeasible(self, queue: ShapeQueue, reason: str) -> None:
+    def _warn_infeasible(self, queue: ShapeQueue, reason: str, launchable: str = "") -> None:
         if queue.shape in self._warned_infeasible:
             return
         self._warned_infeasible.add(queue.shape)
-        names = sorted({task.name for task in queue.pending})
-        print(
-            f"cluster: warning: {', '.join(names) or 'a task'} cannot be scheduled: {reason}. "
-            "It stays pending until a node that fits joins the cluster.",
-            file=sys.stderr,
-            flush=True,
-        )
+        names = ", ".join(sorted({task.name for task in queue.pending})) or "a task"
+        if launchable:  # no node fits now, but the autoscaler can make one that does
+            text = f"{names} waits for the autoscaler to launch {launchable}: {reason} yet."
+        else:
+            text = (f"warning: {names} cannot be scheduled: {reason}. It stays pending until a node that "
+                    "fits joins the cluster.")
+        print(f"cluster: {text}", file=sys.stderr, flush=True)
+
+    async def _launchable_for(self, shape: dict[str, float], placement: Placement) -> str:
+        """The node type an autoscaler could launch for ``shape`` ("a node of type X"), or ""
+        (no autoscaler, or none of its types fits)."""
+        try:
+            raw = await self.head_request(m.KvGet(AUTOSCALER_NODE_TYPES_KEY))
+            types = json.loads(raw) if raw else {}
+        except (ClusterError, ValueError):
+            return ""
+        for name, spec in sorted(types.items(), key=lambda item: sum(item[1].get("resources", {}).values())):
+            if fits(shape, spec.get("resources", {})) and matches(placement.labels, spec.get("labels") or {}):
+                return f"a node of type {name} ({format_shape(spec.get('resources', {}))})"
+        return ""
 
     async def _linger_loop(self) -> None:
         while True:

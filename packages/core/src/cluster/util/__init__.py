@@ -5,6 +5,8 @@
 - :mod:`.multiprocessing`: ``Pool``, ``multiprocessing.Pool`` on the cluster's actors;
 - :mod:`.joblib`: ``register_ray()``, a joblib backend that runs on the cluster;
 - :mod:`.scheduling_strategies`: Ray's strategy classes (node affinity, labels, placement groups);
+- :mod:`.placement_group`: ``placement_group()`` and its kin (``remove_placement_group``,
+  ``get_placement_group``, ``placement_group_table``, ``get_current_placement_group``);
 - ``get_node_ip_address()``: the IP of the node this process runs on.
 
 The three submodules load on first use (``cluster.util.queue`` works after ``import
@@ -20,10 +22,29 @@ from types import ModuleType
 from cluster.objects import refs
 from cluster.util import scheduling_strategies
 from cluster.util.actor_pool import ActorPool
+from cluster.util.placement_group import (  # (the module's name is then the function's, as in Ray)
+    PlacementGroup,
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
 _SUBMODULES = ("queue", "multiprocessing", "joblib")
 
-__all__ = ["ActorPool", "get_node_ip_address", "scheduling_strategies", *_SUBMODULES]
+__all__ = [
+    "ActorPool",
+    "PlacementGroup",
+    "get_current_placement_group",
+    "get_node_ip_address",
+    "get_placement_group",
+    "placement_group",
+    "placement_group_table",
+    "remove_placement_group",
+    "scheduling_strategies",
+    *_SUBMODULES,
+]
 
 
 def get_node_ip_address(address: str | None = None) -> str:

@@ -154,6 +154,7 @@ class LeaseInfeasible(Message):
 
     reason: str
     unschedulable: bool = False
+    group_removed: bool = False  # it was to run in a placement group since removed
 
 
 @message(110)
@@ -377,6 +378,7 @@ class Heartbeat(Message):
     store: StoreStats
     demand: list[DemandItem] = attrs.Factory(list)  # work waiting here
     failures: list[Failure] = attrs.Factory(list)  # what owners here reported since the last one
+    resources: dict[str, float] | None = None  # its totals (placement groups' bundles change them)
 
 
 @message(27)
@@ -786,4 +788,84 @@ class StealTasks(Message):
 @attrs.frozen
 class ListActors(Message):
     """Ask a driver or worker for the actors it owns and the one it hosts (reply: ActorTable)."""
+
+
+# --- placement groups (docs/design/0018) ---------------------------------------------------
+
+
+@message(120)
+@attrs.frozen
+class CreatePlacementGroup(Message):
+    """A driver or worker -> the head: reserve these bundles (reply None; ConfigError-like
+    errors for a taken name)."""
+
+    pg_id: str
+    name: str
+    namespace: str
+    strategy: str  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    bundles: list[dict[str, float]]
+    bundle_labels: list[list[list[Any]]] = attrs.Factory(list)  # per bundle: label expressions (wire form)
+    detached: bool = False  # outlives its creator
+
+
+@message(121)
+@attrs.frozen
+class WaitPlacementGroup(Message):
+    """-> the head: answer with the group's record once it is created or removed (or after
+    ``timeout_s``, as it is then)."""
+
+    pg_id: str
+    timeout_s: float | None = None
+
+
+@message(122)
+@attrs.frozen
+class RemovePlacementGroup(Message):
+    pg_id: str
+
+
+@message(123)
+@attrs.frozen
+class GetPlacementGroup(Message):
+    """-> the head: the record of a group by id, or by name (in a namespace); None if none."""
+
+    pg_id: str = ""
+    name: str = ""
+    namespace: str = ""
+
+
+@message(124)
+@attrs.frozen
+class ListPlacementGroups(Message):
+    pass
+
+
+@message(125)
+@attrs.frozen
+class PrepareBundles(Message):
+    """The head -> a node: set these bundles' resources aside (all, or none: reply True or the
+    reason it cannot)."""
+
+    pg_id: str
+    indexes: list[int]  # which bundles of the group
+    shapes: list[dict[str, float]]  # and their resources, in that order
+
+
+@message(126)
+@attrs.frozen
+class CommitBundles(Message):
+    """The head -> a node: the bundles it prepared are the group's now: offer their resources
+    under the group's names (``CPU_group_<id>``, ``CPU_group_<i>_<id>``, ...)."""
+
+    pg_id: str
+
+
+@message(127)
+@attrs.frozen
+class ReturnBundles(Message):
+    """The head -> a node: give the group's bundles back (``indexes``: only those, set aside
+    in a try that failed), stopping the workers that use them."""
+
+    pg_id: str
+    indexes: list[int] | None = None
 
