@@ -11,11 +11,13 @@ returns its bundles; the nodes stop the workers that use them. A node that dies 
 bundles with it: the group is RESCHEDULING until they are placed again.
 
 Records live in the metadata store's ``placement_groups`` table: a head started again on it
-has the same groups (the nodes kept their bundles).
+has the same groups (the nodes kept their bundles). The last ``KEEP_REMOVED`` removed groups
+stay listed (state REMOVED), as Ray keeps them for a while.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +36,7 @@ log = structlog.get_logger("cluster.head.placement")
 TABLE = "placement_groups"
 RETRY_S = 0.5  # a pending group is tried again this often (and whenever a node joins or frees room)
 NODE_ANSWER_S = 10.0  # a node that does not answer a phase within this is taken as a no
+KEEP_REMOVED = 1000  # removed groups whose records stay listed (the oldest go first)
 
 PENDING, CREATED, REMOVED, RESCHEDULING = "PENDING", "CREATED", "REMOVED", "RESCHEDULING"
 
@@ -75,6 +78,7 @@ class PlacementGroups:
         self._policy = policy  # the scheduling policy (made once, when first needed)
         self.groups: dict[str, GroupRecord] = {}
         self._waiters: dict[str, list[trio.Event]] = {}
+        self._removed: collections.deque[str] = collections.deque()  # removed groups, oldest first
         self._wake = trio.Event()
 
     def handlers(self) -> dict[type, Any]:
@@ -185,6 +189,12 @@ class PlacementGroups:
         self._save(record)
         self._settled(record)
         log.info("placement_group_removed", pg_id=record.pg_id, why=why)
+        self._removed.append(record.pg_id)
+        while len(self._removed) > KEEP_REMOVED:
+            old = self._removed.popleft()
+            self.groups.pop(old, None)
+            if self.head.metadata is not None:
+                self.head.metadata.delete(TABLE, old)
         for node_id in holders:
             shapes = [b for b, n in zip(record.bundles, was, strict=True) if n == node_id]
             self.head._nursery.start_soon(self._give_back, node_id, record.pg_id, shapes)
