@@ -213,9 +213,9 @@ class PlacementGroups:
             with trio.move_on_after(RETRY_S):
                 await self._wake.wait()
             self._wake = trio.Event()
-            for record in sorted(self.groups.values(), key=lambda g: g.created_at):
-                if record.state in (PENDING, RESCHEDULING):
-                    await self._try_place(record)
+            waiting = [g for g in self.groups.values() if g.state in (PENDING, RESCHEDULING)]
+            for record in sorted(waiting, key=lambda g: g.created_at):
+                await self._try_place(record)
 
     # ------------------------------------------------------------------------ placing
 
@@ -236,8 +236,10 @@ class PlacementGroups:
             by_node.setdefault(node_id, []).append(index)
         prepared: list[str] = []
         refusal = ""
+        alone = len(by_node) == 1  # one node: its own all-or-none is the group's, one phase does
         for node_id, indexes in by_node.items():
-            answer = await self._ask(node_id, m.PrepareBundles(record.pg_id, indexes, [record.bundles[i] for i in indexes]))
+            answer = await self._ask(node_id, m.PrepareBundles(record.pg_id, indexes, [record.bundles[i] for i in indexes],
+                                                               commit=alone))
             if answer is not True:
                 refusal = str(answer)
                 break
@@ -249,7 +251,7 @@ class PlacementGroups:
                 self._take_from_view(node_id, [record.bundles[i] for i in by_node[node_id]], -1.0)
             record.reason = refusal or record.reason
             return
-        for node_id in by_node:
+        for node_id in by_node if not alone else ():
             if await self._ask(node_id, m.CommitBundles(record.pg_id)) is not True:
                 # The node went away between the phases: what it prepared is gone with it.
                 for other in by_node:

@@ -335,7 +335,8 @@ class NodeService:
             self._apply_view(msg.view, msg.version)
             return
         if isinstance(msg, m.PrepareBundles):
-            conn.reply(request_id, self._prepare_bundles(msg))
+            answer = self._prepare_bundles(msg)
+            conn.reply(request_id, answer if answer is not True or not msg.commit else self._commit_bundles(msg.pg_id))
         elif isinstance(msg, m.CommitBundles):
             conn.reply(request_id, self._commit_bundles(msg.pg_id))
         elif isinstance(msg, m.ReturnBundles):

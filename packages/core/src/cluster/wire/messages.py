@@ -849,6 +849,7 @@ class PrepareBundles(Message):
     pg_id: str
     indexes: list[int]  # which bundles of the group
     shapes: list[dict[str, float]]  # and their resources, in that order
+    commit: bool = False  # and offer them at once (the group's only node: no second phase)
 
 
 @message(126)
