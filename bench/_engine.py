@@ -1,8 +1,9 @@
 """The benchmark engine that all three halves share: the metrics, and how each is timed.
 
 Most metrics run on one shared single-node cluster of 2 worker CPUs; a few start a cluster of
-their own (two nodes on this machine, a node with a small object store, or a head serving the
-job API) and stop it again. The fault metrics (opt-in: ``--only faults``) start clusters of
+their own (two nodes on this machine, a node with a small object store, a head serving the
+job API, or four nodes for a placement group of 100 bundles) and stop it again, and one runs
+no cluster at all (``policy_decisions_per_s``: cluster's scheduling policy in a simulation). The fault metrics (opt-in: ``--only faults``) start clusters of
 their own too, and freeze or kill some of their processes (``FaultCluster``).
 
 The engine (``METRICS``, ``run_backend``, ``main_for``) knows how to time each metric against
@@ -62,6 +63,14 @@ FAULT_DEADLINE_S = 2.0
 FAULT_POLL_S = 0.02  # how often they ask the cluster for its node list (or a task's state)
 FAULT_SETTLE_S = 1.0  # untimed: a fresh node runs this long before it is frozen
 RECONSTRUCT_OBJECT_BYTES = 10**6  # one result rebuilt by reconstruct_200x1mb_s
+POLICY_NODES = 1_000  # simulated nodes of policy_decisions_per_s
+# Placement groups: every bundle asks for a hundredth of a CPU.
+PG_BUNDLE: dict[str, float] = {"CPU": 0.01}
+PG_BUNDLES = 100  # bundles of the group of pg_100_bundles_ready_s ...
+PG_NODES = 4  # ... on a cluster of its own of this many nodes of 1 CPU
+PG_STORE_BYTES = 150 * MIB  # each of those nodes' object store (ray.cluster_utils' default)
+PG_SETTLE_S = 0.5  # untimed, after a 100-bundle group is removed: its bundles go back
+PG_RETURN_S = 30.0  # removed groups' CPUs must be back within this (pg_create_remove_per_s)
 
 # Guards so that a framework that hangs turns into an error entry instead of a stuck run.
 GET_TIMEOUT_S = 120.0  # one get of one ref
@@ -175,6 +184,30 @@ METRICS: tuple[Metric, ...] = (
         "status until SUCCEEDED (one job at a time)",
         in_cluster=False,
     ),
+    Metric(
+        "policy_decisions_per_s",
+        "decisions/s",
+        True,
+        "the framework's own scheduling policy deciding 100,000 lease requests over 1,000 "
+        "simulated nodes (no processes; each decision applied and checked)",
+        in_cluster=False,
+    ),
+    Metric(
+        "pg_100_bundles_ready_s",
+        "s",
+        False,
+        "a placement group of 100 bundles of {CPU: 0.01} (SPREAD) on 4 nodes: create until "
+        "ready() is got",
+        in_cluster=False,
+    ),
+    # Last of the shared cluster's metrics: it leaves nothing behind but the groups' records.
+    Metric(
+        "pg_create_remove_per_s",
+        "groups/s",
+        True,
+        "placement groups of one bundle {CPU: 0.01}, one at a time: create, get(ready()), "
+        "remove (Ray publishes ~666/s; the goal is >= 1,000/s)",
+    ),
     # Fault metrics (opt-in: --only faults). Each starts a cluster of its own whose nodes
     # declare a silent node dead after FAULT_DEADLINE_S, and kills some of its processes.
     Metric(
@@ -237,6 +270,9 @@ class Counts:
     jobs: int  # trivial jobs submitted one at a time by job_submit_to_succeeded_s
     detect_reps: int  # nodes frozen, one after the other, by node_death_detect_s
     reconstruct_objects: int  # results of RECONSTRUCT_OBJECT_BYTES rebuilt (at most 256)
+    policy_requests: int  # lease requests decided by policy_decisions_per_s
+    pg_ready_reps: int  # 100-bundle groups made, one after the other, by pg_100_bundles_ready_s
+    pg_create_remove: int  # groups created and removed by pg_create_remove_per_s
 
 
 def counts_for(quick: bool) -> Counts:
@@ -262,6 +298,9 @@ def counts_for(quick: bool) -> Counts:
             jobs=3,
             detect_reps=1,
             reconstruct_objects=20,
+            policy_requests=10_000,
+            pg_ready_reps=3,
+            pg_create_remove=50,
         )
     return Counts(
         cold_start_runs=3,
@@ -283,6 +322,9 @@ def counts_for(quick: bool) -> Counts:
         jobs=5,
         detect_reps=3,
         reconstruct_objects=200,
+        policy_requests=100_000,
+        pg_ready_reps=5,
+        pg_create_remove=500,
     )
 
 
@@ -397,6 +439,40 @@ class Backend(Protocol):
 
     def is_ready(self, ref: Any) -> bool:
         """Whether the task of ``ref`` has finished; does not block."""
+        ...
+
+    # The scheduling policy, without a cluster.
+    def policy_simulation(self, requests: int, nodes: int) -> tuple[int, float, str]:
+        """Drive the framework's own scheduling policy, in this process, with ``requests``
+        lease requests over ``nodes`` simulated nodes, applying and checking each decision;
+        returns (decisions, seconds spent deciding, note). Raises if a decision was wrong.
+        NotMeasured where the policy is no code a driver can call on a view of its own."""
+        raise NotMeasured("no scheduling policy to drive outside the cluster")
+
+    # Placement groups (Ray's ray.util API). A group is opaque to the engine.
+    def group_cluster(self, nodes: int, scratch: str) -> AbstractContextManager[None]:
+        """A cluster of ``nodes`` nodes of 1 CPU each on this machine (an object store of
+        ``PG_STORE_BYTES`` each), the driver connected to the first, all of them listed alive."""
+        ...
+
+    def create_group(self, bundles: list[dict[str, float]], strategy: str) -> Any:
+        """``placement_group(bundles, strategy=strategy)``: returns at once."""
+        raise NotMeasured("no placement groups")
+
+    def group_ready(self, group: Any) -> Any:
+        """``get(group.ready())``: blocks until every bundle is reserved; what it resolved to."""
+        ...
+
+    def group_nodes(self, group: Any, bundles: int) -> list[str]:
+        """The node of each bundle, as the group table lists it ("": not placed)."""
+        ...
+
+    def remove_group(self, group: Any) -> None:
+        """``remove_placement_group(group)``."""
+        ...
+
+    def available_cpu(self) -> float:
+        """The cluster's free CPUs, as ``available_resources()`` lists them."""
         ...
 
 
@@ -1097,6 +1173,92 @@ def _m_head_restart(b: Backend, c: Counts) -> tuple[float, str]:
     return end - start, note
 
 
+def _m_policy(b: Backend, c: Counts) -> tuple[float, str]:
+    decisions, seconds, note = b.policy_simulation(c.policy_requests, POLICY_NODES)
+    if decisions != c.policy_requests:
+        raise RuntimeError(f"{decisions} decisions for {c.policy_requests} requests")
+    return decisions / seconds, note
+
+
+def _group_round_trip(b: Backend, bundles: list[dict[str, float]], strategy: str) -> Any:
+    """Create a group, get its ready(), and check that it resolved to the group."""
+    group = b.create_group(bundles, strategy)
+    got = b.group_ready(group)
+    if getattr(got, "id", None) != group.id:
+        raise RuntimeError(f"ready() of {group!r} resolved to {got!r}, not to the group")
+    return group
+
+
+def _m_pg_bundles_ready(b: Backend, c: Counts) -> tuple[float, str]:
+    bundles = [dict(PG_BUNDLE) for _ in range(PG_BUNDLES)]
+    times: list[float] = []
+    spread: list[int] = []
+    with _own_cluster_scope("bench-pg-") as (scratch, tree), b.group_cluster(PG_NODES, scratch):
+        b.remove_group(_group_round_trip(b, [dict(PG_BUNDLE)], "SPREAD"))  # untimed warm-up
+        tree.pids()
+        for _ in range(c.pg_ready_reps):
+            time.sleep(PG_SETTLE_S)  # untimed: what the last removal set going is done
+            start = time.perf_counter()
+            group = _group_round_trip(b, bundles, "SPREAD")
+            times.append(time.perf_counter() - start)
+            placed = b.group_nodes(group, PG_BUNDLES)
+            b.remove_group(group)
+            if not all(placed):
+                missing = sum(1 for node in placed if not node)
+                raise RuntimeError(f"the group was ready with {missing} bundle(s) not placed")
+            spread.append(len(set(placed)))
+        tree.pids()
+    med = statistics.median(times)
+    note = (
+        f"{PG_BUNDLES} bundles of {{CPU: {PG_BUNDLE['CPU']:g}}}, SPREAD, on {PG_NODES} nodes "
+        f"of 1 CPU; create until get(pg.ready()) returns, each group removed after (untimed); "
+        f"median of {len(times)}: " + ", ".join(f"{t:.3f}" for t in times) + " s; bundles on "
+        + ", ".join(str(n) for n in spread) + f" of the {PG_NODES} nodes"
+    )
+    return med, note
+
+
+def _wait_cpu_back(b: Backend, wanted: float) -> float:
+    """Seconds until the cluster lists ``wanted`` CPUs free again; raises after PG_RETURN_S."""
+    start = time.perf_counter()
+    while True:
+        free = b.available_cpu()
+        if free >= wanted - 1e-6:
+            return time.perf_counter() - start
+        if time.perf_counter() - start > PG_RETURN_S:
+            raise RuntimeError(
+                f"{free:g} CPUs free {PG_RETURN_S:g} s after the last group was removed, "
+                f"{wanted:g} before the first: the removed groups did not give their bundles back"
+            )
+        time.sleep(0.05)
+
+
+def _m_pg_create_remove(b: Backend, c: Counts) -> tuple[float, str]:
+    bundles = [dict(PG_BUNDLE)]
+    for _ in range(5):  # untimed warm-up (NotMeasured here for a framework without groups)
+        b.remove_group(_group_round_trip(b, bundles, "PACK"))
+    before = b.available_cpu()
+    n = c.pg_create_remove
+    start = time.perf_counter()
+    deadline = start + c.time_cap_s
+    done = 0
+    while done < n:
+        b.remove_group(_group_round_trip(b, bundles, "PACK"))
+        done += 1
+        if time.perf_counter() > deadline:
+            break
+    elapsed = time.perf_counter() - start
+    back = _wait_cpu_back(b, before)
+    rate = done / elapsed
+    note = (
+        f"{_cap_note(done, n, 'groups')} of one bundle {{CPU: {PG_BUNDLE['CPU']:g}}} (PACK), "
+        "one at a time on the shared single-node cluster: placement_group, get(pg.ready()), "
+        f"remove_placement_group; {rate / 1000:.0%} of the goal of 1,000/s (Ray publishes "
+        f"about 666/s); all {before:g} free CPUs listed again {back:.2f} s after the last removal"
+    )
+    return rate, note
+
+
 MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
     "cold_start_s": _m_cold_start,
     "noop_sync_per_s": _m_noop_sync,
@@ -1121,6 +1283,9 @@ MEASURE: dict[str, Callable[[Backend, Counts], tuple[float, str]]] = {
     "node_death_detect_s": _m_node_death_detect,
     "reconstruct_200x1mb_s": _m_reconstruct,
     "head_restart_first_task_s": _m_head_restart,
+    "policy_decisions_per_s": _m_policy,
+    "pg_100_bundles_ready_s": _m_pg_bundles_ready,
+    "pg_create_remove_per_s": _m_pg_create_remove,
 }
 
 
@@ -1785,7 +1950,8 @@ def build_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
         description=(
             f"Microbenchmarks of {framework}: a single-node cluster of 2 worker CPUs, plus "
             "clusters of their own for the two-node transfer, the small-store spill, the "
-            "job API and (opt-in: --only faults) node and head faults."
+            "job API, a placement group on 4 nodes and (opt-in: --only faults) node and head "
+            "faults, and a simulation of the scheduling policy (cluster only)."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -1947,3 +2113,31 @@ class RayStyleBackend:
         )
         if len(ready) != len(refs):
             raise TimeoutError(f"{len(refs) - len(ready)} tasks unfinished after {GET_TIMEOUT_S} s")
+
+    # Placement groups: ray.util's API, the same in both.
+    def create_group(self, bundles: list[dict[str, float]], strategy: str) -> Any:
+        return self._api.util.placement_group(bundles, strategy=strategy)
+
+    def group_ready(self, group: Any) -> Any:
+        return self._api.get(group.ready(), timeout=GET_TIMEOUT_S)
+
+    def group_nodes(self, group: Any, bundles: int) -> list[str]:
+        placed = self._api.util.placement_group_table(group)["bundles_to_node_id"]
+        return [str(placed.get(i) or placed.get(str(i)) or "") for i in range(bundles)]
+
+    def remove_group(self, group: Any) -> None:
+        self._api.util.remove_placement_group(group)
+
+    def available_cpu(self) -> float:
+        return float(self._api.available_resources().get("CPU", 0.0))
+
+    def _wait_alive(self, nodes: int, timeout: float = 60.0) -> None:
+        """Until the driver's node list shows ``nodes`` nodes alive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = sum(1 for node in self._api.nodes() if node["Alive"])
+            if alive >= nodes:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{alive} of {nodes} nodes alive after {timeout:.0f} s")
+            time.sleep(0.05)

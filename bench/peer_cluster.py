@@ -7,8 +7,10 @@
 clusters of their own (two nodes, the job API's head) are started with the ``cluster start``
 CLI through ``cluster.testing.LocalCluster``, and jobs go through
 ``cluster_client.JobSubmissionClient``. The fault metrics' clusters are ``LocalCluster``s
-too, their processes frozen and killed by pid (``_ClusterFaults``). ``cluster`` and ``numpy``
-are imported lazily, as in the peers' halves.
+too, their processes frozen and killed by pid (``_ClusterFaults``), and so is the placement
+group metric's cluster of 4 nodes. ``policy_decisions_per_s`` drives cluster's scheduling
+policy (``cluster.node.policy.SchedulingPolicy``) in this process, through ``policy_sim.py``.
+``cluster`` and ``numpy`` are imported lazily, as in the peers' halves.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from _engine import (
     FAULT_DEADLINE_S,
+    PG_STORE_BYTES,
     RESULT_PREFIX,
     RayStyleBackend,
     TaskFunctions,
@@ -117,7 +120,9 @@ class ClusterBackend(RayStyleBackend):
             "cluster.init(num_cpus=2); two nodes: `cluster start --head` + `cluster start "
             "--address`, 1 CPU each; small store: cluster.init(num_cpus=2, "
             "object_store_memory=...); jobs: `cluster start --head --num-cpus 2` + "
-            "cluster_client.JobSubmissionClient"
+            "cluster_client.JobSubmissionClient; placement groups: cluster.util; 4 nodes: "
+            "`cluster start --head` + 3 `cluster start --address`, 1 CPU each; policy: "
+            "cluster.node.policy.SchedulingPolicy in a simulation (bench/policy_sim.py)"
         )
 
     def cold_start_argv(self) -> list[str]:
@@ -153,6 +158,36 @@ class ClusterBackend(RayStyleBackend):
             finally:
                 self._api = None
                 nodes.stop()  # disconnects, `cluster stop`, then kills what is left by pid
+
+    @contextlib.contextmanager
+    def group_cluster(self, nodes: int, scratch: str) -> Iterator[None]:
+        import cluster
+        from cluster.testing import LocalCluster
+
+        with scoped_env(CLUSTER_TMPDIR=scratch, CLUSTER_ADDRESS=None, CLUSTER_TOKEN=None):
+            local = LocalCluster(scratch, num_cpus=1, object_store_memory=PG_STORE_BYTES)
+            try:
+                local.start()  # `cluster start --head --port 0 --num-cpus 1 ...`
+                for _ in range(nodes - 1):  # `cluster start --address ... --num-cpus 1`
+                    local.add_node(num_cpus=1, object_store_memory=PG_STORE_BYTES)
+                local.connect()
+                self._bind(cluster)
+                self._wait_alive(nodes)
+                yield
+            finally:
+                self._api = None
+                local.stop()  # disconnects, `cluster stop`, then kills what is left by pid
+
+    def policy_simulation(self, requests: int, nodes: int) -> tuple[int, float, str]:
+        from policy_sim import simulate  # (next to this file; imports cluster's policy)
+
+        result = simulate(requests=requests, nodes=nodes)
+        if result.violation_count:
+            raise RuntimeError(
+                f"{result.violation_count} decision(s) broke a promise of the policy: "
+                + "; ".join(result.violations[:3])
+            )
+        return result.requests, result.policy_s, result.note()
 
     @contextlib.contextmanager
     def small_store_cluster(self, store_bytes: int, scratch: str) -> Iterator[None]:

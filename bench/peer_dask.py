@@ -15,6 +15,9 @@ holding its objects in its own memory; a task is pinned to one with ``workers=[a
 The spill metric has no Dask equivalent (see ``small_store_cluster``) and reports n/a, and
 so have the job metric (see ``job_cluster``) and the two stream metrics (see ``stream_task``).
 
+Dask has neither placement groups nor a scheduling policy a driver can call on simulated
+nodes: the three metrics of those report n/a (see ``group_cluster``, ``policy_simulation``).
+
 The fault metrics' nodes are ``dask worker --no-nanny`` processes started here (a nanny would
 restart what the metric kills), with the scheduler's ``worker-ttl`` set to the metrics'
 deadline; the head restart has no Dask equivalent (see ``fault_cluster``).
@@ -45,6 +48,10 @@ from _engine import (
 )
 
 HOST = "127.0.0.1"
+_NO_GROUPS = (
+    "Dask has no placement groups: nothing reserves resources on workers ahead of the tasks "
+    "(a task's resources= are only checked against each worker's when it is scheduled)"
+)
 CLUSTER_KWARGS: dict[str, Any] = {
     "n_workers": 2,
     "threads_per_worker": 1,
@@ -284,6 +291,18 @@ class DaskBackend:
     def pip_env_task(self, wheel: str, module: str) -> Any:
         raise NotMeasured("Dask has no per-task runtime environments (a pip env is the workers' own, "
                           "set up before they start; the PipInstall plugin installs into every worker at once)")
+
+    def policy_simulation(self, requests: int, nodes: int) -> tuple[int, float, str]:
+        raise NotMeasured(
+            "Dask's scheduler picks a worker for each task inside the scheduler process, on its "
+            "own state of real workers (no lease requests, no policy to drive with simulated nodes)"
+        )
+
+    def group_cluster(self, nodes: int, scratch: str) -> Any:
+        raise NotMeasured(_NO_GROUPS)
+
+    def create_group(self, bundles: list[dict[str, float]], strategy: str) -> Any:
+        raise NotMeasured(_NO_GROUPS)
 
     def job_cluster(self, scratch: str) -> Any:
         raise NotMeasured(

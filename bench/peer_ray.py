@@ -30,6 +30,8 @@ from typing import Any
 
 from _engine import (
     FAULT_DEADLINE_S,
+    PG_STORE_BYTES,
+    NotMeasured,
     RayStyleBackend,
     TaskFunctions,
     free_ports,
@@ -293,7 +295,8 @@ class RayBackend(RayStyleBackend):
             "two nodes: ray.cluster_utils.Cluster, 1 CPU each; small store: "
             "ray.init(num_cpus=2, object_store_memory=..., object_spilling_directory=...); "
             "jobs: ray.cluster_utils.Cluster head with the dashboard, 2 CPUs, "
-            "ray.job_submission.JobSubmissionClient"
+            "ray.job_submission.JobSubmissionClient; placement groups: ray.util; 4 nodes: "
+            "ray.cluster_utils.Cluster, head + 3 add_node(num_cpus=1)"
         )
         if self._node_ip is None:
             return f"ray.init(num_cpus=2) on 127.0.0.1; {own}"
@@ -345,6 +348,38 @@ class RayBackend(RayStyleBackend):
                 self._api = None
                 ray.shutdown()  # also after a half-done init
                 nodes.shutdown()  # kills each node's processes by pid and waits for them
+
+    @contextlib.contextmanager
+    def group_cluster(self, nodes: int, scratch: str) -> Iterator[None]:
+        import ray
+        from ray.cluster_utils import Cluster
+
+        node = {"num_cpus": 1, "object_store_memory": PG_STORE_BYTES, "node_ip_address": NODE_IP}
+        (agent_port,) = free_ports(1, NODE_IP)  # (the head's agent: by default a fixed port)
+        with scoped_env(RAY_TMPDIR=scratch):
+            cluster = Cluster()
+            try:
+                cluster.add_node(
+                    **node, include_dashboard=False, dashboard_agent_listen_port=agent_port
+                )
+                for _ in range(nodes - 1):
+                    cluster.add_node(**node)
+                cluster.wait_for_nodes()
+                ray.init(address=cluster.address, _node_ip_address=NODE_IP)
+                self._bind(ray)
+                self._check_loopback()
+                self._wait_alive(nodes)
+                yield
+            finally:
+                self._api = None
+                ray.shutdown()  # also after a half-done init
+                cluster.shutdown()  # kills each node's processes by pid and waits for them
+
+    def policy_simulation(self, requests: int, nodes: int) -> tuple[int, float, str]:
+        raise NotMeasured(
+            "Ray's scheduling policy is C++ inside the raylet and the GCS (the cluster resource "
+            "scheduler), not code a driver can call on a view of simulated nodes"
+        )
 
     @contextlib.contextmanager
     def small_store_cluster(self, store_bytes: int, scratch: str) -> Iterator[None]:

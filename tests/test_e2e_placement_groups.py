@@ -123,6 +123,7 @@ def test_removing_a_group_frees_its_resources_and_ends_what_runs_in_it(make_clus
     actor = Holder.options(scheduling_strategy=in_bundle(pg, 0)).remote()
     cluster.get(actor.node.remote(), timeout=60)
     e2e.wait_until(lambda: cluster.available_resources().get("CPU", 0) == 0, what="the group to hold every CPU")
+    assert cluster.get(pg.ready(), timeout=60) == pg  # (ready, and known so here: removal must still be seen)
     remove_placement_group(pg)
     e2e.wait_until(lambda: cluster.available_resources().get("CPU") == 4, what="the group's CPUs to come back")
     with pytest.raises(ActorDiedError):

@@ -710,10 +710,15 @@ class Runtime:
         if task.task_id in self._tasks and not task.cancelled:
             self._finish(task, [entry])
 
-    async def wait_placement_group(self, pg_id: str) -> None:
+    def forget_placement_group(self, pg_id: str) -> None:
+        """This process removed group ``pg_id``: its tasks here must not take it as placed."""
+        self.call(self._ready_groups.discard, pg_id)
+
+    async def wait_placement_group(self, pg_id: str, fresh: bool = False) -> None:
         """Until placement group ``pg_id`` is placed; TaskPlacementGroupRemoved if it is removed
-        (or unknown) first. Trio thread."""
-        if pg_id in self._ready_groups:
+        (or unknown) first. ``fresh``: ask the head even if it was placed when last asked (a
+        lease request need not; ``pg.ready()`` must). Trio thread."""
+        if pg_id in self._ready_groups and not fresh:
             return
         while True:
             record = await self.head_request(m.WaitPlacementGroup(pg_id, None))

@@ -80,7 +80,7 @@ class PlacementGroup:
         return ref
 
     async def _until_ready(self) -> PlacementGroup:
-        await _runtime().wait_placement_group(self.id.hex())
+        await _runtime().wait_placement_group(self.id.hex(), fresh=True)
         return self
 
     def wait(self, timeout_seconds: float = 30) -> bool:
@@ -136,6 +136,7 @@ def remove_placement_group(placement_group: PlacementGroup) -> None:
         _head(m.RemovePlacementGroup(placement_group.id.hex()))
     except RemoteCallError as exc:
         raise ValueError(str(exc)) from None
+    _runtime().forget_placement_group(placement_group.id.hex())  # (its tasks here fail at once)
 
 
 def get_placement_group(placement_group_name: str) -> PlacementGroup:
