@@ -174,12 +174,13 @@ SPREAD_CONFIG = """\
 cluster_name: {name}
 provider: {{type: local}}
 head_node_type: head
-max_workers: 4
+max_workers: 5
 idle_timeout_s: 2
 node_types:
   head: {{resources: {{CPU: 1}}}}
   worker: {{resources: {{CPU: 1}}, max_workers: 3}}
   special: {{resources: {{CPU: 1, special: 1}}, max_workers: 1}}
+  zoned: {{resources: {{CPU: 1}}, labels: {{zone: b}}, max_workers: 1}}
 """
 
 GROUP = textwrap.dedent(
@@ -194,12 +195,15 @@ GROUP = textwrap.dedent(
     nodes = placement_group_table(pg)["bundles_to_node_id"]
     special = cluster.remote(resources={"special": 1})(lambda: "ran").remote()
     assert cluster.get(special, timeout=240) == "ran"
+    zoned = cluster.remote(label_selector={"zone": "b"})(lambda: cluster.get_runtime_context().get_node_id())
+    zone_b = cluster.get(zoned.remote(), timeout=240)
+    assert {n["node_id"]: n["labels"] for n in cluster.nodes()}[zone_b].get("zone") == "b"
     print("RESULT " + json.dumps(len(set(nodes.values()))))
     """
 )
 
 
-def test_the_autoscaler_launches_nodes_for_a_strict_spread_group(env, tmp_path, e2e):
+def test_the_autoscaler_launches_nodes_for_a_strict_spread_group_a_resource_and_a_label(env, tmp_path, e2e):
     config = tmp_path / "cluster.yaml"
     config.write_text(SPREAD_CONFIG.format(name=f"t{uuid.uuid4().hex[:8]}"))
     try:
@@ -212,7 +216,7 @@ def test_the_autoscaler_launches_nodes_for_a_strict_spread_group(env, tmp_path, 
         assert run.returncode == 0, up.stderr + run.stdout + run.stderr
         assert run.stdout.split("RESULT ")[1].strip() == "3"  # two workers were launched for it
         assert "waits for the autoscaler to launch a node of type special ({CPU: 1, special: 1})" in run.stderr
-        assert len(alive_nodes(env)) == 4
+        assert len(alive_nodes(env)) == 5  # and one of the zoned type, for the task that asked for zone b
     finally:
         down = cli(env, "down", str(config), check=False)
     assert down.returncode == 0, down.stdout + down.stderr

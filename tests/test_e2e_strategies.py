@@ -133,7 +133,7 @@ def test_hard_affinity_to_a_node_too_small_is_unschedulable(three):
         cluster.get(too_big.remote(), timeout=60)
 
 
-def test_label_selectors_pick_the_matching_nodes(three):
+def test_label_selectors_pick_the_matching_nodes(three, e2e):
     def ran(**options: Any) -> Counter:
         return zones(three, cluster.get([where.options(**options).remote() for _ in range(6)], timeout=120))
 
@@ -145,7 +145,12 @@ def test_label_selectors_pick_the_matching_nodes(three):
     assert ran(scheduling_strategy=NodeLabelSchedulingStrategy({"disk": In("ssd")})) == {"b": 6}
     assert "b" not in ran(scheduling_strategy=NodeLabelSchedulingStrategy({"zone": NotIn("b")}))
     assert ran(scheduling_strategy=NodeLabelSchedulingStrategy({"disk": DoesNotExist(), "zone": In("c")})) == {"c": 6}
-    # soft labels: preferred while they have room, else anywhere the hard ones allow
+    # soft labels: preferred while they have room (so first let the leases above go back from c,
+    # its CPUs would be busy for a moment yet), else anywhere the hard ones allow
+    def c_is_free() -> bool:
+        return next(n for n in cluster.nodes() if n["node_id"] == three.ids["c"])["available"].get("CPU") == 3
+
+    e2e.wait_until(c_is_free, what="node c's CPUs to be free")
     soft = NodeLabelSchedulingStrategy({"zone": NotIn("a")}, soft={"zone": In("c")})
     assert ran(scheduling_strategy=soft) == {"c": 6}
 

@@ -161,3 +161,24 @@ def test_a_strict_pack_group_needs_one_node_for_all_its_bundles() -> None:
     packed = GroupDemand(({"CPU": 2}, {"CPU": 2}), "PACK")  # may split: two small nodes
     assert plan(CONFIG, Observation(now=0, nodes=(HEAD, KEEPER), groups=(packed,))).launch == {"small": 2}
 
+
+
+LABELLED = parse_config("""\
+cluster_name: t
+provider: {type: fake}
+head_node_type: head
+max_workers: 4
+node_types:
+  head: {resources: {CPU: 4}}
+  plain: {resources: {CPU: 2}, max_workers: 2}
+  zoned: {resources: {CPU: 2}, labels: {zone: b}, max_workers: 2}
+""")
+
+
+def test_demand_under_a_label_selector_launches_a_type_with_those_labels() -> None:
+    head = NodeObservation("head", "head", "running", {"CPU": 4}, {"CPU": 4}, is_head=True)
+    in_b = (("zone", "in", ("b",)),)
+    p = plan(LABELLED, Observation(now=0, nodes=(head,), demand=(Demand({"CPU": 1}, 1, in_b),)))
+    assert p.launch == {"zoned": 1}  # the head has room, but not the label
+    p = plan(LABELLED, Observation(now=0, nodes=(head,), demand=(Demand({"CPU": 1}, 1, (("zone", "in", ("z",)),)),)))
+    assert p.launch == {} and "no node type with labels {zone: z} can fit {CPU: 1}" in reasons(p)["{CPU: 1}"]

@@ -38,6 +38,7 @@ from cluster.scheduling import (
     parse_label_selector,
     placement_of,
     shape_in_group,
+    with_default_labels,
 )
 
 # ----------------------------------------------------------------------------- format_shape
@@ -88,21 +89,31 @@ def test_total_demand_adds_the_same_shape_across_nodes_whatever_the_key_order() 
         [{"shape": {"CPU": 1, "a": 1}, "count": 3, "infeasible": False}],
         [{"shape": {"a": 1, "CPU": 1}, "count": 2, "infeasible": False}],
     ]
-    assert total_demand(reports) == [{"shape": {"CPU": 1, "a": 1}, "count": 5, "infeasible": False}]
+    assert total_demand(reports) == [{"shape": {"CPU": 1, "a": 1}, "count": 5, "infeasible": False, "labels": []}]
+
+
+def test_total_demand_keeps_work_under_different_label_selectors_apart() -> None:
+    in_b = [["zone", "in", ["b"]]]
+    reports = [[{"shape": {"CPU": 1}, "count": 2, "infeasible": False, "labels": in_b},
+                {"shape": {"CPU": 1}, "count": 3, "infeasible": False}]]
+    assert total_demand(reports) == [
+        {"shape": {"CPU": 1}, "count": 3, "infeasible": False, "labels": []},
+        {"shape": {"CPU": 1}, "count": 2, "infeasible": False, "labels": in_b},
+    ]
 
 
 def test_total_demand_keeps_infeasible_apart_from_feasible_and_skips_missing_reports() -> None:
     reports = [
-        [{"shape": {"CPU": 1}, "count": 1, "infeasible": False},
+        [{"shape": {"CPU": 1}, "count": 1, "infeasible": False, "labels": []},
          {"shape": {"CPU": 64}, "count": 4, "infeasible": True}],
         None,  # a node that has not reported yet
         [],
         [{"shape": {"CPU": 1}, "count": 1, "infeasible": True}],
     ]
     assert total_demand(reports) == [
-        {"shape": {"CPU": 64}, "count": 4, "infeasible": True},
-        {"shape": {"CPU": 1}, "count": 1, "infeasible": False},
-        {"shape": {"CPU": 1}, "count": 1, "infeasible": True},
+        {"shape": {"CPU": 64}, "count": 4, "infeasible": True, "labels": []},
+        {"shape": {"CPU": 1}, "count": 1, "infeasible": False, "labels": []},
+        {"shape": {"CPU": 1}, "count": 1, "infeasible": True, "labels": []},
     ]
 
 
@@ -588,3 +599,9 @@ def test_a_bundle_s_resources_and_a_task_s_shape_inside_it_use_ray_s_names() -> 
     assert shape_in_group((("CPU", 1.0),), "ab12", 1) == (("CPU_group_1_ab12", 1.0), ("bundle_group_1_ab12", 0.001))
     assert group_of(dict(shape_in_group((), "ab12", 0))) == "ab12" and group_of({"CPU": 1}) == ""
 
+
+
+def test_nodes_carry_ray_s_default_labels() -> None:
+    labels = with_default_labels({"zone": "a"}, "n1", {"CPU": 4, "accelerator_type:A100": 1})
+    assert labels == {"zone": "a", "ray.io/node-id": "n1", "ray.io/accelerator-type": "A100"}
+    assert with_default_labels({"ray.io/node-id": "forged"}, "n1", {})["ray.io/node-id"] == "n1"

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 import attrs
 
 from cluster.resources import format_shape
+from cluster.scheduling import describe_selector, matches
 from cluster_autoscaler.config import ClusterConfig, NodeType
 
 REMOVE_AFTER_ROUNDS = 3
@@ -54,12 +55,14 @@ class NodeObservation:
     idle_s: float = 0.0  # how long it has used nothing
     primary_objects: int = 0  # primary copies of live objects it holds
     is_head: bool = False
+    labels: Mapping[str, str] = attrs.Factory(dict)
 
 
 @attrs.frozen
 class Demand:
     shape: Mapping[str, float]
     count: int = 1
+    labels: tuple = ()  # the label selector its work must run under (cluster.scheduling expressions)
 
 
 @attrs.frozen
@@ -189,9 +192,9 @@ def plan(config: ClusterConfig, obs: Observation, memory: Memory | None = None) 
     # 2. Pack the demand into what exists or is coming, then onto new nodes.
     bins = [(n, dict(n.available if n.state == "running" else n.resources)) for n in obs.nodes]
     used_ids: set[str] = set()
-    bundles: list[Mapping[str, float]] = []
+    bundles: list[tuple[Mapping[str, float], tuple]] = []
     for item in (*obs.demand, *obs.requested):
-        bundles += [item.shape] * min(item.count, MAX_BUNDLES_PER_SHAPE)
+        bundles += [(item.shape, item.labels)] * min(item.count, MAX_BUNDLES_PER_SHAPE)
     spread_groups = []
     for group in obs.groups:  # a group's bundles are demand too; STRICT_ ones keep their rule
         if group.strategy == "STRICT_SPREAD":
@@ -201,27 +204,30 @@ def plan(config: ClusterConfig, obs: Observation, memory: Memory | None = None) 
             for bundle in group.bundles:
                 for k, v in bundle.items():
                     summed[k] = summed.get(k, 0.0) + v
-            bundles.append(summed)
+            bundles.append((summed, ()))
         else:
-            bundles += list(group.bundles)
-    bundles.sort(key=lambda s: _size(s), reverse=True)  # first fit, largest first
+            bundles += [(bundle, ()) for bundle in group.bundles]
+    bundles.sort(key=lambda s: _size(s[0]), reverse=True)  # first fit, largest first
     unplaced: dict[tuple, list] = {}
 
-    def place(shape: Mapping[str, float], why: str, avoid: set[int]) -> dict[str, float] | None:
-        """Room for ``shape`` (not one of ``avoid``): on a node, coming or new (launched)."""
+    def place(shape: Mapping[str, float], why: str, avoid: set[int], labels: tuple = ()) -> dict[str, float] | None:
+        """Room for ``shape`` (not one of ``avoid``; on a node whose labels meet ``labels``):
+        on a node, coming or new (launched)."""
         for node, room in bins:
-            if id(room) not in avoid and _fits(shape, room):
+            if id(room) not in avoid and _fits(shape, room) and matches(labels, node.labels):
                 used_ids.add(node.instance_id)  # demand will run there: not a node to remove
                 _take(shape, room)
                 return room
-        for _, room in new_bins:
-            if id(room) not in avoid and _fits(shape, room):
+        for new_type, room in new_bins:
+            if id(room) not in avoid and _fits(shape, room) and matches(labels, new_type.labels):
                 _take(shape, room)
                 return room
-        fitting = sorted((t for t in config.worker_types if _fits(shape, t.resources)), key=lambda t: _size(t.resources))
+        fitting = sorted((t for t in config.worker_types if _fits(shape, t.resources) and matches(labels, t.labels)),
+                         key=lambda t: _size(t.resources))
         if not fitting:
+            wanted = f" with labels {describe_selector(labels)}" if labels else ""
             unplaced.setdefault(tuple(sorted(shape.items())), []).append(
-                f"no node type can fit {format_shape(shape)} (node types: "
+                f"no node type{wanted} can fit {format_shape(shape)} (node types: "
                 + "; ".join(f"{t.name} {format_shape(t.resources)}" for t in config.worker_types) + ")")
             return None
         reasons = []
@@ -243,8 +249,8 @@ def plan(config: ClusterConfig, obs: Observation, memory: Memory | None = None) 
             room = place(shape, f"a STRICT_SPREAD placement group's bundle {format_shape(shape)}", taken)
             if room is not None:
                 taken.add(id(room))
-    for shape in bundles:
-        place(shape, f"pending demand {format_shape(shape)}", set())
+    for shape, labels in bundles:
+        place(shape, f"pending demand {format_shape(shape)}", set(), labels)
     for name, reasons in sorted(launch_reasons.items()):
         why = "; ".join(f"{n} for {reason}" for reason, n in reasons.items())
         decisions.append(Decision("launch", name, f"{launch[name]} node(s): {why}"))

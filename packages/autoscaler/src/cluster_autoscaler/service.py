@@ -27,7 +27,7 @@ import trio
 from cluster import session
 from cluster.autoscaler import REQUESTED_KEY
 from cluster.resources import total_demand
-from cluster.scheduling import AUTOSCALER_NODE_TYPES_KEY
+from cluster.scheduling import AUTOSCALER_NODE_TYPES_KEY, NODE_ID_LABEL
 from cluster.wire import messages as m
 from cluster_autoscaler.config import ClusterConfig, load_config
 from cluster_autoscaler.messages import (
@@ -124,6 +124,7 @@ class AutoscalerService:
                 instance.node_type if instance else self.config.head_node_type,
                 "running", resources, available, now - self.idle_since.get(node.node_id, now), primaries,
                 is_head=instance is None,  # not the provider's: never removed by us
+                labels={**node.labels, NODE_ID_LABEL: node.node_id},
             ))
         joined = {n.node_id for n in alive}
         for instance in instances.values():
@@ -177,7 +178,9 @@ class AutoscalerService:
     @staticmethod
     def _demand(alive: list) -> list[Demand]:
         reports = ([attrs.asdict(item) for item in n.demand] for n in alive)
-        return [Demand(dict(item["shape"]), int(item["count"])) for item in total_demand(reports)]
+        return [Demand(dict(item["shape"]), int(item["count"]),
+                       tuple((key, op, tuple(values)) for key, op, values in item.get("labels") or ()))
+                for item in total_demand(reports)]
 
     def _groups(self) -> list[GroupDemand]:
         """The placement groups waiting for room (their bundles not placed yet)."""

@@ -20,13 +20,15 @@ def format_shape(shape: Mapping[str, float]) -> str:
 
 
 def total_demand(reports: Iterable[list[dict] | None]) -> list[dict]:
-    """The cluster's pending demand by shape (largest first), from the nodes' reports
-    (``NodeService.demand``): [{"shape", "count", "infeasible"}]."""
+    """The cluster's pending demand by shape and label selector (largest first), from the
+    nodes' reports (``NodeService.demand``): [{"shape", "count", "infeasible", "labels"}]."""
     total: dict[tuple, dict] = {}
     for report in reports:
         for item in report or ():
-            key = (tuple(sorted(item["shape"].items())), item["infeasible"])
-            entry = total.setdefault(key, {"shape": item["shape"], "count": 0, "infeasible": item["infeasible"]})
+            labels = [[e[0], e[1], list(e[2])] for e in item.get("labels") or ()]
+            key = (tuple(sorted(item["shape"].items())), item["infeasible"], repr(labels))
+            entry = total.setdefault(key, {"shape": item["shape"], "count": 0, "infeasible": item["infeasible"],
+                                           "labels": labels})
             entry["count"] += item["count"]
     return sorted(total.values(), key=lambda e: (-e["count"], sorted(e["shape"].items())))
 

@@ -349,7 +349,17 @@ class NodeView:
     def of(cls, record: Mapping[str, Any]) -> NodeView:
         """From a node of the head's view (``node_id``, ``address``, ``resources``, ``available``, ``labels``)."""
         return cls(record["node_id"], record["address"], dict(record["resources"]), dict(record["available"]),
-                   {**(record.get("labels") or {}), NODE_ID_LABEL: record["node_id"]})
+                   with_default_labels(record.get("labels") or {}, record["node_id"], record["resources"]))
+
+
+def with_default_labels(labels: Mapping[str, str], node_id: str, resources: Mapping[str, float]) -> dict[str, str]:
+    """A node's labels with Ray's defaults: ``ray.io/node-id``, and ``ray.io/accelerator-type``
+    for a node offering ``accelerator_type:X`` (unless its own labels say otherwise)."""
+    defaults = {NODE_ID_LABEL: node_id}
+    for name in resources:
+        if name.startswith("accelerator_type:"):
+            defaults[ACCELERATOR_LABEL] = name.partition(":")[2]
+    return {**defaults, **labels, NODE_ID_LABEL: node_id}
 
 
 @attrs.frozen

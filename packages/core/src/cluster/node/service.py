@@ -46,12 +46,12 @@ from cluster.plugins import make_object_store, make_scheduler
 from cluster.resources import default_object_store_memory, fits, format_shape, visible_gpu_ids
 from cluster.scheduling import (
     DEFAULT_PLACEMENT,
-    NODE_ID_LABEL,
     NodeView,
     Placement,
     ResourceView,
     SchedulingRequest,
     group_resources,
+    with_default_labels,
 )
 from cluster.wire import messages as m
 from cluster.wire.connection import Connection, Dialer
@@ -65,6 +65,11 @@ INFEASIBLE_STALE_S = 10.0  # an infeasible shape counts as demand this long afte
 HEAD_SILENT_DEADLINES = 3  # heartbeat deadlines with no answer from the head before it counts as gone
 # An idle worker of a runtime env is stopped after this long (the plain pool stays).
 ENV_WORKER_IDLE_S = float(os.environ.get("CLUSTER_ENV_WORKER_IDLE_S", "10"))
+
+
+def _wire_labels(labels: tuple) -> list[list[Any]]:
+    """A label selector's expressions as the wire carries them."""
+    return [[key, op, list(values)] for key, op, values in labels]
 
 
 def _reap(pid: int) -> None:
@@ -186,7 +191,7 @@ class NodeService:
     zygote: Any = None
     _by_pid: dict = attrs.Factory(dict)
     services: Any = None  # the daemon's plugin services (cluster.contracts.ServiceRegistry)
-    _infeasible: dict = attrs.Factory(dict)  # shape -> (when last asked, backlog): fits no node now
+    _infeasible: dict = attrs.Factory(dict)  # (shape, labels) -> (when last asked, backlog): fits no node now
     _retiring: set = attrs.Factory(set)  # ids of the workers of a dropped identity, until they exit
     _watchers: set = attrs.Factory(set)  # connections of owners told when a node dies (WatchNodes)
     _failures: list = attrs.Factory(list)  # of Failure: reported here, for the head's next heartbeat
@@ -369,7 +374,7 @@ class NodeService:
         if fresh:
             bundles.committed.update(fresh)
             self.ledger.add(bundles.offered(pg_id, fresh))
-            log.info("bundles_committed", pg_id=pg_id, bundles=sorted(fresh))
+            log.debug("bundles_committed", pg_id=pg_id, bundles=sorted(fresh))
             self._pump()
         return True
 
@@ -408,7 +413,7 @@ class NodeService:
             else:
                 still.append(request)
         self._queue = still
-        log.info("bundles_returned", pg_id=pg_id, bundles=sorted(bundles.shapes))
+        log.debug("bundles_returned", pg_id=pg_id, bundles=sorted(bundles.shapes))
         self._pump()
 
     def _apply_view(self, view: list[dict[str, Any]], version: int, fresh: bool = False) -> None:
@@ -440,7 +445,7 @@ class NodeService:
         ``ray.io/node-id`` among them)."""
         nodes = [NodeView.of(r) for r in self.view if r["state"] == "alive" and r["node_id"] != self.node_id]
         nodes.append(NodeView(self.node_id, self.address, self.ledger.total, self.ledger.available,
-                              {**self.labels, NODE_ID_LABEL: self.node_id}))
+                              with_default_labels(self.labels, self.node_id, self.ledger.total)))
         self.placing = ResourceView(nodes, self.node_id)
 
     def _report_failure(self, conn: Connection, msg: m.ReportFailure, request_id: int) -> None:
@@ -461,21 +466,20 @@ class NodeService:
         """
         per_owner: dict[tuple, list[int]] = {}  # -> [queued requests, backlog of the newest]
         for request in self._queue:
-            key = (id(request.conn), tuple(sorted(request.shape.items())))
+            key = (id(request.conn), tuple(sorted(request.shape.items())), request.placement.labels)
             queued = per_owner.setdefault(key, [0, 0])
             queued[0] += 1
             queued[1] = request.backlog
-        per_owner = {key: max(entry) for key, entry in per_owner.items()}
         by_shape: dict[tuple, int] = {}
-        for (_, shape), count in per_owner.items():
-            by_shape[shape] = by_shape.get(shape, 0) + count
-        out = [m.DemandItem(dict(shape), count) for shape, count in by_shape.items()]
+        for (_, shape, labels), entry in per_owner.items():
+            by_shape[(shape, labels)] = by_shape.get((shape, labels), 0) + max(entry)
+        out = [m.DemandItem(dict(shape), count, labels=_wire_labels(labels)) for (shape, labels), count in by_shape.items()]
         now = time.monotonic()
-        for shape, (when, backlog) in list(self._infeasible.items()):
+        for (shape, labels), (when, backlog) in list(self._infeasible.items()):
             if now - when > INFEASIBLE_STALE_S:
-                del self._infeasible[shape]
+                del self._infeasible[(shape, labels)]
             else:
-                out.append(m.DemandItem(dict(shape), backlog, infeasible=True))
+                out.append(m.DemandItem(dict(shape), backlog, infeasible=True, labels=_wire_labels(labels)))
         return out
 
     def store_stats(self) -> m.StoreStats:
@@ -670,7 +674,7 @@ class NodeService:
         if decision.action in ("infeasible", "unschedulable"):
             log.warning("lease_" + decision.action, shape=request.shape, reason=decision.reason)
             if decision.action == "infeasible":
-                key = tuple(sorted(request.shape.items()))
+                key = (tuple(sorted(request.shape.items())), request.placement.labels)
                 self._infeasible[key] = (time.monotonic(), max(request.backlog, self._infeasible.get(key, (0, 0))[1]))
             conn.reply(request_id, m.LeaseInfeasible(decision.reason, decision.action == "unschedulable"))
             return

@@ -698,8 +698,9 @@ class Runtime:
         with self._cv:
             self._tasks[task_id] = task
             self._owned.update(task.return_ids)
+        ref = ObjectRef(task.return_ids[0], self.address)  # (counted before its value can come: kept, not freed)
         self.soon(self.spawn, self._settle_with, task, wait)
-        return ObjectRef(task.return_ids[0], self.address)
+        return ref
 
     async def _settle_with(self, task: PendingTask, wait: Any) -> None:
         try:
@@ -712,7 +713,8 @@ class Runtime:
 
     def forget_placement_group(self, pg_id: str) -> None:
         """This process removed group ``pg_id``: its tasks here must not take it as placed."""
-        self.call(self._ready_groups.discard, pg_id)
+        if pg_id in self._ready_groups:  # (a read from this thread; the trio thread changes it)
+            self.call(self._ready_groups.discard, pg_id)
 
     async def wait_placement_group(self, pg_id: str, fresh: bool = False) -> None:
         """Until placement group ``pg_id`` is placed; TaskPlacementGroupRemoved if it is removed

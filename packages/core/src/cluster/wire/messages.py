@@ -228,6 +228,7 @@ class DemandItem(Message):
     shape: dict[str, float]
     count: int
     infeasible: bool = False
+    labels: list[list[Any]] = attrs.Factory(list)  # the label selector it must run under (wire form)
 
 
 @message(55)
