@@ -32,7 +32,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from cluster.resources import format_shape
+from cluster.resources import add_shapes, format_shape
 from cluster.scheduling import describe_selector, matches
 from cluster_autoscaler.config import ClusterConfig, NodeType
 
@@ -200,11 +200,7 @@ def plan(config: ClusterConfig, obs: Observation, memory: Memory | None = None) 
         if group.strategy == "STRICT_SPREAD":
             spread_groups.append(group)
         elif group.strategy == "STRICT_PACK":
-            summed: dict[str, float] = {}
-            for bundle in group.bundles:
-                for k, v in bundle.items():
-                    summed[k] = summed.get(k, 0.0) + v
-            bundles.append((summed, ()))
+            bundles.append((add_shapes(group.bundles), ()))
         else:
             bundles += [(bundle, ()) for bundle in group.bundles]
     bundles.sort(key=lambda s: _size(s[0]), reverse=True)  # first fit, largest first

@@ -27,7 +27,7 @@ import trio
 from cluster import session
 from cluster.autoscaler import REQUESTED_KEY
 from cluster.resources import total_demand
-from cluster.scheduling import AUTOSCALER_NODE_TYPES_KEY, NODE_ID_LABEL
+from cluster.scheduling import AUTOSCALER_NODE_TYPES_KEY, NODE_ID_LABEL, labels_from_wire
 from cluster.wire import messages as m
 from cluster_autoscaler.config import ClusterConfig, load_config
 from cluster_autoscaler.messages import (
@@ -178,8 +178,7 @@ class AutoscalerService:
     @staticmethod
     def _demand(alive: list) -> list[Demand]:
         reports = ([attrs.asdict(item) for item in n.demand] for n in alive)
-        return [Demand(dict(item["shape"]), int(item["count"]),
-                       tuple((key, op, tuple(values)) for key, op, values in item.get("labels") or ()))
+        return [Demand(dict(item["shape"]), int(item["count"]), labels_from_wire(item.get("labels")))
                 for item in total_demand(reports)]
 
     def _groups(self) -> list[GroupDemand]:

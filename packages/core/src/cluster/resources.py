@@ -33,6 +33,15 @@ def total_demand(reports: Iterable[list[dict] | None]) -> list[dict]:
     return sorted(total.values(), key=lambda e: (-e["count"], sorted(e["shape"].items())))
 
 
+def add_shapes(shapes: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """The resources of ``shapes`` together (a placement group's bundles on one node)."""
+    total: dict[str, float] = {}
+    for shape in shapes:
+        for name, amount in shape.items():
+            total[name] = total.get(name, 0.0) + amount
+    return total
+
+
 def fits(shape: Mapping[str, float], available: Mapping[str, float]) -> bool:
     return all(available.get(name, 0.0) >= amount - 1e-9 for name, amount in shape.items())
 

@@ -87,6 +87,16 @@ def matches(expressions: Iterable[Expression], labels: Mapping[str, str]) -> boo
     return True
 
 
+def labels_to_wire(expressions: Iterable[Expression]) -> list[list[Any]]:
+    """Label expressions as messages carry them (lists, for msgpack)."""
+    return [[key, op, list(values)] for key, op, values in expressions]
+
+
+def labels_from_wire(data: Iterable[Any] | None) -> tuple[Expression, ...]:
+    """Label expressions back from :func:`labels_to_wire`'s form."""
+    return tuple((key, op, tuple(values)) for key, op, values in data or ())
+
+
 def describe_selector(expressions: Iterable[Expression]) -> str:
     """``{zone: in(a,b), gpu: !x}``: a selector for messages, in Ray's syntax."""
     parts = []
@@ -273,8 +283,7 @@ class Placement:
     def to_wire(self) -> dict[str, Any]:
         return {"kind": self.kind, "node_id": self.node_id, "soft": self.soft,
                 "spill_on_unavailable": self.spill_on_unavailable, "fail_on_unavailable": self.fail_on_unavailable,
-                "labels": [[key, op, list(values)] for key, op, values in self.labels],
-                "soft_labels": [[key, op, list(values)] for key, op, values in self.soft_labels]}
+                "labels": labels_to_wire(self.labels), "soft_labels": labels_to_wire(self.soft_labels)}
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any] | None) -> Placement:
@@ -282,18 +291,7 @@ class Placement:
             return DEFAULT_PLACEMENT
         return cls(data.get("kind", DEFAULT), data.get("node_id", ""), bool(data.get("soft")),
                    bool(data.get("spill_on_unavailable")), bool(data.get("fail_on_unavailable")),
-                   tuple((k, op, tuple(values)) for k, op, values in data.get("labels") or ()),
-                   tuple((k, op, tuple(values)) for k, op, values in data.get("soft_labels") or ()))
-
-    def describe(self) -> str:
-        parts = []
-        if self.kind == NODE_AFFINITY:
-            parts.append(f"node {self.node_id}" + (" (soft)" if self.soft else ""))
-        elif self.kind == SPREAD:
-            parts.append("SPREAD")
-        if self.labels:
-            parts.append(f"labels {describe_selector(self.labels)}")
-        return ", ".join(parts) or "anywhere"
+                   labels_from_wire(data.get("labels")), labels_from_wire(data.get("soft_labels")))
 
 
 DEFAULT_PLACEMENT = Placement()

@@ -123,11 +123,6 @@ def _retry_exceptions(value: Any) -> bool | tuple[type[BaseException], ...]:
     raise ConfigError(f"retry_exceptions must be True, False or a list of exception types, got {value!r}")
 
 
-def _optional_dict(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not isinstance(value, Mapping):
-        raise ConfigError(f"{attribute.name} must be a dict or None, got {type(value).__name__}")
-
-
 def _scheduling_strategy(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     placement_of(value)  # (raises ConfigError naming what it takes)
 

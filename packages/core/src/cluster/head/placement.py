@@ -27,8 +27,7 @@ import structlog
 import trio
 
 from cluster.errors import ClusterConnectionError, RemoteCallError
-from cluster.resources import format_shape
-from cluster.scheduling import GroupRequest, ResourceView
+from cluster.scheduling import GroupRequest, ResourceView, labels_from_wire
 from cluster.wire import messages as m
 
 log = structlog.get_logger("cluster.head.placement")
@@ -295,10 +294,4 @@ class PlacementGroups:
 
 
 def _labels(bundle_labels: list[list[list[Any]]], index: int) -> tuple:
-    if index >= len(bundle_labels):
-        return ()
-    return tuple((key, op, tuple(values)) for key, op, values in bundle_labels[index])
-
-
-def describe(bundles: list[dict[str, float]]) -> str:
-    return ", ".join(format_shape(b) for b in bundles)
+    return labels_from_wire(bundle_labels[index]) if index < len(bundle_labels) else ()

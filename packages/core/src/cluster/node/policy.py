@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from cluster.resources import fits, format_shape
+from cluster.resources import add_shapes, fits, format_shape
 from cluster.scheduling import (
     DEFAULT,
     LOCAL,
@@ -181,10 +181,7 @@ class SchedulingPolicy:
     @staticmethod
     def _one_node_for_all(bundles: list[dict[str, float]], labels: list, nodes: list[NodeView],
                           room: dict[str, dict[str, float]], used: list[str]) -> str | None:
-        total: dict[str, float] = {}
-        for bundle in bundles:
-            for name, amount in bundle.items():
-                total[name] = total.get(name, 0.0) + amount
+        total = add_shapes(bundles)
         pool = [node for node in nodes if node.node_id in used] if used else nodes
         fitting = [node for node in pool if fits(total, room[node.node_id])
                    and all(matches(selector, node.labels) for selector in labels)]

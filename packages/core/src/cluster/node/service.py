@@ -43,7 +43,13 @@ from cluster.node.envs import NodeEnvs
 from cluster.node.ledger import ResourceLedger
 from cluster.objects.transfer import ChunkSource, pull_object
 from cluster.plugins import make_object_store, make_scheduler
-from cluster.resources import default_object_store_memory, fits, format_shape, visible_gpu_ids
+from cluster.resources import (
+    add_shapes,
+    default_object_store_memory,
+    fits,
+    format_shape,
+    visible_gpu_ids,
+)
 from cluster.scheduling import (
     DEFAULT_PLACEMENT,
     NodeView,
@@ -51,6 +57,7 @@ from cluster.scheduling import (
     ResourceView,
     SchedulingRequest,
     group_resources,
+    labels_to_wire,
     with_default_labels,
 )
 from cluster.wire import messages as m
@@ -65,11 +72,6 @@ INFEASIBLE_STALE_S = 10.0  # an infeasible shape counts as demand this long afte
 HEAD_SILENT_DEADLINES = 3  # heartbeat deadlines with no answer from the head before it counts as gone
 # An idle worker of a runtime env is stopped after this long (the plain pool stays).
 ENV_WORKER_IDLE_S = float(os.environ.get("CLUSTER_ENV_WORKER_IDLE_S", "10"))
-
-
-def _wire_labels(labels: tuple) -> list[list[Any]]:
-    """A label selector's expressions as the wire carries them."""
-    return [[key, op, list(values)] for key, op, values in labels]
 
 
 def _reap(pid: int) -> None:
@@ -111,20 +113,9 @@ class Bundles:
     shapes: dict[int, dict[str, float]] = attrs.Factory(dict)
     committed: set[int] = attrs.Factory(set)
 
-    @staticmethod
-    def taken(shapes: Iterable[dict[str, float]]) -> dict[str, float]:
-        total: dict[str, float] = {}
-        for shape in shapes:
-            for name, amount in shape.items():
-                total[name] = total.get(name, 0.0) + amount
-        return total
-
     def offered(self, pg_id: str, indexes: Iterable[int]) -> dict[str, float]:
-        total: dict[str, float] = {}
-        for index in indexes:
-            for name, amount in group_resources(pg_id, index, self.shapes[index]).items():
-                total[name] = total.get(name, 0.0) + amount
-        return total
+        """What bundles ``indexes`` offer under the group's names."""
+        return add_shapes(group_resources(pg_id, index, self.shapes[index]) for index in indexes)
 
 
 @attrs.define(eq=False)
@@ -359,10 +350,11 @@ class NodeService:
         """Set the bundles aside, all or none: True, or why not."""
         held = self.bundles.setdefault(msg.pg_id, Bundles())
         new = {i: dict(shape) for i, shape in zip(msg.indexes, msg.shapes, strict=True) if i not in held.shapes}
-        if self._shutting_down or not self.ledger.take(Bundles.taken(new.values())):
+        wanted = add_shapes(new.values())
+        if self._shutting_down or not self.ledger.take(wanted):
             if not held.shapes:
                 del self.bundles[msg.pg_id]
-            return f"node {self.node_id} has no room for {format_shape(Bundles.taken(new.values()))} now"
+            return f"node {self.node_id} has no room for {format_shape(wanted)} now"
         held.shapes.update(new)
         return True
 
@@ -384,7 +376,7 @@ class NodeService:
         if bundles is None:
             return
         back = [bundles.shapes.pop(i) for i in indexes if i in bundles.shapes and i not in bundles.committed]
-        self.ledger.give_back(Bundles.taken(back))
+        self.ledger.give_back(add_shapes(back))
         if not bundles.shapes:
             del self.bundles[pg_id]
         self._pump()
@@ -403,7 +395,7 @@ class NodeService:
                 lease.worker.lease_id = None
                 self._kill(lease.worker)
             self.ledger.remove(bundles.offered(pg_id, bundles.committed))
-        self.ledger.give_back(Bundles.taken(bundles.shapes.values()))
+        self.ledger.give_back(add_shapes(bundles.shapes.values()))
         still = collections.deque()
         for request in self._queue:
             if any(name.endswith(suffix) for name in request.shape):
@@ -473,13 +465,13 @@ class NodeService:
         by_shape: dict[tuple, int] = {}
         for (_, shape, labels), entry in per_owner.items():
             by_shape[(shape, labels)] = by_shape.get((shape, labels), 0) + max(entry)
-        out = [m.DemandItem(dict(shape), count, labels=_wire_labels(labels)) for (shape, labels), count in by_shape.items()]
+        out = [m.DemandItem(dict(shape), count, labels=labels_to_wire(labels)) for (shape, labels), count in by_shape.items()]
         now = time.monotonic()
         for (shape, labels), (when, backlog) in list(self._infeasible.items()):
             if now - when > INFEASIBLE_STALE_S:
                 del self._infeasible[(shape, labels)]
             else:
-                out.append(m.DemandItem(dict(shape), backlog, infeasible=True, labels=_wire_labels(labels)))
+                out.append(m.DemandItem(dict(shape), backlog, infeasible=True, labels=labels_to_wire(labels)))
         return out
 
     def store_stats(self) -> m.StoreStats:

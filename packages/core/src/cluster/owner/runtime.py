@@ -939,8 +939,7 @@ class Runtime:
         """SPREAD: each task to the node (of those the queue holds leases on) that got fewest of
         its tasks so far; while that node's workers are all busy, the task waits for them, so
         tasks spread evenly over nodes however many leases each granted or however fast each is."""
-        counts = queue.spread if queue.spread is not None else {}
-        queue.spread = counts
+        counts = queue.spread
         nodes = {lease.node_id for lease in queue.leases if not lease.returned}
         pending = queue.pending
         while pending and leases:

@@ -94,7 +94,7 @@ class ShapeQueue:
     backlog_since: float | None = None
     runtime_env: dict[str, Any] | None = None  # its tasks' (resolved), sent with its lease requests
     placement: Placement = DEFAULT_PLACEMENT  # its tasks', sent with its lease requests
-    spread: dict[str, int] | None = None  # SPREAD: tasks sent to each node so far (dispatch evens them out)
+    spread: dict[str, int] = attrs.Factory(dict)  # SPREAD: tasks sent to each node so far (dispatch evens them out)
 
     def wanted(self) -> int:
         """How many workers this queue's work wants (what a lease request reports as backlog)."""

@@ -20,7 +20,7 @@ from cluster.context import current_namespace
 from cluster.errors import ConfigError, RemoteCallError
 from cluster.objects.refs import ObjectRef
 from cluster.owner.tasks import DEFAULT_NAMESPACE
-from cluster.scheduling import GROUP_STRATEGIES, group_of, parse_label_selector
+from cluster.scheduling import GROUP_STRATEGIES, group_of, labels_to_wire, parse_label_selector
 from cluster.wire import messages as m
 
 __all__ = [
@@ -115,8 +115,7 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
     if selectors and len(selectors) != len(bundles):
         raise ConfigError(f"bundle_label_selector has {len(selectors)} selectors for {len(bundles)} bundles: "
                           "give one per bundle")
-    labels = [[[key, op, list(values)] for key, op, values in parse_label_selector(s, "bundle_label_selector")]
-              for s in selectors]
+    labels = [labels_to_wire(parse_label_selector(s, "bundle_label_selector")) for s in selectors]
     pg_id = secrets.token_hex(18)
     runtime = _runtime()
     namespace = current_namespace.get() or getattr(runtime, "namespace", "") or DEFAULT_NAMESPACE
